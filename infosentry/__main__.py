@@ -1,0 +1,5 @@
+"""python -m infosentry"""
+
+from infosentry.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""The aiohttp application: create_app(), middlewares (request id + logging, problem+json errors,
+bearer auth with scopes) and THE route table, assembled from the per-resource modules.
+
+Handlers read and write through store/* and auth; anything slow (fetching, OpenAI, SMTP) is
+deferred as a job. Imports everything below the entry-point level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from infosentry import auth, jobs, metrics
+from infosentry.api import account, health
+from infosentry.api.http import PRINCIPAL, QUEUE, RT, Handler, Principal, dumps
+from infosentry.errors import Forbidden, InfosentryError, Unauthorized, Unavailable
+from infosentry.runtime import open_runtime
+from infosentry.settings import Settings
+from infosentry.store import accounts
+from infosentry.store import ops as ops_store
+
+log = logging.getLogger("infosentry.http")
+
+ROUTE_MODULES = [health, account]
+
+
+def routes() -> list[web.RouteDef]:
+    table: list[web.RouteDef] = []
+    for module in ROUTE_MODULES:
+        table.extend(module.ROUTES)
+    return table
+
+
+def problem(status: int, title: str, detail: str, *, code: str, errors: list | None = None) -> web.Response:
+    body = {"type": f"https://infosentry.dev/problems/{code}", "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return web.Response(status=status, text=dumps(body), content_type="application/problem+json")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, access log line, HTTP metrics, and the one error shape for every failure."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except InfosentryError as exc:
+        response = problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        response = problem(exc.status, titles.get(exc.status, exc.reason), detail, code=f"http_{exc.status}")
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.warning("dependency unavailable: %s", exc, extra={"action": "http_unavailable"})
+        response = problem(503, "Service unavailable", "a dependency is unavailable; retry later", code="unavailable")
+    except Exception:
+        log.exception("unhandled error", extra={"action": "http_error", "request_id": request_id})
+        response = problem(500, "Internal error", f"unexpected error (request id {request_id})", code="internal")
+    response.headers["X-Request-Id"] = request_id
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status,
+        extra={
+            "action": "http_request",
+            "request_id": request_id,
+            "status": response.status,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        },
+    )
+    return response
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api/v1 handler declares a scope with @requires; None means public."""
+    scope = getattr(handler, "scope", "unset")
+    if scope == "unset":
+        # routes outside /api/v1 (health, redirects) and framework handlers are public
+        if request.path.startswith("/api/v1") and request.match_info.http_exception is None:
+            raise Forbidden("route has no declared scope")
+        return await handler(request)
+    if scope is None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <token>'")
+    row = await accounts.token_owner(request.app[RT].pool, auth.hash_token(token.strip()))
+    if row is None:
+        raise Unauthorized("token is unknown, expired or revoked")
+    scopes = list(row["scopes"])
+    if not row["is_admin"]:
+        scopes = [s for s in scopes if not s.startswith("admin:")]  # a demoted admin keeps no admin power
+    if not auth.has_scope(scopes, scope):
+        raise Forbidden(f"this route needs the {scope} scope")
+    request[PRINCIPAL] = Principal(
+        user_id=row["user_id"],
+        email=row["email"],
+        is_admin=row["is_admin"],
+        scopes=scopes,
+        token_id=row["token_id"],
+        timezone=row["timezone"],
+        language=row["language"],
+    )
+    return await handler(request)
+
+
+def create_app(settings: Settings, *, role: str = "api", concurrency: int = 8) -> web.Application:
+    """The HTTP application; role 'all' also runs the worker (every queue) inside this process."""
+    app = web.Application(middlewares=[request_context, authenticate], client_max_size=settings.max_body_bytes)
+    app.add_routes(routes())
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with open_runtime(settings, role=role) as rt:
+            qapp = jobs.queue_app(rt.dsn)
+            async with qapp.open_async():
+                app[RT] = rt
+                app[QUEUE] = qapp
+                queues = list(jobs.QUEUES) if role == "all" else []
+                tasks = [asyncio.create_task(jobs.heartbeat_loop(rt, queues), name="heartbeat")]
+                if role == "all":
+                    tasks.append(
+                        asyncio.create_task(
+                            jobs.run_worker(rt, qapp, queues, concurrency=concurrency, install_signal_handlers=False),
+                            name="worker",
+                        )
+                    )
+                try:
+                    yield
+                finally:
+                    for task in reversed(tasks):  # the worker first: it drains in-flight jobs
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
+                    with contextlib.suppress(Exception):
+                        await ops_store.remove_heartbeat(rt)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+__all__ = ["Unavailable", "create_app", "problem", "routes"]

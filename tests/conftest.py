@@ -1,0 +1,109 @@
+"""Test harness: one embedded Postgres (pgvector) per session, a template database migrated once,
+and a fresh database cloned from it for every test; app, runtime and account helpers on top.
+
+Fake external servers live in tests/fakes/ (feeds, OpenAI-compatible, SMTP sink), all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from infosentry import auth, db, migrate
+from infosentry.runtime import Runtime, open_runtime
+from infosentry.settings import Settings, load_settings
+from infosentry.store import accounts
+
+pytest_plugins = ["tests.fakes.fixtures"]
+
+TEMPLATE = "infosentry_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_base_uri() -> Iterator[str]:
+    """The session's embedded server (a URI without a database name)."""
+    existing = os.environ.get("INFOSENTRY_TEST_PG")  # reuse an external server if given
+    if existing:
+        yield existing
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="infosentry-test-"))
+    uri = db.embedded_server_uri(data_dir, database="postgres")
+    yield uri
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _admin(uri: str) -> psycopg.Connection:
+    return psycopg.connect(db.with_database(uri, "postgres"), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_dsn(pg_base_uri: str) -> str:
+    with _admin(pg_base_uri) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    dsn = db.with_database(pg_base_uri, TEMPLATE)
+
+    async def up() -> None:
+        async with db.plain_connection(dsn) as conn:
+            await migrate.upgrade(conn)
+
+    asyncio.run(up())
+    return dsn
+
+
+@pytest.fixture
+def dsn(pg_base_uri: str, template_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with _admin(pg_base_uri) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}" STRATEGY FILE_COPY')
+    yield db.with_database(pg_base_uri, name)
+    with _admin(pg_base_uri) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(dsn: str, tmp_path: Path) -> Settings:
+    base = load_settings({})
+    return replace(
+        base,
+        database_url=dsn,
+        data_dir=tmp_path,
+        public_url="http://127.0.0.1:8000",
+        fetch_allow_networks=("127.0.0.1/32",),
+        log_format="text",
+        smtp_host="",
+    )
+
+
+@pytest.fixture
+async def rt(settings: Settings) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings) as runtime:
+        yield runtime
+
+
+async def make_user(
+    rt: Runtime, email: str, *, admin: bool = False, scopes: list[str] | None = None
+) -> tuple[int, str]:
+    """Create a user and a token; returns (user_id, token)."""
+    row = await accounts.create_user(rt.pool, email, is_admin=admin)
+    token = auth.new_token()
+    await accounts.insert_token(
+        rt.pool, user_id=row["id"], token_hash=auth.hash_token(token), prefix=token[:10],
+        scopes=auth.expand_scopes(scopes or [], is_admin=admin),
+    )  # fmt: skip
+    return row["id"], token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

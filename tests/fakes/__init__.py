@@ -1,0 +1,1 @@
+"""In-process fake external servers for tests and benchmarks (127.0.0.1 only)."""

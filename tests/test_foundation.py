@@ -1,0 +1,96 @@
+"""Foundation: health, error shapes, auth and scopes, request limits."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import psycopg
+
+from infosentry import db
+from infosentry.api.http import RT
+from tests.conftest import bearer, make_user
+
+
+async def test_health_ok(api) -> None:
+    resp = await api.get("/health")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+    assert resp.headers["X-Request-Id"]
+
+
+async def test_health_503_when_database_gone(api, dsn, pg_base_uri) -> None:
+    name = urlsplit(dsn).path.lstrip("/")
+    with psycopg.connect(db.with_database(pg_base_uri, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    resp = await api.get("/health")
+    assert resp.status == 503
+
+
+async def test_unknown_route_is_problem_json(api) -> None:
+    resp = await api.get("/api/v1/nope")
+    assert resp.status == 404
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["status"] == 404 and body["title"] and "type" in body and "detail" in body
+
+
+async def test_missing_and_bad_token(api) -> None:
+    resp = await api.get("/api/v1/users/me")
+    assert resp.status == 401
+    assert resp.content_type == "application/problem+json"
+    resp = await api.get("/api/v1/users/me", headers=bearer("isk_wrong"))
+    assert resp.status == 401
+
+
+async def test_scope_is_enforced(api) -> None:
+    rt = api.app[RT]
+    _, token = await make_user(rt, "scoped@example.com", scopes=["sources:read"])
+    resp = await api.get("/api/v1/users/me", headers=bearer(token))
+    assert resp.status == 403
+    assert "goals:read" in (await resp.json())["detail"]
+
+
+async def test_revoked_token_is_refused(api) -> None:
+    rt = api.app[RT]
+    _, token = await make_user(rt, "rev@example.com")
+    assert (await api.get("/api/v1/users/me", headers=bearer(token))).status == 200
+    tokens = (await (await api.get("/api/v1/tokens", headers=bearer(token))).json())["items"]
+    resp = await api.delete(f"/api/v1/tokens/{tokens[0]['id']}", headers=bearer(token))
+    assert resp.status == 204
+    assert (await api.get("/api/v1/users/me", headers=bearer(token))).status == 401
+
+
+async def test_bad_json_and_unknown_fields(api) -> None:
+    rt = api.app[RT]
+    _, token = await make_user(rt, "json@example.com")
+    resp = await api.put("/api/v1/users/me", data=b"{not json", headers=bearer(token))
+    assert resp.status == 400
+    resp = await api.put("/api/v1/users/me", json=[1, 2], headers=bearer(token))
+    assert resp.status == 400
+    resp = await api.put("/api/v1/users/me", json={"timezone": 5, "colour": "red"}, headers=bearer(token))
+    assert resp.status == 422
+    fields = {e["field"] for e in (await resp.json())["errors"]}
+    assert fields == {"timezone", "colour"}
+    resp = await api.put("/api/v1/users/me", json={"timezone": "Mars/Olympus"}, headers=bearer(token))
+    assert resp.status == 422
+    resp = await api.put("/api/v1/users/me", json={"timezone": "Europe/Paris", "language": "zh"}, headers=bearer(token))
+    assert resp.status == 200
+    assert (await resp.json())["timezone"] == "Europe/Paris"
+
+
+async def test_body_too_large(api) -> None:
+    rt = api.app[RT]
+    _, token = await make_user(rt, "big@example.com")
+    resp = await api.put("/api/v1/users/me", data=b"x" * (2 * 1024 * 1024), headers=bearer(token))
+    assert resp.status == 413
+    assert resp.content_type == "application/problem+json"
+
+
+async def test_token_cannot_exceed_creator(api) -> None:
+    rt = api.app[RT]
+    _, token = await make_user(rt, "small@example.com", scopes=["goals"])
+    resp = await api.post("/api/v1/tokens", json={"scopes": ["goals", "sources"]}, headers=bearer(token))
+    assert resp.status == 201
+    assert set((await resp.json())["scopes"]) == {"goals:read", "goals:write"}
+    resp = await api.post("/api/v1/tokens", json={"scopes": ["admin"]}, headers=bearer(token))
+    assert resp.status == 422
