@@ -351,5 +351,26 @@ def db_psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
     sys.exit(subprocess.call([psql, dsn, *psql_args]))
 
 
+# --- sources (ingest) -------------------------------------------------------------------------------------
+
+# --- end sources ---
+
+# --- goals, budget (embed and match) -----------------------------------------------------------------------
+
+# --- end goals ---
+
+# --- demo (decide and push) --------------------------------------------------------------------------------
+
+# --- end demo ---
+
+# --- status and admin parity (monitoring) ------------------------------------------------------------------
+
+# --- end status ---
+
+# --- backup, restore, chaos (operations) -------------------------------------------------------------------
+
+# --- end operations ---
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -93,6 +93,23 @@ async def maintenance(context: procrastinate.JobContext, timestamp: int) -> None
     await ops_store.prune_heartbeats(_rt(context).pool, older_than_hours=24)
 
 
+# --- ingest (fetch due sources) -----------------------------------------------------------------------------
+
+# --- end ingest ---
+
+# --- embed and match ---------------------------------------------------------------------------------------
+
+# --- end embed and match ---
+
+# --- decide and push ---------------------------------------------------------------------------------------
+
+# --- end decide and push ---
+
+# --- monitoring and alerts ---------------------------------------------------------------------------------
+
+# --- end monitoring and alerts ---
+
+
 # --- the worker loop ---------------------------------------------------------------------------------------
 
 

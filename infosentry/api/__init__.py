@@ -18,7 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from infosentry import auth, jobs, metrics
-from infosentry.api import account, health
+from infosentry.api import account, admin, agent, auth_links, goals, health, inbox, sources
 from infosentry.api.http import PRINCIPAL, QUEUE, RT, Handler, Principal, dumps
 from infosentry.errors import Forbidden, InfosentryError, Unauthorized, Unavailable
 from infosentry.runtime import open_runtime
@@ -28,7 +28,7 @@ from infosentry.store import ops as ops_store
 
 log = logging.getLogger("infosentry.http")
 
-ROUTE_MODULES = [health, account]
+ROUTE_MODULES = [health, account, auth_links, sources, goals, inbox, agent, admin]
 
 
 def routes() -> list[web.RouteDef]:

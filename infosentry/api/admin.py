@@ -1,0 +1,7 @@
+"""Routes of /api/v1 (admin)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+ROUTES: list[web.RouteDef] = []

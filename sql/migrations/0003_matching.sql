@@ -1,0 +1,7 @@
+-- Reserved for the matching work; replace the no-op statements when that work needs schema changes.
+
+-- migrate:up
+SELECT 1;
+
+-- migrate:down
+SELECT 1;

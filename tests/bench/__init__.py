@@ -1,0 +1,1 @@
+"""Benchmarks run by bin/bench; they print numbers and are not part of the test suite."""
