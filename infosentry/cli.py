@@ -116,7 +116,7 @@ def serve(ctx: click.Context, role: str, host: str, port: int, concurrency: int 
 
     app = create_app(settings, role=role, concurrency=concurrency or settings.worker_concurrency)
     click.echo(f"infosentry {role} listening on http://{host}:{port}", err=True)
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, access_log=None)
+    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=25, access_log=None)
 
 
 @main.command()
