@@ -23,7 +23,7 @@ from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings, load_settings
 from infosentry.store import accounts
 
-pytest_plugins = ["tests.fakes.fixtures"]
+pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.smtp"]
 
 TEMPLATE = "infosentry_template"
 _counter = itertools.count()
