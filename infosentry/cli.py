@@ -131,8 +131,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None)
 
 async def _worker(settings: Settings, queues: list[str], concurrency: int) -> None:
     async with open_runtime(settings, role="worker") as rt:
-        qapp = jobs.queue_app(rt.dsn)
-        async with qapp.open_async():
+        async with jobs.open_queue(rt.dsn) as qapp:
             beat = asyncio.create_task(jobs.heartbeat_loop(rt, queues))
             click.echo(f"infosentry worker on {', '.join(queues)} (concurrency {concurrency})", err=True)
             try:

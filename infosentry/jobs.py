@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import procrastinate
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 QUEUES = ("ingest", "embed", "agent", "email")
 HEARTBEAT_SECONDS = 10.0
 
-# Tasks are registered on this app; each process binds them to its database with queue_app().
+# Tasks are registered on this app; each process binds it to its database with open_queue().
 app = procrastinate.App(connector=PsycopgConnector())
 
 
@@ -39,8 +39,12 @@ class Stats:
     jobs_failed = 0
 
 
-def queue_app(dsn: str, *, max_size: int = 10) -> procrastinate.App:
-    return app.with_connector(PsycopgConnector(conninfo=dsn, min_size=1, max_size=max_size))
+@contextlib.asynccontextmanager
+async def open_queue(dsn: str, *, max_size: int = 10) -> AsyncIterator[procrastinate.App]:
+    """Bind the task app to this process's database for the duration of the block (one per process)."""
+    with app.replace_connector(PsycopgConnector(conninfo=dsn, min_size=1, max_size=max_size)) as bound:
+        async with bound.open_async():
+            yield bound
 
 
 def _rt(context: procrastinate.JobContext) -> Runtime:

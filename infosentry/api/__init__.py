@@ -129,8 +129,7 @@ def create_app(settings: Settings, *, role: str = "api", concurrency: int = 8) -
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, role=role) as rt:
-            qapp = jobs.queue_app(rt.dsn)
-            async with qapp.open_async():
+            async with jobs.open_queue(rt.dsn) as qapp:
                 app[RT] = rt
                 app[QUEUE] = qapp
                 queues = list(jobs.QUEUES) if role == "all" else []
