@@ -77,6 +77,8 @@ def echo_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, (list, tuple)):
