@@ -1,0 +1,96 @@
+"""Plain text from feed and page fragments: strip tags, decode entities, collapse spaces, truncate (pure).
+May import: the standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+ELLIPSIS = "…"
+# Elements whose content is never readable text.
+_SKIPPED = frozenset({"script", "style", "noscript", "template", "iframe", "svg", "math", "head", "title"})
+# Elements that separate words; without a space "<p>a</p><p>b</p>" would read "ab".
+_BLOCKS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt", "figcaption",
+        "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "img", "li", "main",
+        "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul",
+    }
+)  # fmt: skip
+# Input beyond this is never needed for a 500-char snippet; it bounds the cost of huge content:encoded bodies.
+_MAX_INPUT_CHARS = 64 * 1024
+# Zero-width and control characters that survive str.split() and pollute titles.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff]")
+_MARKUP_HINT = re.compile(r"<[A-Za-z!/?]|&(?:#\d+|#x[0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);?")
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED:
+            self._skip_depth += 1
+        elif tag in _BLOCKS:
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCKS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED:
+            self._skip_depth = max(0, self._skip_depth - 1)
+        elif tag in _BLOCKS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self.parts.append(data)
+
+
+def strip_tags(fragment: str) -> str:
+    """Readable text of an HTML fragment: tags removed (script/style content too), entities decoded."""
+    if not _MARKUP_HINT.search(fragment):
+        return fragment
+    parser = _TextExtractor()
+    parser.feed(fragment[:_MAX_INPUT_CHARS])
+    parser.close()
+    return "".join(parser.parts)
+
+
+def collapse_whitespace(text: str) -> str:
+    return " ".join(_INVISIBLE.sub("", text).split())
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` characters, at a word boundary when one is near, ending in "…"."""
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return ELLIPSIS[:limit]
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    # Only back up to a space in the last fifth: CJK text has no spaces and must be cut mid-run.
+    if space >= (limit - 1) * 4 // 5:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-–—、，。；：") + ELLIPSIS
+
+
+def clean_text(html_or_text: str | None, limit: int = 500, *, is_html: bool = True) -> str:
+    """Plain, single-line text of at most ``limit`` characters.
+
+    ``is_html=False`` is for content declared ``text/plain``: its angle brackets are text, not tags.
+    """
+    if not html_or_text:
+        return ""
+    text = strip_tags(html_or_text) if is_html else html_or_text[:_MAX_INPUT_CHARS]
+    return truncate(collapse_whitespace(text), limit)
+
+
+def clean_title(title: str | None, limit: int = 300) -> str:
+    """A title as one line of plain text (feeds often put markup and entities in titles)."""
+    return clean_text(title, limit)

@@ -1,0 +1,68 @@
+"""URL canonicalisation, url_hash and title_key: the fingerprints deduplication uses (pure).
+May import: the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+# Query parameters that only track where a click came from; two links differing only by them are one story.
+_TRACKING_PARAMS = frozenset({"spm", "from", "ref", "source"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Characters left unescaped when re-encoding the query, so an already clean query string stays readable.
+_QUERY_SAFE = "/:@!$'()*,;~"
+
+
+def _is_tracking(key: str) -> bool:
+    lowered = key.lower()
+    return lowered.startswith("utm_") or lowered in _TRACKING_PARAMS
+
+
+def canonical_url(url: str) -> str:
+    """Return the canonical form of ``url`` used for deduplication.
+
+    Lowercase scheme and host, no ``www.``, no default port, no credentials, no fragment, no tracking
+    parameters (``utm_*``, ``spm``, ``from``, ``ref``, ``source``), remaining parameters sorted, and no
+    trailing slash. The path keeps its case: paths are case-sensitive on most servers.
+    """
+    raw = url.strip()
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if not parts.netloc:
+        # Not an absolute network URL (e.g. "mailto:" or a bare path): only the fragment can safely go.
+        return urlunsplit((scheme, "", parts.path, parts.query, ""))
+    host = (parts.hostname or "").rstrip(".")
+    if host.startswith("www."):
+        host = host[4:]
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k)]
+    query = urlencode(sorted(pairs), quote_via=quote, safe=_QUERY_SAFE)
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def url_hash(url: str) -> str:
+    """First 32 hex digits of the SHA-256 of :func:`canonical_url` (the items.url_hash column)."""
+    return hashlib.sha256(canonical_url(url).encode("utf-8")).hexdigest()[:32]
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def title_key(title: str) -> str:
+    """Fingerprint of a title for near-duplicate detection: equal for titles that differ only in case,
+    punctuation, symbols, full/half width or spacing (16 hex of an MD5)."""
+    text = unicodedata.normalize("NFKC", title).casefold()
+    # Punctuation and symbols (categories P*, S*) are dropped so "U.S. jobs" and "US jobs" agree.
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PS")
+    text = _SPACES.sub(" ", text).strip()
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
