@@ -354,21 +354,637 @@ def db_psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
 
 # --- sources (ingest) -------------------------------------------------------------------------------------
 
+
+@main.group()
+def source() -> None:
+    """Sources: add (with feed discovery), list, OPML, refresh, hot-list catalog."""
+
+
+async def _subscriber(rt: Runtime, email: str | None) -> int:
+    """The user a command acts for: --email, else the first admin."""
+    from infosentry.store import sources as sources_store
+
+    if email:
+        return int((await accounts.user_by_email(rt.pool, email))["id"])
+    admin_id = await sources_store.first_admin_id(rt.pool)
+    if admin_id is None:
+        raise Invalid("no admin user yet: create one with `infosentry user create --email E --admin` or pass --email")
+    return int(admin_id)
+
+
+def _echo_report(report: dict[str, list[dict[str, Any]]], as_json: bool) -> None:
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"added {len(report['added'])}, skipped {len(report['skipped'])}, invalid {len(report['invalid'])}")
+    for entry in report["invalid"]:
+        click.echo(f"  invalid: {entry.get('url') or '-'}: {entry['reason']}")
+
+
+@source.command("add")
+@click.argument("url")
+@click.option("--type", "kind", type=click.Choice(["rss", "site", "hotlist"]), default=None,
+              help="Default: rss, with feed discovery when URL is a web page.")  # fmt: skip
+@click.option("--interval", type=click.IntRange(60, 86400), default=None, help="Seconds between fetches.")
+@click.option("--name", default=None)
+@click.option("--config", "config_json", default=None, help="JSON object: site selectors, hot-list params, headers.")
+@click.option("--email", default=None, help="Subscriber (default: the first admin).")
+@click.option("--no-discover", is_flag=True, help="Take URL as the feed URL without looking at it.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def source_add(ctx: click.Context, url: str, kind: str | None, interval: int | None, name: str | None,
+               config_json: str | None, email: str | None, no_discover: bool, as_json: bool) -> None:  # fmt: skip
+    """Add a source and subscribe to it; a web page URL is replaced by the feed it advertises."""
+    from infosentry import ingest
+    from infosentry.fetch import FetchError
+
+    try:
+        config = json.loads(config_json) if config_json else None
+    except ValueError as exc:
+        raise Invalid(f"--config is not valid JSON: {exc}") from None
+
+    async def body(rt: Runtime) -> tuple[dict[str, Any], bool]:
+        user_id = await _subscriber(rt, email)
+        feed_url, feed_type = url, kind
+        if kind in (None, "rss") and not no_discover:
+            ingest.validate_source(type="rss", url=url)  # a clear error before any network I/O
+            try:
+                feed_type, feed_url = await ingest.discover(rt, url)
+                if feed_url != url:
+                    click.echo(f"discovered feed {feed_url}", err=True)
+            except FetchError as exc:
+                if exc.kind == "parse":
+                    raise Invalid(str(exc)) from None
+                click.echo(f"warning: could not look at {url} now ({exc}); adding it as an RSS feed", err=True)
+                feed_type = "rss"
+        spec = ingest.validate_source(type=feed_type, url=feed_url, name=name, interval=interval, config=config)
+        row, created, subscribed = await ingest.add_source(rt.pool, user_id, spec)
+        return dict(row), created or subscribed
+
+    row, added = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(row)
+        return
+    what = "added" if added else "already subscribed"
+    click.echo(f"source {row['id']} {what}: {row['type']} {row['url']} ({row['name']})")
+
+
+@source.command("list")
+@click.option("--email", default=None, help="Only the sources this user follows.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def source_list(ctx: click.Context, email: str | None, as_json: bool) -> None:
+    """Every source with its health (infosentry_source_health)."""
+    from infosentry.store import sources as sources_store
+
+    async def body(rt: Runtime) -> list[dict[str, Any]]:
+        user_id = int((await accounts.user_by_email(rt.pool, email))["id"]) if email else None
+        return [dict(r) for r in await sources_store.health(rt.pool, user_id=user_id)]
+
+    rows = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(rows, ["id", "type", "enabled", "subscribers", "name", "url", "last_success_at", "next_fetch_at",
+                      "error_streak", "last_error_kind", "items_24h"])  # fmt: skip
+
+
+@source.command("import-opml")
+@click.argument("file", type=click.File("rb"))
+@click.option("--email", default=None, help="Subscriber (default: the first admin).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def source_import_opml(ctx: click.Context, file: Any, email: str | None, as_json: bool) -> None:
+    """Subscribe to every feed of an OPML file (nested folders are flattened; duplicates are skipped)."""
+    from infosentry import ingest
+
+    data = file.read(10 * 1024 * 1024 + 1)
+    if len(data) > 10 * 1024 * 1024:
+        raise Invalid("OPML file larger than 10 MiB")
+
+    async def body(rt: Runtime) -> dict[str, list[dict[str, Any]]]:
+        return await ingest.import_opml(rt.pool, await _subscriber(rt, email), data)
+
+    _echo_report(run(with_rt(settings_of(ctx), body)), as_json)
+
+
+@source.command("export-opml")
+@click.option("--email", default=None, help="Whose subscriptions (default: the first admin).")
+@click.pass_context
+def source_export_opml(ctx: click.Context, email: str | None) -> None:
+    """Print the subscriptions as OPML."""
+    from infosentry import ingest
+
+    async def body(rt: Runtime) -> str:
+        return await ingest.export_opml(rt.pool, await _subscriber(rt, email))
+
+    click.echo(run(with_rt(settings_of(ctx), body)), nl=False)
+
+
+@source.command("refresh")
+@click.argument("source_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def source_refresh(ctx: click.Context, source_id: int, as_json: bool) -> None:
+    """Fetch one source now and print the result (exit 1 when the fetch failed)."""
+    from infosentry import ingest
+
+    result = run(with_rt(settings_of(ctx), lambda rt: ingest.refresh_source(rt, source_id)))
+    if as_json:
+        echo_json(result)
+    elif result["status"] == "error":
+        click.echo(f"source {source_id}: error ({result.get('error_kind')}): {result.get('error')}")
+    else:
+        click.echo(f"source {source_id}: {result['status']} (HTTP {result.get('http_status')}), "
+                   f"{result['fetched']} fetched, {result['new']} new, {result['duplicate']} duplicate, "
+                   f"{result['duration_ms']} ms; next fetch {_cell(result.get('next_fetch_at'))} UTC")  # fmt: skip
+    if result["status"] == "error":
+        sys.exit(1)
+
+
+@source.command("catalog")
+@click.option("--json", "as_json", is_flag=True)
+def source_catalog(as_json: bool) -> None:
+    """The bundled catalog of public hot lists (newsnow ids)."""
+    from infosentry import ingest
+
+    rows = ingest.catalog()
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, ["id", "name", "title", "interval", "home"])
+
+
+@source.command("import-catalog")
+@click.option("--base-url", required=True, help="A newsnow-style server, e.g. https://newsnow.busiyi.world")
+@click.option("--email", default=None, help="Subscriber (default: the first admin).")
+@click.option("--enable", is_flag=True, help="Enable the subscriptions (default: added disabled).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def source_import_catalog(ctx: click.Context, base_url: str, email: str | None, enable: bool, as_json: bool) -> None:
+    """Add every catalog hot list on BASE_URL; disabled unless --enable (they need the internet)."""
+    from infosentry import ingest
+
+    async def body(rt: Runtime) -> dict[str, list[dict[str, Any]]]:
+        return await ingest.import_catalog(rt.pool, await _subscriber(rt, email), base_url, enabled=enable)
+
+    _echo_report(run(with_rt(settings_of(ctx), body)), as_json)
+
+
 # --- end sources ---
 
 # --- goals, budget (embed and match) -----------------------------------------------------------------------
+
+
+@main.group()
+def goal() -> None:
+    """Goals: add, list."""
+
+
+@goal.command("add")
+@click.option("--email", default=None, help="Owner (default: the first admin).")
+@click.option("--name", required=True)
+@click.option("--description", required=True, help="What you want to hear about, in your own words.")
+@click.option("--term", "terms", multiple=True, help="Priority term (repeat).")
+@click.option("--negative", "negatives", multiple=True, help="Negative term: a hit is never pushed (repeat).")
+@click.option("--mode", type=click.Choice(["soft", "strict"], case_sensitive=False), default="soft", show_default=True,
+              help="strict: without a priority-term hit an item is never an instant alert.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def goal_add(ctx: click.Context, email: str | None, name: str, description: str, terms: tuple[str, ...],
+             negatives: tuple[str, ...], mode: str, as_json: bool) -> None:  # fmt: skip
+    """Add a goal; it is embedded and scored against the last 72 h of items by the embed job."""
+    from infosentry.api import goals as goals_api
+
+    fields = goals_api.validate({"name": name, "description": description, "priority_terms": list(terms),
+                                 "negative_terms": list(negatives), "priority_mode": mode.upper()},
+                                creating=True)  # fmt: skip
+
+    async def body(rt: Runtime) -> dict[str, Any]:
+        user_id = await _subscriber(rt, email)
+        user_row = await rt.pool.fetchrow("SELECT timezone FROM users WHERE id = $1", user_id)
+        row = await goals_api.create(rt, user_id, user_row["timezone"], fields)
+        async with jobs.open_queue(rt.dsn, max_size=2) as qapp:
+            await jobs.nudge(qapp, "embed_pending")
+        return dict(row)
+
+    row = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(row)
+        return
+    click.echo(f"goal {row['id']} added: {row['name']} ({row['priority_mode']}, {row['email']})")
+
+
+@goal.command("list")
+@click.option("--email", default=None, help="Only this user's goals (default: every user's).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def goal_list(ctx: click.Context, email: str | None, as_json: bool) -> None:
+    """Goals with their state (embedded, backfilled) and counts of matches and pushes."""
+    from infosentry.store import goals as goals_store
+
+    async def body(rt: Runtime) -> list[dict[str, Any]]:
+        if email:
+            users = [int((await accounts.user_by_email(rt.pool, email))["id"])]
+        else:
+            users = [r["id"] for r in await rt.pool.fetch("SELECT id FROM users ORDER BY id")]
+        rows: list[dict[str, Any]] = []
+        for user_id in users:
+            rows += [dict(r) for r in await goals_store.list_goals(rt.pool, user_id, limit=1000)]
+        return rows
+
+    rows = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(rows, ["id", "email", "status", "priority_mode", "name", "priority_terms", "embedded", "backfilled",
+                      "match_count", "pushed_count"])  # fmt: skip
+
+
+@main.command("budget")
+@click.option("--reset", "do_reset", is_flag=True, help="Close today's breaker (caps count from now on).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def budget_cmd(ctx: click.Context, do_reset: bool, as_json: bool) -> None:
+    """Today's embedding and LLM spend, caps and breaker state (live)."""
+    from infosentry import budget
+
+    async def body(rt: Runtime) -> dict[str, Any]:
+        if do_reset:
+            await budget.reset(rt, f"cli:{os.environ.get('USER', 'unknown')}")
+        return await budget.status(rt)
+
+    st = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(st)
+        return
+    state = f"OPEN ({st['reason']})" if st["breaker_open"] else "closed"
+    click.echo(f"budget day   {st['day']} ({st['tz']})")
+    click.echo(f"spent        ${st['usd_total']:.6f} of ${st['cap']:.2f} (remaining ${st['remaining_usd']:.6f})")
+    click.echo(f"embeddings   {st['embed_requests']} requests, {st['embed_tokens']} tokens, ${st['embed_usd']:.6f}"
+               f"{'' if st['embedding_enabled'] else '  [EMBEDDING_ENABLED=false]'}")  # fmt: skip
+    click.echo(f"LLM judge    {st['llm_calls']} of {st['judge_cap']} calls, {st['llm_prompt_tokens']} + "
+               f"{st['llm_completion_tokens']} tokens, ${st['llm_usd']:.6f}"
+               f"{'' if st['llm_enabled'] else '  [LLM_ENABLED=false]'}")  # fmt: skip
+    click.echo(f"breaker      {state}")
+
 
 # --- end goals ---
 
 # --- demo (decide and push) --------------------------------------------------------------------------------
 
+
+@main.command("demo")
+@click.option("--no-fast-forward", is_flag=True, help="Do not fire the next batch window and digest early.")
+@click.option("--timeout", default=50.0, show_default=True, help="Seconds to wait for the pipeline to settle.")
+@click.pass_context
+def demo_cmd(ctx: click.Context, no_fast_forward: bool, timeout: float) -> None:
+    """The whole pipeline offline on bundled sample feeds: embedded Postgres, local embedder, emails as .eml
+    files in <data dir>/demo-mail/. Prints what was pushed, in which tier and why. Safe to run again."""
+    from infosentry import demo
+
+    if not ctx.obj.get("debug"):
+        logging.getLogger().setLevel(logging.WARNING)  # the demo's own lines, not the workers' log
+    result = run(demo.run(settings_of(ctx), say=click.echo, fast_forward=not no_fast_forward, timeout=timeout))
+    demo.render(result, click.echo)
+
+
 # --- end demo ---
 
 # --- status and admin parity (monitoring) ------------------------------------------------------------------
 
+
+def _summary(name: str, comp: dict[str, Any]) -> str:
+    """One line per component for `infosentry status`."""
+    if name == "database":
+        return f"latency {comp['latency_ms']} ms" if "latency_ms" in comp else f"unreachable: {comp.get('error')}"
+    if name == "queues":
+        return "; ".join(
+            f"{q['queue']} todo {q['todo']} doing {q['doing']} failed {q['failed']}"
+            + (f" stalled {q['stalled']}" if q["stalled"] else "")
+            + (f" oldest {q['oldest_todo_age_s']}s" if q["todo"] else "")
+            for q in comp["queues"]
+        )
+    if name == "workers":
+        missing = comp["queues_without_worker"]
+        return f"{comp['live']} live, {comp['stale']} stale" + (
+            f"; no worker for {', '.join(missing)}" if missing else ""
+        )
+    if name == "budget":
+        state = "breaker OPEN" if comp.get("breaker_open") else "breaker closed"
+        return (f"{comp.get('day')}: ${comp.get('usd_total')} of ${comp.get('cap')}, "
+                f"{comp.get('llm_calls')}/{comp.get('judge_cap')} judge calls, {state}")  # fmt: skip
+    if name == "sources":
+        return f"{comp['failing_count']} failing"
+    if name == "smtp":
+        return f"{comp['consecutive_failures']} consecutive failures; outbox pending {comp['outbox']['pending']}"
+    if name == "llm":
+        return f"last hour: {comp['calls']} calls, {comp['rate_limited']} 429, {comp['server_errors']} 5xx"
+    return ""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Health of every component and the active alerts; exit 0 ok, 1 warning, 2 critical."""
+    from infosentry import health
+
+    try:
+        report = run(with_rt(settings_of(ctx), health.report))
+    except (OSError, InfosentryError) as exc:  # no database at all: that is the critical answer
+        report = {"status": "critical", "checked_at": datetime.now(UTC), "alerts": [],
+                  "components": {"database": {"status": "critical", "error": str(exc)}}}  # fmt: skip
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(f"status: {report['status']}")
+        rows = [{"component": n, "status": c["status"], "detail": _summary(n, c)}
+                for n, c in report["components"].items()]  # fmt: skip
+        _echo_wide(rows, ["component", "status", "detail"])
+        if report["alerts"]:
+            click.echo("")
+            _echo_wide(report["alerts"], ["severity", "alert", "subject", "since", "detail"])
+    sys.exit(health.exit_code(report))
+
+
+def _echo_wide(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """echo_table without truncating the last column (details are the point)."""
+    cells = [[_cell(r.get(c)) if c != columns[-1] else str(r.get(c) or "-") for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command("alerts")
+@click.option("--history", is_flag=True, help="Recent alert episodes (open and closed) instead of active alerts.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def alerts_cmd(ctx: click.Context, history: bool, limit: int, as_json: bool) -> None:
+    """Active alerts (CONTRACT §7), most severe first."""
+    from infosentry import alerts as alerts_mod
+    from infosentry.store import monitoring
+
+    async def body(rt: Runtime) -> list[dict[str, Any]]:
+        if history:
+            return await monitoring.episodes(rt.pool, limit=limit)
+        return await alerts_mod.active(rt)
+
+    rows = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(rows)
+    elif history:
+        echo_table(rows, ["id", "severity", "alert", "subject", "started_at", "ended_at", "notified_at", "detail"])
+    elif not rows:
+        click.echo("no active alerts")
+    else:
+        _echo_wide(rows, ["severity", "alert", "subject", "since", "detail"])
+
+
+@main.command("workers")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def workers_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Every process's heartbeat (role, queues, last seen); stale after 60 s."""
+    from infosentry.store import monitoring
+
+    rows = run(with_rt(settings_of(ctx), lambda rt: monitoring.workers(rt.pool)))
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, ["id", "role", "queues", "started_at", "last_seen_at", "age_s", "stale", "jobs_done"])
+
+
+@main.command("queues")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def queues_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Jobs per queue: ready, scheduled, running, failed, stalled, oldest ready job."""
+    from infosentry.store import monitoring
+
+    rows = run(with_rt(settings_of(ctx), lambda rt: monitoring.queue_depth(rt.pool)))
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(
+            rows, ["queue", "todo", "scheduled", "doing", "failed", "failed_last_hour", "stalled", "oldest_todo_age_s"]
+        )
+
+
+@config.command("audit")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_audit_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Who changed which key, when, old -> new (newest first)."""
+    from infosentry.store import monitoring
+
+    rows = run(with_rt(settings_of(ctx), lambda rt: monitoring.config_audit(rt.pool, limit=limit)))
+    if as_json:
+        echo_json(rows)
+    else:
+        for r in rows:
+            r["old_value"], r["new_value"] = json.dumps(r["old_value"]), json.dumps(r["new_value"])
+        echo_table(rows, ["id", "changed_at", "changed_by", "key", "old_value", "new_value"])
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """Every user with role, goals and live tokens."""
+    from infosentry.store import monitoring
+
+    rows = run(with_rt(settings_of(ctx), lambda rt: monitoring.users(rt.pool)))
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, ["id", "email", "is_admin", "goals", "live_tokens", "created_at", "last_login_at"])
+
+
+@token.command("list")
+@click.option("--email", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def token_list(ctx: click.Context, email: str, as_json: bool) -> None:
+    """A user's tokens (never the secret: the prefix only)."""
+
+    async def body(rt: Runtime) -> list[dict[str, Any]]:
+        u = await accounts.user_by_email(rt.pool, email)
+        return [dict(r) for r in await accounts.list_tokens(rt.pool, u["id"])]
+
+    rows = run(with_rt(settings_of(ctx), body))
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, ["id", "kind", "name", "prefix", "scopes", "created_at", "expires_at", "revoked_at"])
+
+
 # --- end status ---
 
 # --- backup, restore, chaos (operations) -------------------------------------------------------------------
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@main.command("backup")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for the backup (default <data dir>/backups).")  # fmt: skip
+@click.option("--keep-days", type=click.IntRange(min=0), default=7, show_default=True,
+              help="Delete backups in that directory older than this; 0 keeps all.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def backup_cmd(ctx: click.Context, out_dir: str | None, keep_days: int, as_json: bool) -> None:
+    """Consistent pg_dump of the whole database (custom format, compressed) plus a manifest."""
+    from pathlib import Path
+
+    from infosentry import backup
+
+    target = Path(out_dir) if out_dir else None
+    result = run(backup.backup(settings_of(ctx), target, keep_days=keep_days,
+                               progress=_quiet if as_json else _progress))  # fmt: skip
+    if as_json:
+        echo_json(result.as_dict())
+        return
+    click.echo(f"{result.path}  {backup._human(result.size)}  {sum(result.tables.values())} rows in "
+               f"{len(result.tables)} tables, schema {result.migration:04d}, {result.seconds:.1f} s")  # fmt: skip
+    for path in result.removed:
+        click.echo(f"removed {path} (older than {keep_days} days)")
+
+
+@main.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--yes", is_flag=True, help="Replace the contents of a database that is not empty.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def restore_cmd(ctx: click.Context, file: str, yes: bool, as_json: bool) -> None:
+    """Restore a backup (all or nothing), then print row counts per table and the schema version."""
+    from pathlib import Path
+
+    from infosentry import backup
+
+    result = run(backup.restore(settings_of(ctx), Path(file), yes=yes, progress=_quiet if as_json else _progress))
+    if as_json:
+        echo_json(result.as_dict())
+    else:
+        expected = result.expected or {}
+        rows = [{"table": t, "rows": n, "expected": expected.get(t, "-") if result.expected else "-",
+                 "check": "" if result.expected is None else ("ok" if expected.get(t) == n else "MISMATCH")}
+                for t, n in sorted(result.tables.items())]  # fmt: skip
+        echo_table(rows, ["table", "rows", "expected", "check"])
+        state = "current" if result.migration == result.head else (
+            "behind: run 'infosentry migrate'" if result.migration < result.head else "newer than this code")
+        click.echo(f"restored {result.path.name} in {result.seconds:.1f} s: {sum(result.tables.values())} rows, "
+                   f"schema at {result.migration:04d} (head {result.head:04d}, {state})")  # fmt: skip
+    if result.mismatches:
+        click.echo(f"error: row counts differ from the backup's manifest: {sorted(result.mismatches)}", err=True)
+        sys.exit(1)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@main.group("chaos")
+def chaos_cmd() -> None:
+    """Fault drills: inject a fault, watch what degrades and what keeps working; `recover` undoes it."""
+
+
+def _drill(ctx: click.Context, drill: str, as_json: bool, **options: Any) -> None:
+    from infosentry import chaos
+
+    report = run(chaos.run_drill(settings_of(ctx), drill, progress=_quiet if as_json else _progress, **options))
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+_watch_option = click.option("--watch", default=20.0, show_default=True, type=click.FloatRange(0, 3600),
+                             help="Seconds to observe the system after injecting the fault.")  # fmt: skip
+
+
+@chaos_cmd.command("openai")
+@_watch_option
+@_json_option
+@click.pass_context
+def chaos_openai(ctx: click.Context, watch: float, as_json: bool) -> None:
+    """A worker (embed, agent) whose OpenAI endpoint refuses: boundary items FALLBACK to BATCH."""
+    _drill(ctx, "openai", as_json, watch=watch)
+
+
+@chaos_cmd.command("smtp")
+@_watch_option
+@_json_option
+@click.pass_context
+def chaos_smtp(ctx: click.Context, watch: float, as_json: bool) -> None:
+    """A worker (email) whose SMTP server refuses: the inbox keeps filling, emails wait and are retried."""
+    _drill(ctx, "smtp", as_json, watch=watch)
+
+
+@chaos_cmd.command("budget")
+@_watch_option
+@_json_option
+@click.pass_context
+def chaos_budget(ctx: click.Context, watch: float, as_json: bool) -> None:
+    """Force the budget breaker open: no paid call, LLM decisions FALLBACK, embeddings pause."""
+    _drill(ctx, "budget", as_json, watch=watch)
+
+
+@chaos_cmd.command("db")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds to wait for reconnects.")
+@click.option("--restart-command", default=None,
+              help="Shell command restarting an external server ('sudo systemctl restart postgresql').")  # fmt: skip
+@click.option("--api-url", default=None, help="Health URL to watch (default PUBLIC_URL/health).")
+@_json_option
+@click.pass_context
+def chaos_db(ctx: click.Context, timeout: float, restart_command: str | None, api_url: str | None,
+             as_json: bool) -> None:  # fmt: skip
+    """Restart the database (embedded: pg_ctl restart; external: cut connections or --restart-command)."""
+    _drill(ctx, "db", as_json, timeout=timeout, restart_command=restart_command, api_url=api_url)
+
+
+@chaos_cmd.command("worker")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1, 600), help="Job length.")
+@click.option("--fast", is_flag=True, help="Declare the killed worker dead and run maintenance at once.")
+@click.option("--timeout", default=150.0, show_default=True, type=float, help="Seconds to wait for the retry.")
+@_json_option
+@click.pass_context
+def chaos_worker(ctx: click.Context, seconds: float, fast: bool, timeout: float, as_json: bool) -> None:
+    """SIGKILL a worker mid-job: the job is retried by another worker, exactly once."""
+    _drill(ctx, "worker", as_json, seconds=seconds, fast=fast, timeout=timeout)
+
+
+@chaos_cmd.command("recover")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds to watch the backlog drain.")
+@_json_option
+@click.pass_context
+def chaos_recover(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Undo every injected fault, then watch the backlog drain."""
+    _drill(ctx, "recover", as_json, timeout=timeout)
+
+
+@chaos_cmd.command("status")
+@_json_option
+@click.pass_context
+def chaos_status(ctx: click.Context, as_json: bool) -> None:
+    """Injected faults and a health summary."""
+    from infosentry import chaos
+
+    summary = run(chaos.status(settings_of(ctx)))
+    if as_json:
+        echo_json(summary)
+    else:
+        for line in chaos.status_lines(summary):
+            click.echo(line)
+
 
 # --- end operations ---
 

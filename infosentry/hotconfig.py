@@ -184,8 +184,10 @@ class HotConfig:
             except Invalid as exc:
                 log.warning("ignoring bad config value", extra={"action": "config_invalid", "detail": exc.detail})
         if values != self._values:
+            changed = {k: v for k, v in values.items() if self._values.get(k) != v}
             self._values = values
             self.version += 1
+            log.info("config changed: %s", changed, extra={"action": "config_changed", "changed": changed})
 
     async def reload(self) -> None:
         assert self._pool is not None

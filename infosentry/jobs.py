@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -99,17 +100,204 @@ async def maintenance(context: procrastinate.JobContext, timestamp: int) -> None
 
 # --- ingest (fetch due sources) -----------------------------------------------------------------------------
 
+
+@app.periodic(cron="* * * * * */10", periodic_id="ingest_due")
+@app.task(name="ingest_due", queue="ingest", pass_context=True, queueing_lock="ingest_due")
+@step
+async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Fetch every due source (claimed with SKIP LOCKED and a lease, so runs in several processes never
+    overlap and a crashed run's sources come back after the lease); nudge embedding when items are new."""
+    from infosentry import ingest
+
+    summary = await ingest.run_due(_rt(context))
+    if summary.new_items:
+        await nudge(context.app, "embed_pending")
+
+
+@app.periodic(cron="17 * * * *", periodic_id="prune_ingest_logs")
+@app.task(name="prune_ingest_logs", queue="ingest", pass_context=True, queueing_lock="prune_ingest_logs")
+@step
+async def prune_ingest_logs(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Keep ingest logs for ingest.LOG_RETENTION_DAYS (a busy install writes about 100 rows per source a day)."""
+    from infosentry import ingest
+
+    await ingest.prune_logs(_rt(context))
+
+
 # --- end ingest ---
 
 # --- embed and match ---------------------------------------------------------------------------------------
+
+
+@app.task(name="embed_pending", queue="embed", pass_context=True, queueing_lock="embed_pending")
+@step
+async def embed_pending(context: procrastinate.JobContext) -> None:
+    """Embed pending items in batches and score them (lexically while embedding is paused); goal vectors and
+    backfills first. Bounded per job: re-nudges itself while work remains; nudges the decide step."""
+    from infosentry import embed
+
+    report = await embed.run(_rt(context))
+    if report.match.stored:
+        await nudge(context.app, "decide_pending")
+    if report.more:
+        await nudge(context.app, "embed_pending")
+
+
+@app.periodic(cron="* * * * *", periodic_id="embed_sweep")
+@app.task(name="embed_sweep", queue="embed", pass_context=True, queueing_lock="embed_sweep")
+@step
+async def embed_sweep(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Safety net for lost nudges: pending or unmatched items, goals to embed or backfill, items of an old
+    embedding model still needed for matching -> one embed_pending job."""
+    from infosentry import embed
+
+    if (await embed.sweep(_rt(context)))["work"]:
+        await nudge(context.app, "embed_pending")
+
 
 # --- end embed and match ---
 
 # --- decide and push ---------------------------------------------------------------------------------------
 
+
+async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
+    """Decide what is queued by the rules; nudge the push flush for new pushes and the judge for boundary pairs."""
+    from infosentry import decide
+
+    report = await decide.decide_pending(rt)
+    if qapp is not None:
+        if report.pushable:
+            await nudge(qapp, "flush_push")
+        if report.to_judge:
+            await nudge(qapp, "judge_pending")
+        if report.busy:
+            await nudge(qapp, "decide_pending")
+    return report
+
+
+async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
+    from infosentry import decide
+
+    report = await decide.judge_pending(rt)
+    if qapp is not None:
+        if report.pushable:
+            await nudge(qapp, "flush_push")
+        if report.more:
+            await nudge(qapp, "judge_pending")
+    return report
+
+
+async def flush_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
+    from infosentry import push
+
+    report = await push.flush(rt)
+    if qapp is not None and report.sendable:
+        await nudge(qapp, "send_emails")
+    return report
+
+
+@app.periodic(cron="* * * * * */15", periodic_id="decide_pending", queueing_lock="decide_pending")
+@app.task(name="decide_pending", queue="agent", pass_context=True, queueing_lock="decide_pending")
+@step
+async def decide_pending(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Tier the matches of queued items (new or re-scored), write decisions and runs; nudge the push flush."""
+    await decide_step(_rt(context), context.app)
+
+
+@app.periodic(cron="* * * * * */15", periodic_id="judge_pending", queueing_lock="judge_pending")
+@app.task(name="judge_pending", queue="agent", pass_context=True, queueing_lock="judge_pending")
+@step
+async def judge_pending(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """The LLM boundary judge over the judge queue (bounded per job); nudges the push flush."""
+    await judge_step(_rt(context), context.app)
+
+
+@app.periodic(cron="* * * * * */10", periodic_id="flush_push", queueing_lock="flush_push")
+@app.task(name="flush_push", queue="agent", pass_context=True, queueing_lock="flush_push")
+@step
+async def flush_push(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Coalesced IMMEDIATE emails, batch windows and digests that are due; nudge the sender."""
+    await flush_step(_rt(context), context.app)
+
+
+@app.periodic(cron="* * * * * */15", periodic_id="send_emails", queueing_lock="send_emails")
+@app.task(name="send_emails", queue="email", pass_context=True, queueing_lock="send_emails")
+@step
+async def send_emails(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Send due outbox rows (push, login and alert emails) with retries and backoff."""
+    from infosentry import push
+
+    await push.send_due(_rt(context))
+
+
+@app.periodic(cron="* * * * *", periodic_id="reconcile_push", queueing_lock="reconcile_push")
+@app.task(name="reconcile_push", queue="agent", pass_context=True, queueing_lock="reconcile_push")
+@step
+async def reconcile_push(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Finish what a lost or crashed job left: stuck `sending` emails, overdue IMMEDIATE flushes, due emails,
+    cancelled/expired decisions. Every 10 minutes also matches without decisions (re-queued for deciding)."""
+    from infosentry import decide, push
+
+    rt = _rt(context)
+    report = await push.reconcile(rt)
+    if report.overdue_immediate:
+        await nudge(context.app, "flush_push")
+    if report.due_emails or report.released_emails:
+        await nudge(context.app, "send_emails")
+    if timestamp is None or (timestamp // 60) % 10 == 0:
+        await decide.requeue_lost(rt)
+    if await decide.queued_items(rt):
+        await nudge(context.app, "decide_pending")
+    if await decide.judge_queue_depth(rt):
+        await nudge(context.app, "judge_pending")
+
+
 # --- end decide and push ---
 
 # --- monitoring and alerts ---------------------------------------------------------------------------------
+
+ALERTS_SECONDS = 30.0
+
+
+async def _alerts_tick(rt: Runtime, qapp: procrastinate.App | None) -> None:
+    from infosentry import alerts
+
+    result = await alerts.tick(rt)
+    if result.emailed and qapp is not None:
+        await nudge(qapp, "send_emails")
+
+
+@app.periodic(cron="* * * * * */30", periodic_id="alerts_tick")
+@app.task(name="alerts_tick", queue="agent", pass_context=True)
+@step
+async def alerts_tick(context: procrastinate.JobContext, timestamp: int) -> None:
+    """Evaluate the alerts, open/close episodes, notify new episodes once (admin email and/or webhook)."""
+    await _alerts_tick(_rt(context), context.app)
+
+
+@app.periodic(cron="17 * * * *", periodic_id="prune_logins")
+@app.task(name="prune_logins", queue="agent", pass_context=True)
+@step
+async def prune_logins(context: procrastinate.JobContext, timestamp: int) -> None:
+    """Forget login links and rate-limit windows older than a day."""
+    from infosentry.store import logins
+
+    await logins.prune(_rt(context).pool)
+
+
+async def alerts_loop(rt: Runtime, qapp: procrastinate.App | None) -> None:
+    """The same tick in-process, every 30 s, for processes that serve HTTP: when every worker is dead (the
+    critical alert), no alerts_tick job runs, so the API process must be the one that notices and notifies.
+    Ticks are serialised across processes by an advisory lock, so running both is safe."""
+    while True:
+        await asyncio.sleep(ALERTS_SECONDS)
+        try:
+            await _alerts_tick(rt, qapp)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("alerts tick failed: %s", exc, extra={"action": "alerts_tick_failed"})
+
 
 # --- end monitoring and alerts ---
 
@@ -132,15 +320,58 @@ async def heartbeat_loop(rt: Runtime, queues: Iterable[str]) -> None:
 
 async def run_worker(rt: Runtime, qapp: procrastinate.App, queues: Iterable[str], *, concurrency: int,
                      install_signal_handlers: bool) -> None:  # fmt: skip
-    """Work the given queues until cancelled or signalled; in-flight jobs are drained on shutdown."""
-    await qapp.run_worker_async(
-        queues=list(queues),
-        concurrency=concurrency,
-        wait=True,
-        install_signal_handlers=install_signal_handlers,
-        additional_context={"rt": rt, "qapp": qapp},
-        shutdown_graceful_timeout=25,
-        delete_jobs="successful",
-        update_heartbeat_interval=5,
-        stalled_worker_timeout=20,
-    )
+    """Work the given queues until cancelled or signalled; in-flight jobs are drained on shutdown.
+
+    procrastinate stops its worker when a side task fails (its LISTEN connection or heartbeat while the database
+    restarts): a stop we did not ask for is followed by a fresh worker after a short backoff, so a process never
+    goes on living without working its queues.
+    """
+    queues = list(queues)
+    stopping = asyncio.Event()
+    if install_signal_handlers:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        worker = asyncio.create_task(
+            qapp.run_worker_async(
+                queues=queues,
+                concurrency=concurrency,
+                wait=True,
+                install_signal_handlers=False,
+                additional_context={"rt": rt, "qapp": qapp},
+                shutdown_graceful_timeout=25,
+                delete_jobs="successful",
+                update_heartbeat_interval=5,
+                stalled_worker_timeout=20,
+            ),
+            name="procrastinate-worker",
+        )
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({worker, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            worker.cancel()  # procrastinate drains the running jobs (shutdown_graceful_timeout)
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            raise
+        finally:
+            stop.cancel()
+        if stopping.is_set():
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            return
+        if time.monotonic() - started > 60:
+            delay = 1.0
+        reason = worker.exception() if not worker.cancelled() else None
+        log.warning(
+            "queue worker stopped (%s); starting it again in %.0f s",
+            reason or "a side task failed",
+            delay,
+            extra={"action": "worker_restart"},
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)

@@ -60,14 +60,23 @@ async def insert_token(conn: asyncpg.Pool | asyncpg.Connection, *, user_id: int,
 
 
 async def token_owner(conn: asyncpg.Pool | asyncpg.Connection, token_hash: str) -> asyncpg.Record | None:
-    """The live token with its user, or None when unknown, revoked or expired."""
+    """The live token with its user, or None when unknown, revoked or expired.
+
+    Runs on every authenticated request, so it is a read: last_used_at is written at most once a minute per
+    token (a write per request serialised concurrent requests of one token on its row lock and a WAL flush).
+    """
     return await conn.fetchrow(
-        """UPDATE api_tokens t SET last_used_at = now()
-           FROM users u
-           WHERE t.token_hash = $1 AND u.id = t.user_id AND t.revoked_at IS NULL
-             AND (t.expires_at IS NULL OR t.expires_at > now())
-           RETURNING t.id AS token_id, t.scopes, t.kind, u.id AS user_id, u.email, u.is_admin,
-                     u.timezone, u.language""",
+        """WITH live AS (
+               SELECT t.id AS token_id, t.scopes, t.kind, t.last_used_at, u.id AS user_id, u.email, u.is_admin,
+                      u.timezone, u.language
+               FROM api_tokens t JOIN users u ON u.id = t.user_id
+               WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())),
+           touched AS (
+               UPDATE api_tokens SET last_used_at = now() FROM live
+               WHERE api_tokens.id = live.token_id
+                 AND (live.last_used_at IS NULL OR live.last_used_at < now() - interval '60 seconds')
+               RETURNING api_tokens.id)
+           SELECT token_id, scopes, kind, user_id, email, is_admin, timezone, language FROM live""",
         token_hash,
     )
 

@@ -1,0 +1,559 @@
+"""Backup and restore of the whole database with pg_dump / pg_restore (custom format), plus a manifest.
+
+Format: `pg_dump -Fc` (custom format: zlib/gzip-compressed inside, one file, listable with `pg_restore -l`,
+restorable selectively) named `infosentry-YYYYmmddTHHMMSSZ.dump`, next to `infosentry-….json`, a manifest with
+the row count of every table, the migration version and the file's sha256, all taken in the dump's own snapshot.
+Restore wipes our objects (never extensions) and loads the archive in ONE transaction: it either completes or
+leaves the database as it was. Imports db, migrate, errors, settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from infosentry import db, migrate
+from infosentry.errors import Conflict, Invalid, Unavailable
+from infosentry.settings import Settings
+
+PREFIX = "infosentry-"
+SUFFIX = ".dump"
+_STAMP = "%Y%m%dT%H%M%SZ"
+_NAME_RE = re.compile(r"^infosentry-(\d{8}T\d{6}Z)(?:-(\d+))?\.dump$")
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --- the PostgreSQL client tools ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tools:
+    """pg_dump, pg_restore and psql of one installation (bin_dir) and its major version."""
+
+    bin_dir: Path
+    major: int
+
+    def __call__(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+
+def tool_major(pg_dump: Path) -> int | None:
+    import subprocess
+
+    try:
+        out = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return None
+    match = _VERSION_RE.search(out)
+    return int(match.group(1)) if match else None
+
+
+def pick_tools(*, embedded: bool, server_major: int) -> Tools:
+    """The embedded server's bundled binaries for the embedded server; otherwise the newer of the system's and
+    the bundled ones (pg_dump must not be older than the server, and a newer pg_restore reads older archives)."""
+    candidates: list[Tools] = []
+    bundled = db.embedded_bin_dir()
+    if bundled and (bundled / "pg_dump").exists():
+        major = tool_major(bundled / "pg_dump")
+        if major:
+            candidates.append(Tools(bundled, major))
+    if embedded and candidates:
+        return candidates[0]
+    system = shutil.which("pg_dump")
+    if system:
+        major = tool_major(Path(system))
+        if major and all((Path(system).parent / t).exists() for t in ("pg_restore", "psql")):
+            candidates.append(Tools(Path(system).parent, major))
+    if not candidates:
+        raise Unavailable("pg_dump not found: install the PostgreSQL client (postgresql-client)")
+    best = max(candidates, key=lambda t: t.major)
+    if best.major < server_major:
+        raise Unavailable(
+            f"pg_dump {best.major} is older than the database server ({server_major}); "
+            f"install postgresql-client-{server_major}"
+        )
+    return best
+
+
+def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
+    """The DSN without its password (for argv, visible in ps) and an environment carrying the password."""
+    parts = urlsplit(dsn)
+    env = dict(os.environ)
+    env.pop("PGPASSWORD", None)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}@{netloc[1]}")
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
+    return parts.geturl(), env
+
+
+async def _run(argv: list[str], env: dict[str, str], what: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise Unavailable(f"{what} failed: {_last_error(err.decode(errors='replace'))}")
+    return out.decode(errors="replace")
+
+
+def _last_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+    return (errors or lines or ["no output"])[-1][:500]
+
+
+# --- catalog helpers ---------------------------------------------------------------------------------------
+
+# our tables: every table of schema public that does not belong to an extension
+_TABLES_SQL = """
+SELECT c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY c.relname
+"""
+
+
+async def list_tables(conn: asyncpg.Connection) -> list[str]:
+    return [r["relname"] for r in await conn.fetch(_TABLES_SQL)]
+
+
+async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """Exact row count of every table, in one statement (so in one snapshot even outside a transaction)."""
+    tables = await list_tables(conn)
+    if not tables:
+        return {}
+    query = " UNION ALL ".join(f"SELECT {_literal(t)} AS t, count(*) AS n FROM public.{_ident(t)}" for t in tables)
+    return {r["t"]: r["n"] for r in await conn.fetch(query)}
+
+
+async def nonempty_tables(conn: asyncpg.Connection) -> list[str]:
+    """Tables holding rows; schema_migrations does not count (a freshly migrated database is empty)."""
+    tables = [t for t in await list_tables(conn) if t != "schema_migrations"]
+    if not tables:
+        return []
+    query = " UNION ALL ".join(
+        f"SELECT {_literal(t)} AS t WHERE EXISTS (SELECT 1 FROM public.{_ident(t)})" for t in tables
+    )
+    return [r["t"] for r in await conn.fetch(query)]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def _migration_version(conn: asyncpg.Connection) -> int:
+    return (await migrate.status(conn)).current
+
+
+async def _server_major(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SHOW server_version_num")) // 10000
+
+
+# --- backup ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackupResult:
+    path: Path
+    manifest_path: Path
+    size: int
+    seconds: float
+    tables: dict[str, int]
+    migration: int
+    tools: str
+    removed: list[Path] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "manifest": str(self.manifest_path),
+            "bytes": self.size,
+            "seconds": round(self.seconds, 2),
+            "rows": sum(self.tables.values()),
+            "tables": self.tables,
+            "migration": self.migration,
+            "pg_dump": self.tools,
+            "removed": [str(p) for p in self.removed],
+        }
+
+
+def default_dir(settings: Settings) -> Path:
+    return settings.data_dir / "backups"
+
+
+def _new_path(out_dir: Path, now: datetime) -> Path:
+    base = f"{PREFIX}{now.strftime(_STAMP)}"
+    path = out_dir / f"{base}{SUFFIX}"
+    n = 1
+    while path.exists() or path.with_suffix(".dump.partial").exists():
+        path = out_dir / f"{base}-{n}{SUFFIX}"
+        n += 1
+    return path
+
+
+def manifest_of(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+async def backup(settings: Settings, out_dir: Path | None = None, *, keep_days: int = 7,
+                 progress: Progress = _quiet) -> BackupResult:  # fmt: skip
+    """pg_dump the database into out_dir (default <data dir>/backups), write the manifest, prune old backups.
+
+    Row counts are taken in the exported snapshot pg_dump then dumps, so the manifest describes exactly the
+    archive's contents even while the service keeps writing.
+    """
+    if keep_days < 0:
+        raise Invalid("--keep-days must be 0 (keep everything) or more")
+    out_dir = (out_dir or default_dir(settings)).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dsn = db.resolve_dsn(settings)
+    started = time.monotonic()
+    now = datetime.now(UTC)
+    path = _new_path(out_dir, now)
+    partial = path.with_suffix(".dump.partial")
+    async with db.plain_connection(dsn) as conn:
+        tools = pick_tools(embedded=not settings.database_url, server_major=await _server_major(conn))
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            tables = await table_counts(conn)
+            migration = await _migration_version(conn)
+            database = await conn.fetchval("SELECT current_database()")
+            server_version = await conn.fetchval("SHOW server_version")
+            progress(f"backup: dumping {len(tables)} tables ({sum(tables.values())} rows, schema "
+                     f"{migration:04d}) of {database} with pg_dump {tools.major} to {path}")  # fmt: skip
+            try:
+                await _pg_dump(tools, dsn, snapshot, partial, len(tables), progress)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+    digest = _sha256(partial)
+    partial.rename(path)
+    size = path.stat().st_size
+    manifest = {
+        "format": "pg_dump custom (-Fc), restore with `infosentry restore FILE`",
+        "file": path.name,
+        "created_at": now.isoformat(),
+        "database": database,
+        "server_version": server_version,
+        "pg_dump_major": tools.major,
+        "migration": migration,
+        "bytes": size,
+        "sha256": digest,
+        "tables": tables,
+    }
+    manifest_path = manifest_of(path)
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    removed = prune(out_dir, keep_days, now=now, keep={path})
+    return BackupResult(path, manifest_path, size, time.monotonic() - started, tables, migration,
+                        f"{tools('pg_dump')} ({tools.major})", removed)  # fmt: skip
+
+
+async def _pg_dump(tools: Tools, dsn: str, snapshot: str, target: Path, n_tables: int, progress: Progress) -> None:
+    uri, env = libpq_env(dsn)
+    argv = [
+        tools("pg_dump"), "--format=custom", "--compress=6", "--verbose", f"--snapshot={snapshot}",
+        "--lock-wait-timeout=60s", f"--file={target}", f"--dbname={uri}",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    assert proc.stderr is not None
+    tail: list[str] = []
+    done = 0
+    tty = sys.stderr.isatty()
+    try:
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            tail = [*tail[-20:], line]
+            if "dumping contents of table" in line:
+                done += 1
+                name = line.rsplit("table", 1)[-1].strip().strip('"')
+                size = target.stat().st_size if target.exists() else 0
+                if tty:
+                    print(f"\r\033[Kbackup: table {done}/{n_tables} {name} ({_human(size)})", end="",
+                          file=sys.stderr, flush=True)  # fmt: skip
+        code = await proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    finally:
+        if tty and done:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if code != 0:
+        raise Unavailable(f"pg_dump failed: {_last_error(chr(10).join(tail))}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def backup_time(path: Path) -> datetime | None:
+    """The UTC time in a backup's file name (not the mtime: copies keep their name, not their mtime)."""
+    match = _NAME_RE.match(path.name)
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), _STAMP).replace(tzinfo=UTC)
+
+
+def list_backups(out_dir: Path) -> list[Path]:
+    """Backups in out_dir, oldest first."""
+    if not out_dir.is_dir():
+        return []
+    found = []
+    for path in out_dir.iterdir():
+        match = _NAME_RE.match(path.name)
+        if match and path.is_file():
+            found.append((match.group(1), int(match.group(2) or 0), path))
+    return [path for _, _, path in sorted(found)]
+
+
+def prune(out_dir: Path, keep_days: int, *, now: datetime | None = None, keep: set[Path] | None = None) -> list[Path]:
+    """Delete backups (and their manifests) older than keep_days, and stale partial files; 0 keeps all."""
+    if keep_days <= 0:
+        return []
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(days=keep_days)
+    removed = []
+    for path in list_backups(out_dir):
+        stamp = backup_time(path)
+        if stamp is not None and stamp < cutoff and path not in (keep or set()):
+            path.unlink(missing_ok=True)
+            manifest_of(path).unlink(missing_ok=True)
+            removed.append(path)
+    for partial in out_dir.glob(f"{PREFIX}*.dump.partial"):
+        if datetime.fromtimestamp(partial.stat().st_mtime, UTC) < now - timedelta(days=1):
+            partial.unlink(missing_ok=True)
+    return removed
+
+
+# --- restore -----------------------------------------------------------------------------------------------
+
+# Drops every object of schema public that no extension owns (tables with their sequences, indexes, triggers;
+# views; functions; types), so that a role without the right to create extensions (pgvector is not a trusted
+# extension) can restore: the extension stays, the archive's CREATE EXTENSION IF NOT EXISTS is then a no-op.
+WIPE_SQL = r"""
+DO $wipe$
+DECLARE
+    stmt text;
+    stmts text[];
+BEGIN
+    -- each phase lists its objects before dropping any (a CASCADE may take others along: hence IF EXISTS)
+    SELECT array_agg(format('DROP %s IF EXISTS %I.%I CASCADE',
+                            CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                           WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+                            n.nspname, c.relname)
+                     ORDER BY CASE c.relkind WHEN 'v' THEN 0 WHEN 'm' THEN 1 WHEN 'S' THEN 3 ELSE 2 END)
+    INTO stmts
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e');
+    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP EXECUTE stmt; END LOOP;
+
+    SELECT array_agg(format('DROP ROUTINE IF EXISTS %s CASCADE', p.oid::regprocedure)) INTO stmts
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = 'public'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e');
+    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP EXECUTE stmt; END LOOP;
+
+    SELECT array_agg(format('DROP TYPE IF EXISTS %I.%I CASCADE', n.nspname, t.typname)) INTO stmts
+    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    LEFT JOIN pg_class c ON c.oid = t.typrelid
+    WHERE n.nspname = 'public' AND t.typtype IN ('c', 'd', 'e', 'r', 'm')
+      AND (t.typtype <> 'c' OR c.relkind = 'c')
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e');
+    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP EXECUTE stmt; END LOOP;
+END
+$wipe$;
+"""
+
+# archive entries a non-owner cannot restore and that carry nothing of ours
+_SKIP_TOC = re.compile(r"^\d+; \d+ \d+ COMMENT - EXTENSION ")
+
+
+@dataclass
+class RestoreResult:
+    path: Path
+    seconds: float
+    tables: dict[str, int]
+    expected: dict[str, int] | None
+    migration: int
+    head: int
+    wiped: list[str]
+
+    @property
+    def mismatches(self) -> dict[str, tuple[int | None, int | None]]:
+        if self.expected is None:
+            return {}
+        names = set(self.tables) | set(self.expected)
+        return {
+            n: (self.expected.get(n), self.tables.get(n))
+            for n in sorted(names)
+            if self.expected.get(n) != self.tables.get(n)
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "seconds": round(self.seconds, 2),
+            "tables": self.tables,
+            "expected": self.expected,
+            "mismatches": {k: {"expected": e, "restored": r} for k, (e, r) in self.mismatches.items()},
+            "migration": self.migration,
+            "head": self.head,
+            "replaced_nonempty_tables": self.wiped,
+        }
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    manifest = manifest_of(path)
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise Invalid(f"{manifest}: unreadable manifest ({exc}); move it away to restore without checks") from None
+    return data if isinstance(data, dict) else None
+
+
+async def restore(settings: Settings, path: Path, *, yes: bool = False, progress: Progress = _quiet) -> RestoreResult:
+    """Replace the database's contents with the archive, atomically, then verify counts and schema version.
+
+    Refuses a database whose tables hold any row unless yes=True (an empty, freshly migrated schema is fine).
+    """
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise Invalid(f"{path}: no such backup file")
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.get("sha256"):
+        progress(f"restore: checking {path.name} against its manifest")
+        if _sha256(path) != manifest["sha256"]:
+            raise Invalid(f"{path}: content does not match its manifest (sha256): corrupt or truncated copy")
+    started = time.monotonic()
+    dsn = db.resolve_dsn(settings)
+    async with db.plain_connection(dsn) as conn:
+        tools = pick_tools(embedded=not settings.database_url, server_major=await _server_major(conn))
+        filled = await nonempty_tables(conn)
+        if filled and not yes:
+            shown = ", ".join(filled[:6]) + (", ..." if len(filled) > 6 else "")
+            raise Conflict(
+                f"the database is not empty ({len(filled)} tables hold rows: {shown}); "
+                "run again with --yes to replace its contents"
+            )
+        others = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        if others:
+            progress(f"restore: warning: {others} other connections to this database (stop the api and "
+                     "workers first; the restore waits for their locks)")  # fmt: skip
+    uri, env = libpq_env(dsn)
+    progress(f"restore: reading {path.name} with pg_restore {tools.major}")
+    toc = await _run([tools("pg_restore"), "--list", str(path)], env, "pg_restore --list (is this a backup?)")
+    with tempfile.TemporaryDirectory(prefix="infosentry-restore-") as tmp:
+        listing = Path(tmp) / "toc.list"
+        listing.write_text("\n".join(ln for ln in toc.splitlines() if not _SKIP_TOC.match(ln)) + "\n")
+        wipe = Path(tmp) / "wipe.sql"
+        wipe.write_text(WIPE_SQL)
+        progress(f"restore: replacing the contents of the database (one transaction) from {path.name}")
+        await _restore_pipe(tools, uri, env, path, listing, wipe)
+    async with db.plain_connection(dsn) as conn:
+        progress("restore: analyzing and verifying")
+        await conn.execute("ANALYZE")
+        tables = await table_counts(conn)
+        st = await migrate.status(conn)
+    expected = manifest.get("tables") if manifest else None
+    return RestoreResult(path, time.monotonic() - started, tables, expected, st.current, st.head, filled)
+
+
+async def _restore_pipe(tools: Tools, uri: str, env: dict[str, str], archive: Path, listing: Path,
+                        wipe: Path) -> None:  # fmt: skip
+    """pg_restore (archive -> SQL) relayed into psql --single-transaction (wipe + SQL): all or nothing.
+
+    The relay, not a shell pipe, closes psql's input: only after pg_restore exited 0 does psql see the end of
+    its script and commit; if pg_restore fails, psql is killed mid-transaction and the database is untouched.
+    """
+    producer = await asyncio.create_subprocess_exec(
+        tools("pg_restore"), "--no-owner", "--no-privileges", f"--use-list={listing}", "--file=-", str(archive),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1 << 20,
+    )  # fmt: skip
+    consumer = await asyncio.create_subprocess_exec(
+        tools("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
+        f"--file={wipe}", "--file=-", f"--dbname={uri}",
+        env={**env, "PGOPTIONS": "-c client_min_messages=warning"},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert producer.stdout and producer.stderr and consumer.stdin and consumer.stderr
+    perr_task = asyncio.create_task(producer.stderr.read())
+    cerr_task = asyncio.create_task(consumer.stderr.read())
+    broken = False
+    try:
+        while chunk := await producer.stdout.read(1 << 16):
+            try:
+                consumer.stdin.write(chunk)
+                await consumer.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                broken = True  # psql stopped on an error; its stderr says which
+                break
+        if broken:
+            producer.kill()
+        produced = await producer.wait()
+        if produced != 0 and not broken:
+            consumer.kill()  # before it sees EOF: the transaction is rolled back
+        else:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                consumer.stdin.close()
+        consumed = await consumer.wait()
+    except BaseException:
+        for proc in (producer, consumer):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        raise
+    perr, cerr = (await perr_task).decode(errors="replace"), (await cerr_task).decode(errors="replace")
+    if consumed != 0:
+        reason = _last_error(cerr) if cerr.strip() else f"pg_restore failed: {_last_error(perr)}"
+        raise Unavailable(f"restore failed and was rolled back, the database is unchanged: {reason}")

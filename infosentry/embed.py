@@ -1,0 +1,327 @@
+"""Embedding pipeline: goal vectors, batched item embeddings (with their context vectors), backfill of new or
+edited goals, and the lexical matching that keeps pushes flowing while embedding is paused or failing.
+
+Items wait in the table (embedding_status), so a lost job loses nothing: `run` re-reads its work, claims rows
+with FOR UPDATE SKIP LOCKED and is bounded per call (the job re-nudges itself while work remains). Budget:
+`budget.allow` before every call, `budget.charge` after it. Imports budget, match, store.matches, embedders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from infosentry import budget, match
+from infosentry.embedders.base import EmbedResult
+from infosentry.embedders.openai import EmbedError, OpenAIEmbedder
+from infosentry.errors import Unavailable
+from infosentry.store import matches as store
+
+if TYPE_CHECKING:
+    from infosentry.embedders.base import Embedder
+    from infosentry.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_EMBED_ATTEMPTS = 3  # refused inputs become 'failed' (visible, still scored by keywords) after this many
+MAX_BATCHES_PER_RUN = 20  # bounded job: the task re-nudges itself while work remains
+GOALS_PER_REQUEST = 50  # goals embedded per call (each has ~10 parts)
+GOAL_ROUNDS = 20  # at most 1,000 goal vectors per run
+BACKFILL_GOALS_PER_RUN = 5
+BACKFILL_CHUNK = 1000
+POOL_MAX = 5000  # recent vectors kept per process for context vectors (5000 x 1536 floats = 30 MB)
+POOL_FULL_RELOAD_SECONDS = 600.0
+REQUEUE_LIMIT = 5000
+
+_local_lock = threading.Lock()
+_local_embedder: Any = None
+
+
+def embedder(rt: Runtime) -> Embedder:
+    """The process's embedder for rt: ONE LocalEmbedder per process (weights load once, shared by every
+    Runtime), or rt's OpenAIEmbedder wired to the hot config (EMBED_PER_MIN) and external_calls."""
+    global _local_embedder
+    if rt.settings.embed_provider == "local":
+        with _local_lock:
+            if _local_embedder is None:
+                from infosentry.embedders.local import LocalEmbedder
+
+                _local_embedder = LocalEmbedder()
+        rt._embedder = _local_embedder  # so rt.embedder() hands out the same instance
+        return _local_embedder  # type: ignore[no-any-return]
+    emb = rt.embedder()
+    if isinstance(emb, OpenAIEmbedder) and emb.on_call is None:
+        emb.use_client(rt.llm())  # closed with the Runtime; every request passes its own timeout
+        emb.per_minute = lambda: int(rt.hot["EMBED_PER_MIN"])
+
+        async def on_call(rec: Any) -> None:
+            await budget.record_call(rt, "embed", ok=rec.ok, http_status=rec.http_status, error=rec.error,
+                                     latency_ms=rec.latency_ms)  # fmt: skip
+
+        emb.on_call = on_call
+    return emb
+
+
+def model_name(rt: Runtime) -> str:
+    """The name stored with vectors of the current provider/model (no weights are loaded for this)."""
+    return embedder(rt).name
+
+
+def _requests(emb: Embedder, n: int) -> int:
+    return max(1, math.ceil(n / max(1, int(getattr(emb, "batch_size", n) or n))))
+
+
+class ContextPool:
+    """Recent raw vectors of one model (newest POOL_MAX within RECENT_HOURS), refreshed incrementally from
+    the table; the neighbours `match.context_vectors` blends into a new item's context vector."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.ts = np.zeros(0)
+        self.vectors: np.ndarray | None = None
+        self.loaded_at = 0.0
+
+    async def refresh(self, rt: Runtime) -> None:
+        full = time.monotonic() - self.loaded_at > POOL_FULL_RELOAD_SECONDS
+        after = 0 if full or not len(self.ids) else int(self.ids.max())
+        rows = await store.pool_vectors(rt.pool, self.model, after_id=after, hours=match.RECENT_HOURS, limit=POOL_MAX)
+        if full:
+            self.ids, self.ts, self.vectors = np.zeros(0, dtype=np.int64), np.zeros(0), None
+            self.loaded_at = time.monotonic()
+        if rows:
+            new = np.stack([match._vec(r["embedding"]) for r in rows]).astype(np.float32)
+            if self.vectors is not None and self.vectors.shape[1] != new.shape[1]:
+                self.vectors, self.ids, self.ts = None, np.zeros(0, dtype=np.int64), np.zeros(0)
+            self.vectors = new if self.vectors is None else np.concatenate([new, self.vectors])
+            self.ids = np.concatenate([np.array([r["id"] for r in rows], dtype=np.int64), self.ids])
+            self.ts = np.concatenate([np.array([float(r["ts"]) for r in rows]), self.ts])
+        if self.vectors is not None:
+            keep = self.ts > time.time() - match.RECENT_HOURS * 3600
+            keep &= np.arange(len(self.ids)) < POOL_MAX
+            self.vectors, self.ids, self.ts = self.vectors[keep], self.ids[keep], self.ts[keep]
+
+    def contexts(self, ids: list[int], vectors: np.ndarray) -> np.ndarray:
+        """Context vectors for a new batch: neighbours from the pool and from the batch itself."""
+        known = self.vectors if self.vectors is not None and self.vectors.shape[1] == vectors.shape[1] else None
+        skip = ~np.isin(self.ids, ids) if known is not None else None
+        pool = vectors if known is None else np.concatenate([known[skip], vectors])
+        offset = pool.shape[0] - vectors.shape[0]
+        return match.context_vectors(vectors, pool, self_index=np.arange(len(ids)) + offset)
+
+
+def _pool(rt: Runtime, model: str) -> ContextPool:
+    pools: dict[str, ContextPool] = rt.extras.setdefault("context_pools", {})
+    if model not in pools:
+        pools[model] = ContextPool(model)
+    return pools[model]
+
+
+@dataclass
+class RunReport:
+    goals_embedded: int = 0
+    goals_backfilled: int = 0
+    embedded: int = 0
+    failed: int = 0
+    lexical_matched: int = 0
+    match: match.MatchStats = field(default_factory=match.MatchStats)
+    paused: str | None = None  # why embedding did not run (switch, breaker, outage)
+    more: bool = False  # work remains: run again
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunReport:
+    """One bounded round: goal vectors, goal backfills, item batches, then lexical matching of whatever is
+    still unmatched (all of it, pending items included, when embedding is paused or failing)."""
+    report = RunReport()
+    emb = embedder(rt)
+    model = emb.name
+    await embed_goals(rt, emb, report)
+    await backfill_goals(rt, model, report)
+    goals_left = report.more
+    batches = 0
+    while batches < max_batches and report.paused is None:
+        allowed, why = await budget.allow(rt, "embed")
+        if not allowed:
+            report.paused = why
+            break
+        done = await embed_batch(rt, emb, report)
+        batches += 1
+        if done == 0:
+            break
+    else:
+        report.more = report.paused is None and batches >= max_batches
+    remaining = max_batches
+    while remaining > 0:
+        n = await match_unmatched(rt, model, include_pending=report.paused is not None, report=report)
+        remaining -= 1
+        if n == 0:
+            break
+    else:
+        report.more = True
+    report.more = report.more or goals_left
+    if report.paused:
+        log.info("embedding paused: %s", report.paused, extra={"action": "embed_paused", "reason": report.paused})
+    return report
+
+
+async def embed_goals(rt: Runtime, emb: Embedder, report: RunReport, *, rounds: int = GOAL_ROUNDS) -> None:
+    """Vectors for goals whose scored text changed (version) or that lack one of the current model, in
+    requests of GOALS_PER_REQUEST goals; `report.more` when some are left after `rounds`."""
+    for _ in range(rounds):
+        if not await _embed_goal_batch(rt, emb, report):
+            return
+    report.more = bool(await store.goals_to_embed(rt.pool, emb.name, 1))
+
+
+async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bool:
+    goals = await store.goals_to_embed(rt.pool, emb.name, GOALS_PER_REQUEST)
+    if not goals:
+        return False
+    allowed, why = await budget.allow(rt, "embed")
+    if not allowed:
+        report.paused = why
+        return False
+    facets = [match.goal_facets(g["name"], g["description"], list(g["priority_terms"])) for g in goals]
+    flat = [f for fs in facets for f in fs]
+    try:
+        result = await emb.embed(flat)
+    except (EmbedError, Unavailable) as exc:
+        report.paused = f"embedding unavailable: {exc}"
+        log.warning("goal embedding failed: %s", exc, extra={"action": "goal_embed_failed"})
+        return False
+    await budget.charge(rt, "embed", tokens=result.tokens, calls=_requests(emb, len(flat)))
+    vectors, start = [], 0
+    for fs in facets:
+        vectors.append(match.goal_vector(np.stack(result.vectors[start : start + len(fs)])))
+        start += len(fs)
+    await store.store_goal_vectors(rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors,
+                                   emb.name)  # fmt: skip
+    report.goals_embedded += len(goals)
+    return len(goals) == GOALS_PER_REQUEST
+
+
+async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
+    """Score new, edited or resumed goals against the last RECENT_HOURS of their owner's items (is_backfill)."""
+    due = await store.goals_to_backfill(rt.pool, BACKFILL_GOALS_PER_RUN + 1)
+    report.more = report.more or len(due) > BACKFILL_GOALS_PER_RUN
+    for g in due[:BACKFILL_GOALS_PER_RUN]:
+        after = 0
+        while True:
+            ids = await store.recent_visible_items(rt.pool, g["user_id"], hours=match.RECENT_HOURS, after_id=after,
+                                                   limit=BACKFILL_CHUNK)  # fmt: skip
+            if not ids:
+                break
+            stats = await match.match_items(rt, ids, model=model, goal_ids=[g["id"]], backfill_before=g["updated_at"])
+            report.match.add(stats)
+            after = ids[-1]
+        if await store.set_matched_version(rt.pool, g["id"], g["version"]):
+            report.goals_backfilled += 1
+
+
+async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
+    """Claim up to EMBED_BATCH_SIZE pending items, embed title + snippet, store vectors + context vectors in
+    one UPDATE, charge the budget, then score the items. Returns how many items were claimed."""
+    size = int(rt.hot["EMBED_BATCH_SIZE"])
+    pool = _pool(rt, emb.name)
+    await pool.refresh(rt)
+    embedded: list[int] = []
+    async with rt.pool.acquire() as conn, conn.transaction():
+        rows = await store.claim_pending(conn, size)
+        if not rows:
+            return 0
+        ids = [r["id"] for r in rows]
+        texts = [match.item_text(r["title"], r["snippet"]) or "(untitled)" for r in rows]
+        vectors, tokens, calls, refused, outage = await _embed_isolating(emb, texts)
+        if calls:
+            await budget.charge(rt, "embed", tokens=tokens, calls=calls)
+        good = [k for k, v in enumerate(vectors) if v is not None]
+        if good:
+            vecs = np.stack([vectors[k] for k in good]).astype(np.float32)
+            contexts = pool.contexts([ids[k] for k in good], vecs)
+            embedded = [ids[k] for k in good]
+            await store.store_embeddings(conn, embedded, list(vecs), list(contexts), emb.name)
+        if refused:
+            failed = await store.record_embed_failure(conn, [ids[k] for k in refused], max_attempts=MAX_EMBED_ATTEMPTS)
+            report.failed += len(failed)
+            if failed:
+                log.warning("items failed embedding for good", extra={"action": "embed_failed", "items": failed})
+        if embedded:
+            # scored in the claim transaction: the rows stay locked, so no other worker scores them meanwhile,
+            # and vectors and matches commit together
+            report.match.add(await match.match_items(rt, embedded, model=emb.name, conn=conn))
+    if outage is not None:
+        report.paused = f"embedding unavailable: {outage}"
+        log.warning("embedding unavailable: %s", outage, extra={"action": "embed_unavailable"})
+    report.embedded += len(embedded)
+    return len(rows)
+
+
+async def _embed_isolating(emb: Embedder, texts: list[str]) -> tuple[list[np.ndarray | None], int, int,
+                                                                      list[int], str | None]:  # fmt: skip
+    """Embed texts; when the server refuses the input itself, split the batch in halves to isolate the bad
+    texts. Returns (vectors or None per text, tokens, successful requests, refused indexes, outage reason)."""
+    out: list[np.ndarray | None] = [None] * len(texts)
+    refused: list[int] = []
+    tokens = calls = 0
+    outage: str | None = None
+
+    async def go(lo: int, hi: int) -> None:
+        nonlocal tokens, calls, outage
+        if outage is not None or lo >= hi:
+            return
+        try:
+            result: EmbedResult = await emb.embed(texts[lo:hi])
+        except EmbedError as exc:
+            if exc.input_fault and hi - lo > 1:
+                mid = (lo + hi) // 2
+                await go(lo, mid)
+                await go(mid, hi)
+            elif exc.input_fault:
+                refused.append(lo)
+            else:
+                outage = str(exc)
+            return
+        except Unavailable as exc:  # the local model is not installed
+            outage = exc.detail
+            return
+        tokens += result.tokens
+        calls += _requests(emb, hi - lo)
+        for k, v in enumerate(result.vectors):
+            out[lo + k] = np.asarray(v, dtype=np.float32)
+
+    await go(0, len(texts))
+    return out, tokens, calls, refused, outage
+
+
+async def match_unmatched(rt: Runtime, model: str, *, include_pending: bool, report: RunReport) -> int:
+    """Score items never matched: lexically while they wait for an embedding (include_pending), with their
+    vectors when they have one. Returns how many items were matched."""
+    size = int(rt.hot["EMBED_BATCH_SIZE"])
+    async with rt.pool.acquire() as conn, conn.transaction():
+        ids = await store.claim_unmatched(conn, size, include_pending=include_pending)
+        if not ids:
+            return 0
+        stats = await match.match_items(rt, ids, model=model, conn=conn)
+    report.match.add(stats)
+    report.lexical_matched += len(ids)
+    return len(ids)
+
+
+async def sweep(rt: Runtime) -> dict[str, Any]:
+    """Periodic safety net: re-queue items of another model still needed for matching, and say whether the
+    embed job has work (pending or unmatched items, goals to embed or backfill) so lost nudges are repaired."""
+    model = model_name(rt)
+    requeued = await store.requeue_other_model(rt.pool, model, hours=match.RECENT_HOURS, limit=REQUEUE_LIMIT)
+    if requeued:
+        log.info("re-embedding %d items for model %s", requeued, model, extra={"action": "embed_requeue"})
+    waiting = await store.work_waiting(rt.pool, model)
+    return {"requeued": requeued, **waiting, "work": any(waiting.values()) or requeued > 0}

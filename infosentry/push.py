@@ -1,0 +1,605 @@
+"""Push: when decided items reach the user — coalesced IMMEDIATE emails, BATCH windows, daily digests (per goal
+or combined per user), the inbox ledger, the email outbox and its sender, and reconciliation.
+
+Every scheduling function takes `now` (tests drive the clock); slots that must fire once live in push_slots,
+and notifications UNIQUE (goal_id, item_id) guarantees an item reaches a goal at most once, whatever the tier.
+Emails are rendered when they are created (outbox rows), then sent by `send_due` with retries.
+Imports mail and store.push / store.decisions (for the runs of push steps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import asyncpg
+
+from infosentry import mail
+from infosentry.runtime import Runtime
+from infosentry.settings import Settings
+from infosentry.store import decisions as runs_store
+from infosentry.store import push as store
+
+log = logging.getLogger(__name__)
+
+LOOKBACK = timedelta(hours=24)  # batch windows and digests choose among items decided in the last 24 h
+EXPIRE_AFTER = timedelta(hours=48)  # BATCH/DIGEST decisions never chosen are closed after this
+MISSED_SLOT_GRACE = timedelta(minutes=30)  # a slot of yesterday (e.g. 23:50) still fires this long after
+SEND_BATCH = 20
+SEND_CONCURRENCY = 4
+MAX_SEND_ATTEMPTS = 10
+LEASE_SECONDS = 120.0  # a `sending` row older than this belongs to a dead sender
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- time: zones, slots (pure) -----------------------------------------------------------------------------
+
+
+def zone(name: str | None, fallback: str = "UTC") -> ZoneInfo:
+    for candidate in (name, fallback, "UTC"):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def slot_instant(day: date, hhmm: str, tz: ZoneInfo) -> datetime:
+    """The instant of local `day` at `hhmm`. A time skipped by a DST jump resolves to the same wall-clock
+    time in the offset before the jump (02:30 on a spring-forward night fires at 03:30 local); a repeated
+    time is its first occurrence. The slot key is (day, hhmm), so either way it fires once."""
+    hour, minute = (int(p) for p in hhmm.split(":"))
+    return datetime.combine(day, dtime(hour, minute), tzinfo=tz)
+
+
+def due_slots(
+    now: datetime,
+    tz: ZoneInfo,
+    times: Sequence[str],
+    *,
+    not_before: datetime,
+    fired: set[tuple[date, str]],
+    grace: timedelta = MISSED_SLOT_GRACE,
+) -> list[tuple[date, str]]:
+    """Slots (local date, HH:MM) that are due and have not fired, oldest first: today's slots whose time has
+    passed (a window missed while the service was down fires when it is back, the same local day), and
+    yesterday's within `grace` (a late-evening slot around a restart). Slots before `not_before` (the goal's
+    creation) never fire."""
+    today = now.astimezone(tz).date()
+    due: list[tuple[datetime, date, str]] = []
+    for day in (today - timedelta(days=1), today):
+        for hhmm in times:
+            try:
+                at = slot_instant(day, hhmm, tz)
+            except ValueError:
+                continue
+            if at > now or at < not_before or (day, hhmm) in fired:
+                continue
+            if day != today and now - at > grace:
+                continue
+            due.append((at, day, hhmm))
+    due.sort()
+    return [(d, t) for _, d, t in due]
+
+
+def local_time(when: datetime | None, tz: ZoneInfo) -> str:
+    return when.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if when else ""
+
+
+# --- links -------------------------------------------------------------------------------------------------
+
+
+async def _link_key(rt: Runtime) -> str:
+    key = rt.extras.get("push_link_key")
+    if key is None:
+        key = await store.link_key(rt.pool)
+        rt.extras["push_link_key"] = key
+    return key
+
+
+def link_token(key: str, kind: str, owner_id: int) -> str:
+    """The unsubscribe token of a goal ('goal') or of a user's combined digest ('user')."""
+    return hmac.new(key.encode(), f"unsubscribe:{kind}:{owner_id}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+async def check_link_token(rt: Runtime, kind: str, owner_id: int, token: str) -> bool:
+    expected = link_token(await _link_key(rt), kind, owner_id)
+    return bool(token) and hmac.compare_digest(expected, token)
+
+
+async def unsubscribe_url(rt: Runtime, kind: str, owner_id: int) -> str:
+    path = "goals" if kind == "goal" else "users"
+    token = link_token(await _link_key(rt), kind, owner_id)
+    return f"{rt.settings.public_url}/api/v1/{path}/{owner_id}/unsubscribe?token={token}"
+
+
+# --- emails ------------------------------------------------------------------------------------------------
+
+
+def _email_item(row: asyncpg.Record, tz: ZoneInfo) -> mail.EmailItem:
+    return mail.EmailItem(
+        item_id=row["item_id"],
+        title=row["title"],
+        url=row["url"],
+        snippet=row["snippet"] or "",
+        source_name=row["source_name"] or "",
+        published_local=local_time(row["published_at"] or row["ingested_at"], tz),
+        reason=row["reason"] or "",
+        score=float(row["score"]),
+    )
+
+
+def _initial_status(rt: Runtime) -> tuple[str, str | None]:
+    """A push email is born suppressed when email is off: turning email back on later never floods old items."""
+    if not rt.hot["EMAIL_ENABLED"]:
+        return "suppressed", "EMAIL_ENABLED was false: inbox only"
+    if not rt.settings.smtp_host:
+        return "suppressed", "SMTP_HOST is not set: inbox only"
+    return "pending", None
+
+
+async def _create_email(conn: asyncpg.Connection, rt: Runtime, *, kind: str, dedupe_key: str, user_id: int,
+                        goal_id: int | None, to_addr: str, language: str, sections: list[mail.Section],
+                        unsubscribe: str, window: str | None = None, day: str | None = None) -> int | None:  # fmt: skip
+    rendered = mail.render_push_email(
+        kind, language, sections, public_url=rt.settings.public_url, unsubscribe_url=unsubscribe, window=window,
+        day=day,
+    )  # fmt: skip
+    status, note = _initial_status(rt)
+    email_id = await store.insert_email(
+        conn, dedupe_key=dedupe_key, kind=kind, user_id=user_id, goal_id=goal_id, to_addr=to_addr,
+        subject=rendered.subject, body_text=rendered.text, body_html=rendered.html, headers=dict(rendered.headers),
+        status=status, last_error=note,
+    )  # fmt: skip
+    if email_id is None:
+        # the key exists: this exact email was created before (a retried step); never a second one
+        log.warning("email %s already exists", dedupe_key, extra={"action": "push_email_exists"})
+    return email_id
+
+
+# --- flush -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlushReport:
+    emails: list[int] = field(default_factory=list)
+    items: int = 0
+    immediate: int = 0
+    batch: int = 0
+    digest: int = 0
+    slots: int = 0
+    moved_to_batch: int = 0
+    cancelled: int = 0
+
+    @property
+    def sendable(self) -> bool:
+        return bool(self.emails)
+
+
+async def flush(rt: Runtime, now: datetime | None = None) -> FlushReport:
+    """Everything that is due: coalesced IMMEDIATE emails, batch windows, digests."""
+    now = now or utcnow()
+    report = FlushReport()
+    if not rt.hot["IMMEDIATE_ENABLED"]:
+        report.moved_to_batch = await store.immediate_to_batch(rt.pool)
+    report.cancelled = await store.cancel_blocked(rt.pool) + await store.cancel_inactive(rt.pool)
+    await flush_immediate(rt, now, report)
+    goals = await store.active_goals(rt.pool)
+    await flush_windows(rt, now, report, goals=goals)
+    await flush_digests(rt, now, report, goals=goals)
+    if report.emails or report.items:
+        log.info(
+            "pushed %d items in %d emails",
+            report.items,
+            len(report.emails),
+            extra={"action": "push_flushed", "immediate": report.immediate, "batch": report.batch,
+                   "digest": report.digest},
+        )  # fmt: skip
+    return report
+
+
+async def flush_immediate(rt: Runtime, now: datetime, report: FlushReport | None = None) -> FlushReport:
+    """Goals whose first pending IMMEDIATE item has waited IMMEDIATE_COALESCE_MINUTES: everything pending goes
+    out now, in emails of at most IMMEDIATE_MAX_ITEMS (the overflow in the next email, right after)."""
+    report = report or FlushReport()
+    coalesce = float(rt.hot["IMMEDIATE_COALESCE_MINUTES"]) * 60
+    for goal_id in await store.due_immediate_goals(rt.pool, now=now, coalesce_seconds=coalesce):
+        await _flush_goal_immediate(rt, goal_id, now, coalesce, report)
+    return report
+
+
+async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coalesce: float,
+                                report: FlushReport) -> None:  # fmt: skip
+    started = time.perf_counter()
+    max_items = int(rt.hot["IMMEDIATE_MAX_ITEMS"])
+    async with rt.pool.acquire() as conn, conn.transaction():
+        if not await store.try_lock_goal(conn, goal_id):
+            return  # another process is pushing this goal right now
+        first = await store.oldest_pending_immediate(conn, goal_id)
+        if first is None or first + timedelta(seconds=coalesce) > now:
+            return
+        goal = await store.delivery(conn, goal_id)
+        if goal is None or goal["status"] != "active":
+            return
+        rows = await store.pending_items(conn, goal_id, tiers=["IMMEDIATE"], since=_EPOCH, min_score=0.0,
+                                         limit=10_000)  # fmt: skip
+        if not rows:
+            return
+        tz = zone(goal["timezone"], rt.settings.tz)
+        unsubscribe = await unsubscribe_url(rt, "goal", goal_id)
+        sent: list[dict[str, Any]] = []
+        for start in range(0, len(rows), max_items):
+            chunk = rows[start : start + max_items]
+            key = f"immediate:{goal_id}:{min(r['decision_id'] for r in chunk)}"
+            section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in chunk])
+            email_id = await _create_email(
+                conn, rt, kind="immediate", dedupe_key=key, user_id=goal["user_id"], goal_id=goal_id,
+                to_addr=goal["to_addr"], language=goal["language"], sections=[section], unsubscribe=unsubscribe,
+            )  # fmt: skip
+            if email_id is None:
+                continue
+            pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=chunk,
+                                             email_id=email_id)  # fmt: skip
+            report.emails.append(email_id)
+            report.items += len(pushed)
+            report.immediate += len(pushed)
+            sent.append({"email_id": email_id, "dedupe_key": key, "item_ids": pushed})
+        await runs_store.insert_run(
+            conn, goal_id=goal_id, item_id=None, trigger="immediate_flush", status="SUCCESS",
+            input={"now": now.isoformat(), "first_pending_at": first.isoformat(), "coalesce_seconds": coalesce,
+                   "max_items": max_items,
+                   "candidates": [{"decision_id": r["decision_id"], "item_id": r["item_id"], "score": r["score"]}
+                                  for r in rows]},
+            output={"emails": sent}, latency_ms=int((time.perf_counter() - started) * 1000),
+        )  # fmt: skip
+
+
+async def flush_windows(rt: Runtime, now: datetime, report: FlushReport | None = None, *,
+                        goals: list[asyncpg.Record] | None = None) -> FlushReport:  # fmt: skip
+    """Batch windows: at each window of each active goal, one email with the best BATCH_MAX_ITEMS BATCH items
+    not yet pushed (decided in the last 24 h); nothing when there is nothing. The slot fires exactly once."""
+    report = report or FlushReport()
+    goals = await store.active_goals(rt.pool) if goals is None else goals
+    if not goals:
+        return report
+    fired = await store.fired_slots(rt.pool, ["batch"], (now - timedelta(days=3)).date())
+    for goal in goals:
+        tz = zone(goal["timezone"], rt.settings.tz)
+        mine = {(d, s) for k, o, d, s in fired if o == goal["goal_id"]}
+        slots = due_slots(now, tz, list(goal["batch_windows"] or []), not_before=goal["created_at"], fired=mine)
+        if slots:
+            await _fire_batch(rt, goal, slots, now, tz, report)
+    return report
+
+
+async def _fire_batch(rt: Runtime, goal: asyncpg.Record, slots: list[tuple[date, str]], now: datetime, tz: ZoneInfo,
+                      report: FlushReport) -> None:  # fmt: skip
+    """Fire the latest due slot; older due slots of the same outage are closed without an email (one email
+    when the service comes back, not one per missed window)."""
+    started = time.perf_counter()
+    goal_id = goal["goal_id"]
+    local_date, slot = slots[-1]
+    max_items = int(rt.hot["BATCH_MAX_ITEMS"])
+    async with rt.pool.acquire() as conn, conn.transaction():
+        await store.lock_goal(conn, goal_id)
+        if not await store.claim_slot(conn, "batch", goal_id, local_date, slot):
+            return
+        for d, s in slots[:-1]:
+            await store.claim_slot(conn, "batch", goal_id, d, s)
+        report.slots += 1
+        rows = await store.pending_items(conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0,
+                                         limit=max_items)  # fmt: skip
+        email_id = None
+        pushed: list[int] = []
+        if rows:
+            section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
+            email_id = await _create_email(
+                conn, rt, kind="batch", dedupe_key=f"batch:{goal_id}:{local_date.isoformat()}:{slot}",
+                user_id=goal["user_id"], goal_id=goal_id, to_addr=goal["to_addr"], language=goal["language"],
+                sections=[section], unsubscribe=await unsubscribe_url(rt, "goal", goal_id), window=slot,
+            )  # fmt: skip
+            if email_id is not None:
+                pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows,
+                                                 email_id=email_id)  # fmt: skip
+                report.emails.append(email_id)
+                report.items += len(pushed)
+                report.batch += len(pushed)
+        await store.finish_slot(conn, "batch", goal_id, local_date, slot, email_id, len(pushed))
+        await runs_store.insert_run(
+            conn, goal_id=goal_id, item_id=None, trigger="batch_window", status="SUCCESS",
+            input={"now": now.isoformat(), "local_date": local_date.isoformat(), "slot": slot,
+                   "closed_missed_slots": [f"{d.isoformat()} {s}" for d, s in slots[:-1]], "max_items": max_items,
+                   "timezone": str(tz)},
+            output={"email_id": email_id, "item_ids": pushed},
+            latency_ms=int((time.perf_counter() - started) * 1000),
+        )  # fmt: skip
+
+
+async def flush_digests(rt: Runtime, now: datetime, report: FlushReport | None = None, *,
+                        goals: list[asyncpg.Record] | None = None) -> FlushReport:  # fmt: skip
+    """Daily digests: per goal at its digest_time (goal time zone), or one combined email per user
+    (combined_digest=true) at the earliest digest_time of the user's active goals (user time zone)."""
+    report = report or FlushReport()
+    goals = await store.active_goals(rt.pool) if goals is None else goals
+    if not goals:
+        return report
+    fired = await store.fired_slots(rt.pool, ["digest", "combined_digest"], (now - timedelta(days=3)).date())
+    per_user: dict[int, list[asyncpg.Record]] = {}
+    for goal in goals:
+        if goal["combined_digest"]:
+            per_user.setdefault(goal["user_id"], []).append(goal)
+            continue
+        tz = zone(goal["timezone"], rt.settings.tz)
+        mine = {(d, s) for k, o, d, s in fired if k == "digest" and o == goal["goal_id"]}
+        slots = due_slots(now, tz, [goal["digest_time"]], not_before=goal["created_at"], fired=mine)
+        if slots:
+            await _fire_goal_digest(rt, goal, slots[-1], now, tz, report)
+    for user_id, user_goals in per_user.items():
+        tz = zone(user_goals[0]["user_timezone"], rt.settings.tz)
+        at = min(g["digest_time"] for g in user_goals)
+        mine = {(d, s) for k, o, d, s in fired if k == "combined_digest" and o == user_id}
+        slots = due_slots(now, tz, [at], not_before=min(g["created_at"] for g in user_goals), fired=mine)
+        if slots:
+            await _fire_combined_digest(rt, user_id, user_goals, slots[-1], now, tz, report)
+    return report
+
+
+async def _digest_rows(conn: asyncpg.Connection, rt: Runtime, goal_id: int, now: datetime) -> list[asyncpg.Record]:
+    # DIGEST items, and BATCH items no window has taken yet: "not pushed by any tier"
+    return await store.pending_items(conn, goal_id, tiers=["DIGEST", "BATCH"], since=now - LOOKBACK,
+                                     min_score=float(rt.hot["DIGEST_MIN_SCORE"]),
+                                     limit=int(rt.hot["DIGEST_MAX_ITEMS"]))  # fmt: skip
+
+
+async def _fire_goal_digest(rt: Runtime, goal: asyncpg.Record, slot: tuple[date, str], now: datetime, tz: ZoneInfo,
+                            report: FlushReport) -> None:  # fmt: skip
+    started = time.perf_counter()
+    goal_id, (local_date, at) = goal["goal_id"], slot
+    async with rt.pool.acquire() as conn, conn.transaction():
+        await store.lock_goal(conn, goal_id)
+        if not await store.claim_slot(conn, "digest", goal_id, local_date, at):
+            return
+        report.slots += 1
+        rows = await _digest_rows(conn, rt, goal_id, now)
+        email_id = None
+        pushed: list[int] = []
+        if rows:
+            section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
+            email_id = await _create_email(
+                conn, rt, kind="digest", dedupe_key=f"digest:{goal_id}:{local_date.isoformat()}",
+                user_id=goal["user_id"], goal_id=goal_id, to_addr=goal["to_addr"], language=goal["language"],
+                sections=[section], unsubscribe=await unsubscribe_url(rt, "goal", goal_id),
+                day=local_date.isoformat(),
+            )  # fmt: skip
+            if email_id is not None:
+                pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows,
+                                                 email_id=email_id)  # fmt: skip
+                report.emails.append(email_id)
+                report.items += len(pushed)
+                report.digest += len(pushed)
+        await store.finish_slot(conn, "digest", goal_id, local_date, at, email_id, len(pushed))
+        await runs_store.insert_run(
+            conn, goal_id=goal_id, item_id=None, trigger="digest", status="SUCCESS",
+            input={"now": now.isoformat(), "local_date": local_date.isoformat(), "digest_time": at,
+                   "timezone": str(tz), "min_score": float(rt.hot["DIGEST_MIN_SCORE"]),
+                   "max_items": int(rt.hot["DIGEST_MAX_ITEMS"])},
+            output={"email_id": email_id, "item_ids": pushed},
+            latency_ms=int((time.perf_counter() - started) * 1000),
+        )  # fmt: skip
+
+
+async def _fire_combined_digest(rt: Runtime, user_id: int, goals: list[asyncpg.Record], slot: tuple[date, str],
+                                now: datetime, tz: ZoneInfo, report: FlushReport) -> None:  # fmt: skip
+    started = time.perf_counter()
+    local_date, at = slot
+    async with rt.pool.acquire() as conn, conn.transaction():
+        if not await store.try_lock_user(conn, user_id):
+            return
+        if not await store.claim_slot(conn, "combined_digest", user_id, local_date, at):
+            return
+        report.slots += 1
+        picked: list[tuple[asyncpg.Record, list[asyncpg.Record]]] = []
+        for goal in goals:
+            await store.lock_goal(conn, goal["goal_id"])
+            # a goal whose own digest already went out today (the setting changed during the day) is left out
+            goal_date = now.astimezone(zone(goal["timezone"], rt.settings.tz)).date()
+            if await store.slot_fired_on(conn, "digest", goal["goal_id"], goal_date):
+                continue
+            rows = await _digest_rows(conn, rt, goal["goal_id"], now)
+            if rows:
+                picked.append((goal, rows))
+        email_id = None
+        pushed_total = 0
+        items_by_goal: dict[int, list[int]] = {}
+        if picked:
+            first = goals[0]
+            sections = [
+                mail.Section(g["goal_id"], g["name"], [_email_item(r, zone(g["timezone"], str(tz))) for r in rows])
+                for g, rows in picked
+            ]
+            email_id = await _create_email(
+                conn, rt, kind="digest", dedupe_key=f"digest:user:{user_id}:{local_date.isoformat()}",
+                user_id=user_id, goal_id=None, to_addr=first["user_email"], language=first["user_language"],
+                sections=sections, unsubscribe=await unsubscribe_url(rt, "user", user_id), day=local_date.isoformat(),
+            )  # fmt: skip
+            if email_id is not None:
+                report.emails.append(email_id)
+                for g, rows in picked:
+                    pushed = await store.record_push(conn, user_id=user_id, goal_id=g["goal_id"], rows=rows,
+                                                     email_id=email_id)  # fmt: skip
+                    items_by_goal[g["goal_id"]] = pushed
+                    pushed_total += len(pushed)
+                report.items += pushed_total
+                report.digest += pushed_total
+        await store.finish_slot(conn, "combined_digest", user_id, local_date, at, email_id, pushed_total)
+        for goal in goals:
+            await runs_store.insert_run(
+                conn, goal_id=goal["goal_id"], item_id=None, trigger="combined_digest", status="SUCCESS",
+                input={"now": now.isoformat(), "user_id": user_id, "local_date": local_date.isoformat(),
+                       "digest_time": at, "timezone": str(tz)},
+                output={"email_id": email_id, "item_ids": items_by_goal.get(goal["goal_id"], [])},
+                latency_ms=int((time.perf_counter() - started) * 1000),
+            )  # fmt: skip
+
+
+# --- sending -----------------------------------------------------------------------------------------------
+
+
+def smtp_config(settings: Settings) -> mail.SmtpConfig | None:
+    """The SMTP (or file sink) configuration; None when SMTP_HOST is empty (email is inbox only)."""
+    if not settings.smtp_host:
+        return None
+    return mail.SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        user=settings.smtp_user or None,
+        password=settings.smtp_password or None,
+        starttls=settings.smtp_tls,
+        ssl=settings.smtp_ssl,
+    )
+
+
+def _message_id_domain(settings: Settings) -> str:
+    domain = settings.emails_from_email.rpartition("@")[2].strip().lower()
+    return domain if re.fullmatch(r"[a-z0-9.-]+", domain or "") else "infosentry.local"
+
+
+def retry_delay(attempts: int) -> float:
+    """Exponential backoff after the n-th failed attempt: 30 s, 1 min, 2 min, ... capped at 1 h, ±10 %."""
+    return min(3600.0, 30.0 * 2 ** max(0, attempts - 1)) * (0.9 + 0.2 * random.random())
+
+
+@dataclass
+class SendReport:
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    suppressed: int = 0
+
+
+async def send_due(rt: Runtime, now: datetime | None = None, *, limit: int = SEND_BATCH,
+                   max_rounds: int = 50) -> SendReport:  # fmt: skip
+    """Send what is due from the outbox. Each row: pending → sending (with a lease) → sent, or back to pending
+    with exponential backoff on a temporary failure, or failed (permanent failure, or MAX_SEND_ATTEMPTS).
+    A failure is never recorded as sent."""
+    report = SendReport()
+    fixed_now = now
+    cfg = smtp_config(rt.settings)
+    for _ in range(max_rounds):
+        now = fixed_now or utcnow()
+        if not rt.hot["EMAIL_ENABLED"]:
+            report.suppressed += await store.suppress_due(
+                rt.pool, now=now, kinds=list(store.PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
+            )
+        if cfg is None:
+            report.suppressed += await store.suppress_due(
+                rt.pool, now=now, kinds=["immediate", "batch", "digest", "login", "alert"],
+                reason="SMTP_HOST is not set",
+            )  # fmt: skip
+            return report
+        rows = await store.claim_due(rt.pool, now=now, limit=limit, lease_seconds=LEASE_SECONDS)
+        if not rows:
+            break
+        report.claimed += len(rows)
+        gate = asyncio.Semaphore(SEND_CONCURRENCY)
+        await asyncio.gather(*(_send_gated(gate, rt, cfg, r, now, report) for r in rows))
+        if len(rows) < limit:
+            break
+    return report
+
+
+async def _send_gated(gate: asyncio.Semaphore, rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record,
+                      now: datetime, report: SendReport) -> None:  # fmt: skip
+    async with gate:
+        await _send_one(rt, cfg, row, now, report)
+
+
+async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime,
+                    report: SendReport) -> None:  # fmt: skip
+    if row["kind"] in store.PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
+        await store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
+        report.suppressed += 1
+        return
+    settings = rt.settings
+    try:
+        message = mail.build_message(
+            mail.RenderedEmail(row["subject"], row["body_text"], row["body_html"], dict(row["headers"] or {})),
+            to_addr=row["to_addr"], from_addr=settings.emails_from_email, from_name=settings.emails_from_name,
+            message_id_domain=_message_id_domain(settings), dedupe_key=row["dedupe_key"], date=row["created_at"],
+        )  # fmt: skip
+        await mail.send_message(cfg, message)
+    except (mail.SmtpPermanentError, ValueError) as exc:
+        await store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
+        await store.smtp_result(rt.pool, ok=False, error=str(exc))
+        report.failed += 1
+        log.warning("email %s failed permanently: %s", row["id"], exc, extra={"action": "email_failed"})
+        return
+    except Exception as exc:  # SmtpTemporaryError, and anything else (a file sink's disk): retry later
+        error = str(exc) or type(exc).__name__
+        await store.smtp_result(rt.pool, ok=False, error=error)
+        if row["attempts"] >= MAX_SEND_ATTEMPTS:
+            await store.mark_failed(rt.pool, row["id"], error=f"gave up after {row['attempts']} attempts: {error}")
+            report.failed += 1
+            log.warning("email %s failed after %d attempts", row["id"], row["attempts"],
+                        extra={"action": "email_failed"})  # fmt: skip
+        else:
+            at = now + timedelta(seconds=retry_delay(row["attempts"]))
+            await store.mark_retry(rt.pool, row["id"], at=at, error=error)
+            report.retrying += 1
+            log.info("email %s will be retried at %s: %s", row["id"], at.isoformat(), error,
+                     extra={"action": "email_retry"})  # fmt: skip
+        return
+    await store.mark_sent(rt.pool, row["id"])
+    await store.smtp_result(rt.pool, ok=True)
+    report.sent += 1
+
+
+# --- reconciliation ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconcileReport:
+    released_emails: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    overdue_immediate: int = 0
+    due_emails: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return self.__dict__.copy()
+
+
+async def reconcile(rt: Runtime, now: datetime | None = None) -> ReconcileReport:
+    """Finish what a lost or crashed job left: emails stuck in `sending` go back to pending, decisions of
+    paused goals and blocked sources are cancelled, BATCH/DIGEST decisions no slot ever chose are closed,
+    and the counts of overdue IMMEDIATE decisions and due emails tell the job what to nudge."""
+    now = now or utcnow()
+    report = ReconcileReport()
+    report.released_emails = await store.release_stuck(rt.pool, now=now)
+    report.cancelled = await store.cancel_blocked(rt.pool) + await store.cancel_inactive(rt.pool)
+    report.cancelled += await store.close_already_pushed(rt.pool)
+    report.expired = await store.expire_stale(rt.pool, older_than=now - EXPIRE_AFTER)
+    coalesce = float(rt.hot["IMMEDIATE_COALESCE_MINUTES"]) * 60
+    report.overdue_immediate = await store.overdue_immediate(rt.pool, now=now, coalesce_seconds=coalesce,
+                                                             grace_seconds=60)  # fmt: skip
+    report.due_emails = await store.due_email_count(rt.pool, now=now)
+    if report.released_emails or report.overdue_immediate:
+        log.warning("reconcile found stuck work", extra={"action": "push_reconcile", **report.as_dict()})
+    return report

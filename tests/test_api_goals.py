@@ -1,0 +1,199 @@
+"""Goals API: create with defaults, validation (one 422 listing every bad field), tenancy (404), scopes (403),
+version bumps on scored-text edits, pause/resume, delete, the matches listing, and `infosentry goal`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from click.testing import CliRunner
+
+from infosentry import embed
+from infosentry.api.http import RT
+from infosentry.cli import main
+from infosentry.runtime import Runtime
+from tests.conftest import bearer, make_user
+from tests.test_match import AI_GOAL, AI_ITEM, OFF_ITEM, seed_item, seed_source, set_hot
+
+GOAL = {"name": "AI chips", "description": "New AI accelerator chips", "priority_terms": ["Nvidia", " GPU ", "GPU"]}
+
+
+async def post_goal(api: Any, token: str, **body: Any) -> Any:
+    return await api.post("/api/v1/goals", json={**GOAL, **body}, headers=bearer(token))
+
+
+async def test_create_with_defaults_get_and_list(api: Any) -> None:
+    rt: Runtime = api.app[RT]
+    await set_hot(rt, DEFAULT_BATCH_WINDOWS="8:00,20:15", DEFAULT_DIGEST_TIME="07:30")
+    uid, token = await make_user(rt, "owner@example.com")
+    await rt.pool.execute("UPDATE users SET timezone = 'Europe/Paris', language = 'zh' WHERE id = $1", uid)
+    resp = await post_goal(api, token)
+    assert resp.status == 201, await resp.text()
+    goal = await resp.json()
+    assert goal["priority_terms"] == ["Nvidia", "GPU"] and goal["negative_terms"] == []
+    assert goal["priority_mode"] == "SOFT" and goal["status"] == "active" and goal["version"] == 1
+    assert goal["batch_windows"] == ["08:00", "20:15"] and goal["digest_time"] == "07:30"
+    assert goal["timezone"] == "Europe/Paris" and goal["email"] == "owner@example.com" and goal["language"] == "zh"
+    assert goal["email_is_default"] and goal["embedded"] is False and goal["match_count"] == 0
+    # the embed job was nudged (the handler never embeds itself)
+    jobs = await rt.pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'embed_pending'")
+    assert jobs == 1
+
+    explicit = await post_goal(api, token, name="Second", priority_mode="strict", batch_windows=["18:30", "9:05"],
+                               digest_time="6:00", timezone="Asia/Tokyo", email="Alerts@Example.com",
+                               language="en", negative_terms=["rumour"])  # fmt: skip
+    assert explicit.status == 201
+    second = await explicit.json()
+    assert second["priority_mode"] == "STRICT" and second["batch_windows"] == ["09:05", "18:30"]
+    assert second["digest_time"] == "06:00" and second["email"] == "alerts@example.com"
+    assert not second["email_is_default"] and second["language"] == "en" and second["negative_terms"] == ["rumour"]
+
+    got = await api.get(f"/api/v1/goals/{goal['id']}", headers=bearer(token))
+    assert got.status == 200 and (await got.json())["name"] == "AI chips"
+    page = await (await api.get("/api/v1/goals?limit=1", headers=bearer(token))).json()
+    assert [g["id"] for g in page["items"]] == [goal["id"]] and page["next_cursor"]
+    rest = await (await api.get(f"/api/v1/goals?limit=1&cursor={page['next_cursor']}", headers=bearer(token))).json()
+    assert [g["id"] for g in rest["items"]] == [second["id"]] and rest["next_cursor"] is None
+
+
+async def test_validation_lists_every_bad_field(api: Any) -> None:
+    _, token = await make_user(api.app[RT], "v@example.com")
+    resp = await api.post("/api/v1/goals", json={"priority_mode": "LOUD", "batch_windows": ["12:30", "25:00"],
+                                                 "timezone": "Mars/Olympus", "email": "nope", "colour": "red",
+                                                 "priority_terms": "AI", "digest_time": "9"},
+                          headers=bearer(token))  # fmt: skip
+    assert resp.status == 422 and resp.content_type == "application/problem+json"
+    fields = {e["field"] for e in (await resp.json())["errors"]}
+    assert fields == {"name", "description", "priority_mode", "batch_windows", "timezone", "email", "colour",
+                      "priority_terms", "digest_time"}  # fmt: skip
+    too_many = await post_goal(api, token, batch_windows=["08:00", "12:00", "16:00", "20:00"])
+    assert too_many.status == 422
+    empty = await post_goal(api, token, name="  ")
+    assert empty.status == 422 and (await empty.json())["errors"][0]["field"] == "name"
+    long_desc = await post_goal(api, token, description="x" * 2001)
+    assert long_desc.status == 422
+    assert (await api.post("/api/v1/goals", data=b"{oops", headers=bearer(token))).status == 400
+
+
+async def test_tenancy_and_scopes(api: Any) -> None:
+    rt: Runtime = api.app[RT]
+    _, alice = await make_user(rt, "alice@example.com")
+    _, bob = await make_user(rt, "bob@example.com")
+    _, reader = await make_user(rt, "reader@example.com", scopes=["goals:read"])
+    goal = await (await post_goal(api, alice)).json()
+    gid = goal["id"]
+    for method, path in [("GET", f"/api/v1/goals/{gid}"), ("PUT", f"/api/v1/goals/{gid}"),
+                         ("DELETE", f"/api/v1/goals/{gid}"), ("POST", f"/api/v1/goals/{gid}/pause"),
+                         ("POST", f"/api/v1/goals/{gid}/resume"), ("GET", f"/api/v1/goals/{gid}/matches")]:  # fmt: skip
+        resp = await api.request(method, path, json={"name": "x"} if method == "PUT" else None, headers=bearer(bob))
+        assert resp.status == 404, (method, path)
+    assert (await (await api.get("/api/v1/goals", headers=bearer(bob))).json())["items"] == []
+    assert (await post_goal(api, reader)).status == 403
+    assert (await api.get("/api/v1/goals", headers=bearer(reader))).status == 200
+    assert (await api.get("/api/v1/goals/abc", headers=bearer(alice))).status == 404
+    assert (await api.get("/api/v1/goals")).status == 401
+
+
+async def test_edits_bump_the_version_only_for_scored_text(api: Any) -> None:
+    rt: Runtime = api.app[RT]
+    _, token = await make_user(rt, "edit@example.com")
+    gid = (await (await post_goal(api, token)).json())["id"]
+    await rt.pool.execute("UPDATE goals SET embedded_version = 1, matched_version = 1 WHERE id = $1", gid)
+
+    async def put(**body: Any) -> dict[str, Any]:
+        resp = await api.put(f"/api/v1/goals/{gid}", json=body, headers=bearer(token))
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    goal = await put(digest_time="10:00", batch_windows=["07:00"], email=None, language=None)
+    assert goal["version"] == 1 and goal["digest_time"] == "10:00" and goal["embedded"] is True
+    goal = await put(description="New AI accelerator chips")  # unchanged text: no bump
+    assert goal["version"] == 1
+    goal = await put(priority_terms=["Nvidia", "GPU", "TPU"])
+    assert goal["version"] == 2 and goal["embedded"] is False and goal["name"] == "AI chips"
+    goal = await put(negative_terms=["rumour"], priority_mode="STRICT")
+    assert goal["version"] == 3
+    assert (await api.put(f"/api/v1/goals/{gid}", json={"description": ""}, headers=bearer(token))).status == 422
+
+
+async def test_pause_resume_delete(api: Any) -> None:
+    rt: Runtime = api.app[RT]
+    _, token = await make_user(rt, "life@example.com")
+    gid = (await (await post_goal(api, token)).json())["id"]
+    await rt.pool.execute("UPDATE goals SET embedded_version = 1, matched_version = 1 WHERE id = $1", gid)
+    paused = await (await api.post(f"/api/v1/goals/{gid}/pause", headers=bearer(token))).json()
+    assert paused["status"] == "paused" and paused["version"] == 1
+    again = await api.post(f"/api/v1/goals/{gid}/pause", headers=bearer(token))
+    assert again.status == 200  # idempotent
+    resumed = await (await api.post(f"/api/v1/goals/{gid}/resume", headers=bearer(token))).json()
+    assert resumed["status"] == "active" and resumed["backfilled"] is False  # missed items get scored
+    filtered = await (await api.get("/api/v1/goals?status=paused", headers=bearer(token))).json()
+    assert filtered["items"] == []
+    assert (await api.delete(f"/api/v1/goals/{gid}", headers=bearer(token))).status == 204
+    assert (await api.get(f"/api/v1/goals/{gid}", headers=bearer(token))).status == 404
+    assert (await api.delete(f"/api/v1/goals/{gid}", headers=bearer(token))).status == 404
+
+
+async def test_matches_best_first_with_components_reasons_and_decision(api: Any) -> None:
+    rt: Runtime = api.app[RT]
+    uid, token = await make_user(rt, "m@example.com")
+    src = await seed_source(rt, uid, name="Tech feed")
+    gid = (await (await post_goal(api, token, name=AI_GOAL[0], description=AI_GOAL[1])).json())["id"]
+    ai = await seed_item(rt, src, *AI_ITEM)
+    await seed_item(rt, src, *OFF_ITEM)
+    others = [await seed_item(rt, src, f"Nvidia GPU news number {i}", "AI accelerators") for i in range(3)]
+    await embed.run(rt)
+    await rt.pool.execute(
+        """INSERT INTO decisions (goal_id, item_id, tier, status, score, reason)
+           VALUES ($1, $2, 'BATCH', 'pending', 0.8, 'score above BATCH_THRESHOLD')""",
+        gid,
+        ai,
+    )
+    url = f"/api/v1/goals/{gid}/matches"
+    everything = await (await api.get(url, headers=bearer(token))).json()
+    scores = [m["score"] for m in everything["items"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) >= 4
+    first = next(m for m in everything["items"] if m["item"]["id"] == ai)
+    assert first["item"]["title"] == AI_ITEM[0] and first["item"]["source"]["name"] == "Tech feed"
+    assert first["components"]["model"] == "local:all-MiniLM-L6-v2" and first["reasons"]
+    assert first["decision"]["tier"] == "BATCH" and first["decision"]["status"] == "pending"
+    assert all(m["decision"] is None for m in everything["items"] if m["item"]["id"] in others)
+    assert first["is_backfill"] is False  # the items arrived after the goal: news to it, not backfill
+
+    # cursor pagination walks the same order without gaps or repeats
+    seen, cursor = [], None
+    while True:
+        page = await (await api.get(url + "?limit=2" + (f"&cursor={cursor}" if cursor else ""),
+                                    headers=bearer(token))).json()  # fmt: skip
+        seen += [m["item"]["id"] for m in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [m["item"]["id"] for m in everything["items"]]
+    high = await (await api.get(url + f"?min_score={scores[1]}", headers=bearer(token))).json()
+    assert len(high["items"]) == 2 or all(m["score"] >= scores[1] for m in high["items"])
+    assert (await api.get(url + "?min_score=2", headers=bearer(token))).status == 400
+    assert (await api.get(url + "?cursor=!!", headers=bearer(token))).status == 400
+
+
+def test_cli_goal_add_and_list(dsn: str, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("INFOSENTRY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    runner = CliRunner()
+
+    def cli(*args: str) -> Any:
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    assert cli("user", "create", "--email", "cli@example.com").exit_code == 0
+    out = cli("goal", "add", "--email", "cli@example.com", "--name", "EVs", "--description", "Electric cars",
+              "--term", "Tesla", "--term", "BYD", "--negative", "rumour", "--mode", "strict")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert out.stdout.startswith("goal 1 added: EVs (STRICT, cli@example.com)")
+    bad = cli("goal", "add", "--email", "cli@example.com", "--name", "x", "--description", " ")
+    assert bad.exit_code == 1 and "description" in bad.stderr
+    rows = json.loads(cli("goal", "list", "--json").stdout)
+    assert [(r["name"], r["priority_terms"], r["negative_terms"]) for r in rows] == [("EVs", ["Tesla", "BYD"],
+                                                                                      ["rumour"])]  # fmt: skip
+    table = cli("goal", "list", "--email", "cli@example.com").stdout
+    assert "EVs" in table and "STRICT" in table

@@ -1,0 +1,198 @@
+"""The inbox, item, feedback, blocked-source, click and unsubscribe routes, over the real app."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from infosentry import push
+from infosentry.api.http import RT
+from tests import pushkit as kit
+from tests.conftest import bearer, make_user
+
+
+async def pushed_world(rt):
+    """Alice: two goals, three pushed items and one ignored; Bob: one pushed item."""
+    await kit.set_hot(rt, LLM_ENABLED=False, IMMEDIATE_COALESCE_MINUTES=0)
+    alice, a_token = await make_user(rt, "alice@example.com")
+    bob, b_token = await make_user(rt, "bob@example.com")
+    a_src = await kit.source(rt, alice, "Alice wire")
+    b_src = await kit.source(rt, bob, "Bob wire")
+    g1 = await kit.goal(rt, alice, "Chips", batch_windows=[])
+    g2 = await kit.goal(rt, alice, "Batteries", batch_windows=[])
+    gb = await kit.goal(rt, bob, "Bob goal", batch_windows=[])
+    items = {}
+    for name, goal, src, score in [("a1", g1, a_src, 0.97), ("a2", g1, a_src, 0.98), ("a3", g2, a_src, 0.99),
+                                   ("ignored", g1, a_src, 0.0), ("b1", gb, b_src, 0.97)]:  # fmt: skip
+        items[name] = await kit.item(rt, src, f"Title {name}", url=f"https://example.org/{name}")
+        gate = "negative_term" if name == "ignored" else None
+        await kit.match(rt, goal, items[name], score, gate=gate, components={"ungated_score": 0.9} if gate else None)
+    await kit.decide_all(rt)
+    await push.flush(rt)
+    return {"alice": (alice, a_token), "bob": (bob, b_token), "goals": (g1, g2, gb), "items": items,
+            "sources": (a_src, b_src)}  # fmt: skip
+
+
+async def test_inbox_lists_pushed_items_only_with_reasons_and_pages(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    (_, token), (g1, g2, _) = w["alice"], w["goals"]
+    resp = await api.get("/api/v1/notifications", headers=bearer(token))
+    assert resp.status == 200
+    body = await resp.json()
+    titles = [n["item"]["title"] for n in body["items"]]
+    # newest first (Batteries was flushed last); the ignored item is not there
+    assert titles[0] == "Title a3" and sorted(titles) == ["Title a1", "Title a2", "Title a3"]
+    first = body["items"][0]
+    assert (
+        first["tier"] == "IMMEDIATE" and first["goal_name"] == "Batteries" and "IMMEDIATE_THRESHOLD" in first["reason"]
+    )
+    assert first["item"]["source_name"] == "Alice wire" and first["item"]["url"] == "https://example.org/a3"
+    assert first["click_url"].endswith(f"/r/{w['items']['a3']}?goal_id={g2}&channel=inbox")
+    assert first["read_at"] is None and first["score"] > 0.98
+    page1 = await (await api.get("/api/v1/notifications?limit=2", headers=bearer(token))).json()
+    assert len(page1["items"]) == 2 and page1["next_cursor"]
+    page2 = await (await api.get(f"/api/v1/notifications?limit=2&cursor={page1['next_cursor']}",
+                                 headers=bearer(token))).json()  # fmt: skip
+    assert [n["item"]["title"] for n in page2["items"]] == titles[2:] and page2["next_cursor"] is None
+    only_g1 = await (await api.get(f"/api/v1/notifications?goal_id={g1}", headers=bearer(token))).json()
+    assert {n["goal_id"] for n in only_g1["items"]} == {g1} and len(only_g1["items"]) == 2
+    # mark read, filter by status; another user's notification is a 404
+    resp = await api.post(f"/api/v1/notifications/{first['id']}/read", headers=bearer(token))
+    assert resp.status == 200 and (await resp.json())["read_at"]
+    read = await (await api.get("/api/v1/notifications?status=read", headers=bearer(token))).json()
+    unread = await (await api.get("/api/v1/notifications?status=unread", headers=bearer(token))).json()
+    assert [n["id"] for n in read["items"]] == [first["id"]] and len(unread["items"]) == 2
+    bob_token = w["bob"][1]
+    bob_list = await (await api.get("/api/v1/notifications", headers=bearer(bob_token))).json()
+    assert [n["item"]["title"] for n in bob_list["items"]] == ["Title b1"]
+    assert (await api.post(f"/api/v1/notifications/{first['id']}/read", headers=bearer(bob_token))).status == 404
+    assert (await api.get("/api/v1/notifications?status=new", headers=bearer(token))).status == 400
+    assert (await api.get("/api/v1/notifications?cursor=!!", headers=bearer(token))).status == 400
+
+
+async def test_items_are_visible_only_to_their_goals_or_followers(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    token, bob_token = w["alice"][1], w["bob"][1]
+    a1 = w["items"]["a1"]
+    resp = await api.get(f"/api/v1/items/{a1}", headers=bearer(token))
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["title"] == "Title a1" and body["goals"][0]["tier"] == "IMMEDIATE"
+    assert body["goals"][0]["decision_status"] == "pushed" and body["goals"][0]["notification_id"]
+    assert (await api.get(f"/api/v1/items/{a1}", headers=bearer(bob_token))).status == 404
+    assert (await api.get("/api/v1/items/999999", headers=bearer(token))).status == 404
+    # an item of a followed source that matched no goal is visible too
+    loose = await kit.item(rt, w["sources"][0], "Unmatched")
+    assert (await api.get(f"/api/v1/items/{loose}", headers=bearer(token))).status == 200
+
+
+async def test_feedback_like_dislike_undo(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    token, (g1, _, gb) = w["alice"][1], w["goals"]
+    a1 = w["items"]["a1"]
+    url = f"/api/v1/items/{a1}/feedback"
+    resp = await api.post(url, json={"goal_id": g1, "feedback": "like"}, headers=bearer(token))
+    assert resp.status == 200 and (await resp.json())["feedback"] == "like"
+    await api.post(url, json={"goal_id": g1, "feedback": "dislike"}, headers=bearer(token))
+    assert (
+        await rt.pool.fetchval("SELECT feedback FROM feedback WHERE goal_id = $1 AND item_id = $2", g1, a1) == "dislike"
+    )
+    inbox = await (await api.get(f"/api/v1/notifications?goal_id={g1}", headers=bearer(token))).json()
+    assert {n["item"]["id"]: n["feedback"] for n in inbox["items"]}[a1] == "dislike"
+    assert (await api.delete(f"{url}?goal_id={g1}", headers=bearer(token))).status == 204
+    assert (await api.delete(f"{url}?goal_id={g1}", headers=bearer(token))).status == 404
+    assert await rt.pool.fetchval("SELECT count(*) FROM feedback") == 0
+    # validation, and goals or items that are not the caller's
+    bad = await api.post(url, json={"goal_id": g1, "feedback": "love"}, headers=bearer(token))
+    assert bad.status == 422 and (await bad.json())["errors"][0]["field"] == "feedback"
+    assert (await api.post(url, json={"goal_id": g1}, headers=bearer(token))).status == 422
+    assert (await api.post(url, json={"feedback": "like"}, headers=bearer(token))).status == 422
+    assert (await api.post(url, json={"goal_id": gb, "feedback": "like"}, headers=bearer(token))).status == 404
+    other_item = w["items"]["a3"]  # Alice's item, but it never reached goal g1
+    resp = await api.post(f"/api/v1/items/{other_item}/feedback", json={"goal_id": g1, "feedback": "like"},
+                          headers=bearer(token))  # fmt: skip
+    assert resp.status == 404
+
+
+async def test_block_source_cancels_pending_at_once_and_can_be_undone(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    token, (g1, _, _), (a_src, _) = w["alice"][1], w["goals"], w["sources"]
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5)
+    waiting = await kit.item(rt, a_src, "Waiting in the coalescing window")
+    await kit.match(rt, g1, waiting, 0.99)
+    await kit.decide_all(rt)
+    resp = await api.post(f"/api/v1/items/{w['items']['a1']}/feedback", json={"goal_id": g1, "block_source": True},
+                          headers=bearer(token))  # fmt: skip
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["blocked_source"] == {"source_id": a_src, "source_name": "Alice wire"} and body["cancelled"] == 1
+    assert body["feedback"] is None
+    assert (await push.flush(rt, push.utcnow() + timedelta(minutes=10))).immediate == 0
+    assert await rt.pool.fetchval("SELECT status FROM decisions WHERE item_id = $1", waiting) == "cancelled"
+    listed = await (await api.get(f"/api/v1/goals/{g1}/blocked_sources", headers=bearer(token))).json()
+    assert [b["source_id"] for b in listed["items"]] == [a_src]
+    # a new item from the blocked source is not pushed either (the decide step sees the block)
+    later = await kit.item(rt, a_src, "After the block")
+    await kit.match(rt, g1, later, 0.99)
+    await kit.decide_all(rt)
+    assert await rt.pool.fetchval("SELECT tier FROM decisions WHERE item_id = $1", later) == "IGNORE"
+    # unblock: the next item is pushed again
+    assert (await api.delete(f"/api/v1/goals/{g1}/blocked_sources/{a_src}", headers=bearer(token))).status == 204
+    assert (await api.delete(f"/api/v1/goals/{g1}/blocked_sources/{a_src}", headers=bearer(token))).status == 404
+    fresh = await kit.item(rt, a_src, "After the unblock")
+    await kit.match(rt, g1, fresh, 0.99)
+    await kit.decide_all(rt)
+    assert (await push.flush(rt, push.utcnow() + timedelta(minutes=10))).immediate == 1
+    bob_token = w["bob"][1]
+    assert (await api.get(f"/api/v1/goals/{g1}/blocked_sources", headers=bearer(bob_token))).status == 404
+
+
+async def test_click_redirects_only_to_the_items_own_url(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    a1, g1 = w["items"]["a1"], w["goals"][0]
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"}
+    resp = await api.get(f"/r/{a1}?goal_id={g1}&channel=email&url=https://evil.example/",
+                         allow_redirects=False, headers=browser)  # fmt: skip
+    assert resp.status == 302 and resp.headers["Location"] == "https://example.org/a1"
+    resp = await api.head(f"/r/{a1}?goal_id={g1}&channel=email", allow_redirects=False, headers=browser)
+    assert resp.status == 302
+    await api.get(f"/r/{a1}?goal_id=999999&channel=weird", allow_redirects=False,
+                  headers={"User-Agent": "Barracuda Sentinel (EE)"})  # fmt: skip
+    clicks = await rt.pool.fetch("SELECT * FROM clicks ORDER BY id")
+    assert [(c["goal_id"], c["channel"], c["is_scanner"]) for c in clicks] == [
+        (g1, "email", False), (g1, "email", True), (None, "other", True)]  # fmt: skip
+    assert (await api.get("/r/999999", allow_redirects=False)).status == 404
+    assert (await api.get("/r/abc", allow_redirects=False)).status == 404
+    evil = await kit.item(rt, w["sources"][0], "Evil", url="javascript:alert(1)")
+    assert (await api.get(f"/r/{evil}", allow_redirects=False)).status == 404
+
+
+async def test_unsubscribe_get_confirms_post_pauses(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    g1, g2, _ = w["goals"]
+    mail = next(m for m in await kit.emails(rt) if m["goal_id"] == g1)
+    link = re.search(r"<([^>]+)>", mail["headers"]["List-Unsubscribe"]).group(1)
+    path = link.removeprefix(rt.settings.public_url)
+    resp = await api.get(path)
+    assert resp.status == 200 and '<form method="post"' in await resp.text()
+    assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g1) == "active"  # GET changed nothing
+    assert (await api.get(path[:-4] + "0000")).status == 404
+    assert (await api.post(f"/api/v1/goals/{g2}/unsubscribe?token={path.rsplit('=', 1)[1]}")).status == 404
+    resp = await api.post(path, data="List-Unsubscribe=One-Click",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert resp.status == 200 and "paused" in await resp.text()
+    assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g1) == "paused"
+    assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g2) == "active"
+    # the combined-digest link pauses every goal of the user
+    alice = w["alice"][0]
+    user_link = await push.unsubscribe_url(rt, "user", alice)
+    user_path = user_link.removeprefix(rt.settings.public_url)
+    assert (await api.get(user_path)).status == 200
+    assert (await api.post(user_path)).status == 200
+    assert await rt.pool.fetchval("SELECT count(*) FROM goals WHERE user_id = $1 AND status = 'active'", alice) == 0

@@ -1,0 +1,333 @@
+"""Embedding: the fake OpenAI server itself, the OpenAI embedder's retries (429 with Retry-After, 5xx,
+timeouts), usage accounting into the budget day, and the pipeline's degraded paths (outage, switch off,
+breaker open, refused inputs, model change): items stay pending, are scored by keywords meanwhile, and are
+embedded and re-scored once embedding is possible again."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from infosentry import budget, embed, match
+from infosentry.embedders.openai import CallRecord, EmbedError, OpenAIEmbedder, RateLimiter, retry_after_seconds
+from infosentry.runtime import Runtime, open_runtime
+from infosentry.settings import Settings
+from tests.conftest import make_user
+from tests.fakes.openai import FakeOpenAI, fake_tokens, fake_vector
+from tests.test_match import (
+    AI_GOAL,
+    AI_ITEM,
+    AI_ITEM_2,
+    OFF_ITEM,
+    match_row,
+    seed_goal,
+    seed_item,
+    seed_source,
+    set_hot,
+)  # fmt: skip
+
+MODEL = "fake-embed"  # not a known model: 256-dim fake vectors, default anchors
+
+
+def fake_settings(settings: Settings, fake: FakeOpenAI, model: str = MODEL) -> Settings:
+    return replace(settings, **fake.settings_overrides(), openai_embed_model=model)
+
+
+def tune(rt: Runtime) -> OpenAIEmbedder:
+    """Short timeouts and backoff, so failure paths take milliseconds."""
+    emb = embed.embedder(rt)
+    assert isinstance(emb, OpenAIEmbedder)
+    emb.timeout, emb.backoff_base = 0.5, 0.01
+    return emb
+
+
+@pytest.fixture
+async def fake_rt(settings: Settings, openai_server: FakeOpenAI) -> AsyncIterator[Runtime]:
+    async with open_runtime(fake_settings(settings, openai_server)) as runtime:
+        tune(runtime)
+        yield runtime
+
+
+async def seed_world(rt: Runtime) -> dict[str, int]:
+    uid, _ = await make_user(rt, "reader@example.com")
+    src = await seed_source(rt, uid)
+    return {
+        "user": uid,
+        "source": src,
+        "goal": await seed_goal(rt, uid, *AI_GOAL, terms=["Nvidia"]),
+        "ai": await seed_item(rt, src, *AI_ITEM),
+        "ai2": await seed_item(rt, src, *AI_ITEM_2),
+        "off": await seed_item(rt, src, *OFF_ITEM),
+    }
+
+
+async def statuses(rt: Runtime) -> dict[str, int]:
+    rows = await rt.pool.fetch("SELECT embedding_status AS s, count(*) AS n FROM items GROUP BY 1")
+    return {r["s"]: r["n"] for r in rows}
+
+
+# --- the fake server ----------------------------------------------------------------------------------------
+
+
+async def test_fake_server_embeddings_chat_and_scripts(openai_server: FakeOpenAI) -> None:
+    client = AsyncOpenAI(base_url=openai_server.base_url, api_key="sk-fake", max_retries=0, timeout=2)
+    try:
+        texts = ["GPU prices fall", "GPU prices rise", "bread"]
+        plain = await client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+        assert plain.usage.prompt_tokens == plain.usage.total_tokens == sum(fake_tokens(t) for t in texts)
+        vecs = np.array([d.embedding for d in plain.data])
+        assert vecs.shape == (3, 256) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+        assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.3  # shared words -> similar vectors
+        raw = await client.with_raw_response.embeddings.create(model=MODEL, input=texts[:1], encoding_format="base64")
+        b64 = raw.http_response.json()["data"][0]["embedding"]
+        assert np.allclose(np.frombuffer(base64.b64decode(b64), "<f4"), fake_vector(texts[0]))
+        big = await client.embeddings.create(model="text-embedding-3-small", input="x", encoding_format="float")
+        assert len(big.data[0].embedding) == 1536
+
+        assert '"label"' in (await client.chat.completions.create(model="m", messages=[])).choices[0].message.content
+        openai_server.chat_queue("first", {"content": "second", "prompt_tokens": 7, "completion_tokens": 3})
+        openai_server.chat_handler(lambda body: f"echo {len(body['messages'])}")
+        answers = [await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+                   for _ in range(3)]  # fmt: skip
+        assert [a.choices[0].message.content for a in answers] == ["first", "second", "echo 1"]
+        assert answers[1].usage.prompt_tokens == 7 and answers[1].usage.completion_tokens == 3
+        openai_server.invalid_json_next(1, "content", endpoint="chat")
+        bad = await client.chat.completions.create(model="m", messages=[])
+        assert bad.choices[0].message.content == "this is not JSON {"
+        openai_server.fail_next(1, 429, retry_after=2, endpoint="chat")
+        with pytest.raises(Exception) as info:
+            await client.chat.completions.create(model="m", messages=[])
+        assert info.value.status_code == 429 and info.value.response.headers["retry-after"] == "2"
+        assert openai_server.requests["chat"] == 6 and openai_server.served["chat"] == 4
+        assert openai_server.requests["embeddings"] == 3 and openai_server.texts_embedded == 5
+    finally:
+        await client.close()
+
+
+# --- the OpenAI embedder ------------------------------------------------------------------------------------
+
+
+def recording(emb: OpenAIEmbedder) -> list[CallRecord]:
+    calls: list[CallRecord] = []
+
+    async def on_call(rec: CallRecord) -> None:
+        calls.append(rec)
+
+    emb.on_call = on_call
+    return calls
+
+
+async def test_429_retry_after_is_honoured(settings: Settings, openai_server: FakeOpenAI) -> None:
+    emb = OpenAIEmbedder(fake_settings(settings, openai_server), timeout=2, backoff_base=0.01)
+    calls = recording(emb)
+    openai_server.fail_next(1, 429, retry_after=1)
+    started = time.monotonic()
+    result = await emb.embed(["hello world"])
+    assert time.monotonic() - started >= 1.0  # waited as told, not our 10 ms backoff
+    assert len(result.vectors) == 1 and result.tokens == fake_tokens("hello world")
+    assert [(c.ok, c.http_status) for c in calls] == [(False, 429), (True, 200)]
+    openai_server.fail_next(1, 429, retry_after_ms=300)
+    started = time.monotonic()
+    await emb.embed(["again"])
+    assert 0.3 <= time.monotonic() - started < 1.0
+    await emb.aclose()
+
+
+async def test_5xx_and_timeouts_are_retried_then_given_up(settings: Settings, openai_server: FakeOpenAI) -> None:
+    emb = OpenAIEmbedder(fake_settings(settings, openai_server), timeout=0.3, backoff_base=0.01, max_attempts=3)
+    calls = recording(emb)
+    openai_server.fail_next(2, 500)
+    assert len((await emb.embed(["a", "b"])).vectors) == 2
+    assert [c.http_status for c in calls] == [500, 500, 200]
+    calls.clear()
+    openai_server.hang_next(1, 2.0)
+    assert len((await emb.embed(["c"])).vectors) == 1
+    assert calls[0].ok is False and calls[0].http_status is None and "timeout" in calls[0].error
+    openai_server.invalid_json_next(1)
+    await emb.embed(["d"])
+    openai_server.fail_next(3, 503)
+    with pytest.raises(EmbedError) as info:
+        await emb.embed(["e"])
+    assert not info.value.input_fault and info.value.status == 503
+    openai_server.fail_next(1, 400)
+    with pytest.raises(EmbedError) as info:
+        await emb.embed(["f"])
+    assert info.value.input_fault  # not retried: the input itself is refused
+    await emb.aclose()
+
+
+async def test_batches_of_64_and_the_rate_limit_is_read_at_call_time() -> None:
+    limiter = RateLimiter(lambda: limit)
+    limiter.WINDOW = 0.4
+    limit = 2
+    started = time.monotonic()
+    for _ in range(3):
+        await limiter.acquire()
+    assert time.monotonic() - started >= 0.35  # the third start waited for the window
+    limit = 100  # a hot change applies to the next request
+    started = time.monotonic()
+    for _ in range(20):
+        await limiter.acquire()
+    assert time.monotonic() - started < 0.2
+    assert retry_after_seconds({"retry-after": "2.5"}) == 2.5 and retry_after_seconds({}) is None
+
+
+async def test_many_texts_go_in_batched_requests(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
+    emb = tune(fake_rt)
+    result = await emb.embed([f"text number {i}" for i in range(150)])
+    assert len(result.vectors) == 150 and openai_server.requests["embeddings"] == 3  # 64 + 64 + 22
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------
+
+
+async def test_pipeline_accounts_usage_in_the_budget_day(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
+    rt = fake_rt
+    w = await seed_world(rt)
+    report = await embed.run(rt)
+    assert report.embedded == 3 and report.goals_embedded == 1
+    goal = await rt.pool.fetchrow("SELECT name, description, priority_terms FROM goals")
+    texts = match.goal_facets(goal["name"], goal["description"], list(goal["priority_terms"]))
+    rows = await rt.pool.fetch("SELECT title, snippet FROM items")
+    texts += [match.item_text(r["title"], r["snippet"]) for r in rows]
+    st = await budget.status(rt)
+    assert st["embed_tokens"] == sum(fake_tokens(t) for t in texts)
+    assert st["embed_usd"] == pytest.approx(st["embed_tokens"] * 0.02 / 1e6, abs=1e-6)
+    assert st["embed_requests"] == openai_server.served["embeddings"] == 2  # goal facets, then the item batch
+    calls = await rt.pool.fetch("SELECT kind, ok, http_status FROM external_calls")
+    assert [tuple(c) for c in calls] == [("embed", True, 200)] * 2
+    row = await match_row(rt, w["goal"], w["ai"])
+    assert row is not None and not row["lexical_only"] and row["components"]["model"] == f"openai:{MODEL}"
+    assert (await statuses(rt)) == {"done": 3}
+
+
+async def test_outage_keeps_items_pending_and_scored_by_keywords(fake_rt: Runtime,
+                                                                 openai_server: FakeOpenAI) -> None:  # fmt: skip
+    rt = fake_rt
+    w = await seed_world(rt)
+    openai_server.down()
+    report = await embed.run(rt)
+    assert report.paused and "embedding unavailable" in report.paused
+    assert await statuses(rt) == {"pending": 3}
+    lexical = await match_row(rt, w["goal"], w["ai"])
+    assert lexical["lexical_only"] and lexical["reasons"][-1] == "scored by keywords only: embedding pending"
+    assert lexical["components"]["term_hits"] == ["Nvidia"] and lexical["score"] >= 0.6
+    failures = await rt.pool.fetchval("SELECT count(*) FROM external_calls WHERE NOT ok")
+    assert failures >= 1
+    assert (await budget.status(rt))["embed_requests"] == 0  # nothing was paid
+
+    openai_server.up()
+    await embed.run(rt)
+    assert await statuses(rt) == {"done": 3}
+    rescored = await match_row(rt, w["goal"], w["ai"])
+    assert not rescored["lexical_only"] and rescored["computed_at"] > lexical["computed_at"]
+    queued = await rt.pool.fetchval("SELECT to_regclass('decide_queue') IS NOT NULL")
+    if queued:  # the decide step learns of the re-score through its queue
+        assert await rt.pool.fetchval("SELECT count(*) FROM decide_queue WHERE item_id = $1", w["ai"]) == 1
+
+
+async def test_switch_off_keeps_items_pending_until_switched_on(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
+    rt = fake_rt
+    w = await seed_world(rt)
+    await set_hot(rt, EMBEDDING_ENABLED=False)
+    report = await embed.run(rt)
+    assert report.paused == "EMBEDDING_ENABLED is false" and openai_server.requests["embeddings"] == 0
+    assert await statuses(rt) == {"pending": 3}
+    assert (await match_row(rt, w["goal"], w["ai"]))["lexical_only"]
+    assert (await embed.sweep(rt))["pending"] is True
+    await set_hot(rt, EMBEDDING_ENABLED=True)
+    await embed.run(rt)
+    assert await statuses(rt) == {"done": 3}
+    assert not (await match_row(rt, w["goal"], w["ai"]))["lexical_only"]
+
+
+async def test_a_refused_input_is_isolated_and_fails_visibly(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
+    rt = fake_rt
+    w = await seed_world(rt)
+    poison = await seed_item(rt, w["source"], "POISON Nvidia GPU story", "the server refuses this one")
+    openai_server.refuse_texts("POISON")
+    for _ in range(embed.MAX_EMBED_ATTEMPTS):
+        await embed.run(rt)
+    assert await statuses(rt) == {"done": 3, "failed": 1}
+    row = await rt.pool.fetchrow("SELECT embed_attempts, matched_at FROM items WHERE id = $1", poison)
+    assert row["embed_attempts"] == embed.MAX_EMBED_ATTEMPTS and row["matched_at"] is not None
+    m = await match_row(rt, w["goal"], poison)
+    assert m["lexical_only"] and m["reasons"][-1] == "scored by keywords only: embedding failed"
+    assert (await embed.sweep(rt))["pending"] is False  # failed is final, not retried forever
+
+
+async def test_breaker_pauses_embedding_then_resumes_after_reset(fake_rt: Runtime,
+                                                                 openai_server: FakeOpenAI) -> None:  # fmt: skip
+    rt = fake_rt
+    uid, _ = await make_user(rt, "budget@example.com")
+    src = await seed_source(rt, uid)
+    goal = await seed_goal(rt, uid, *AI_GOAL, terms=["GPU"])
+    ids = [await seed_item(rt, src, f"GPU story {i}: Nvidia ships AI chips", "x" * 400) for i in range(12)]
+    # every item costs ~112 tokens; a batch of 3 costs ~336 tokens = $0.0000067
+    batch_cost = 3 * fake_tokens(match.item_text("GPU story 10: Nvidia ships AI chips", "x" * 400)) * 0.02 / 1e6
+    await set_hot(rt, EMBED_BATCH_SIZE=3, DAILY_USD_BUDGET=0.000015)
+    report = await embed.run(rt)
+    st = await budget.status(rt)
+    assert report.paused and report.paused.startswith("budget breaker open") and st["breaker_open"]
+    assert st["usd_total"] <= 0.000015 + batch_cost + 1e-12  # never more than one batch over the cap
+    counts = await statuses(rt)
+    assert 0 < counts.get("done", 0) < 12 and counts["pending"] >= 1
+    pending = [r["id"] for r in await rt.pool.fetch("SELECT id FROM items WHERE embedding_status = 'pending'")]
+    for item in pending:  # kept, and scored by keywords meanwhile
+        m = await match_row(rt, goal, item)
+        assert m is not None and m["lexical_only"], m
+    assert (await embed.run(rt)).paused  # still paused: sticky for the day
+
+    await budget.reset(rt, "test-admin")
+    await set_hot(rt, DAILY_USD_BUDGET=1.0)
+    await embed.run(rt)
+    assert await statuses(rt) == {"done": 12}
+    for item in ids:
+        assert not (await match_row(rt, goal, item))["lexical_only"]
+
+
+async def test_model_change_re_embeds_what_matching_still_needs(settings: Settings,
+                                                                openai_server: FakeOpenAI) -> None:  # fmt: skip
+    async with open_runtime(fake_settings(settings, openai_server)) as rt:
+        tune(rt)
+        w = await seed_world(rt)
+        old = await seed_item(rt, w["source"], "An old GPU story", "from last week", hours_ago=24 * 7)
+        rated_old = await seed_item(rt, w["source"], "An old rated GPU story", "liked", hours_ago=24 * 7)
+        await embed.run(rt)
+        await rt.pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
+                              w["goal"], rated_old, w["user"])  # fmt: skip
+    async with open_runtime(fake_settings(settings, openai_server, model="fake-embed-v2")) as rt:
+        tune(rt)
+        sweep = await embed.sweep(rt)
+        assert sweep["requeued"] == 4 and sweep["work"]  # 3 recent + 1 rated; the old unrated one stays
+        await embed.run(rt)
+        rows = {r["id"]: r["embedding_model"] for r in await rt.pool.fetch("SELECT id, embedding_model FROM items")}
+        assert rows[old] == f"openai:{MODEL}"
+        assert {rows[i] for i in (w["ai"], w["ai2"], w["off"], rated_old)} == {"openai:fake-embed-v2"}
+        goal = await rt.pool.fetchrow("SELECT embedding_model FROM goals")
+        assert goal["embedding_model"] == "openai:fake-embed-v2"
+        assert (await match_row(rt, w["goal"], w["ai"]))["components"]["model"] == "openai:fake-embed-v2"
+
+
+async def test_concurrent_runs_never_embed_an_item_twice(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
+    rt = fake_rt
+    uid, _ = await make_user(rt, "race@example.com")
+    src = await seed_source(rt, uid)
+    await seed_goal(rt, uid, *AI_GOAL)
+    for i in range(40):
+        await seed_item(rt, src, f"Story {i} about GPUs", "text")
+    await set_hot(rt, EMBED_BATCH_SIZE=8)
+    reports: list[Any] = await asyncio.gather(*(embed.run(rt) for _ in range(3)))
+    assert sum(r.embedded for r in reports) == 40
+    assert openai_server.texts_embedded == 40 + len(match.goal_facets(*AI_GOAL)) * sum(
+        r.goals_embedded for r in reports
+    )
+    assert await statuses(rt) == {"done": 40}

@@ -1,0 +1,674 @@
+"""Ingest against the fake feed server: scheduling from table state, conditional GET, server hints, backoff,
+one item per story across sources, backfill, bad input isolation, SKIP LOCKED claims, the parse pool, the job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import pytest
+from click.testing import CliRunner
+
+from infosentry import ingest, jobs
+from infosentry.cli import main
+from infosentry.errors import Invalid, NotFound
+from infosentry.fetch import FetchError
+from infosentry.runtime import Runtime, open_runtime
+from infosentry.settings import Settings
+from infosentry.sources.rss import parse as rss_parse
+from infosentry.store import sources as sources_store
+from tests.conftest import make_user
+from tests.fakes.feeds import FakeFeedServer
+
+DATA = Path(__file__).parent / "data" / "feeds"
+NOW = datetime.now(UTC)
+
+
+def rss(items: list[dict[str, Any]], *, title: str = "Test feed", ttl: int | None = None) -> str:
+    """An RSS 2.0 document; each item: title, link, description, pub (datetime) — all optional but link."""
+    parts = [f"<title>{escape(title)}</title><link>https://feed.example/</link>"]
+    if ttl:
+        parts.append(f"<ttl>{ttl}</ttl>")
+    for it in items:
+        body = [f"<link>{escape(it['link'])}</link>"]
+        if "title" in it:
+            body.append(f"<title>{escape(it['title'])}</title>")
+        if "description" in it:
+            body.append(f"<description>{escape(it['description'])}</description>")
+        if it.get("pub"):
+            body.append(f"<pubDate>{format_datetime(it['pub'], usegmt=True)}</pubDate>")
+        parts.append("<item>" + "".join(body) + "</item>")
+    return f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel>{"".join(parts)}</channel></rss>'
+
+
+def story(n: int, *, host: str = "news.example", age: timedelta = timedelta(hours=1), **extra: Any) -> dict[str, Any]:
+    return {"title": f"Story number {n} about things", "link": f"https://{host}/story/{n}",
+            "description": f"<p>Body of story {n}, with <b>markup</b> &amp; entities.</p>", "pub": NOW - age,
+            **extra}  # fmt: skip
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeFeedServer]:
+    async with FakeFeedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def user(rt: Runtime) -> int:
+    user_id, _ = await make_user(rt, "ingest@example.com", admin=True)
+    return user_id
+
+
+async def add(rt: Runtime, user_id: int, url: str, *, type: str = "rss", interval: int | None = None,
+              config: dict[str, Any] | None = None, name: str | None = None) -> int:  # fmt: skip
+    spec = ingest.validate_source(type=type, url=url, interval=interval, config=config, name=name)
+    row, _, _ = await ingest.add_source(rt.pool, user_id, spec)
+    return int(row["id"])
+
+
+async def source(rt: Runtime, source_id: int) -> dict[str, Any]:
+    row = await sources_store.source_by_id(rt.pool, source_id)
+    assert row is not None
+    return dict(row)
+
+
+async def make_due(rt: Runtime) -> None:
+    await rt.pool.execute("UPDATE sources SET next_fetch_at = now() - interval '1 second', lease_until = NULL")
+
+
+async def logs(rt: Runtime, source_id: int) -> list[dict[str, Any]]:
+    rows = await rt.pool.fetch("SELECT * FROM ingest_logs WHERE source_id = $1 ORDER BY id", source_id)
+    return [dict(r) for r in rows]
+
+
+def delay_of(row: dict[str, Any]) -> float:
+    return (row["next_fetch_at"] - row["last_fetch_at"]).total_seconds()
+
+
+# --- the happy path ------------------------------------------------------------------------------------------
+
+
+async def test_first_fetch_stores_items_health_and_log(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    long_text = "word " * 400
+    items = [story(1), story(2, description=long_text), story(3, age=timedelta(days=2))]
+    server.add("/a.xml", rss(items, title="Alpha News"), etag='"v1"', last_modified="Wed, 01 May 2024 10:00:00 GMT")
+    sid = await add(rt, user, server.url("/a.xml"))
+    assert (await source(rt, sid))["name"] == "127.0.0.1/a.xml"  # placeholder until first fetch
+
+    summary = await ingest.run_due(rt)
+
+    assert (summary.sources, summary.ok, summary.new_items) == (1, 1, 3)
+    src = await source(rt, sid)
+    assert src["name"] == "Alpha News"  # the feed's title replaces the placeholder name
+    assert src["error_streak"] == 0 and src["last_error"] is None and src["lease_until"] is None
+    assert src["etag"] == '"v1"' and src["last_modified"] == "Wed, 01 May 2024 10:00:00 GMT"
+    assert src["last_success_at"] == src["last_fetch_at"]
+    lo, hi = ingest.interval_bounds(900)
+    assert lo * 0.9 - 1 <= delay_of(src) <= hi * 1.1 + 1
+    rows = await rt.pool.fetch("SELECT * FROM items ORDER BY url")
+    assert [r["url"] for r in rows] == [f"https://news.example/story/{n}" for n in (1, 2, 3)]
+    assert all(len(r["snippet"]) <= 500 for r in rows) and len(rows[1]["snippet"]) > 400
+    assert rows[0]["snippet"] == "Body of story 1, with markup & entities."
+    assert all(r["source_id"] == sid for r in rows)
+    assert await rt.pool.fetchval("SELECT count(*) FROM item_sources WHERE source_id = $1", sid) == 3
+    (log,) = await logs(rt, sid)
+    assert (log["status"], log["http_status"], log["fetched"], log["new"], log["duplicate"]) == ("ok", 200, 3, 3, 0)
+    assert log["duration_ms"] >= 0 and log["error"] is None
+
+    # nothing is due any more: a second run fetches nothing
+    assert (await ingest.run_due(rt)).sources == 0
+    assert server.hits("/a.xml") == 1
+
+
+async def test_not_modified_skips_parsing(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    route = server.add("/c.xml", rss([story(1)]), etag='"abc"')
+    sid = await add(rt, user, server.url("/c.xml"))
+    await ingest.run_due(rt)
+    route.body = b"<<< this is not a feed and would fail to parse >>>"  # same ETag: the server answers 304
+    await make_due(rt)
+    summary = await ingest.run_due(rt)
+    assert (summary.not_modified, summary.failed) == (1, 0)
+    assert server.last_request("/c.xml").headers["If-None-Match"] == '"abc"'
+    log = (await logs(rt, sid))[-1]
+    assert (log["status"], log["http_status"], log["fetched"]) == ("not_modified", 304, 0)
+    src = await source(rt, sid)
+    assert src["etag"] == '"abc"' and src["error_streak"] == 0
+
+
+async def test_server_hints_set_the_earliest_next_fetch(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/maxage.xml", rss([story(1)]), headers={"Cache-Control": "public, max-age=20000"})
+    server.add("/ttl.xml", rss([story(2)], ttl=600))  # minutes
+    server.add("/huge.xml", rss([story(3)]), headers={"Cache-Control": "max-age=99999999"})
+    a = await add(rt, user, server.url("/maxage.xml"))
+    b = await add(rt, user, server.url("/ttl.xml"))
+    c = await add(rt, user, server.url("/huge.xml"))
+    await ingest.run_due(rt)
+    assert delay_of(await source(rt, a)) >= 20000 - 2
+    assert delay_of(await source(rt, b)) >= 36000 - 2
+    assert delay_of(await source(rt, c)) <= 86400 + 2  # a wrong header never silences a source beyond 24 h
+
+
+async def test_retry_after_on_429_and_backoff(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/busy.xml", "slow down", status=429, headers={"Retry-After": "7200"}, content_type="text/plain")
+    sid = await add(rt, user, server.url("/busy.xml"), interval=600)
+    await ingest.run_due(rt)
+    src = await source(rt, sid)
+    assert src["error_streak"] == 1 and src["last_error_kind"] == "http_status"
+    assert "429" in src["last_error"]
+    assert delay_of(src) >= 7200 - 2
+    (log,) = await logs(rt, sid)
+    assert (log["status"], log["http_status"], log["error_kind"]) == ("error", 429, "http_status")
+
+
+async def test_backoff_doubles_is_capped_and_resets(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    route = server.add("/flaky.xml", "boom", status=500, content_type="text/plain")
+    sid = await add(rt, user, server.url("/flaky.xml"), interval=900)
+    delays = []
+    for streak in (1, 2, 3):
+        await make_due(rt)
+        await ingest.run_due(rt)
+        src = await source(rt, sid)
+        assert src["error_streak"] == streak
+        delays.append(delay_of(src))
+    for streak, delay in enumerate(delays, start=1):
+        expected = 900 * 2 ** (streak - 1)
+        assert expected * 0.9 - 1 <= delay <= expected * 1.1 + 1, (streak, delay)
+    # a long streak is capped at 24 h and never disables the source
+    await rt.pool.execute("UPDATE sources SET error_streak = 40 WHERE id = $1", sid)
+    await make_due(rt)
+    await ingest.run_due(rt)
+    src = await source(rt, sid)
+    assert src["error_streak"] == 41 and src["enabled"] and 86400 * 0.9 - 1 <= delay_of(src) <= 86400 + 1
+    # success resets everything
+    route.status, route.body, route.content_type = 200, rss([story(1)]).encode(), "application/rss+xml"
+    await make_due(rt)
+    await ingest.run_due(rt)
+    src = await source(rt, sid)
+    assert src["error_streak"] == 0 and src["last_error"] is None and src["last_error_kind"] is None
+    assert [entry["status"] for entry in await logs(rt, sid)] == ["error"] * 4 + ["ok"]
+
+
+# --- one item per story ----------------------------------------------------------------------------------------
+
+
+async def test_same_story_from_two_feeds_is_one_item(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    same_text = "The council approved the new bridge budget after a long debate on Tuesday evening."
+    server.add("/one.xml", rss([
+        {"title": "Bridge approved", "link": "https://news.example/bridge?utm_source=rss&id=7",
+         "description": same_text, "pub": NOW},
+        {"title": "Council approves bridge budget after debate", "link": "https://one.example/a/1",
+         "description": same_text, "pub": NOW},
+        {"title": "Weather today", "link": "https://one.example/weather", "description": "Sunny and warm.",
+         "pub": NOW},
+    ]))  # fmt: skip
+    server.add("/two.xml", rss([
+        {"title": "Bridge approved!", "link": "https://www.NEWS.example/bridge/?id=7&utm_medium=feed#top",
+         "description": "different words", "pub": NOW},
+        {"title": "Council approves bridge budget after debate.", "link": "https://two.example/b/9",
+         "description": same_text + " (Reuters)", "pub": NOW},
+        {"title": "Weather today", "link": "https://two.example/weather", "description": "Heavy rain expected.",
+         "pub": NOW},
+    ]))  # fmt: skip
+    one = await add(rt, user, server.url("/one.xml"))
+    two = await add(rt, user, server.url("/two.xml"))
+
+    await ingest.run_due(rt)
+
+    items = await rt.pool.fetch("SELECT id, url, source_id FROM items ORDER BY id")
+    # bridge (same canonical URL), council (same title + near-identical text): one item each;
+    # weather: same title but different text -> two items
+    assert len(items) == 4
+    links = await rt.pool.fetch(
+        "SELECT i.title, array_agg(x.source_id ORDER BY x.source_id) AS s FROM items i "
+        "JOIN item_sources x ON x.item_id = i.id GROUP BY i.id, i.title ORDER BY i.id"
+    )
+    by_title = {r["title"].rstrip("!."): list(r["s"]) for r in links if "Weather" not in r["title"]}
+    assert by_title == {"Bridge approved": [one, two], "Council approves bridge budget after debate": [one, two]}
+    counts = {e["source_id"]: (e["new"], e["duplicate"]) for e in await rt.pool.fetch("SELECT * FROM ingest_logs")}
+    assert sorted(counts.values()) == [(1, 2), (3, 0)]
+
+    # later fetches of the same stories (another run, other batch) still link, never duplicate
+    await make_due(rt)
+    await ingest.run_due(rt)
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == 4
+
+
+async def test_titles_alone_never_merge_within_one_source(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/same.xml", rss([
+        {"title": "Daily briefing for the whole team", "link": "https://brief.example/1", "pub": NOW},
+        {"title": "Daily briefing for the whole team", "link": "https://brief.example/2", "pub": NOW},
+        {"title": "Daily briefing for the whole team", "link": "https://brief.example/1?utm_campaign=x"},
+    ]))  # fmt: skip
+    sid = await add(rt, user, server.url("/same.xml"))
+    await ingest.run_due(rt)
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == 2
+    (log,) = await logs(rt, sid)
+    assert (log["fetched"], log["new"], log["duplicate"]) == (3, 2, 1)
+
+
+async def test_backfill_marking(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    route = server.add("/bf.xml", rss([
+        {"title": "Old news", "link": "https://bf.example/old", "pub": NOW - timedelta(days=3)},
+        {"title": "Undated", "link": "https://bf.example/undated"},
+        {"title": "Breaking", "link": "https://bf.example/fresh", "pub": NOW - timedelta(minutes=5)},
+        {"title": "From the future", "link": "https://bf.example/future", "pub": NOW + timedelta(days=365)},
+    ]))  # fmt: skip
+    await add(rt, user, server.url("/bf.xml"))
+    await ingest.run_due(rt)
+    rows = {r["url"].rsplit("/", 1)[1]: r for r in await rt.pool.fetch("SELECT * FROM items")}
+    assert rows["old"]["is_backfill"] and rows["undated"]["is_backfill"]
+    assert not rows["fresh"]["is_backfill"] and not rows["future"]["is_backfill"]
+    assert rows["future"]["published_at"] <= datetime.now(UTC)  # clamped
+
+    # later fetches: new undated items are live news; old-dated newcomers are still back catalogue
+    route.body = rss([
+        {"title": "Second undated", "link": "https://bf.example/undated2"},
+        {"title": "Archive item", "link": "https://bf.example/archive", "pub": NOW - timedelta(days=30)},
+    ]).encode()  # fmt: skip
+    await make_due(rt)
+    await ingest.run_due(rt)
+    rows = {r["url"].rsplit("/", 1)[1]: r for r in await rt.pool.fetch("SELECT * FROM items")}
+    assert not rows["undated2"]["is_backfill"] and rows["archive"]["is_backfill"]
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+async def test_bad_feeds_fail_alone(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    good = [story(n, host="good.example") for n in range(5)]
+    server.add("/good.xml", rss(good))
+    server.add("/good2.xml", rss([story(9, host="good2.example")]))
+    server.add("/text.txt", (DATA / "not_xml.txt").read_bytes(), content_type="text/plain")
+    server.add("/page.html", (DATA / "html_no_feed.html").read_bytes(), content_type="text/html")
+    server.add("/empty.xml", b"")
+    server.add("/laughs.xml", (DATA / "billion_laughs.xml").read_bytes())
+    server.add("/gone.xml", "gone", status=404, content_type="text/plain")
+    server.bomb("/bomb.xml", decompressed_size=20 * 1024 * 1024)
+    server.add("/trunc.xml", (DATA / "truncated_early.xml").read_bytes())
+    ids = {}
+    for path in ("good", "text", "page", "empty", "laughs", "gone", "bomb", "trunc", "good2"):
+        suffix = {"text": ".txt", "page": ".html"}.get(path, ".xml")
+        ids[path] = await add(rt, user, server.url(f"/{path}{suffix}"))
+
+    summary = await ingest.run_due(rt, concurrency=4)
+
+    assert summary.sources == 9
+    state = {name: await source(rt, sid) for name, sid in ids.items()}
+    assert state["good"]["last_error"] is None and state["good2"]["last_error"] is None
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == 6
+    kinds = {name: s["last_error_kind"] for name, s in state.items() if s["last_error"]}
+    assert kinds == {"text": "parse", "page": "parse", "empty": "parse", "laughs": "parse", "gone": "http_status",
+                     "bomb": "too_large", "trunc": "parse"}  # fmt: skip
+    assert "HTML page" in state["page"]["last_error"]
+    assert "entities" in state["laughs"]["last_error"]
+    for name in kinds:
+        assert state[name]["error_streak"] == 1 and state[name]["enabled"]
+        (log,) = await logs(rt, ids[name])
+        assert log["status"] == "error" and log["error"] == state[name]["last_error"]
+
+
+async def test_unreachable_and_blocked_sources(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    blocked = await add(rt, user, "http://127.0.0.2:9/feed.xml")  # loopback outside the allow list
+    closed = await add(rt, user, "http://127.0.0.1:9/feed.xml")  # nothing listens on the discard port
+    await ingest.run_due(rt)
+    assert (await source(rt, blocked))["last_error_kind"] == "blocked_address"
+    assert (await source(rt, closed))["last_error_kind"] == "connection"
+
+
+async def test_broken_stored_config_is_a_source_error(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/x.xml", rss([story(1)]))
+    sid = await add(rt, user, server.url("/x.xml"))
+    await rt.pool.execute("""UPDATE sources SET config = '{"bogus": 1}' WHERE id = $1""", sid)
+    await ingest.run_due(rt)
+    src = await source(rt, sid)
+    assert src["last_error_kind"] == "config" and "bogus" in src["last_error"]
+
+
+# --- scheduling --------------------------------------------------------------------------------------------------
+
+
+async def test_only_followed_enabled_sources_are_due(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    for name in ("a", "b", "c"):
+        server.add(f"/{name}.xml", rss([story(ord(name))]))
+    a = await add(rt, user, server.url("/a.xml"))
+    b = await add(rt, user, server.url("/b.xml"))
+    c = await add(rt, user, server.url("/c.xml"))
+    await sources_store.set_subscription_enabled(rt.pool, user, b, False)
+    await rt.pool.execute("UPDATE sources SET enabled = false WHERE id = $1", c)
+    summary = await ingest.run_due(rt)
+    assert summary.sources == 1 and server.hits("/a.xml") == 1 and server.total_hits == 1
+    other, _ = await make_user(rt, "other@example.com")
+    await sources_store.subscribe(rt.pool, other, b)  # a second follower makes it due again
+    await ingest.run_due(rt)
+    assert server.hits("/b.xml") == 1 and server.hits("/c.xml") == 0 and a
+
+
+async def test_concurrent_runs_fetch_each_source_once(rt: Runtime, settings: Settings, user: int,
+                                                      server: FakeFeedServer) -> None:  # fmt: skip
+    n = 40
+    for i in range(n):
+        route = server.add(f"/f{i}.xml", rss([story(i, host=f"h{i}.example")]))
+        route.delay = 0.02  # keep fetches in flight while the other run claims
+        await add(rt, user, server.url(f"/f{i}.xml"))
+    async with open_runtime(settings) as rt2:  # a second worker process: its own pool and fetcher
+        one, two = await asyncio.gather(ingest.run_due(rt, concurrency=3), ingest.run_due(rt2, concurrency=3))
+    assert one.sources + two.sources == n and one.sources > 0 and two.sources > 0
+    assert all(server.hits(f"/f{i}.xml") == 1 for i in range(n))
+    assert await rt.pool.fetchval("SELECT count(*) FROM ingest_logs") == n
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == n
+
+
+async def test_lease_blocks_then_expires(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/l.xml", rss([story(1)]))
+    sid = await add(rt, user, server.url("/l.xml"))
+    claimed = await sources_store.claim_due(rt.pool, limit=10, lease_seconds=300)  # a worker that then dies
+    assert [r["id"] for r in claimed] == [sid]
+    await rt.pool.execute("UPDATE sources SET next_fetch_at = now() WHERE id = $1", sid)  # e.g. an edit
+    assert (await ingest.run_due(rt)).sources == 0  # still leased: nobody else fetches it
+    with pytest.raises(Invalid, match="being fetched"):
+        await ingest.refresh_source(rt, sid)
+    await rt.pool.execute("UPDATE sources SET lease_until = now() - interval '1 s' WHERE id = $1", sid)
+    assert (await ingest.run_due(rt)).sources == 1  # the lease ran out: the lost job is picked up
+    assert server.hits("/l.xml") == 1
+
+
+async def test_refresh_source_now(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/r.xml", rss([story(1), story(2)]))
+    sid = await add(rt, user, server.url("/r.xml"))
+    await sources_store.set_subscription_enabled(rt.pool, user, sid, False)  # refresh ignores the schedule
+    result = await ingest.refresh_source(rt, sid)
+    assert (result["status"], result["fetched"], result["new"], result["http_status"]) == ("ok", 2, 2, 200)
+    assert result["next_fetch_at"] > datetime.now(UTC)
+    assert (await source(rt, sid))["lease_until"] is None
+    with pytest.raises(NotFound):
+        await ingest.refresh_source(rt, 999999)
+
+
+async def test_hotlist_and_site_sources(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/api/s?id=weibo", (DATA / "hotlist.json").read_bytes(), content_type="application/json")
+    server.add("/list.html", (DATA / "site_list.html").read_bytes(), content_type="text/html; charset=utf-8")
+    hot = await add(rt, user, server.base_url, type="hotlist", config={"source_id": "weibo"})
+    assert (await source(rt, hot))["url"] == server.url("/api/s?id=weibo")
+    site = await add(rt, user, server.url("/list.html"), type="site",
+                     config={"selectors": {"item": "li.entry", "title": "h3.t", "snippet": "p.summary",
+                                           "time": "time, .when"}})  # fmt: skip
+    summary = await ingest.run_due(rt)
+    assert (summary.ok, summary.failed) == (2, 0)
+    assert await rt.pool.fetchval("SELECT count(*) FROM item_sources WHERE source_id = $1", hot) >= 3
+    urls = {r["url"] for r in await rt.pool.fetch("SELECT url FROM items WHERE source_id = $1", site)}
+    assert urls == {server.url("/news/2024/first.html"), "https://other.example.org/abs", server.url("/root/third")}
+    assert (await source(rt, site))["fetch_interval_sec"] == 1800  # site and hot-list default
+
+
+# --- pure scheduling and text rules ------------------------------------------------------------------------------
+
+
+def test_learn_interval() -> None:
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    assert ingest.learn_interval(900, [], now) is None
+    assert ingest.learn_interval(900, [None, None], now) is None
+    # 20 items over the last 24 h: about one every 72 min -> poll every 36 min
+    busy = [now - timedelta(hours=24 * i / 20) for i in range(1, 21)]
+    assert ingest.learn_interval(900, busy, now) == 2160
+    # very busy feed: the lower bound (5 min for a 15 min base)
+    flood = [now - timedelta(seconds=30 * i) for i in range(1, 21)]
+    assert ingest.learn_interval(900, flood, now) == 300
+    # nothing this week: slow down to 4x the base
+    assert ingest.learn_interval(900, [now - timedelta(days=30)], now) == 3600
+    # a user's 2 min base is never sped past, a 12 h base never slowed past 24 h
+    assert ingest.learn_interval(120, flood, now) == 120
+    assert ingest.learn_interval(43200, [now - timedelta(days=30)], now) == 86400
+    assert ingest.interval_bounds(86400) == (21600, 86400)
+
+
+def test_backoff_and_jitter() -> None:
+    assert [ingest.backoff_delay(900, s) for s in (1, 2, 3, 4)] == [900, 1800, 3600, 7200]
+    assert ingest.backoff_delay(900, 50) == 86400
+    rng = random.Random(1)
+    values = [ingest.jittered(1000, rng) for _ in range(500)]
+    assert 900 <= min(values) < 920 and 1080 < max(values) <= 1100
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    late = now + timedelta(days=10)
+    assert ingest.next_after_failure(900, 1, now, late) == now + timedelta(days=1)  # Retry-After capped at 24 h
+
+
+def test_same_story_text() -> None:
+    text = "The council approved the new bridge budget after a long debate on Tuesday evening."
+    assert ingest.same_story_text(text, text + " (AP)", "Bridge")
+    assert ingest.same_story_text(text, text[:60] + "…", "Bridge")
+    assert not ingest.same_story_text(text, "Completely unrelated words about the weather and rain.", "Bridge")
+    assert ingest.same_story_text("", "", "A sufficiently long headline")
+    assert not ingest.same_story_text("", "", "Update")
+    assert ingest.same_story_text("", "", "北京今日发布暴雨红色预警信号")
+
+
+# --- parse pool ----------------------------------------------------------------------------------------------
+
+
+def _die(*_: object) -> None:
+    os._exit(3)
+
+
+def _hang(*_: object) -> None:
+    time.sleep(30)
+
+
+async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
+    pool = ingest.ParsePool(workers=1, timeout=2)
+    body = rss([story(1)]).encode()
+    try:
+        feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
+        assert feed.keys[0][1] and feed.items[0].url == "https://news.example/story/1"
+        with pytest.raises(FetchError, match="died"):
+            await pool.run(_die, body)
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="longer than"):
+            await pool.run(_hang, body)
+        assert time.monotonic() - started < 10
+        feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
+        assert len(feed.items) == 1
+    finally:
+        pool.shutdown()
+
+
+# --- the job ----------------------------------------------------------------------------------------------------
+
+
+async def test_ingest_due_job_runs_in_a_worker(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/job.xml", rss([story(1)]))
+    await add(rt, user, server.url("/job.xml"))
+    async with jobs.open_queue(rt.dsn) as qapp:
+        await jobs.nudge(qapp, "ingest_due")
+        await jobs.nudge(qapp, "ingest_due")  # collapses into the queued one
+        assert await rt.pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'ingest_due'") == 1
+        await qapp.run_worker_async(queues=["ingest"], wait=False, install_signal_handlers=False,
+                                    additional_context={"rt": rt})  # fmt: skip
+    assert server.hits("/job.xml") == 1
+    done = await rt.pool.fetch("SELECT task_name, status, queue_name FROM procrastinate_jobs ORDER BY id")
+    assert (done[0]["task_name"], done[0]["status"]) == ("ingest_due", "succeeded")
+    assert ("embed_pending", "todo") in [(r["task_name"], r["status"]) for r in done]  # new items nudge embedding
+    periodic = {t.task.name for t in jobs.app.periodic_registry.periodic_tasks.values()}
+    assert {"ingest_due", "prune_ingest_logs"} <= periodic
+
+
+async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/p.xml", rss([story(1)]))
+    sid = await add(rt, user, server.url("/p.xml"))
+    await ingest.run_due(rt)
+    await rt.pool.execute(
+        "INSERT INTO ingest_logs (source_id, started_at, duration_ms, status) "
+        "SELECT $1, now() - interval '30 days', 1, 'ok' FROM generate_series(1, 5)", sid
+    )  # fmt: skip
+    assert await ingest.prune_logs(rt) == 5
+    assert len(await logs(rt, sid)) == 1
+
+
+async def test_health_view(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/h.xml", rss([story(1), story(2)]))
+    server.add("/bad.xml", "nope", status=503, content_type="text/plain")
+    good = await add(rt, user, server.url("/h.xml"))
+    bad = await add(rt, user, server.url("/bad.xml"))
+    await ingest.run_due(rt)
+    rows = {r["id"]: dict(r) for r in await rt.pool.fetch("SELECT * FROM infosentry_source_health")}
+    assert next(iter(rows)) == bad  # failing sources first
+    assert rows[good]["items_24h"] == 2 and rows[good]["fetches_24h"] == 1 and rows[good]["failures_24h"] == 0
+    assert rows[bad]["failures_24h"] == 1 and rows[bad]["last_error_kind"] == "http_status"
+    assert rows[bad]["subscribers"] == 1 and rows[bad]["error_streak"] == 1
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[FakeFeedServer]:
+    """The fake feed server on its own event loop thread, for in-process CLI runs (which call asyncio.run)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    srv = asyncio.run_coroutine_threadsafe(FakeFeedServer().start(), loop).result()
+    try:
+        yield srv
+    finally:
+        asyncio.run_coroutine_threadsafe(srv.close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+@pytest.fixture
+def cli(dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("INFOSENTRY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FETCH_ALLOW_NETWORKS", "127.0.0.1/32")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_cli_source_commands(cli: Callable[..., Any], threaded_server: FakeFeedServer, tmp_path: Path) -> None:
+    srv = threaded_server
+    srv.add("/", (DATA / "html_page.html").read_bytes(), content_type="text/html; charset=utf-8")
+    srv.add("/feed.atom", (DATA / "atom.xml").read_bytes(), content_type="application/atom+xml")
+    srv.add("/plain.html", (DATA / "html_no_feed.html").read_bytes(), content_type="text/html")
+    srv.add("/rss.xml", rss([story(1), story(2)], title="Direct feed"))
+    srv.add("/list.html", (DATA / "site_list.html").read_bytes(), content_type="text/html; charset=utf-8")
+
+    result = cli("source", "add", srv.url("/rss.xml"))
+    assert result.exit_code == 1 and "no admin user" in result.output
+    assert cli("user", "create", "--email", "admin@example.com", "--admin").exit_code == 0
+    assert cli("user", "create", "--email", "other@example.com").exit_code == 0
+
+    # a web page: the feed it advertises is added instead
+    result = cli("source", "add", srv.url("/"))
+    assert result.exit_code == 0, result.output
+    assert f"discovered feed {srv.url('/feed.atom')}" in result.output
+    assert f"source 1 added: rss {srv.url('/feed.atom')}" in result.output
+    result = cli("source", "add", srv.url("/rss.xml"), "--interval", "600", "--name", "Direct", "--json")
+    added = json.loads(result.output)
+    assert (added["id"], added["fetch_interval_sec"], added["name"]) == (2, 600, "Direct")
+    result = cli("source", "add", srv.url("/plain.html"))
+    assert result.exit_code == 1 and "site source" in result.output
+    config = json.dumps({"selectors": {"item": "li.entry", "title": "h3.t"}})
+    result = cli("source", "add", srv.url("/list.html"), "--type", "site", "--config", config)
+    assert result.exit_code == 0 and "added: site" in result.output
+    assert cli("source", "add", srv.url("/list.html"), "--type", "site", "--config", "{bad").exit_code == 1
+    result = cli("source", "add", srv.url("/rss.xml"), "--email", "other@example.com")
+    assert "source 2 added: rss" in result.output  # a new follower of the same source
+
+    result = cli("source", "refresh", "2")
+    assert result.exit_code == 0, result.output
+    assert "source 2: ok (HTTP 200), 2 fetched, 2 new, 0 duplicate" in result.output
+    result = cli("source", "refresh", "2", "--json")
+    assert json.loads(result.output)["status"] == "ok"
+    assert cli("source", "refresh", "99").exit_code == 1
+
+    rows = json.loads(cli("source", "list", "--json").output)
+    assert [(r["id"], r["subscribers"]) for r in rows] == [(1, 1), (2, 2), (3, 1)]
+    assert rows[1]["last_success_at"] and rows[1]["items_24h"] == 2 and rows[1]["fetches_24h"] == 2
+    table = cli("source", "list").output
+    assert "LAST_ERROR_KIND" in table and srv.url("/rss.xml") in table
+    assert [r["id"] for r in json.loads(cli("source", "list", "--email", "other@example.com", "--json").output)] == [2]
+
+    exported = cli("source", "export-opml").output
+    assert exported.startswith("<?xml") and exported.count("<outline") == 3
+    opml_file = tmp_path / "subs.opml"
+    opml_file.write_text(exported)
+    result = cli("source", "import-opml", str(opml_file), "--email", "other@example.com")
+    assert result.output.startswith("added 2, skipped 1, invalid 0"), result.output
+    opml_file.write_text("<opml><body><outline xmlUrl='gopher://x'/></body></opml>")
+    result = cli("source", "import-opml", str(opml_file))
+    assert "invalid 1" in result.output and "gopher://x" in result.output
+
+    catalog = cli("source", "catalog").output
+    assert "weibo" in catalog and "hackernews" in catalog
+    entries = json.loads(cli("source", "catalog", "--json").output)
+    result = cli("source", "import-catalog", "--base-url", srv.base_url, "--json")
+    report = json.loads(result.output)
+    assert len(report["added"]) == len(entries) and not any(a["enabled"] for a in report["added"])
+    assert cli("source", "import-catalog", "--base-url", srv.base_url).output.startswith(
+        f"added 0, skipped {len(entries)}"
+    )
+    hot = [r for r in json.loads(cli("source", "list", "--json").output) if r["type"] == "hotlist"]
+    assert len(hot) == len(entries) and all(r["subscribers"] == 0 for r in hot)  # disabled: never fetched
+
+
+async def test_cancelled_run_releases_unstarted_leases(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    for i in range(6):
+        route = server.add(f"/slow{i}.xml", rss([story(i)]))
+        route.delay = 5
+        await add(rt, user, server.url(f"/slow{i}.xml"))
+    task = asyncio.create_task(ingest.run_due(rt, concurrency=2))
+    while server.in_flight < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    leased = await rt.pool.fetchval("SELECT count(*) FROM sources WHERE lease_until IS NOT NULL")
+    assert leased == 2  # the two in flight keep their lease; the four waiting are due again at once
+    assert await sources_store.due_count(rt.pool) == 4
+
+
+async def test_a_source_whose_items_cannot_be_stored_fails_alone(rt: Runtime, user: int,
+                                                                 server: FakeFeedServer) -> None:  # fmt: skip
+    # a database-side refusal (here a constraint) hits one source's items inside a batch of many
+    await rt.pool.execute("ALTER TABLE items ADD CONSTRAINT no_poison CHECK (url NOT LIKE '%poison%')")
+    ids = []
+    for i in range(5):
+        host = "poison.example" if i == 2 else f"ok{i}.example"
+        server.add(f"/b{i}.xml", rss([story(i, host=host), story(i + 10, host=f"ok{i}.example")]))
+        ids.append(await add(rt, user, server.url(f"/b{i}.xml")))
+    summary = await ingest.run_due(rt, concurrency=5)
+    assert (summary.sources, summary.ok, summary.failed) == (5, 4, 1)
+    bad = await source(rt, ids[2])
+    assert bad["last_error_kind"] == "internal" and "no_poison" in bad["last_error"] and bad["error_streak"] == 1
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == 8
+    assert await rt.pool.fetchval("SELECT count(*) FROM ingest_logs") == 5
+
+
+async def test_unfollowed_sources_are_parked_and_woken(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    server.add("/u.xml", rss([story(1)]))
+    sid = await add(rt, user, server.url("/u.xml"))
+    await sources_store.set_subscription_enabled(rt.pool, user, sid, False)
+    await ingest.run_due(rt)
+    parked = await source(rt, sid)
+    assert parked["next_fetch_at"] > datetime.now(UTC) + timedelta(hours=23) and server.hits("/u.xml") == 0
+    await sources_store.set_subscription_enabled(rt.pool, user, sid, True)  # its follower is back: due at once
+    assert (await ingest.run_due(rt)).sources == 1 and server.hits("/u.xml") == 1
+    # a second follower joining a source that is followed already does not cause an extra fetch
+    other, _ = await make_user(rt, "second@example.com")
+    await sources_store.subscribe(rt.pool, other, sid)
+    assert (await ingest.run_due(rt)).sources == 0

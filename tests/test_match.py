@@ -1,0 +1,319 @@
+"""Scoring and matching: the pure score functions (monotonic, continuous, bounded), term matching, and the
+set-based matching step with the real local model (subscription scoping, feedback, gates, STRICT, backfill).
+
+The helpers at the top (users, sources, items, goals written as the other steps write them) are shared by
+tests/test_embed.py and tests/test_api_goals.py."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infosentry import embed, match
+from infosentry.embedders.lexical import lexical_similarity
+from infosentry.runtime import Runtime
+from infosentry.store import config as config_store
+from tests.conftest import make_user
+
+_seq = itertools.count(1)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+async def set_hot(rt: Runtime, **values: Any) -> None:
+    await config_store.set_values(rt.pool, values, who="test")
+    await rt.hot.reload()
+
+
+async def seed_source(rt: Runtime, *subscribers: int, name: str = "Feed") -> int:
+    sid = await rt.pool.fetchval(
+        "INSERT INTO sources (type, url, name, fetch_interval_sec) VALUES ('rss', $1, $2, 900) RETURNING id",
+        f"http://127.0.0.1:9/feed{next(_seq)}.xml",
+        name,
+    )
+    for user_id in subscribers:
+        await rt.pool.execute("INSERT INTO subscriptions (user_id, source_id) VALUES ($1, $2)", user_id, sid)
+    return sid
+
+
+async def seed_item(rt: Runtime, source_id: int, title: str, snippet: str = "", *, hours_ago: float = 0.0,
+                    extra_sources: tuple[int, ...] = (), backfill: bool = False) -> int:  # fmt: skip
+    n = next(_seq)
+    url = f"https://news.example.com/{n}"
+    when = datetime.now(UTC) - timedelta(hours=hours_ago)
+    item_id = await rt.pool.fetchval(
+        """INSERT INTO items (url, canonical_url, url_hash, title, snippet, published_at, ingested_at, source_id,
+                              title_key, is_backfill)
+           VALUES ($1, $1, $2, $3, $4, $5, $5, $6, $7, $8) RETURNING id""",
+        url, hashlib.sha256(url.encode()).hexdigest()[:32], title, snippet, when, source_id, f"k{n}", backfill,
+    )  # fmt: skip
+    for sid in (source_id, *extra_sources):
+        await rt.pool.execute("INSERT INTO item_sources (item_id, source_id, url) VALUES ($1, $2, $3)", item_id,
+                              sid, url)  # fmt: skip
+    return item_id
+
+
+async def seed_goal(rt: Runtime, user_id: int, name: str, description: str, *, terms: list[str] | None = None,
+                    negatives: list[str] | None = None, mode: str = "SOFT") -> int:  # fmt: skip
+    return await rt.pool.fetchval(
+        """INSERT INTO goals (user_id, name, description, priority_terms, negative_terms, priority_mode)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        user_id, name, description, terms or [], negatives or [], mode,
+    )  # fmt: skip
+
+
+async def match_row(rt: Runtime, goal_id: int, item_id: int) -> dict[str, Any] | None:
+    row = await rt.pool.fetchrow("SELECT * FROM matches WHERE goal_id = $1 AND item_id = $2", goal_id, item_id)
+    return dict(row) if row else None
+
+
+async def run_until_idle(rt: Runtime, rounds: int = 10) -> embed.RunReport:
+    report = embed.RunReport()
+    for _ in range(rounds):
+        report = await embed.run(rt)
+        if not report.more:
+            break
+    return report
+
+
+AI_GOAL = ("AI chips", "New AI accelerator chips and GPUs from Nvidia, AMD and startups")
+AI_ITEM = ("Nvidia unveils a faster GPU for training AI models", "The new accelerator doubles training speed.")
+AI_ITEM_2 = ("AMD announces AI accelerator to rival Nvidia", "The chip targets data-centre training workloads.")
+OFF_ITEM = ("Local bakery wins award for sourdough bread", "The family bakery has baked bread for 40 years.")
+
+
+# --- pure functions ----------------------------------------------------------------------------------------
+
+
+def test_calibration_anchors_and_monotonicity() -> None:
+    a = match.anchors_for("local:all-MiniLM-L6-v2")
+    assert match.calibrate(a.unrelated, a) == pytest.approx(0.05)
+    assert match.calibrate(a.same_topic, a) == pytest.approx(0.75)
+    cos = np.linspace(-1, 1, 2001)
+    s = match.calibrate(cos, a)
+    assert np.all(np.diff(s) > 0) and s.min() > 0 and s.max() < 1
+    assert np.abs(np.diff(s)).max() < 0.01  # continuous: no cliff anywhere (the original had a 0.30 jump)
+    assert match.anchors_for("some-unknown-model") == match.DEFAULT_ANCHORS
+
+
+def test_score_is_bounded_monotonic_and_continuous_in_each_component() -> None:
+    grid = np.linspace(0, 1, 401)
+    base = {"semantic": 0.6, "hits": 1.0, "feedback": 0.0, "trust": 0.0, "fresh": 1.0}
+    ranges = {"semantic": grid, "hits": np.linspace(0, 6, 401), "feedback": np.linspace(-1, 1, 401),
+              "trust": np.linspace(-1, 1, 401), "fresh": grid}  # fmt: skip
+    for name, values in ranges.items():
+        scores = match.combine(**{**base, name: values})
+        assert np.all((scores >= 0) & (scores <= 1)), name
+        assert np.all(np.diff(scores) >= -1e-12), f"{name} is not monotonic"
+        assert np.abs(np.diff(scores)).max() < 0.03, f"{name} has a cliff"
+    # diminishing returns of term hits, and feedback bounded in logit space
+    gains = np.diff(match.term_evidence(np.arange(6)))
+    assert np.all(np.diff(gains) < 0)
+    assert match.combine(0.5, 0) == pytest.approx(0.5)
+    assert match.combine(0.5, 0, feedback=1.0) == pytest.approx(0.8)  # 60% of the way to 1
+    assert match.combine(0.5, 0, feedback=-1.0) == pytest.approx(0.2)  # 60% of the way to 0
+    # recency: flat for 6 hours, then smooth decay
+    r = match.recency(np.array([0, 6, 7, 54, 200]))
+    assert r[0] == r[1] == 1.0 and 0.97 < r[2] < 1 and r[3] == pytest.approx(np.exp(-1)) and r[4] < 0.06
+
+
+def test_term_matching_cjk_substrings_latin_word_boundaries_case_plural() -> None:
+    texts = [match.normalise(t) for t in [
+        "我们的人工智能平台发布了新模型",
+        "OpenAI raises funding; elections in France",
+        "He said the plan was approved",
+        "AI-driven tools for C++ developers",
+        "ＯｐｅｎＡＩ全角",
+    ]]  # fmt: skip
+    terms = ["人工智能", "openai", "AI", "election", "C++", "funding"]
+    hits = match.term_hits(texts, terms)
+    assert hits[0].tolist() == [True, False, False, False, False, False]
+    assert hits[1].tolist() == [False, True, False, True, False, True]  # plural "elections" matches
+    assert not hits[2].any()  # "AI" is not inside "said"
+    assert hits[3, 2] and hits[3, 4]  # "AI-driven", "C++"
+    assert hits[4, 1]  # full-width Latin folds to ASCII
+    assert match.hits_of("Funding round for OPENAI", ["OpenAI", "funding", "Anthropic"]) == ["OpenAI", "funding"]
+
+
+def test_vectorised_lexical_similarity_equals_the_reference() -> None:
+    goals = ["Electric cars and batteries. EV makers, battery factories", "人工智能 芯片 新闻", "Football results"]
+    docs = ["Tesla opens a battery factory for electric cars", "国产人工智能芯片发布", "Weather is fine", ""]
+    index = match.LexicalIndex(goals)
+    for doc in docs:
+        got = index.scores(doc)
+        want = [lexical_similarity(g, doc) for g in goals]
+        assert got == pytest.approx(want, abs=1e-9)
+
+
+def test_context_vectors_blend_neighbours_and_skip_self() -> None:
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(50, 8)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    x = pool[:3]
+    ctx = match.context_vectors(x, pool, self_index=np.array([0, 1, 2]))
+    assert np.allclose(np.linalg.norm(ctx, axis=1), 1, atol=1e-5)
+    assert not np.allclose(ctx, x)
+    alone = match.context_vectors(x[:1], x[:1], self_index=np.array([0]))  # no neighbour: unchanged
+    assert np.allclose(alone, x[:1])
+
+
+def test_reasons_read_like_sentences() -> None:
+    r = match.reasons_for(hits=["OpenAI", "funding"], negatives=[], blocked=False, strict_miss=False,
+                          semantic=0.9, lexical_only=False, pending="", feedback=0.5, trust=0.4, age_hours=1,
+                          backfill="")  # fmt: skip
+    assert r == ["mentions 'OpenAI' and 'funding'", "very close to your goal", "similar to items you liked",
+                 "from a source you liked"]  # fmt: skip
+    lex = match.reasons_for(hits=[], negatives=["crypto"], blocked=True, strict_miss=False, semantic=0.1,
+                            lexical_only=True, pending="embedding pending", feedback=0, trust=0, age_hours=50,
+                            backfill="")  # fmt: skip
+    assert lex[0] == "from a source you blocked for this goal" and "mentions 'crypto', which you excluded" in lex
+    assert lex[-1] == "scored by keywords only: embedding pending" and "published 2 days ago" in lex
+
+
+# --- the matching step with the real local model ------------------------------------------------------------
+
+
+async def test_embed_and_match_with_the_local_model(rt: Runtime) -> None:
+    alice, _ = await make_user(rt, "alice@example.com")
+    bob, _ = await make_user(rt, "bob@example.com")
+    src = await seed_source(rt, alice, name="Tech feed")
+    other = await seed_source(rt, bob, name="Bob's feed")
+    goal = await seed_goal(rt, alice, *AI_GOAL, terms=["Nvidia"])
+    bob_goal = await seed_goal(rt, bob, *AI_GOAL)
+    relevant = await seed_item(rt, src, *AI_ITEM)
+    unrelated = await seed_item(rt, src, *OFF_ITEM)
+    elsewhere = await seed_item(rt, other, *AI_ITEM_2)
+
+    report = await run_until_idle(rt)
+    assert report.goals_embedded == 2 and report.embedded == 3 and report.paused is None
+    rows = await rt.pool.fetch("SELECT embedding_status, embedding_model, matched_at FROM items")
+    assert {r["embedding_status"] for r in rows} == {"done"}
+    assert {r["embedding_model"] for r in rows} == {"local:all-MiniLM-L6-v2"}
+    assert all(r["matched_at"] is not None for r in rows)
+
+    hit = await match_row(rt, goal, relevant)
+    assert hit is not None and not hit["lexical_only"] and hit["gate"] is None
+    assert hit["score"] >= 0.75, hit  # BATCH-worthy at least
+    assert hit["components"]["term_hits"] == ["Nvidia"] and hit["components"]["model"] == "local:all-MiniLM-L6-v2"
+    assert hit["reasons"][0] == "mentions 'Nvidia'"
+    low = await match_row(rt, goal, unrelated)
+    assert low is None or low["score"] < 0.35  # not stored: below the storage floor
+    # tenancy: bob's item never reaches alice's goal; alice's items never reach bob's goal
+    assert await match_row(rt, goal, elsewhere) is None
+    assert await match_row(rt, bob_goal, relevant) is None
+    assert (await match_row(rt, bob_goal, elsewhere))["score"] >= 0.6
+
+
+async def _score_of(rt: Runtime, goal: int, item: int) -> float:
+    await match.match_items(rt, [item], model=embed.model_name(rt))
+    row = await match_row(rt, goal, item)
+    assert row is not None
+    return float(row["components"]["ungated_score"])
+
+
+async def test_feedback_moves_similar_items_and_is_bounded(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "fb@example.com")
+    src = await seed_source(rt, uid)
+    goal = await seed_goal(rt, uid, "Electric cars", "News about electric vehicles and their makers")
+    rated = await seed_item(rt, src, "Tesla cuts Model 3 prices in China", "The electric carmaker lowers prices again.")
+    probe = await seed_item(rt, src, "Tesla lowers Model Y prices in Europe", "Another price cut by the EV maker.")
+    far = await seed_item(rt, src, "BYD opens battery plant in Hungary", "The Chinese EV maker expands in Europe.")
+    await run_until_idle(rt)
+    before, before_far = await _score_of(rt, goal, probe), await _score_of(rt, goal, far)
+
+    await rt.pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
+                          goal, rated, uid)  # fmt: skip
+    liked = await _score_of(rt, goal, probe)
+    comps = (await match_row(rt, goal, probe))["components"]
+    assert liked > before + 0.02 and comps["feedback"] > 0.1
+    assert "similar to items you liked" in (await match_row(rt, goal, probe))["reasons"]
+
+    await rt.pool.execute("UPDATE feedback SET feedback = 'dislike' WHERE goal_id = $1", goal)
+    disliked = await _score_of(rt, goal, probe)
+    assert disliked < before - 0.02
+    # bounded: feedback moves the score at most FEEDBACK_SHARE of the way to 1 (like) or to 0 (dislike)
+    assert liked <= before + match.FEEDBACK_SHARE * (1 - before) + 1e-6
+    assert disliked >= before * (1 - match.FEEDBACK_SHARE) - 1e-6
+    # the item not similar to the rated one barely moves
+    assert abs(await _score_of(rt, goal, far) - before_far) < abs(disliked - before)
+
+
+async def test_negative_term_and_blocked_source_gates(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "gates@example.com")
+    src = await seed_source(rt, uid, name="Spammy")
+    good = await seed_source(rt, uid, name="Good")
+    goal = await seed_goal(rt, uid, *AI_GOAL, negatives=["rumour"])
+    rumour = await seed_item(rt, good, "Rumour: Nvidia to launch a new AI GPU", "Unconfirmed report on the chip.")
+    plain = await seed_item(rt, src, *AI_ITEM)
+    both = await seed_item(rt, src, *AI_ITEM_2, extra_sources=(good,))
+    await rt.pool.execute("INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)", goal, src,
+                          uid)  # fmt: skip
+    await run_until_idle(rt)
+
+    neg = await match_row(rt, goal, rumour)
+    assert neg["gate"] == "negative_term" and neg["score"] == 0 and neg["components"]["ungated_score"] > 0.5
+    assert "mentions 'rumour', which you excluded" in neg["reasons"]
+    blocked = await match_row(rt, goal, plain)
+    assert blocked["gate"] == "blocked_source" and blocked["score"] == 0
+    assert blocked["reasons"][0] == "from a source you blocked for this goal"
+    # the same story also seen in a source that is not blocked is not gated
+    assert (await match_row(rt, goal, both))["gate"] is None
+
+    # unblocking lifts the gate at the next scoring
+    await rt.pool.execute("DELETE FROM blocked_sources WHERE goal_id = $1", goal)
+    await match.match_items(rt, [plain], model=embed.model_name(rt))
+    assert (await match_row(rt, goal, plain))["gate"] is None
+
+
+async def test_strict_goal_without_a_term_hit_is_capped_and_flagged(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "strict@example.com")
+    src = await seed_source(rt, uid)
+    strict = await seed_goal(rt, uid, *AI_GOAL, terms=["Blackwell"], mode="STRICT")
+    soft = await seed_goal(rt, uid, *AI_GOAL, terms=["Blackwell"])
+    no_terms = await seed_goal(rt, uid, *AI_GOAL, mode="STRICT")
+    miss = await seed_item(rt, src, *AI_ITEM)
+    hit = await seed_item(rt, src, "Nvidia Blackwell GPU ships to AI labs", "The accelerator for AI training.")
+    await run_until_idle(rt)
+
+    row = await match_row(rt, strict, miss)
+    assert row["gate"] == "strict_no_hit" and row["components"]["strict_miss"] is True
+    assert row["score"] <= np.float32(match.STRICT_CAP)  # stored as real
+    assert any("strict goal" in r for r in row["reasons"])
+    assert (await match_row(rt, strict, hit))["gate"] is None
+    assert (await match_row(rt, soft, miss))["gate"] is None
+    assert (await match_row(rt, no_terms, miss))["gate"] is None  # STRICT without terms behaves like SOFT
+
+
+async def test_new_and_edited_goals_are_backfilled_never_immediate(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "backfill@example.com")
+    src = await seed_source(rt, uid)
+    recent = await seed_item(rt, src, *AI_ITEM, hours_ago=5)
+    old = await seed_item(rt, src, *AI_ITEM_2, hours_ago=24 * 5)
+    await run_until_idle(rt)
+    goal = await seed_goal(rt, uid, *AI_GOAL)
+    report = await run_until_idle(rt)
+    assert report.goals_embedded == 1 and report.goals_backfilled == 1
+    row = await match_row(rt, goal, recent)
+    assert row is not None and row["is_backfill"] is True
+    assert "found when the goal was created, changed or resumed" in row["reasons"]
+    assert await match_row(rt, goal, old) is None  # older than 72 h: not backfilled
+    g = await rt.pool.fetchrow("SELECT version, embedded_version, matched_version FROM goals WHERE id = $1", goal)
+    assert g["version"] == g["embedded_version"] == g["matched_version"] == 1
+
+    # editing the scored text: new version, new vector, recent items re-scored
+    computed = row["computed_at"]
+    await rt.pool.execute("UPDATE goals SET description = 'GPUs for AI training', version = version + 1 WHERE id = $1",
+                          goal)  # fmt: skip
+    report = await run_until_idle(rt)
+    assert report.goals_embedded == 1 and report.goals_backfilled == 1
+    assert (await match_row(rt, goal, recent))["computed_at"] > computed
+    # a new item for the goal afterwards is not backfill
+    fresh = await seed_item(rt, src, "Nvidia GPU demand for AI training soars", "Chips sell out.")
+    await run_until_idle(rt)
+    assert (await match_row(rt, goal, fresh))["is_backfill"] is False

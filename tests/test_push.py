@@ -1,0 +1,392 @@
+"""Push: coalesced IMMEDIATE emails with overflow, batch windows (missed, DST), the digest exactly once across a
+restart and a late start, the combined digest, the no-twice ledger, the EMAIL_ENABLED and IMMEDIATE_ENABLED hot
+switches, the outbox sender against a real SMTP sink (refusing, then recovering), and reconciliation.
+The clock is driven by passing `now` to the push functions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from infosentry import push
+from infosentry.runtime import Runtime, open_runtime
+from infosentry.settings import Settings
+from tests import pushkit as kit
+from tests.conftest import make_user
+from tests.fakes.smtp import SmtpSink
+from tests.pushkit import hhmm, midday_zone
+
+
+def slot_at(now: datetime, tz: str, value: str) -> datetime:
+    return push.slot_instant(now.astimezone(ZoneInfo(tz)).date(), value, ZoneInfo(tz))
+
+
+@pytest.fixture
+async def srt(settings: Settings, smtp_sink: SmtpSink) -> AsyncIterator[Runtime]:
+    """A runtime that sends through the SMTP sink."""
+    cfg = replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False, smtp_ssl=False)
+    async with open_runtime(cfg) as runtime:
+        yield runtime
+
+
+async def world(rt: Runtime, **goal_kw) -> tuple[int, int, int]:
+    """A user, a source and a goal; unless a test says otherwise the goal lives in a zone where it is midday and
+    its digest is hours away, so no slot fires by accident."""
+    now = push.utcnow()
+    goal_kw.setdefault("timezone", midday_zone(now))
+    goal_kw.setdefault("digest_time", hhmm(now + timedelta(hours=6), goal_kw["timezone"]))
+    await kit.set_hot(rt, LLM_ENABLED=False)
+    user_id, _ = await make_user(rt, "reader@example.com")
+    source_id = await kit.source(rt, user_id, "Wire")
+    goal_id = await kit.goal(rt, user_id, "Chip exports", **goal_kw)
+    return user_id, source_id, goal_id
+
+
+async def decided(rt: Runtime, goal_id: int, source_id: int, scores: list[float], prefix: str = "Story") -> list[int]:
+    items = []
+    for n, score in enumerate(scores):
+        item_id = await kit.item(rt, source_id, f"{prefix} {n} ({score})")
+        await kit.match(rt, goal_id, item_id, score)
+        items.append(item_id)
+    await kit.decide_all(rt)
+    return items
+
+
+# --- IMMEDIATE ---------------------------------------------------------------------------------------------
+
+
+async def test_immediate_coalesces_and_overflows_without_loss(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    rt = srt
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5, IMMEDIATE_MAX_ITEMS=3)
+    now = push.utcnow()
+    items = await decided(rt, goal_id, source_id, [0.95, 0.96, 0.97, 0.98])
+    assert (await push.flush(rt, now)).emails == []
+    assert (await push.flush(rt, now + timedelta(minutes=4))).emails == []
+    report = await push.flush(rt, now + timedelta(minutes=5, seconds=2))
+    assert len(report.emails) == 2 and report.immediate == 4
+    assert sorted(n["item_id"] for n in await kit.notifications(rt, goal_id)) == items
+    mails = await kit.emails(rt, "immediate")
+    assert [m["subject"] for m in mails] == ["[Goal: Chip exports] 3 new high-priority items",
+                                             "[Goal: Chip exports] 1 new high-priority item"]  # fmt: skip
+    assert {d["status"] for d in await kit.decisions(rt, goal_id)} == {"pushed"}
+    # a second flush finds nothing; the ledger holds each item once
+    assert (await push.flush(rt, now + timedelta(minutes=6))).emails == []
+    sent = await push.send_due(rt)
+    assert sent.sent == 2
+    received = await smtp_sink.wait_for(2)
+    first = next(m.message for m in received if " 3 new " in m.message["Subject"])
+    assert first["To"] == "reader@example.com" and first["Subject"].startswith("[Goal: Chip exports] 3 new")
+    body = first.get_body(("plain",)).get_content()
+    # the best first: 0.98, 0.97, 0.96 in the first email, each with a tracked link
+    for item_id in items[1:]:
+        assert f"/r/{item_id}?goal_id={goal_id}&channel=email" in body
+    assert "/unsubscribe?token=" in first["List-Unsubscribe"]
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert (await push.send_due(rt)).sent == 0 and len(smtp_sink.received) == 2
+
+
+async def test_items_arriving_in_the_window_join_the_first_email(rt: Runtime) -> None:
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5)
+    first = await decided(rt, goal_id, source_id, [0.95])
+    await rt.pool.execute("UPDATE decisions SET decided_at = now() - interval '4 minutes' WHERE item_id = $1", first[0])
+    second = await decided(rt, goal_id, source_id, [0.96], prefix="Later")
+    now = push.utcnow()
+    assert (await push.flush(rt, now)).emails == []  # the window runs from the FIRST item
+    report = await push.flush(rt, now + timedelta(minutes=1, seconds=1))
+    assert len(report.emails) == 1 and report.immediate == 2
+    assert {n["item_id"] for n in await kit.notifications(rt)} == {first[0], second[0]}
+
+
+async def test_coalesce_zero_sends_at_once_and_immediate_switch_moves_to_batch(rt: Runtime) -> None:
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
+    await decided(rt, goal_id, source_id, [0.97])
+    assert len((await push.flush(rt)).emails) == 1
+    # a coalescing window is open when the operator switches IMMEDIATE off: what waits becomes BATCH
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5)
+    waiting = await decided(rt, goal_id, source_id, [0.98], prefix="Waiting")
+    await kit.set_hot(rt, IMMEDIATE_ENABLED=False)
+    report = await push.flush(rt, push.utcnow() + timedelta(minutes=10))
+    assert report.moved_to_batch == 1 and report.immediate == 0
+    row = (await kit.decisions(rt, goal_id))[-1]
+    assert row["item_id"] == waiting[0] and (row["tier"], row["status"]) == ("BATCH", "pending")
+    assert "IMMEDIATE_ENABLED=false" in row["reason"]
+
+
+# --- BATCH -------------------------------------------------------------------------------------------------
+
+
+async def test_batch_window_sends_the_best_once(rt: Runtime) -> None:
+    now = push.utcnow()
+    tz = midday_zone(now)
+    w1, w2, w3 = hhmm(now + timedelta(minutes=20), tz), hhmm(now + timedelta(minutes=80), tz), hhmm(
+        now + timedelta(minutes=140), tz)  # fmt: skip
+    _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[w1, w2, w3])
+    await kit.set_hot(rt, BATCH_MAX_ITEMS=2, IMMEDIATE_COALESCE_MINUTES=0)
+    immediate, *batch = await decided(rt, goal_id, source_id, [0.97, 0.80, 0.85, 0.78])
+    report = await push.flush(rt)
+    assert report.immediate == 1 and report.batch == 0  # no window yet
+    at1 = slot_at(now, tz, w1)
+    assert (await push.flush(rt, at1 - timedelta(seconds=1))).batch == 0
+    report = await push.flush(rt, at1 + timedelta(seconds=5))
+    assert report.batch == 2 and len(report.emails) == 1
+    batch_mail = (await kit.emails(rt, "batch"))[0]
+    assert batch_mail["subject"] == f"[Goal: Chip exports] 2 items for the {w1} window"
+    pushed = {n["item_id"]: n["tier"] for n in await kit.notifications(rt, goal_id)}
+    assert pushed == {immediate: "IMMEDIATE", batch[1]: "BATCH", batch[0]: "BATCH"}  # best two, not the 0.78
+    assert (await push.flush(rt, at1 + timedelta(minutes=1))).emails == []  # fires exactly once
+    report = await push.flush(rt, slot_at(now, tz, w2) + timedelta(seconds=1))
+    assert report.batch == 1
+    # the third window has nothing: no email, but the slot is recorded as fired
+    report = await push.flush(rt, slot_at(now, tz, w3) + timedelta(seconds=1))
+    assert report.emails == [] and report.slots == 1
+    slots = await rt.pool.fetch("SELECT slot, item_count, email_id FROM push_slots ORDER BY slot")
+    assert [(s["slot"], s["item_count"], s["email_id"] is not None) for s in slots] == [
+        (w1, 2, True), (w2, 1, True), (w3, 0, False)]  # fmt: skip
+    assert len({n["item_id"] for n in await kit.notifications(rt)}) == 4 == len(await kit.notifications(rt))
+
+
+async def test_missed_windows_send_once_when_back(rt: Runtime) -> None:
+    now = push.utcnow()
+    tz = midday_zone(now)
+    early, late = hhmm(now - timedelta(hours=3), tz), hhmm(now - timedelta(hours=1), tz)
+    _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[early, late])
+    await decided(rt, goal_id, source_id, [0.8, 0.81, 0.82])
+    report = await push.flush(rt, now)  # the service was down at both windows
+    assert len(report.emails) == 1 and report.batch == 3
+    slots = await rt.pool.fetch("SELECT slot, item_count FROM push_slots WHERE kind = 'batch' ORDER BY slot")
+    assert [(s["slot"], s["item_count"]) for s in slots] == [(early, 0), (late, 3)]
+    assert (await push.flush(rt, now + timedelta(minutes=5))).emails == []
+
+
+def test_slots_are_dst_safe() -> None:
+    ny = ZoneInfo("America/New_York")
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    # spring forward: 02:30 does not exist on 2025-03-09; it fires once, at 03:30 EDT (07:30 UTC)
+    assert push.due_slots(datetime(2025, 3, 9, 7, 29, tzinfo=UTC), ny, ["02:30"], not_before=old, fired=set()) == []
+    due = push.due_slots(datetime(2025, 3, 9, 7, 31, tzinfo=UTC), ny, ["02:30"], not_before=old, fired=set())
+    assert due == [(date(2025, 3, 9), "02:30")]
+    # fall back: 01:30 happens twice on 2025-11-02; the slot fires at the first and never again that day
+    first = datetime(2025, 11, 2, 5, 31, tzinfo=UTC)  # 01:31 EDT
+    assert push.due_slots(first, ny, ["01:30"], not_before=old, fired=set()) == [(date(2025, 11, 2), "01:30")]
+    again = datetime(2025, 11, 2, 6, 31, tzinfo=UTC)  # 01:31 EST, the second 01:30 has passed too
+    assert push.due_slots(again, ny, ["01:30"], not_before=old, fired={(date(2025, 11, 2), "01:30")}) == []
+    # a slot before the goal existed never fires; yesterday's late slot fires within the grace only
+    made = datetime(2025, 6, 1, 16, 0, tzinfo=UTC)  # 12:00 EDT
+    assert push.due_slots(datetime(2025, 6, 1, 17, 0, tzinfo=UTC), ny, ["09:00"], not_before=made, fired=set()) == []
+    late = ["23:50"]
+    assert push.due_slots(datetime(2025, 6, 2, 4, 10, tzinfo=UTC), ny, late, not_before=old, fired=set()) == [
+        (date(2025, 6, 1), "23:50")]  # fmt: skip
+    assert push.due_slots(datetime(2025, 6, 2, 5, 0, tzinfo=UTC), ny, late, not_before=old, fired=set()) == []
+
+
+# --- DIGEST ------------------------------------------------------------------------------------------------
+
+
+async def test_digest_fires_exactly_once_across_restart_and_late_start(settings: Settings, rt: Runtime) -> None:
+    now = push.utcnow()
+    tz = midday_zone(now)
+    digest_at = hhmm(now - timedelta(hours=2), tz)  # the service comes up two hours after the digest time
+    _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[], digest_time=digest_at)
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0, DIGEST_MAX_ITEMS=10)
+    immediate, batch, digest, _low = await decided(rt, goal_id, source_id, [0.97, 0.8, 0.65, 0.5])
+    now = push.utcnow()
+    report = await push.flush(rt, now)
+    assert report.immediate == 1 and report.digest == 2
+    pushed = {n["item_id"]: n["tier"] for n in await kit.notifications(rt, goal_id)}
+    assert pushed == {immediate: "IMMEDIATE", batch: "BATCH", digest: "DIGEST"}  # never twice, never the 0.5
+    mail = (await kit.emails(rt, "digest"))[0]
+    assert mail["subject"].startswith("[Goal: Chip exports] Daily digest: 2 items")
+    # a restart (a new process) and any scheduler phase later that day: nothing more
+    async with open_runtime(settings) as again:
+        for minutes in (1, 7, 60, 180):
+            assert (await push.flush(again, now + timedelta(minutes=minutes))).emails == []
+    assert len(await kit.emails(rt, "digest")) == 1
+    # the next day: only what is new
+    fresh = await decided(rt, goal_id, source_id, [0.66], prefix="Tomorrow")
+    report = await push.flush(rt, now + timedelta(days=1))
+    assert report.digest == 1
+    assert (await kit.notifications(rt, goal_id))[-1]["item_id"] == fresh[0]
+
+
+async def test_digest_waits_for_its_time(rt: Runtime) -> None:
+    now = push.utcnow()
+    tz = midday_zone(now)
+    at = hhmm(now + timedelta(minutes=30), tz)
+    _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[], digest_time=at)
+    await decided(rt, goal_id, source_id, [0.7])
+    assert (await push.flush(rt, now)).emails == []
+    instant = slot_at(now, tz, at)
+    assert (await push.flush(rt, instant - timedelta(seconds=1))).emails == []
+    assert (await push.flush(rt, instant + timedelta(seconds=1))).digest == 1
+
+
+async def test_combined_digest_is_one_email_with_a_section_per_goal(rt: Runtime) -> None:
+    now = push.utcnow()
+    tz = midday_zone(now)
+    user_id, source_id, goal_a = await world(
+        rt, timezone=tz, batch_windows=[], digest_time=hhmm(now - timedelta(hours=1), tz)
+    )
+    await rt.pool.execute("UPDATE users SET combined_digest = true, timezone = $2 WHERE id = $1", user_id, tz)
+    goal_b = await kit.goal(rt, user_id, "Batteries", timezone=tz, batch_windows=[],
+                            digest_time=hhmm(now - timedelta(hours=2), tz))  # fmt: skip
+    goal_c = await kit.goal(rt, user_id, "Quiet goal", timezone=tz, batch_windows=[])
+    await decided(rt, goal_a, source_id, [0.7, 0.65])
+    await decided(rt, goal_b, source_id, [0.7], prefix="Battery")
+    report = await push.flush(rt, now)
+    assert len(report.emails) == 1 and report.digest == 3
+    mail = (await kit.emails(rt, "digest"))[0]
+    assert mail["subject"].startswith("[infosentry] Daily digest: 3 items across 2 goals")
+    assert mail["to_addr"] == "reader@example.com" and mail["goal_id"] is None
+    assert "Chip exports" in mail["body_text"] and "Batteries" in mail["body_text"]
+    assert "Quiet goal" not in mail["body_text"]
+    assert f"/api/v1/users/{user_id}/unsubscribe?token=" in mail["headers"]["List-Unsubscribe"]
+    assert await rt.pool.fetchval("SELECT count(*) FROM push_slots WHERE kind = 'digest'") == 0
+    assert (await push.flush(rt, now + timedelta(hours=1))).emails == []
+    assert goal_c
+
+
+# --- email switches and the sender -------------------------------------------------------------------------
+
+
+async def test_email_disabled_keeps_the_inbox_and_never_floods_later(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    rt = srt
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0, EMAIL_ENABLED=False)
+    first = await decided(rt, goal_id, source_id, [0.97])
+    await push.flush(rt)
+    assert [n["item_id"] for n in await kit.notifications(rt, goal_id)] == first
+    assert [m["status"] for m in await kit.emails(rt)] == ["suppressed"]
+    await kit.set_hot(rt, EMAIL_ENABLED=True)
+    assert (await push.send_due(rt)).sent == 0  # the old push is not sent later
+    await decided(rt, goal_id, source_id, [0.98], prefix="After")
+    await push.flush(rt)
+    # switched off between creation and sending: suppressed at send time, not sent
+    await kit.set_hot(rt, EMAIL_ENABLED=False)
+    assert (await push.send_due(rt)).suppressed == 1
+    await kit.set_hot(rt, EMAIL_ENABLED=True)
+    await decided(rt, goal_id, source_id, [0.99], prefix="Last")
+    await push.flush(rt)
+    assert (await push.send_due(rt)).sent == 1
+    assert len(smtp_sink.received) == 1 and "Last" in smtp_sink.received[0].message.get_body(("plain",)).get_content()
+
+
+async def test_smtp_refusing_then_recovering_delivers_exactly_once(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    rt = srt
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
+    await decided(rt, goal_id, source_id, [0.97])
+    await push.flush(rt)
+    smtp_sink.refuse(451)
+    now = push.utcnow()
+    report = await push.send_due(rt, now)
+    assert (report.sent, report.retrying) == (0, 1)
+    mail = (await kit.emails(rt))[0]
+    assert mail["status"] == "pending" and mail["attempts"] == 1 and "451" in mail["last_error"]
+    assert mail["next_attempt_at"] >= now + timedelta(seconds=25)  # backoff, not a hot loop
+    smtp_sink.down()
+    report = await push.send_due(rt, now + timedelta(minutes=2))
+    assert report.retrying == 1
+    state = await rt.pool.fetchrow("SELECT * FROM delivery_state WHERE channel = 'smtp'")
+    assert state["consecutive_failures"] == 2
+    assert (await push.send_due(rt, now + timedelta(minutes=2))).claimed == 0  # not due yet
+    smtp_sink.up()
+    smtp_sink.accept()
+    report = await push.send_due(rt, now + timedelta(hours=1))
+    assert report.sent == 1
+    assert len(smtp_sink.received) == 1
+    mail = (await kit.emails(rt))[0]
+    assert mail["status"] == "sent" and mail["attempts"] == 3 and mail["sent_at"] is not None
+    assert (await rt.pool.fetchrow("SELECT * FROM delivery_state WHERE channel = 'smtp'"))["consecutive_failures"] == 0
+    assert (await push.send_due(rt, now + timedelta(hours=5))).claimed == 0
+    assert len(smtp_sink.received) == 1
+
+
+async def test_permanent_failures_and_exhausted_retries_are_visible(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    rt = srt
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0, IMMEDIATE_MAX_ITEMS=1)
+    await decided(rt, goal_id, source_id, [0.97, 0.98])
+    await push.flush(rt)
+    ids = [m["id"] for m in await kit.emails(rt)]
+    # the second waits (a retry scheduled later) and has used all its attempts but one
+    await rt.pool.execute("UPDATE emails SET attempts = $2, next_attempt_at = now() + interval '1 hour' WHERE id = $1",
+                          ids[1], push.MAX_SEND_ATTEMPTS - 1)  # fmt: skip
+    smtp_sink.refuse(550, at="rcpt")
+    assert (await push.send_due(rt)).failed == 1
+    first = (await kit.emails(rt))[0]
+    assert first["status"] == "failed" and first["last_error"].startswith("permanent: 550")
+    smtp_sink.refuse(451)
+    assert (await push.send_due(rt, push.utcnow() + timedelta(hours=2))).failed == 1
+    second = (await kit.emails(rt))[1]
+    assert second["status"] == "failed" and second["last_error"].startswith(f"gave up after {push.MAX_SEND_ATTEMPTS}")
+    assert smtp_sink.received == []
+    state = await rt.pool.fetchrow("SELECT * FROM delivery_state WHERE channel = 'smtp'")
+    assert state["consecutive_failures"] == 2 and "451" in state["last_error"]
+
+
+async def test_no_smtp_host_means_inbox_only(rt: Runtime) -> None:
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
+    await decided(rt, goal_id, source_id, [0.97])
+    await push.flush(rt)
+    assert len(await kit.notifications(rt)) == 1
+    mail = (await kit.emails(rt))[0]
+    assert mail["status"] == "suppressed" and "SMTP_HOST" in mail["last_error"]
+
+
+# --- blocked sources, paused goals, reconciliation ---------------------------------------------------------
+
+
+async def test_blocked_source_cancels_pending_and_paused_goal_pushes_nothing(rt: Runtime) -> None:
+    now = push.utcnow()
+    tz = midday_zone(now)
+    user_id, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[hhmm(now + timedelta(minutes=10), tz)])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5)
+    other = await kit.source(rt, user_id, "Other wire")
+    blocked_items = await decided(rt, goal_id, source_id, [0.97, 0.8])
+    kept = await decided(rt, goal_id, other, [0.96], prefix="Kept")
+    await rt.pool.execute("INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)",
+                          goal_id, source_id, user_id)  # fmt: skip
+    report = await push.flush(rt, now + timedelta(minutes=30))
+    assert report.cancelled == 2
+    assert [n["item_id"] for n in await kit.notifications(rt)] == kept
+    rows = {d["item_id"]: d for d in await kit.decisions(rt, goal_id)}
+    assert all(rows[i]["status"] == "cancelled" and "[source blocked]" in rows[i]["reason"] for i in blocked_items)
+    # a paused goal: pending decisions are cancelled, nothing is pushed
+    paused = await decided(rt, goal_id, other, [0.99], prefix="Paused")
+    await rt.pool.execute("UPDATE goals SET status = 'paused' WHERE id = $1", goal_id)
+    await push.flush(rt, now + timedelta(hours=1))
+    assert (await kit.decisions(rt, goal_id))[-1]["item_id"] == paused[0]
+    assert {d["status"] for d in await kit.decisions(rt, goal_id) if d["item_id"] == paused[0]} == {"cancelled"}
+    assert len(await kit.notifications(rt)) == 1
+
+
+async def test_reconcile_releases_stuck_sends_and_expires_stale(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    rt = srt
+    _, source_id, goal_id = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
+    await decided(rt, goal_id, source_id, [0.97])
+    await push.flush(rt)
+    # a sender claimed the email and died before finishing
+    claimed = await push.store.claim_due(rt.pool, now=push.utcnow(), limit=10, lease_seconds=push.LEASE_SECONDS)
+    assert len(claimed) == 1
+    assert (await push.send_due(rt)).claimed == 0  # leased: nobody else sends it meanwhile
+    later = push.utcnow() + timedelta(seconds=push.LEASE_SECONDS + 1)
+    report = await push.reconcile(rt, later)
+    assert report.released_emails == 1 and report.due_emails == 1
+    assert (await push.send_due(rt, later)).sent == 1
+    assert len(smtp_sink.received) == 1
+    # an old BATCH nobody chose is closed; an overdue IMMEDIATE is reported (the job nudges the flush)
+    stale = await decided(rt, goal_id, source_id, [0.8], prefix="Stale")
+    await rt.pool.execute("UPDATE decisions SET decided_at = now() - interval '3 days' WHERE item_id = $1", stale[0])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5)
+    await decided(rt, goal_id, source_id, [0.99], prefix="Overdue")
+    report = await push.reconcile(rt, push.utcnow() + timedelta(minutes=10))
+    assert report.expired == 1 and report.overdue_immediate == 1
