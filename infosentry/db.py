@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import orjson
 from pgvector.asyncpg import register_vector
 
 from infosentry.errors import Unavailable
@@ -113,9 +113,14 @@ def embedded_bin_dir() -> Path | None:
     return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
 
 
+def _json_encode(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # orjson: jsonb columns (match components, reasons, run snapshots) are decoded on every list row
+    await conn.set_type_codec("jsonb", encoder=_json_encode, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_encode, decoder=orjson.loads, schema="pg_catalog")
     await register_vector(conn)
 
 

@@ -71,6 +71,10 @@ async def test_bad_json_and_unknown_fields(api) -> None:
     assert resp.status == 422
     fields = {e["field"] for e in (await resp.json())["errors"]}
     assert fields == {"timezone", "colour"}
+    resp = await api.put("/api/v1/users/me", json={"display_name": "a\x00b"}, headers=bearer(token))
+    assert resp.status == 400 and "NUL" in (await resp.json())["detail"]
+    resp = await api.put("/api/v1/users/me", data=b'{"display_name": "\\ud800"}', headers=bearer(token))
+    assert resp.status == 400
     resp = await api.put("/api/v1/users/me", json={"timezone": "Mars/Olympus"}, headers=bearer(token))
     assert resp.status == 422
     resp = await api.put("/api/v1/users/me", json={"timezone": "Europe/Paris", "language": "zh"}, headers=bearer(token))

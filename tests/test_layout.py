@@ -24,6 +24,7 @@ STEPS = {"ingest", "embed", "match", "decide", "judge", "push", "budget", "alert
 ENTRY_POINTS = {"jobs", "api.*", "cli", "demo", "__main__", "chaos"}  # chaos: operator drills, it defers jobs
 STEP_EDGES = {
     ("embed", "budget"),
+    ("embed", "match"),  # the embedding step scores what it just embedded, in the same batch
     ("decide", "budget"),
     ("decide", "judge"),
     ("judge", "budget"),
@@ -33,9 +34,7 @@ STEP_EDGES = {
 LEAF_EXTRAS = {"settings": {"hotconfig"}}
 # Violations found in the real code and reported to the lead for a decision (fix the import, or add the edge
 # above). Listed here, visibly, so the rest of the rule keeps guarding; delete an entry once decided.
-REPORTED: dict[str, str] = {
-    "embed imports match: steps never import each other (except the listed edges)": "issue 6 report",
-}
+REPORTED: dict[str, str] = {}
 
 
 def _in(module: str, group: set[str]) -> bool:

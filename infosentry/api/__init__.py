@@ -133,7 +133,11 @@ def create_app(settings: Settings, *, role: str = "api", concurrency: int = 8) -
                 app[RT] = rt
                 app[QUEUE] = qapp
                 queues = list(jobs.QUEUES) if role == "all" else []
-                tasks = [asyncio.create_task(jobs.heartbeat_loop(rt, queues), name="heartbeat")]
+                tasks = [
+                    asyncio.create_task(jobs.heartbeat_loop(rt, queues), name="heartbeat"),
+                    # alerts must fire even when every worker is dead (then no alerts_tick job runs)
+                    asyncio.create_task(jobs.alerts_loop(rt, qapp), name="alerts"),
+                ]
                 if role == "all":
                     tasks.append(
                         asyncio.create_task(

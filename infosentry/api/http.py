@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import procrastinate
 from aiohttp import web
 
@@ -73,12 +74,20 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def dumps_bytes(data: Any) -> bytes:
+    # orjson: list routes spend most of their time encoding rows (about 10x faster than json.dumps)
+    return orjson.dumps(data, default=_default, option=_ORJSON_OPTIONS)
+
+
 def dumps(data: Any) -> str:
-    return json.dumps(data, default=_default, ensure_ascii=False)
+    return dumps_bytes(data).decode()
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=dumps)
+    return web.Response(body=dumps_bytes(data), status=status, content_type="application/json")
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -92,7 +101,26 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if not _storable(body):
+        raise BadRequest("request body contains a NUL character or an unpaired surrogate, which cannot be stored")
     return body
+
+
+def _storable(value: Any) -> bool:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot encode lone surrogates ('\\ud800' is valid JSON)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
 
 
 _MISSING = object()
