@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from infosentry import opml
+from infosentry import metrics, opml
 from infosentry.errors import Invalid, NotFound
 from infosentry.fetch import FetchError
 from infosentry.runtime import Runtime
@@ -448,10 +448,15 @@ class _Run:
             s.sources += 1
             if not r["ok"]:
                 s.failed += 1
+                outcome = r.get("error_kind") or "error"
             elif r["not_modified"]:
                 s.not_modified += 1
+                outcome = "not_modified"
             else:
                 s.ok += 1
+                outcome = "ok"
+            metrics.FETCHES.labels(outcome).inc()
+            metrics.ITEMS_INGESTED.inc(r["new"])
             s.fetched += r["fetched"]
             s.new_items += r["new"]
             s.duplicates += r["duplicate"]
