@@ -35,7 +35,6 @@ JUDGE_TIME_BUDGET = 120.0  # seconds a judge job works before handing over to a 
 LOCK_WAIT_SECONDS = 30.0
 
 PUSH_TIERS = ("IMMEDIATE", "BATCH", "DIGEST")
-BLOCKING_GATES = ("negative_term", "blocked_source")
 
 
 # --- the rules (pure) --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.store import accounts
 from infosentry.store import goals as goals_store
+from infosentry.store import ops as ops_store
 from infosentry.store import sources as sources_store
 
 DEMO_EMAIL = "demo@infosentry.local"
@@ -162,6 +163,7 @@ async def run(settings: Settings, *, say: Callable[[str], None] = print, fast_fo
             # goal vectors first, so the items of the first fetch are scored as new (not as a goal backfill)
             await embed.run(rt)
             async with jobs.open_queue(rt.dsn) as qapp:
+                beat = asyncio.create_task(jobs.heartbeat_loop(rt, jobs.QUEUES))  # as `infosentry worker` does
                 worker = asyncio.create_task(
                     jobs.run_worker(rt, qapp, jobs.QUEUES, concurrency=4, install_signal_handlers=False)
                 )
@@ -173,7 +175,9 @@ async def run(settings: Settings, *, say: Callable[[str], None] = print, fast_fo
                     )
                 finally:
                     worker.cancel()
-                    await asyncio.gather(worker, return_exceptions=True)
+                    beat.cancel()
+                    await asyncio.gather(worker, beat, return_exceptions=True)
+                    await ops_store.remove_heartbeat(rt)
             result = DemoResult(mail_dir=Path(settings.smtp_host.removeprefix("file:")))
             if fast_forward:
                 result.fast_forward = await _fast_forward(rt, goal_ids)

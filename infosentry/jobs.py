@@ -227,7 +227,8 @@ async def send_emails(context: procrastinate.JobContext, timestamp: int | None =
     """Send due outbox rows (push, login and alert emails) with retries and backoff."""
     from infosentry import push
 
-    await push.send_due(_rt(context))
+    if (await push.send_due(_rt(context))).more:
+        await nudge(context.app, "send_emails")
 
 
 @app.periodic(cron="* * * * *", periodic_id="reconcile_push", queueing_lock="reconcile_push")

@@ -120,7 +120,8 @@ def link_token(key: str, kind: str, owner_id: int) -> str:
 
 async def check_link_token(rt: Runtime, kind: str, owner_id: int, token: str) -> bool:
     expected = link_token(await _link_key(rt), kind, owner_id)
-    return bool(token) and hmac.compare_digest(expected, token)
+    # bytes: compare_digest refuses non-ASCII str, and a token is whatever a client sends
+    return bool(token) and hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
 
 
 async def unsubscribe_url(rt: Runtime, kind: str, owner_id: int) -> str:
@@ -492,6 +493,7 @@ class SendReport:
     retrying: int = 0
     failed: int = 0
     suppressed: int = 0
+    more: bool = False  # stopped at max_rounds with mail still due
 
 
 async def send_due(rt: Runtime, now: datetime | None = None, *, limit: int = SEND_BATCH,
@@ -522,6 +524,8 @@ async def send_due(rt: Runtime, now: datetime | None = None, *, limit: int = SEN
         await asyncio.gather(*(_send_gated(gate, rt, cfg, r, now, report) for r in rows))
         if len(rows) < limit:
             break
+    else:
+        report.more = True
     return report
 
 

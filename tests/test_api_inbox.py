@@ -183,6 +183,7 @@ async def test_unsubscribe_get_confirms_post_pauses(api) -> None:
     assert resp.status == 200 and '<form method="post"' in await resp.text()
     assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g1) == "active"  # GET changed nothing
     assert (await api.get(path[:-4] + "0000")).status == 404
+    assert (await api.get(f"/api/v1/goals/{g1}/unsubscribe?token=%C3%A9t%C3%A9")).status == 404
     assert (await api.post(f"/api/v1/goals/{g2}/unsubscribe?token={path.rsplit('=', 1)[1]}")).status == 404
     resp = await api.post(path, data="List-Unsubscribe=One-Click",
                           headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip

@@ -75,7 +75,6 @@ def test_bundled_feeds_are_well_formed() -> None:
 
 
 def test_titles_split_from_ag_news_rows() -> None:
-    assert demo.split_title("ECB Rates Unchanged  FRANKFURT (Reuters) - European Central Bank President kept "
-                            "up his anti-inflation rhetoric on Thursday.") == (
-        "ECB Rates Unchanged", "European Central Bank President kept up his anti-inflation rhetoric on Thursday.")  # fmt: skip
+    row = "ECB Rates Unchanged  FRANKFURT (Reuters) - European Central Bank President kept up his rhetoric."
+    assert demo.split_title(row) == ("ECB Rates Unchanged", "European Central Bank President kept up his rhetoric.")
     assert demo.split_title("Storm shows Haiti #39;s straits Muddy waters still occupied the heart") is None

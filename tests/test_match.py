@@ -317,3 +317,29 @@ async def test_new_and_edited_goals_are_backfilled_never_immediate(rt: Runtime) 
     fresh = await seed_item(rt, src, "Nvidia GPU demand for AI training soars", "Chips sell out.")
     await run_until_idle(rt)
     assert (await match_row(rt, goal, fresh))["is_backfill"] is False
+
+
+async def test_source_trust_is_learned_from_likes_and_clicks(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "trust@example.com")
+    liked_src = await seed_source(rt, uid, name="Liked")
+    plain_src = await seed_source(rt, uid, name="Plain")
+    goal = await seed_goal(rt, uid, *AI_GOAL)
+    rated = [await seed_item(rt, liked_src, f"Chip story {i}", "About farming equipment prices.") for i in range(3)]
+    await run_until_idle(rt)
+    for item in rated[:2]:
+        await rt.pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
+                              goal, item, uid)  # fmt: skip
+    await rt.pool.execute("INSERT INTO clicks (item_id, goal_id, channel) VALUES ($1, $2, 'email')", rated[2], goal)
+    from_liked = await seed_item(rt, liked_src, *AI_ITEM)
+    from_plain = await seed_item(rt, plain_src, *AI_ITEM)
+    await run_until_idle(rt)
+    a, b = await match_row(rt, goal, from_liked), await match_row(rt, goal, from_plain)
+    assert a["components"]["source_trust"] == pytest.approx(2.5 / 5.5, abs=1e-3)  # (2 likes + 0.5 click) / (+3)
+    assert b["components"]["source_trust"] == 0.0
+    assert a["components"]["ungated_score"] > b["components"]["ungated_score"]
+    assert "from a source you liked" in a["reasons"] and "from a source you liked" not in b["reasons"]
+    # dislikes pull trust below neutral, bounded in (-1, 1)
+    await rt.pool.execute("UPDATE feedback SET feedback = 'dislike', updated_at = now() WHERE goal_id = $1", goal)
+    await rt.pool.execute("DELETE FROM clicks")
+    await match.match_items(rt, [from_liked], model=embed.model_name(rt))
+    assert -1 < (await match_row(rt, goal, from_liked))["components"]["source_trust"] == pytest.approx(-2 / 5)

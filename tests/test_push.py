@@ -88,6 +88,9 @@ async def test_immediate_coalesces_and_overflows_without_loss(srt: Runtime, smtp
     assert "/unsubscribe?token=" in first["List-Unsubscribe"]
     assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert (await push.send_due(rt)).sent == 0 and len(smtp_sink.received) == 2
+    today = {r["kind"]: dict(r) for r in await rt.pool.fetch("SELECT * FROM infosentry_pushes_today")}
+    assert (today["immediate"]["items_pushed"], today["immediate"]["emails"], today["immediate"]["sent"]) == (4, 2, 2)
+    assert today["batch"]["items_pushed"] == today["digest"]["emails"] == 0
 
 
 async def test_items_arriving_in_the_window_join_the_first_email(rt: Runtime) -> None:

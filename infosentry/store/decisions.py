@@ -23,6 +23,7 @@ _GATED = """(m.gate IN ('negative_term', 'blocked_source')
              AND (m.components ->> 'ungated_score') ~ '^[0-9.eE+-]+$'
              AND (m.components ->> 'ungated_score')::float8 >= $2)"""
 
+
 def _candidates_sql(where: str) -> str:
     """Matches that need a decision among those selected by `where` ($1 = their item ids, $2 = DIGEST_MIN_SCORE):
     new ones at or above the floor (or gated ones that would have been), and not yet pushed decisions whose
@@ -63,9 +64,7 @@ ORDER BY c.item_id, c.goal_id
 
 
 _CANDIDATES = _candidates_sql("m.item_id = ANY($1::bigint[])")
-_PAIR_CANDIDATES = _candidates_sql(
-    "(m.item_id, m.goal_id) IN (SELECT unnest($1::bigint[]), unnest($3::bigint[]))"
-)
+_PAIR_CANDIDATES = _candidates_sql("(m.item_id, m.goal_id) IN (SELECT unnest($1::bigint[]), unnest($3::bigint[]))")
 
 
 async def queued(conn: Conn, *, limit: int, exclude: list[int]) -> list[asyncpg.Record]:

@@ -107,7 +107,6 @@ async def seed(rt: Any, n_items: int, rng: random.Random) -> None:
     rows = []
     for i in range(n_items):
         text = texts[i % len(texts)]
-        title, _, snippet = text.partition(" ")
         url = f"https://bench.example/{i}"
         rows.append((url, f"{i:032x}", text[:90], text[90:590], rng.choice(source_ids), f"k{i}"))
     await rt.pool.executemany(

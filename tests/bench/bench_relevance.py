@@ -304,11 +304,15 @@ def main() -> None:
         return
     a = results["anchors"]
     print(f"model {model}; {len(texts)} items, tuned on {int(tune.sum())}, reported on {int(held.sum())} held out")
-    print(f"anchors measured on the tuning half: unrelated {a['measured_on_tuning_half'][0]:.3f}, same_topic "
-          f"{a['measured_on_tuning_half'][1]:.3f} (in code: {a['in_code'][0]:.3f}, {a['in_code'][1]:.3f}); "
-          f"lexical p50/p95: {results['lexical_anchors_measured'][0]:.3f}/{results['lexical_anchors_measured'][1]:.3f}")
-    print(f"plain cosine (item vs goal vector, no context, no terms) held-out macro AUC "
-          f"{results['plain_cosine_auc_heldout']:.3f}")
+    print(
+        f"anchors measured on the tuning half: unrelated {a['measured_on_tuning_half'][0]:.3f}, same_topic "
+        f"{a['measured_on_tuning_half'][1]:.3f} (in code: {a['in_code'][0]:.3f}, {a['in_code'][1]:.3f}); "
+        f"lexical p50/p95: {results['lexical_anchors_measured'][0]:.3f}/{results['lexical_anchors_measured'][1]:.3f}"
+    )
+    print(
+        f"plain cosine (item vs goal vector, no context, no terms) held-out macro AUC "
+        f"{results['plain_cosine_auc_heldout']:.3f}"
+    )
     print(row("scorer, tuning half", results["scorer_tuning"]))
     print(row("scorer, held-out half", results["scorer_heldout"]))
     print(row("scorer, held-out, after 20 answers", results["scorer_heldout_after_feedback"]))
@@ -324,8 +328,10 @@ def main() -> None:
               f"{b['digest10_precision']:.1f} -> {f['digest10_precision']:.1f}  "
               f"(answers: {fa['likes']} likes, {fa['dislikes']} dislikes)")  # fmt: skip
     micro = results["scorer_heldout"]["macro"]["push_precision_micro"]
-    print(f"held-out push precision over all goals (micro): {micro:.3f}; after feedback: "
-          f"{results['scorer_heldout_after_feedback']['macro']['push_precision_micro']:.3f}")
+    print(
+        f"held-out push precision over all goals (micro): {micro:.3f}; after feedback: "
+        f"{results['scorer_heldout_after_feedback']['macro']['push_precision_micro']:.3f}"
+    )
 
 
 if __name__ == "__main__":
