@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from infosentry import metrics
 from infosentry.store import budget as store
 
 if TYPE_CHECKING:
@@ -118,9 +119,13 @@ async def charge(rt: Runtime, kind: str, *, tokens: int = 0, prompt_tokens: int 
         raise ValueError(f"unknown budget kind {kind!r}")
     usd = usd_for(rt, kind, tokens=tokens, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     day = today(rt)
+    metrics.LLM_USD.labels(kind).inc(usd)
     if kind == "embed":
+        metrics.LLM_TOKENS.labels(kind, "prompt").inc(tokens)
         row = await store.add(rt.pool, day, rt.settings.tz, embed_requests=calls, embed_tokens=tokens, embed_usd=usd)
     else:
+        metrics.LLM_TOKENS.labels(kind, "prompt").inc(prompt_tokens)
+        metrics.LLM_TOKENS.labels(kind, "completion").inc(completion_tokens)
         row = await store.add(rt.pool, day, rt.settings.tz, llm_calls=calls, llm_prompt_tokens=prompt_tokens,
                               llm_completion_tokens=completion_tokens, llm_usd=usd)  # fmt: skip
     if not row["breaker_open"]:
@@ -154,7 +159,20 @@ async def record_call(rt: Runtime, kind: str, *, ok: bool, http_status: int | No
     """One row in external_calls per HTTP attempt to an embedding or LLM endpoint (error-rate alert)."""
     if kind not in KINDS:
         raise ValueError(f"unknown budget kind {kind!r}")
+    metrics.LLM_CALLS.labels(kind, _outcome(ok, http_status, error)).inc()
     await store.record_call(rt.pool, kind, ok=ok, http_status=http_status, error=error, latency_ms=latency_ms)
+
+
+def _outcome(ok: bool, http_status: int | None, error: str | None) -> str:
+    if ok:
+        return "ok"
+    if http_status == 429:
+        return "rate_limited"
+    if http_status is not None and http_status >= 500:
+        return "server_error"
+    if error and "timeout" in error.lower():
+        return "timeout"
+    return "error"
 
 
 def _log_open(row: asyncpg.Record | None) -> None:

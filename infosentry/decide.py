@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry import budget, judge
+from infosentry import budget, judge, metrics
 from infosentry.errors import Invalid
 from infosentry.runtime import Runtime
 from infosentry.store import decisions as store
@@ -338,6 +338,7 @@ class DecideReport:
         self.written += len(rows)
         for r in rows:
             self.tiers[r["tier"]] = self.tiers.get(r["tier"], 0) + 1
+            metrics.DECISIONS.labels(r["tier"]).inc()
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infosentry import budget, match
+from infosentry import budget, match, metrics
 from infosentry.embedders.base import EmbedResult
 from infosentry.embedders.openai import EmbedError, OpenAIEmbedder
 from infosentry.errors import Unavailable
@@ -199,6 +199,7 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
         log.warning("goal embedding failed: %s", exc, extra={"action": "goal_embed_failed"})
         return False
     await budget.charge(rt, "embed", tokens=result.tokens, calls=_requests(emb, len(flat)))
+    metrics.EMBEDDINGS.labels("goal").inc(len(flat))
     vectors, start = [], 0
     for fs in facets:
         vectors.append(match.goal_vector(np.stack(result.vectors[start : start + len(fs)])))
@@ -244,6 +245,7 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
         if calls:
             await budget.charge(rt, "embed", tokens=tokens, calls=calls)
         good = [k for k, v in enumerate(vectors) if v is not None]
+        metrics.EMBEDDINGS.labels("item").inc(len(good))
         if good:
             vecs = np.stack([vectors[k] for k in good]).astype(np.float32)
             contexts = pool.contexts([ids[k] for k in good], vecs)

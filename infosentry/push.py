@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from infosentry import mail
+from infosentry import mail, metrics
 from infosentry.runtime import Runtime
 from infosentry.settings import Settings
 from infosentry.store import decisions as runs_store
@@ -540,6 +540,7 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
     if row["kind"] in store.PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
         await store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
         report.suppressed += 1
+        metrics.EMAILS.labels(row["kind"], "suppressed").inc()
         return
     settings = rt.settings
     try:
@@ -553,6 +554,7 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
         await store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
         await store.smtp_result(rt.pool, ok=False, error=str(exc))
         report.failed += 1
+        metrics.EMAILS.labels(row["kind"], "failed").inc()
         log.warning("email %s failed permanently: %s", row["id"], exc, extra={"action": "email_failed"})
         return
     except Exception as exc:  # SmtpTemporaryError, and anything else (a file sink's disk): retry later
@@ -561,18 +563,21 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
         if row["attempts"] >= MAX_SEND_ATTEMPTS:
             await store.mark_failed(rt.pool, row["id"], error=f"gave up after {row['attempts']} attempts: {error}")
             report.failed += 1
+            metrics.EMAILS.labels(row["kind"], "failed").inc()
             log.warning("email %s failed after %d attempts", row["id"], row["attempts"],
                         extra={"action": "email_failed"})  # fmt: skip
         else:
             at = now + timedelta(seconds=retry_delay(row["attempts"]))
             await store.mark_retry(rt.pool, row["id"], at=at, error=error)
             report.retrying += 1
+            metrics.EMAILS.labels(row["kind"], "retry").inc()
             log.info("email %s will be retried at %s: %s", row["id"], at.isoformat(), error,
                      extra={"action": "email_retry"})  # fmt: skip
         return
     await store.mark_sent(rt.pool, row["id"])
     await store.smtp_result(rt.pool, ok=True)
     report.sent += 1
+    metrics.EMAILS.labels(row["kind"], "sent").inc()
 
 
 # --- reconciliation ----------------------------------------------------------------------------------------

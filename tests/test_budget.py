@@ -150,3 +150,17 @@ def test_cli_budget(settings: Settings, dsn: str, tmp_path, monkeypatch) -> None
     assert "breaker      closed" in human and "1 of 200 calls" in human
     reset = runner.invoke(main, ["budget", "--reset", "--json"], catch_exceptions=False)
     assert json.loads(reset.stdout)["reset_at"] is not None
+
+
+async def test_calls_and_spend_reach_the_metrics(rt) -> None:
+    from infosentry import budget, metrics
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_calls = value("infosentry_llm_calls_total", kind="judge", outcome="rate_limited")
+    before_tokens = value("infosentry_llm_tokens_total", kind="judge", direction="completion")
+    await budget.record_call(rt, "judge", ok=False, http_status=429, error="rate limited")
+    await budget.charge(rt, "judge", prompt_tokens=1000, completion_tokens=200)
+    assert value("infosentry_llm_calls_total", kind="judge", outcome="rate_limited") == before_calls + 1
+    assert value("infosentry_llm_tokens_total", kind="judge", direction="completion") == before_tokens + 200
