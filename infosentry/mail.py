@@ -226,7 +226,7 @@ def render_push_email(
     immediate and batch take exactly one section; digest takes one (per-goal digest) or several (the combined
     per-user digest, one section per goal). Empty sections are dropped; no items at all is a ValueError (we never
     send empty emails). `window` ("12:30") is required for batch, `day` ("2026-11-27") for digest.
-    `inbox_url` defaults to ``{public_url}/inbox``. `unsubscribe_url` is the pause link of the footer and the
+    `inbox_url`, when given, adds a link to a web inbox (the service itself serves only the JSON API). `unsubscribe_url` is the pause link of the footer and the
     RFC 8058 one-click target: its GET must only show a confirmation page, its POST performs the pause.
     """
     if kind not in KINDS:
@@ -235,7 +235,8 @@ def render_push_email(
     public_url = _require_http_url(public_url, "public_url").rstrip("/")
     if unsubscribe_url is not None:
         _require_http_url(unsubscribe_url, "unsubscribe_url")
-    inbox_url = _require_http_url(inbox_url or f"{public_url}/inbox", "inbox_url")
+    if inbox_url is not None:
+        _require_http_url(inbox_url, "inbox_url")
     sections = [s for s in sections if s.items]
     if not sections:
         raise ValueError("refusing to render an email without items")
@@ -270,7 +271,7 @@ def render_push_email(
         text_sections.append(_text("_section.txt", heading=heading, items="\n\n".join(t for _, t in rendered)))
 
     reason_line = _s(lang, "footer_all") if combined else _s(lang, "footer_goal", goal=goal)
-    links: list[tuple[str, str]] = [(_s(lang, "inbox"), inbox_url)]
+    links: list[tuple[str, str]] = [(_s(lang, "inbox"), inbox_url)] if inbox_url else []
     if unsubscribe_url:
         links.append((_s(lang, "pause_all" if combined else "pause_goal"), unsubscribe_url))
     footer_html = _html(

@@ -124,10 +124,14 @@ def test_each_kind_renders_items_reasons_and_footer(kind: str, kw: dict[str, str
         assert f"   Snippet {i}.\n   {why} reason {i}: matched 'chips'" in r.text
         assert f"reason {i}: matched &#x27;chips&#x27;" in r.html
     assert r.html.count(why) == 3
-    # Footer: inbox and pause links, in both bodies.
-    assert f"{PUBLIC}/inbox" in r.text and UNSUB in r.text
+    # Footer: the pause link in both bodies; no inbox link unless a web inbox is given (nothing serves one)
+    assert UNSUB in r.text and "/inbox" not in r.text
     hrefs = links_of(r.html).hrefs
-    assert f"{PUBLIC}/inbox" in hrefs and UNSUB in hrefs
+    assert UNSUB in hrefs and not any("/inbox" in h for h in hrefs)
+    with_inbox = render_push_email(
+        kind, lang, [section(7, "Chips", 3)], public_url=PUBLIC, unsubscribe_url=UNSUB, inbox_url=PUBLIC + "/app", **kw
+    )
+    assert f"{PUBLIC}/app" in with_inbox.text and f"{PUBLIC}/app" in links_of(with_inbox.html).hrefs
     assert r.headers == {"List-Unsubscribe": f"<{UNSUB}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     assert f'<html lang="{lang}">' in r.html and 'name="viewport"' in r.html
 
