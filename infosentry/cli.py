@@ -876,8 +876,11 @@ def restore_cmd(ctx: click.Context, file: str, yes: bool, as_json: bool) -> None
                  "check": "" if result.expected is None else ("ok" if expected.get(t) == n else "MISMATCH")}
                 for t, n in sorted(result.tables.items())]  # fmt: skip
         echo_table(rows, ["table", "rows", "expected", "check"])
-        state = "current" if result.migration == result.head else (
-            "behind: run 'infosentry migrate'" if result.migration < result.head else "newer than this code")
+        state = (
+            "current"
+            if result.migration == result.head
+            else ("behind: run 'infosentry migrate'" if result.migration < result.head else "newer than this code")
+        )
         click.echo(f"restored {result.path.name} in {result.seconds:.1f} s: {sum(result.tables.values())} rows, "
                    f"schema at {result.migration:04d} (head {result.head:04d}, {state})")  # fmt: skip
     if result.mismatches:
