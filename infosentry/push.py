@@ -155,6 +155,25 @@ def _initial_status(rt: Runtime) -> tuple[str, str | None]:
     return "pending", None
 
 
+async def _push_goal_email(conn: asyncpg.Connection, rt: Runtime, goal: asyncpg.Record, goal_id: int,
+                           rows: list[asyncpg.Record], tz: ZoneInfo, *, kind: str, dedupe_key: str,
+                           report: FlushReport, window: str | None = None,
+                           day: str | None = None) -> tuple[int | None, list[int]]:  # fmt: skip
+    """One email with one goal's items, and their rows in the push ledger; (email id, item ids pushed)."""
+    section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
+    email_id = await _create_email(
+        conn, rt, kind=kind, dedupe_key=dedupe_key, user_id=goal["user_id"], goal_id=goal_id,
+        to_addr=goal["to_addr"], language=goal["language"], sections=[section],
+        unsubscribe=await unsubscribe_url(rt, "goal", goal_id), window=window, day=day,
+    )  # fmt: skip
+    if email_id is None:
+        return None, []
+    pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows, email_id=email_id)
+    report.emails.append(email_id)
+    report.items += len(pushed)
+    return email_id, pushed
+
+
 async def _create_email(conn: asyncpg.Connection, rt: Runtime, *, kind: str, dedupe_key: str, user_id: int,
                         goal_id: int | None, to_addr: str, language: str, sections: list[mail.Section],
                         unsubscribe: str, window: str | None = None, day: str | None = None) -> int | None:  # fmt: skip
@@ -243,22 +262,15 @@ async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coales
         if not rows:
             return
         tz = zone(goal["timezone"], rt.settings.tz)
-        unsubscribe = await unsubscribe_url(rt, "goal", goal_id)
         sent: list[dict[str, Any]] = []
         for start in range(0, len(rows), max_items):
             chunk = rows[start : start + max_items]
             key = f"immediate:{goal_id}:{min(r['decision_id'] for r in chunk)}"
-            section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in chunk])
-            email_id = await _create_email(
-                conn, rt, kind="immediate", dedupe_key=key, user_id=goal["user_id"], goal_id=goal_id,
-                to_addr=goal["to_addr"], language=goal["language"], sections=[section], unsubscribe=unsubscribe,
-            )  # fmt: skip
+            email_id, pushed = await _push_goal_email(
+                conn, rt, goal, goal_id, chunk, tz, kind="immediate", dedupe_key=key, report=report
+            )
             if email_id is None:
                 continue
-            pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=chunk,
-                                             email_id=email_id)  # fmt: skip
-            report.emails.append(email_id)
-            report.items += len(pushed)
             report.immediate += len(pushed)
             sent.append({"email_id": email_id, "dedupe_key": key, "item_ids": pushed})
         await runs_store.insert_run(
@@ -306,21 +318,14 @@ async def _fire_batch(rt: Runtime, goal: asyncpg.Record, slots: list[tuple[date,
         report.slots += 1
         rows = await store.pending_items(conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0,
                                          limit=max_items)  # fmt: skip
-        email_id = None
+        email_id: int | None = None
         pushed: list[int] = []
         if rows:
-            section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
-            email_id = await _create_email(
-                conn, rt, kind="batch", dedupe_key=f"batch:{goal_id}:{local_date.isoformat()}:{slot}",
-                user_id=goal["user_id"], goal_id=goal_id, to_addr=goal["to_addr"], language=goal["language"],
-                sections=[section], unsubscribe=await unsubscribe_url(rt, "goal", goal_id), window=slot,
+            email_id, pushed = await _push_goal_email(
+                conn, rt, goal, goal_id, rows, tz, kind="batch", report=report, window=slot,
+                dedupe_key=f"batch:{goal_id}:{local_date.isoformat()}:{slot}",
             )  # fmt: skip
-            if email_id is not None:
-                pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows,
-                                                 email_id=email_id)  # fmt: skip
-                report.emails.append(email_id)
-                report.items += len(pushed)
-                report.batch += len(pushed)
+            report.batch += len(pushed)
         await store.finish_slot(conn, "batch", goal_id, local_date, slot, email_id, len(pushed))
         await runs_store.insert_run(
             conn, goal_id=goal_id, item_id=None, trigger="batch_window", status="SUCCESS",
@@ -378,22 +383,14 @@ async def _fire_goal_digest(rt: Runtime, goal: asyncpg.Record, slot: tuple[date,
             return
         report.slots += 1
         rows = await _digest_rows(conn, rt, goal_id, now)
-        email_id = None
+        email_id: int | None = None
         pushed: list[int] = []
         if rows:
-            section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
-            email_id = await _create_email(
-                conn, rt, kind="digest", dedupe_key=f"digest:{goal_id}:{local_date.isoformat()}",
-                user_id=goal["user_id"], goal_id=goal_id, to_addr=goal["to_addr"], language=goal["language"],
-                sections=[section], unsubscribe=await unsubscribe_url(rt, "goal", goal_id),
-                day=local_date.isoformat(),
+            email_id, pushed = await _push_goal_email(
+                conn, rt, goal, goal_id, rows, tz, kind="digest", report=report, day=local_date.isoformat(),
+                dedupe_key=f"digest:{goal_id}:{local_date.isoformat()}",
             )  # fmt: skip
-            if email_id is not None:
-                pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows,
-                                                 email_id=email_id)  # fmt: skip
-                report.emails.append(email_id)
-                report.items += len(pushed)
-                report.digest += len(pushed)
+            report.digest += len(pushed)
         await store.finish_slot(conn, "digest", goal_id, local_date, at, email_id, len(pushed))
         await runs_store.insert_run(
             conn, goal_id=goal_id, item_id=None, trigger="digest", status="SUCCESS",
