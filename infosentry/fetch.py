@@ -300,6 +300,30 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> datetim
     return min(max(when.astimezone(UTC), now), now + _MAX_RETRY_AFTER)
 
 
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asked us to wait: retry-after-ms, else Retry-After (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def parse_max_age(cache_control: str | None) -> int | None:
     """Seconds from ``Cache-Control: max-age=N``; None if absent or invalid."""
     if not cache_control:

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any
 
 from infosentry import budget
+from infosentry.fetch import retry_after_seconds
 from infosentry.runtime import Runtime
 from infosentry.store import decisions as store
 
@@ -210,29 +211,7 @@ def cites_evidence(reason: str, snapshot: dict[str, Any]) -> bool:
 
 
 def _retry_after(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    raw = headers.get("retry-after-ms")
-    if raw:
-        try:
-            return float(raw) / 1000
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            when = parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
+    return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
 
 
 def _backoff(attempt: int) -> float:

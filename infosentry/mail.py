@@ -30,6 +30,8 @@ from urllib.parse import quote, urlsplit
 
 import aiosmtplib
 
+from infosentry.urls import is_http_url
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("immediate", "batch", "digest")
@@ -139,25 +141,15 @@ def _one_line(value: object, limit: int | None = None) -> str:
     return text
 
 
-def _is_http_url(url: str) -> bool:
-    if not url or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-
-
 def _require_http_url(url: str, what: str) -> str:
     # Our own URLs (PUBLIC_URL, unsubscribe, login) also end up in raw headers: ASCII only, no '<>"'.
-    if not _is_http_url(url) or not url.isascii() or any(ch in url for ch in '<>"'):
+    if not is_http_url(url) or not url.isascii() or any(ch in url for ch in '<>"'):
         raise ValueError(f'{what} must be an absolute http(s) URL without spaces or <>": {url!r}')
     return url
 
 
 def _domain(url: str) -> str:
-    if not _is_http_url(url):
+    if not is_http_url(url):
         return ""
     host = (urlsplit(url).hostname or "").lower()
     return host.removeprefix("www.")
@@ -193,7 +185,7 @@ def _meta(item: EmailItem) -> str:
 def _render_item(lang: str, n: int, item: EmailItem, goal_id: int, public_url: str) -> tuple[_Html, str]:
     title = _one_line(item.title, _TITLE_MAX) or "(untitled)"
     # Items whose own URL is not http(s) (javascript:, data:, ...) get no link at all, not even a tracked one.
-    link = tracked_link(public_url, item.item_id, goal_id) if _is_http_url(item.url) else ""
+    link = tracked_link(public_url, item.item_id, goal_id) if is_http_url(item.url) else ""
     values = {
         "number": str(n),
         "meta": _meta(item),

@@ -66,3 +66,15 @@ def title_key(title: str) -> str:
     text = "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PS")
     text = _SPACES.sub(" ", text).strip()
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
+
+
+def is_http_url(url: str) -> bool:
+    """A plain absolute http(s) URL with a host and no whitespace or control characters: the only kind we
+    ever link to in an email or redirect to (never javascript:, data: or a relative path)."""
+    if not url or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)

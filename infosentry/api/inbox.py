@@ -12,7 +12,6 @@ import html
 import ipaddress
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
@@ -23,6 +22,7 @@ from infosentry.api.http import Fields, ok, page, paged, path_id, principal, que
 from infosentry.errors import BadRequest, NotFound
 from infosentry.openapi import BOOL, INT, NUM, PAGE_PARAMS, STR, TIME, arr, enum, null, obj, page_of, qparam
 from infosentry.store import push as store
+from infosentry.urls import is_http_url
 
 TIER = enum("IMMEDIATE", "BATCH", "DIGEST")
 ITEM_BRIEF = obj(
@@ -74,18 +74,6 @@ _SCANNER = re.compile(
     re.IGNORECASE,
 )
 CHANNELS = ("email", "inbox", "api", "other")
-
-
-def _http_url(url: str) -> bool:
-    """Only a plain absolute http(s) URL is ever a redirect target (an item with a javascript: or data: URL
-    gets a 404, not a redirect)."""
-    if not url or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def is_scanner(method: str, user_agent: str) -> bool:
@@ -292,7 +280,7 @@ async def click(request: web.Request) -> web.Response:
                                    user_agent=agent or None, ip=ip, is_scanner=scanner)  # fmt: skip
     if url is None:
         raise NotFound("no such item")
-    if not _http_url(url):
+    if not is_http_url(url):
         raise NotFound("this item has no web address")
     return web.Response(
         status=302,

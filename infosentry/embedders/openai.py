@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import json
 import logging
 import random
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from infosentry.embedders.base import EmbedResult
+from infosentry.fetch import retry_after_seconds
 from infosentry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,30 +83,6 @@ class RateLimiter:
                 delay = self.WINDOW - (now - self._starts[0]) + 0.001
                 waited += delay
                 await asyncio.sleep(delay)
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds the server asked us to wait: retry-after-ms, else Retry-After (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class OpenAIEmbedder:
