@@ -485,9 +485,12 @@ async def record_click(conn: Conn, *, item_id: int, goal_id: int | None, channel
     stored as NULL rather than trusted."""
     return await conn.fetchval(
         """WITH it AS (SELECT id, url FROM items WHERE id = $1),
-                g AS (SELECT $2::bigint AS goal_id
-                      WHERE EXISTS (SELECT 1 FROM notifications WHERE goal_id = $2 AND item_id = $1)
-                         OR EXISTS (SELECT 1 FROM matches WHERE goal_id = $2 AND item_id = $1)),
+                -- FOR KEY SHARE: a goal deleted while we click is seen as gone (NULL), never a broken reference
+                g AS (SELECT id AS goal_id FROM goals
+                      WHERE id = $2
+                        AND (EXISTS (SELECT 1 FROM notifications WHERE goal_id = $2 AND item_id = $1)
+                             OR EXISTS (SELECT 1 FROM matches WHERE goal_id = $2 AND item_id = $1))
+                      FOR KEY SHARE),
                 ins AS (INSERT INTO clicks (item_id, goal_id, channel, user_agent, ip, is_scanner)
                         SELECT it.id, (SELECT goal_id FROM g), $3, $4, $5::inet, $6 FROM it)
            SELECT url FROM it""",
