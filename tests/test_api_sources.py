@@ -169,6 +169,11 @@ async def test_update_rules(api: Any) -> None:
     resp = await api.put(f"/api/v1/sources/{sid}", json={"name": "Bob's"}, headers=bob)
     assert resp.status == 409
     assert (await api.put(f"/api/v1/sources/{sid}", json={"enabled": False}, headers=bob)).status == 200
+    # ... and not even alice may repoint the feed bob chose: a new url is a new source
+    resp = await api.put(f"/api/v1/sources/{sid}", json={"url": "https://d.example/feed3"}, headers=alice)
+    assert resp.status == 409
+    assert (await rt.pool.fetchval("SELECT url FROM sources WHERE id = $1", sid)) == "https://d.example/feed2"
+    assert (await api.put(f"/api/v1/sources/{sid}", json={"name": "Alice's"}, headers=alice)).status == 200
 
 
 async def test_header_values_hidden_from_other_subscribers(api: Any) -> None:

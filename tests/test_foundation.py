@@ -98,3 +98,21 @@ async def test_token_cannot_exceed_creator(api) -> None:
     assert set((await resp.json())["scopes"]) == {"goals:read", "goals:write"}
     resp = await api.post("/api/v1/tokens", json={"scopes": ["admin"]}, headers=bearer(token))
     assert resp.status == 422
+
+
+async def test_forged_cursors_are_400_not_500(api) -> None:
+    import base64
+    import json
+
+    rt = api.app[RT]
+    _, token = await make_user(rt, "cursor@example.com")
+
+    def forge(key: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+    for path in ("/api/v1/notifications", "/api/v1/goals", "/api/v1/sources", "/api/v1/agent/runs"):
+        for key in ([10**30], [True], ["x" * 100], {"a": 1}, []):
+            resp = await api.get(path, params={"cursor": forge(key)}, headers=bearer(token))
+            assert resp.status == 400, (path, key, resp.status)
+        resp = await api.get(path, params={"cursor": "%%%not-base64"}, headers=bearer(token))
+        assert resp.status == 400

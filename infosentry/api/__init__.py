@@ -63,6 +63,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
+    except asyncpg.DataError as exc:  # a value the database cannot take (out of range, bad encoding)
+        response = problem(400, "Bad request", f"a value cannot be stored: {exc}", code="bad_request")
     except (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
         log.warning("dependency unavailable: %s", exc, extra={"action": "http_unavailable"})
         response = problem(503, "Service unavailable", "a dependency is unavailable; retry later", code="unavailable")

@@ -15,7 +15,20 @@ from aiohttp import web
 
 from infosentry import hotconfig, jobs, openapi
 from infosentry.api.account import valid_timezone
-from infosentry.api.http import QUEUE, Fields, ok, page, paged, path_id, principal, query_float, read_json, requires, rt
+from infosentry.api.http import (
+    QUEUE,
+    Fields,
+    Principal,
+    ok,
+    page,
+    paged,
+    path_id,
+    principal,
+    query_float,
+    read_json,
+    requires,
+    rt,
+)
 from infosentry.errors import BadRequest, Conflict, Invalid, NotFound
 from infosentry.openapi import BOOL, INT, NUM, PAGE_PARAMS, STR, TIME, arr, enum, null, obj, page_of, qparam
 from infosentry.runtime import Runtime
@@ -121,6 +134,17 @@ def validate(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     return out
 
 
+def _check_recipient(fields: dict[str, Any], p: Principal) -> None:
+    """Pushes go to the owner's own (proven) address: otherwise anyone could make the service mail a third party.
+    An admin may direct a goal elsewhere (a team list, for instance)."""
+    email = fields.get("email")
+    if email and not p.is_admin and email != p.email.lower():
+        raise Invalid(
+            "email: must be your own address (only an admin can send a goal's pushes elsewhere)",
+            errors=[{"field": "email", "message": "must be your own address"}],
+        )
+
+
 def _nudge(request: web.Request) -> Any:
     return jobs.nudge(request.app[QUEUE], "embed_pending")
 
@@ -135,7 +159,9 @@ async def list_goals(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in ("active", "paused", "archived"):
         raise BadRequest("status must be active, paused or archived")
-    after = pg.after[0] if pg.after and isinstance(pg.after[0], int) else 0
+    if pg.after is not None and (len(pg.after) != 1 or not isinstance(pg.after[0], int)):
+        raise BadRequest("cursor is not valid")
+    after = pg.after[0] if pg.after else 0
     rows = await store.list_goals(rt(request).pool, principal(request).user_id, limit=pg.limit + 1, after_id=after,
                                   status=status)  # fmt: skip
     return ok(paged([_goal(r) for r in rows], pg, lambda r: [r["id"]]))
@@ -149,6 +175,7 @@ async def list_goals(request: web.Request) -> web.Response:
 async def create_goal(request: web.Request) -> web.Response:
     p = principal(request)
     fields = validate(await read_json(request), creating=True)
+    _check_recipient(fields, p)
     row = await create(rt(request), p.user_id, p.timezone, fields)
     await _nudge(request)
     return ok(_goal(row), status=201)
@@ -185,6 +212,7 @@ async def get_goal(request: web.Request) -> web.Response:
 @requires("goals:write")
 async def put_goal(request: web.Request) -> web.Response:
     changes = validate(await read_json(request), creating=False)
+    _check_recipient(changes, principal(request))
     return await _update(request, changes)
 
 

@@ -288,9 +288,20 @@ def page(request: web.Request) -> Page:
             after = json.loads(base64.urlsafe_b64decode(raw.encode() + b"==="))
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("cursor is not valid") from None
-        if not isinstance(after, list):
+        if not isinstance(after, list) or not 1 <= len(after) <= 4 or not all(map(_cursor_part, after)):
             raise BadRequest("cursor is not valid")
     return Page(limit=limit, after=after)
+
+
+def _cursor_part(value: Any) -> bool:
+    """Sort keys are ids, scores and timestamps: anything else (or out of range for SQL) is a forged cursor."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= 64
 
 
 def cursor_for(key: list[Any]) -> str:

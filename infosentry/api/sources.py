@@ -175,10 +175,14 @@ async def update_source(request: web.Request) -> web.Response:
     row = await _mine(request, source_id)
     shared_change = {k for k in ("url", "name", "fetch_interval_sec", "config") if k in body}
     if shared_change:
-        if not (p.is_admin or row["created_by"] == p.user_id
-                or await sources_store.subscriber_count(pool, source_id) <= 1):  # fmt: skip
+        shared = await sources_store.subscriber_count(pool, source_id) > 1
+        if shared and not p.is_admin and {"url", "config"} & shared_change:
+            # other followers chose this feed: repointing it would change what their goals receive
+            raise Conflict("this source is shared with other subscribers: add the new url as a new source (and "
+                           "unsubscribe from this one) instead of changing its url or config")  # fmt: skip
+        if shared and not (p.is_admin or row["created_by"] == p.user_id):
             raise Conflict("this source is shared with other subscribers: only the user who added it (or an admin) "
-                           "can change its url, name, interval or config")  # fmt: skip
+                           "can change its name or interval")  # fmt: skip
         spec = ingest.validate_source(
             type=row["type"], url=body.get("url", row["url"]), name=body.get("name", row["name"]),
             interval=body.get("fetch_interval_sec", row["fetch_interval_sec"]),
