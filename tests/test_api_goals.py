@@ -39,8 +39,16 @@ async def test_create_with_defaults_get_and_list(api: Any) -> None:
     jobs = await rt.pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'embed_pending'")
     assert jobs == 1
 
-    second_goal = dict(name="Second", priority_mode="strict", batch_windows=["18:30", "9:05"], digest_time="6:00",
-                       timezone="Asia/Tokyo", email="Alerts@Example.com", language="en", negative_terms=["rumour"])
+    second_goal = dict(
+        name="Second",
+        priority_mode="strict",
+        batch_windows=["18:30", "9:05"],
+        digest_time="6:00",
+        timezone="Asia/Tokyo",
+        email="Alerts@Example.com",
+        language="en",
+        negative_terms=["rumour"],
+    )
     # pushes to someone else's address: an admin's choice only (else the service could mail any third party)
     refused = await post_goal(api, token, **second_goal)
     assert refused.status == 422 and (await refused.json())["errors"][0]["field"] == "email"
