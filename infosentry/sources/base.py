@@ -209,6 +209,20 @@ def decode_body(body: bytes, content_type: str | None, *, sniff_meta: bool = Fal
 # ---- the shared fetch step ------------------------------------------------------------------------------
 
 
+async def fetch_source(fetcher: Fetcher, url: str, config: Mapping[str, Any], etag: str | None,
+                       last_modified: str | None, *, validate: Callable[[str, Mapping[str, Any]], dict[str, Any]],
+                       parse: ParseFn, accept: str, parse_runner: ParseRunner | None,
+                       target: Callable[[dict[str, Any]], str] | None = None) -> FetchOutcome:  # fmt: skip
+    """The body of every type's `fetch`: validate the config, GET the target (the source URL unless the type
+    derives one) with the type's Accept and the config's extra headers, then parse."""
+    clean = validate(url, config)
+    headers = {"Accept": accept, **clean.get("headers", {})}
+    return await fetch_and_parse(
+        fetcher, target(clean) if target else url, parse, clean, etag=etag, last_modified=last_modified,
+        headers=headers, parse_runner=parse_runner,
+    )  # fmt: skip
+
+
 async def fetch_and_parse(
     fetcher: Fetcher,
     url: str,
@@ -267,5 +281,6 @@ __all__ = [
     "check_keys",
     "decode_body",
     "fetch_and_parse",
+    "fetch_source",
     "to_utc",
 ]

@@ -22,7 +22,7 @@ from infosentry.sources.base import (
     check_http_url,
     check_keys,
     decode_body,
-    fetch_and_parse,
+    fetch_source,
     to_utc,
 )
 from infosentry.sources.site import parse_time
@@ -71,16 +71,17 @@ async def fetch(
     *,
     parse_runner: ParseRunner | None = None,
 ) -> FetchOutcome:
-    clean = validate_config(url, config)
-    return await fetch_and_parse(
+    return await fetch_source(
         fetcher,
-        api_url(clean),
-        parse,
-        clean,
-        etag=etag,
-        last_modified=last_modified,
-        headers={"Accept": ACCEPT},
+        url,
+        config,
+        etag,
+        last_modified,
+        validate=validate_config,
+        parse=parse,
+        accept=ACCEPT,
         parse_runner=parse_runner,
+        target=api_url,
     )
 
 

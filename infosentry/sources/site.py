@@ -25,7 +25,7 @@ from infosentry.sources.base import (
     check_http_url,
     check_keys,
     decode_body,
-    fetch_and_parse,
+    fetch_source,
     to_utc,
 )
 from infosentry.text import clean_text, clean_title
@@ -87,16 +87,15 @@ async def fetch(
     *,
     parse_runner: ParseRunner | None = None,
 ) -> FetchOutcome:
-    clean = validate_config(url, config)
-    headers = {"Accept": ACCEPT, **clean.get("headers", {})}
-    return await fetch_and_parse(
+    return await fetch_source(
         fetcher,
         url,
-        parse,
-        clean,
-        etag=etag,
-        last_modified=last_modified,
-        headers=headers,
+        config,
+        etag,
+        last_modified,
+        validate=validate_config,
+        parse=parse,
+        accept=ACCEPT,
         parse_runner=parse_runner,
     )
 
