@@ -21,7 +21,9 @@ import procrastinate
 from procrastinate import exceptions as pexc
 from procrastinate.psycopg_connector import PsycopgConnector
 
+from infosentry import alerts, decide, embed, ingest, metrics, push
 from infosentry.runtime import Runtime
+from infosentry.store import logins
 from infosentry.store import ops as ops_store
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,6 @@ def step(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             log.exception("job failed", extra={"action": f"job_{func.__name__}_failed"})
             raise
         Stats.jobs_done += 1
-        from infosentry import metrics
-
         metrics.JOB_SECONDS.labels(func.__name__).observe(time.perf_counter() - started)
         return result
 
@@ -107,8 +107,6 @@ async def maintenance(context: procrastinate.JobContext, timestamp: int) -> None
 async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Fetch every due source (claimed with SKIP LOCKED and a lease, so runs in several processes never
     overlap and a crashed run's sources come back after the lease); nudge embedding when items are new."""
-    from infosentry import ingest
-
     summary = await ingest.run_due(_rt(context))
     if summary.new_items:
         await nudge(context.app, "embed_pending")
@@ -119,8 +117,6 @@ async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = 
 @step
 async def prune_ingest_logs(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Keep ingest logs for ingest.LOG_RETENTION_DAYS (a busy install writes about 100 rows per source a day)."""
-    from infosentry import ingest
-
     await ingest.prune_logs(_rt(context))
 
 
@@ -134,8 +130,6 @@ async def prune_ingest_logs(context: procrastinate.JobContext, timestamp: int | 
 async def embed_pending(context: procrastinate.JobContext) -> None:
     """Embed pending items in batches and score them (lexically while embedding is paused); goal vectors and
     backfills first. Bounded per job: re-nudges itself while work remains; nudges the decide step."""
-    from infosentry import embed
-
     report = await embed.run(_rt(context))
     if report.match.stored:
         await nudge(context.app, "decide_pending")
@@ -149,8 +143,6 @@ async def embed_pending(context: procrastinate.JobContext) -> None:
 async def embed_sweep(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Safety net for lost nudges: pending or unmatched items, goals to embed or backfill, items of an old
     embedding model still needed for matching -> one embed_pending job."""
-    from infosentry import embed
-
     if (await embed.sweep(_rt(context)))["work"]:
         await nudge(context.app, "embed_pending")
 
@@ -162,8 +154,6 @@ async def embed_sweep(context: procrastinate.JobContext, timestamp: int | None =
 
 async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     """Decide what is queued by the rules; nudge the push flush for new pushes and the judge for boundary pairs."""
-    from infosentry import decide
-
     report = await decide.decide_pending(rt)
     if qapp is not None:
         if report.pushable:
@@ -176,8 +166,6 @@ async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
 
 
 async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
-    from infosentry import decide
-
     report = await decide.judge_pending(rt)
     if qapp is not None:
         if report.pushable:
@@ -188,8 +176,6 @@ async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
 
 
 async def flush_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
-    from infosentry import push
-
     report = await push.flush(rt)
     if qapp is not None and report.sendable:
         await nudge(qapp, "send_emails")
@@ -225,8 +211,6 @@ async def flush_push(context: procrastinate.JobContext, timestamp: int | None = 
 @step
 async def send_emails(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Send due outbox rows (push, login and alert emails) with retries and backoff."""
-    from infosentry import push
-
     if (await push.send_due(_rt(context))).more:
         await nudge(context.app, "send_emails")
 
@@ -237,8 +221,6 @@ async def send_emails(context: procrastinate.JobContext, timestamp: int | None =
 async def reconcile_push(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Finish what a lost or crashed job left: stuck `sending` emails, overdue IMMEDIATE flushes, due emails,
     cancelled/expired decisions. Every 10 minutes also matches without decisions (re-queued for deciding)."""
-    from infosentry import decide, push
-
     rt = _rt(context)
     report = await push.reconcile(rt)
     if report.overdue_immediate:
@@ -261,8 +243,6 @@ ALERTS_SECONDS = 30.0
 
 
 async def _alerts_tick(rt: Runtime, qapp: procrastinate.App | None) -> None:
-    from infosentry import alerts
-
     result = await alerts.tick(rt)
     if result.emailed and qapp is not None:
         await nudge(qapp, "send_emails")
@@ -281,8 +261,6 @@ async def alerts_tick(context: procrastinate.JobContext, timestamp: int) -> None
 @step
 async def prune_logins(context: procrastinate.JobContext, timestamp: int) -> None:
     """Forget login links and rate-limit windows older than a day."""
-    from infosentry.store import logins
-
     await logins.prune(_rt(context).pool)
 
 
