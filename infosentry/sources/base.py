@@ -209,9 +209,12 @@ def decode_body(body: bytes, content_type: str | None, *, sniff_meta: bool = Fal
 # ---- the shared fetch step ------------------------------------------------------------------------------
 
 
-async def fetch_source(fetcher: Fetcher, url: str, config: Mapping[str, Any], etag: str | None,
-                       last_modified: str | None, *, validate: Callable[[str, Mapping[str, Any]], dict[str, Any]],
-                       parse: ParseFn, accept: str, parse_runner: ParseRunner | None,
+ValidateFn = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+
+
+async def fetch_source(fetcher: Fetcher, url: str, config: Mapping[str, Any], etag: str | None = None,
+                       last_modified: str | None = None, *, validate: ValidateFn, parse: ParseFn, accept: str,
+                       parse_runner: ParseRunner | None = None,
                        target: Callable[[dict[str, Any]], str] | None = None) -> FetchOutcome:  # fmt: skip
     """The body of every type's `fetch`: validate the config, GET the target (the source URL unless the type
     derives one) with the type's Accept and the config's extra headers, then parse."""

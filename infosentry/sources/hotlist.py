@@ -4,6 +4,7 @@ of well-known ids (hotlist_catalog.json). May import infosentry.fetch/.text/.sou
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -12,12 +13,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
-from infosentry.fetch import Fetcher, FetchError
+from infosentry.fetch import FetchError
 from infosentry.sources.base import (
-    FetchOutcome,
     ItemDraft,
     ParsedFeed,
-    ParseRunner,
     absolute_http_url,
     check_http_url,
     check_keys,
@@ -60,29 +59,6 @@ def validate_config(url: str, config: Mapping[str, Any]) -> dict[str, Any]:
 def api_url(config: Mapping[str, Any]) -> str:
     """The URL a validated config fetches; also the natural ``sources.url`` for a hot-list source."""
     return f"{config['base_url']}{API_PATH}?id={quote(config['source_id'], safe='')}"
-
-
-async def fetch(
-    fetcher: Fetcher,
-    url: str,
-    config: Mapping[str, Any],
-    etag: str | None = None,
-    last_modified: str | None = None,
-    *,
-    parse_runner: ParseRunner | None = None,
-) -> FetchOutcome:
-    return await fetch_source(
-        fetcher,
-        url,
-        config,
-        etag,
-        last_modified,
-        validate=validate_config,
-        parse=parse,
-        accept=ACCEPT,
-        parse_runner=parse_runner,
-        target=api_url,
-    )
 
 
 def _published(value: Any, now: datetime) -> datetime | None:
@@ -149,3 +125,7 @@ def load_catalog() -> list[dict[str, Any]]:
     (intervals in seconds, as the upstream project suggests). Data only; nothing imports it automatically."""
     text = resources.files("infosentry.sources").joinpath("hotlist_catalog.json").read_text("utf-8")
     return json.loads(text)["sources"]
+
+
+# The type's fetch (see SourceType): validate the config, GET its API URL conditionally, parse off the loop.
+fetch = functools.partial(fetch_source, validate=validate_config, parse=parse, accept=ACCEPT, target=api_url)

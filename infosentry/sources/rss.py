@@ -5,6 +5,7 @@ entities are refused before any parser runs. May import feedparser, infosentry.f
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import json
 import re
@@ -14,12 +15,10 @@ from typing import Any
 
 import feedparser
 
-from infosentry.fetch import Fetcher, FetchError
+from infosentry.fetch import FetchError
 from infosentry.sources.base import (
-    FetchOutcome,
     ItemDraft,
     ParsedFeed,
-    ParseRunner,
     absolute_http_url,
     check_headers,
     check_http_url,
@@ -48,28 +47,6 @@ def validate_config(url: str, config: Mapping[str, Any]) -> dict[str, Any]:
     if "headers" in config:
         clean["headers"] = check_headers(config["headers"])
     return clean
-
-
-async def fetch(
-    fetcher: Fetcher,
-    url: str,
-    config: Mapping[str, Any],
-    etag: str | None = None,
-    last_modified: str | None = None,
-    *,
-    parse_runner: ParseRunner | None = None,
-) -> FetchOutcome:
-    return await fetch_source(
-        fetcher,
-        url,
-        config,
-        etag,
-        last_modified,
-        validate=validate_config,
-        parse=parse,
-        accept=ACCEPT,
-        parse_runner=parse_runner,
-    )
 
 
 # ---- XML safety ------------------------------------------------------------------------------------------
@@ -343,3 +320,7 @@ def parse_json_feed(body: bytes, base_url: str) -> ParsedFeed:
         ttl_seconds=None,
         link=absolute_http_url(_text(doc.get("home_page_url")), base_url),
     )
+
+
+# The type's fetch (see SourceType): validate the config, GET the URL conditionally, parse off the loop.
+fetch = functools.partial(fetch_source, validate=validate_config, parse=parse, accept=ACCEPT)

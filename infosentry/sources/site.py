@@ -4,6 +4,7 @@ English/Chinese dates such pages print. May import selectolax, infosentry.fetch/
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -14,12 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
-from infosentry.fetch import Fetcher, FetchError
+from infosentry.fetch import FetchError
 from infosentry.sources.base import (
-    FetchOutcome,
     ItemDraft,
     ParsedFeed,
-    ParseRunner,
     absolute_http_url,
     check_headers,
     check_http_url,
@@ -76,28 +75,6 @@ def validate_config(url: str, config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"timezone: unknown time zone {name!r} (use an IANA name like Asia/Shanghai)") from exc
         clean["timezone"] = name
     return clean
-
-
-async def fetch(
-    fetcher: Fetcher,
-    url: str,
-    config: Mapping[str, Any],
-    etag: str | None = None,
-    last_modified: str | None = None,
-    *,
-    parse_runner: ParseRunner | None = None,
-) -> FetchOutcome:
-    return await fetch_source(
-        fetcher,
-        url,
-        config,
-        etag,
-        last_modified,
-        validate=validate_config,
-        parse=parse,
-        accept=ACCEPT,
-        parse_runner=parse_runner,
-    )
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------
@@ -331,3 +308,7 @@ def parse_time(text: str | None, now: datetime, tz: tzinfo = UTC) -> datetime | 
     except (ValueError, OverflowError, OSError):
         return None  # e.g. "2024-13-45": matched a pattern but is no date
     return to_utc(result, now)
+
+
+# The type's fetch (see SourceType): validate the config, GET the URL conditionally, parse off the loop.
+fetch = functools.partial(fetch_source, validate=validate_config, parse=parse, accept=ACCEPT)
