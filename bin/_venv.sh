@@ -8,6 +8,10 @@ ensure_venv() {
   if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
+  # the plain install is part of every install with extras (bin/test, bin/bench): no need to redo it
+  if [[ -z "$extras" && -x "$venv/bin/python" ]] && grep -qx "$want" "$venv"/.installed-* 2>/dev/null; then
+    return 0
+  fi
   echo "infosentry: installing into .venv (first run, about a minute)..." >&2
   [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
   local log="$venv/install.log"
