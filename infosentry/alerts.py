@@ -72,10 +72,17 @@ async def tick(rt: Runtime) -> TickResult:
             result.opened, result.reopened, result.closed = changes["opened"], changes["reopened"], changes["closed"]
             for e in result.opened:
                 log.warning(
-                    "alert: %s %s", e["alert"], e["detail"],
-                    extra={"action": "alert_opened", "alert": e["alert"], "subject": e["subject"],
-                           "severity": e["severity"], "episode_id": e["id"]},
-                )  # fmt: skip
+                    "alert: %s %s",
+                    e["alert"],
+                    e["detail"],
+                    extra={
+                        "action": "alert_opened",
+                        "alert": e["alert"],
+                        "subject": e["subject"],
+                        "severity": e["severity"],
+                        "episode_id": e["id"],
+                    },
+                )
             for e in result.closed:
                 extra = {"action": "alert_closed", "alert": e["alert"], "subject": e["subject"], "episode_id": e["id"]}
                 log.info("alert cleared: %s %s", e["alert"], e["subject"], extra=extra)
@@ -106,10 +113,19 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
         rendered = mail.render_alert_email([_for_humans(e) for e in fresh], settings.public_url)
         key = "alert:" + hashlib.sha256(",".join(str(e["id"]) for e in fresh).encode()).hexdigest()[:24]
         await push_store.insert_email(
-            conn, dedupe_key=key, kind="alert", user_id=None, goal_id=None, to_addr=settings.admin_email,
-            subject=rendered.subject, body_text=rendered.text, body_html=rendered.html,
-            headers=dict(rendered.headers), status="pending", last_error=None,
-        )  # fmt: skip
+            conn,
+            dedupe_key=key,
+            kind="alert",
+            user_id=None,
+            goal_id=None,
+            to_addr=settings.admin_email,
+            subject=rendered.subject,
+            body_text=rendered.text,
+            body_html=rendered.html,
+            headers=dict(rendered.headers),
+            status="pending",
+            last_error=None,
+        )
         result.emailed = [e["id"] for e in fresh]
         metrics.ALERT_NOTIFICATIONS.labels("email", "queued").inc()
     if not settings.alert_webhook_url:
@@ -120,11 +136,17 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
         "event": "alerts_opened",
         "health_url": f"{settings.public_url}/api/v1/admin/health",
         "alerts": [
-            {"alert": e["alert"], "severity": e["severity"], "subject": e["subject"], "detail": e["detail"],
-             "started_at": e["started_at"].isoformat(), "episode_id": e["id"]}
+            {
+                "alert": e["alert"],
+                "severity": e["severity"],
+                "subject": e["subject"],
+                "detail": e["detail"],
+                "started_at": e["started_at"].isoformat(),
+                "episode_id": e["id"],
+            }
             for e in pending
         ],
-    }  # fmt: skip
+    }
     try:
         await post_webhook(rt, settings.alert_webhook_url, payload)
     except FetchError as exc:
@@ -148,11 +170,13 @@ async def post_webhook(rt: Runtime, url: str, payload: dict[str, Any]) -> None:
     try:
         async with (
             aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT), trust_env=False,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT),
+                trust_env=False,
                 headers={"User-Agent": rt.settings.fetch_user_agent},
             ) as session,
             session.post(target, json=payload, allow_redirects=False) as resp,
-        ):  # fmt: skip
+        ):
             if not 200 <= resp.status < 300:
                 raise FetchError("http_status", f"webhook answered HTTP {resp.status}", status=resp.status, url=url)
     except FetchError:

@@ -226,8 +226,9 @@ def manifest_of(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-async def backup(settings: Settings, out_dir: Path | None = None, *, keep_days: int = 7,
-                 progress: Progress = _quiet) -> BackupResult:  # fmt: skip
+async def backup(
+    settings: Settings, out_dir: Path | None = None, *, keep_days: int = 7, progress: Progress = _quiet
+) -> BackupResult:
     """pg_dump the database into out_dir (default <data dir>/backups), write the manifest, prune old backups.
 
     Row counts are taken in the exported snapshot pg_dump then dumps, so the manifest describes exactly the
@@ -250,8 +251,10 @@ async def backup(settings: Settings, out_dir: Path | None = None, *, keep_days: 
             migration = await _migration_version(conn)
             database = await conn.fetchval("SELECT current_database()")
             server_version = await conn.fetchval("SHOW server_version")
-            progress(f"backup: dumping {len(tables)} tables ({sum(tables.values())} rows, schema "
-                     f"{migration:04d}) of {database} with pg_dump {tools.major} to {path}")  # fmt: skip
+            progress(
+                f"backup: dumping {len(tables)} tables ({sum(tables.values())} rows, schema "
+                f"{migration:04d}) of {database} with pg_dump {tools.major} to {path}"
+            )
             try:
                 await _pg_dump(tools, dsn, snapshot, partial, len(tables), progress)
             except BaseException:
@@ -275,18 +278,33 @@ async def backup(settings: Settings, out_dir: Path | None = None, *, keep_days: 
     manifest_path = manifest_of(path)
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     removed = prune(out_dir, keep_days, now=now, keep={path})
-    return BackupResult(path, manifest_path, size, time.monotonic() - started, tables, migration,
-                        f"{tools('pg_dump')} ({tools.major})", removed)  # fmt: skip
+    return BackupResult(
+        path,
+        manifest_path,
+        size,
+        time.monotonic() - started,
+        tables,
+        migration,
+        f"{tools('pg_dump')} ({tools.major})",
+        removed,
+    )
 
 
 async def _pg_dump(tools: Tools, dsn: str, snapshot: str, target: Path, n_tables: int, progress: Progress) -> None:
     uri, env = libpq_env(dsn)
     argv = [
-        tools("pg_dump"), "--format=custom", "--compress=6", "--verbose", f"--snapshot={snapshot}",
-        "--lock-wait-timeout=60s", f"--file={target}", f"--dbname={uri}",
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        tools("pg_dump"),
+        "--format=custom",
+        "--compress=6",
+        "--verbose",
+        f"--snapshot={snapshot}",
+        "--lock-wait-timeout=60s",
+        f"--file={target}",
+        f"--dbname={uri}",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
     assert proc.stderr is not None
     tail: list[str] = []
     done = 0
@@ -300,8 +318,12 @@ async def _pg_dump(tools: Tools, dsn: str, snapshot: str, target: Path, n_tables
                 name = line.rsplit("table", 1)[-1].strip().strip('"')
                 size = target.stat().st_size if target.exists() else 0
                 if tty:
-                    print(f"\r\033[Kbackup: table {done}/{n_tables} {name} ({_human(size)})", end="",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"\r\033[Kbackup: table {done}/{n_tables} {name} ({_human(size)})",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         code = await proc.wait()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
@@ -489,8 +511,10 @@ async def restore(settings: Settings, path: Path, *, yes: bool = False, progress
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         if others:
-            progress(f"restore: warning: {others} other connections to this database (stop the api and "
-                     "workers first; the restore waits for their locks)")  # fmt: skip
+            progress(
+                f"restore: warning: {others} other connections to this database (stop the api and "
+                "workers first; the restore waits for their locks)"
+            )
     uri, env = libpq_env(dsn)
     progress(f"restore: reading {path.name} with pg_restore {tools.major}")
     toc = await _run([tools("pg_restore"), "--list", str(path)], env, "pg_restore --list (is this a backup?)")
@@ -510,23 +534,38 @@ async def restore(settings: Settings, path: Path, *, yes: bool = False, progress
     return RestoreResult(path, time.monotonic() - started, tables, expected, st.current, st.head, filled)
 
 
-async def _restore_pipe(tools: Tools, uri: str, env: dict[str, str], archive: Path, listing: Path,
-                        wipe: Path) -> None:  # fmt: skip
+async def _restore_pipe(tools: Tools, uri: str, env: dict[str, str], archive: Path, listing: Path, wipe: Path) -> None:
     """pg_restore (archive -> SQL) relayed into psql --single-transaction (wipe + SQL): all or nothing.
 
     The relay, not a shell pipe, closes psql's input: only after pg_restore exited 0 does psql see the end of
     its script and commit; if pg_restore fails, psql is killed mid-transaction and the database is untouched.
     """
     producer = await asyncio.create_subprocess_exec(
-        tools("pg_restore"), "--no-owner", "--no-privileges", f"--use-list={listing}", "--file=-", str(archive),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1 << 20,
-    )  # fmt: skip
+        tools("pg_restore"),
+        "--no-owner",
+        "--no-privileges",
+        f"--use-list={listing}",
+        "--file=-",
+        str(archive),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=1 << 20,
+    )
     consumer = await asyncio.create_subprocess_exec(
-        tools("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
-        f"--file={wipe}", "--file=-", f"--dbname={uri}",
+        tools("psql"),
+        "--no-psqlrc",
+        "--quiet",
+        "--set=ON_ERROR_STOP=1",
+        "--single-transaction",
+        f"--file={wipe}",
+        "--file=-",
+        f"--dbname={uri}",
         env={**env, "PGOPTIONS": "-c client_min_messages=warning"},
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert producer.stdout and producer.stderr and consumer.stdin and consumer.stderr
     perr_task = asyncio.create_task(producer.stderr.read())
     cerr_task = asyncio.create_task(consumer.stderr.read())

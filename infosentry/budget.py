@@ -108,8 +108,9 @@ async def allow(rt: Runtime, kind: str) -> tuple[bool, str | None]:
     return True, None
 
 
-async def charge(rt: Runtime, kind: str, *, tokens: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0,
-                 calls: int = 1) -> dict[str, Any]:  # fmt: skip
+async def charge(
+    rt: Runtime, kind: str, *, tokens: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0, calls: int = 1
+) -> dict[str, Any]:
     """Record a finished call's usage (atomically) and open the breaker if a cap is now reached.
 
     embed: `tokens` (billed input tokens), `calls` HTTP requests; judge: `prompt_tokens`, `completion_tokens`,
@@ -126,8 +127,15 @@ async def charge(rt: Runtime, kind: str, *, tokens: int = 0, prompt_tokens: int 
     else:
         metrics.LLM_TOKENS.labels(kind, "prompt").inc(prompt_tokens)
         metrics.LLM_TOKENS.labels(kind, "completion").inc(completion_tokens)
-        row = await store.add(rt.pool, day, rt.settings.tz, llm_calls=calls, llm_prompt_tokens=prompt_tokens,
-                              llm_completion_tokens=completion_tokens, llm_usd=usd)  # fmt: skip
+        row = await store.add(
+            rt.pool,
+            day,
+            rt.settings.tz,
+            llm_calls=calls,
+            llm_prompt_tokens=prompt_tokens,
+            llm_completion_tokens=completion_tokens,
+            llm_usd=usd,
+        )
     if not row["breaker_open"]:
         opened = await store.open_if_over(
             rt.pool, day, usd_cap=float(rt.hot["DAILY_USD_BUDGET"]), judge_cap=int(rt.hot["JUDGE_PER_DAY"])
@@ -154,8 +162,9 @@ async def force_open(rt: Runtime, reason: str) -> dict[str, Any]:
     return _view(rt, day, row)
 
 
-async def record_call(rt: Runtime, kind: str, *, ok: bool, http_status: int | None = None, error: str | None = None,
-                      latency_ms: int = 0) -> None:  # fmt: skip
+async def record_call(
+    rt: Runtime, kind: str, *, ok: bool, http_status: int | None = None, error: str | None = None, latency_ms: int = 0
+) -> None:
     """One row in external_calls per HTTP attempt to an embedding or LLM endpoint (error-rate alert)."""
     if kind not in KINDS:
         raise ValueError(f"unknown budget kind {kind!r}")
@@ -177,5 +186,8 @@ def _outcome(ok: bool, http_status: int | None, error: str | None) -> str:
 
 def _log_open(row: asyncpg.Record | None) -> None:
     if row is not None and row["breaker_open"]:
-        log.warning("budget breaker open: %s", row["breaker_reason"],
-                    extra={"action": "budget_breaker_open", "reason": row["breaker_reason"]})  # fmt: skip
+        log.warning(
+            "budget breaker open: %s",
+            row["breaker_reason"],
+            extra={"action": "budget_breaker_open", "reason": row["breaker_reason"]},
+        )

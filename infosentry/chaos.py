@@ -85,9 +85,13 @@ class Report:
 
     def lines(self) -> list[str]:
         out = [f"chaos {self.drill}: {'OK' if self.ok else 'PROBLEMS'}"]
-        for title, items in (("injected", self.injected), ("degraded", self.degraded),
-                             ("kept working", self.kept_working), ("problems", self.problems),
-                             ("notes", self.notes)):  # fmt: skip
+        for title, items in (
+            ("injected", self.injected),
+            ("degraded", self.degraded),
+            ("kept working", self.kept_working),
+            ("problems", self.problems),
+            ("notes", self.notes),
+        ):
             for item in items:
                 out.append(f"  {title + ':':<14}{item}")
         if self.timings:
@@ -152,8 +156,14 @@ def _remove_fault(settings: Settings, fault_id: str) -> None:
 
 
 def _new_fault(drill: str) -> dict[str, Any]:
-    return {"id": f"{drill}-{int(time.time() * 1000)}", "drill": drill, "since": _now().isoformat(),
-            "processes": [], "config": {}, "breaker": False}  # fmt: skip
+    return {
+        "id": f"{drill}-{int(time.time() * 1000)}",
+        "drill": drill,
+        "since": _now().isoformat(),
+        "processes": [],
+        "config": {},
+        "breaker": False,
+    }
 
 
 # --- processes the drills own ------------------------------------------------------------------------------
@@ -187,8 +197,13 @@ def spawn(settings: Settings, args: list[str], *, overrides: dict[str, str], nam
             start_new_session=True,  # a Ctrl-C of the drill does not reach it; recover stops it
             close_fds=True,
         )
-    return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "name": name,
-            "cmd": " ".join(args), "log": str(log_path)}  # fmt: skip
+    return {
+        "pid": proc.pid,
+        "create_time": psutil.Process(proc.pid).create_time(),
+        "name": name,
+        "cmd": " ".join(args),
+        "log": str(log_path),
+    }
 
 
 def _process(entry: dict[str, Any]) -> psutil.Process | None:
@@ -301,9 +316,7 @@ async def _wait_heartbeat(pool: asyncpg.Pool, pid: int, timeout: float) -> bool:
     host = socket.gethostname()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await pool.fetchval(
-            "SELECT 1 FROM worker_heartbeats WHERE host = $1 AND pid = $2", host, pid
-        ):  # fmt: skip
+        if await pool.fetchval("SELECT 1 FROM worker_heartbeats WHERE host = $1 AND pid = $2", host, pid):
             return True
         await asyncio.sleep(0.2)
     return False
@@ -322,8 +335,9 @@ async def _config_fault(rt: Runtime, fault: dict[str, Any], changes: dict[str, A
     await config_store.set_values(rt.pool, changes, who=f"{WHO}:{fault['drill']}")
 
 
-async def _watch(rt: Runtime, report: Report, since: datetime, seconds: float, procs: list[dict[str, Any]],
-                 progress: Progress) -> dict[str, Any]:  # fmt: skip
+async def _watch(
+    rt: Runtime, report: Report, since: datetime, seconds: float, procs: list[dict[str, Any]], progress: Progress
+) -> dict[str, Any]:
     """Observe the pipeline for `seconds`, checking that the drill's processes are alive."""
     deadline = time.monotonic() + seconds
     obs = await observe(rt.pool, since)
@@ -335,9 +349,11 @@ async def _watch(rt: Runtime, report: Report, since: datetime, seconds: float, p
         if dead:
             report.fail(f"drill-owned process crashed: {', '.join(dead)} (see {procs[0]['log']})")
             break
-        line = (f"  +{(_now() - since).total_seconds():.0f}s: runs {obs['runs']} decisions {obs['decisions']} "
-                f"inbox +{obs['inbox_new']} emails waiting {obs['emails_waiting']} "
-                f"pending embeddings {obs['items_pending_embedding']}")  # fmt: skip
+        line = (
+            f"  +{(_now() - since).total_seconds():.0f}s: runs {obs['runs']} decisions {obs['decisions']} "
+            f"inbox +{obs['inbox_new']} emails waiting {obs['emails_waiting']} "
+            f"pending embeddings {obs['items_pending_embedding']}"
+        )
         if line.split(":", 1)[1] != last_line:
             progress(line)
             last_line = line.split(":", 1)[1]
@@ -354,22 +370,50 @@ async def drill_openai(settings: Settings, *, watch: float = 20.0, progress: Pro
         "OPENAI_API_KEY": settings.openai_api_key or "chaos-drill-key",
         "EMBED_PROVIDER": settings.embed_provider,  # a dummy key must not switch the embedder
     }
-    return await _process_drill(settings, report, queues=["embed", "agent"], overrides=overrides, watch=watch,
-                                what=f"OpenAI endpoint {url} (refusing)", progress=progress)  # fmt: skip
+    return await _process_drill(
+        settings,
+        report,
+        queues=["embed", "agent"],
+        overrides=overrides,
+        watch=watch,
+        what=f"OpenAI endpoint {url} (refusing)",
+        progress=progress,
+    )
 
 
 async def drill_smtp(settings: Settings, *, watch: float = 20.0, progress: Progress = _quiet) -> Report:
     """A worker of ours on the email queue whose SMTP server refuses every connection."""
     report = Report("smtp")
     port = refusing_port()
-    overrides = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_TLS": "false", "SMTP_SSL": "false",
-                 "SMTP_USER": "", "SMTP_PASSWORD": ""}  # fmt: skip
-    return await _process_drill(settings, report, queues=["email"], overrides=overrides, watch=watch,
-                                what=f"SMTP server 127.0.0.1:{port} (refusing)", progress=progress)  # fmt: skip
+    overrides = {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(port),
+        "SMTP_TLS": "false",
+        "SMTP_SSL": "false",
+        "SMTP_USER": "",
+        "SMTP_PASSWORD": "",
+    }
+    return await _process_drill(
+        settings,
+        report,
+        queues=["email"],
+        overrides=overrides,
+        watch=watch,
+        what=f"SMTP server 127.0.0.1:{port} (refusing)",
+        progress=progress,
+    )
 
 
-async def _process_drill(settings: Settings, report: Report, *, queues: list[str], overrides: dict[str, str],
-                         watch: float, what: str, progress: Progress) -> Report:  # fmt: skip
+async def _process_drill(
+    settings: Settings,
+    report: Report,
+    *,
+    queues: list[str],
+    overrides: dict[str, str],
+    watch: float,
+    what: str,
+    progress: Progress,
+) -> Report:
     _refuse_second(settings, report.drill)
     async with open_runtime(settings, live_config=False, pool_size=3) as rt:
         since = _now()
@@ -378,8 +422,12 @@ async def _process_drill(settings: Settings, report: Report, *, queues: list[str
         fault = _new_fault(report.drill)
         _add_fault(settings, fault)
         started = time.monotonic()
-        entry = spawn(settings, ["infosentry", "worker", *[a for q in queues for a in ("--queue", q)]],
-                      overrides=overrides, name=f"chaos-{report.drill}-worker")  # fmt: skip
+        entry = spawn(
+            settings,
+            ["infosentry", "worker", *[a for q in queues for a in ("--queue", q)]],
+            overrides=overrides,
+            name=f"chaos-{report.drill}-worker",
+        )
         _update_fault(settings, fault["id"], processes=[entry])
         report.injected.append(f"worker pid {entry['pid']} on queue {','.join(queues)} using {what}")
         progress(f"chaos {report.drill}: started worker pid {entry['pid']} ({','.join(queues)}) using {what}")
@@ -414,8 +462,9 @@ def _summarise(report: Report, obs: dict[str, Any]) -> None:
         if runs.get("SUCCESS"):
             report.notes.append(f"{runs['SUCCESS']} LLM judgments succeeded (work taken by other workers?)")
     if report.drill == "smtp" and obs["emails_waiting"]:
-        report.degraded.append(f"{obs['emails_waiting']} emails wait in the outbox "
-                               f"({obs['emails_retrying']} already retried)")  # fmt: skip
+        report.degraded.append(
+            f"{obs['emails_waiting']} emails wait in the outbox ({obs['emails_retrying']} already retried)"
+        )
     if obs["items_new"]:
         report.kept_working.append(f"ingest: {obs['items_new']} new items")
     if obs["matches_new"]:
@@ -429,8 +478,10 @@ def _summarise(report: Report, obs: dict[str, Any]) -> None:
     n = obs["live_processes"]
     report.kept_working.append(f"{n} process{'' if n == 1 else 'es'} with a fresh heartbeat; no crash")
     if obs["jobs_failed"]:
-        report.notes.append(f"{obs['jobs_failed']} jobs failed since the drill started (they are retried by the "
-                            "periodic sweeps; see `infosentry status`)")  # fmt: skip
+        report.notes.append(
+            f"{obs['jobs_failed']} jobs failed since the drill started (they are retried by the "
+            "periodic sweeps; see `infosentry status`)"
+        )
 
 
 async def drill_budget(settings: Settings, *, watch: float = 20.0, progress: Progress = _quiet) -> Report:
@@ -528,8 +579,9 @@ async def recover(settings: Settings, *, timeout: float = 60.0, progress: Progre
             await _restart_backlog(rt, report, drills)
         report.timings["undo"] = time.monotonic() - started
         if faults:
-            progress(f"chaos recover: undone {', '.join(sorted(drills))}; watching the backlog drain "
-                     f"(up to {timeout:.0f} s)")  # fmt: skip
+            progress(
+                f"chaos recover: undone {', '.join(sorted(drills))}; watching the backlog drain (up to {timeout:.0f} s)"
+            )
             await _drain(rt, report, since, drills, timeout, progress)
     return report
 
@@ -554,8 +606,9 @@ async def _restart_backlog(rt: Runtime, report: Report, drills: set[str]) -> Non
                 await jobs.nudge(qapp, task)
 
 
-async def _drain(rt: Runtime, report: Report, since: datetime, drills: set[str], timeout: float,
-                 progress: Progress) -> None:  # fmt: skip
+async def _drain(
+    rt: Runtime, report: Report, since: datetime, drills: set[str], timeout: float, progress: Progress
+) -> None:
     started = time.monotonic()
     waiting_for = []
     if "smtp" in drills:
@@ -570,8 +623,10 @@ async def _drain(rt: Runtime, report: Report, since: datetime, drills: set[str],
     report.timings["drain"] = time.monotonic() - started
     report.data = {"before": first, "after": obs}
     workers = await live_workers(rt.pool)
-    for key, label in (("emails_waiting", "emails waiting in the outbox"),
-                       ("items_pending_embedding", "items waiting for their embedding")):  # fmt: skip
+    for key, label in (
+        ("emails_waiting", "emails waiting in the outbox"),
+        ("items_pending_embedding", "items waiting for their embedding"),
+    ):
         if key not in waiting_for:
             continue
         if obs[key]:
@@ -608,10 +663,24 @@ def restart_embedded(pgdata: Path) -> float:
         kwargs["user"] = owner
     started = time.monotonic()
     proc = subprocess.run(
-        [str(bin_dir / "pg_ctl"), "restart", "-w", "-m", "fast", "-t", "60", "-D", str(pgdata),
-         "-l", str(pgdata / "log")],
-        capture_output=True, text=True, timeout=90, **kwargs,
-    )  # fmt: skip
+        [
+            str(bin_dir / "pg_ctl"),
+            "restart",
+            "-w",
+            "-m",
+            "fast",
+            "-t",
+            "60",
+            "-D",
+            str(pgdata),
+            "-l",
+            str(pgdata / "log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        **kwargs,
+    )
     if proc.returncode != 0:
         raise Unavailable(f"pg_ctl restart failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
     _refresh_embedded_handle(pgdata)
@@ -674,13 +743,20 @@ async def _canary_states(pool: asyncpg.Pool, ids: dict[str, int]) -> dict[str, s
     return {q: found.get(i, "succeeded") for q, i in ids.items()}
 
 
-async def drill_db(settings: Settings, *, timeout: float = 60.0, restart_command: str | None = None,
-                   api_url: str | None = None, progress: Progress = _quiet) -> Report:  # fmt: skip
+async def drill_db(
+    settings: Settings,
+    *,
+    timeout: float = 60.0,
+    restart_command: str | None = None,
+    api_url: str | None = None,
+    progress: Progress = _quiet,
+) -> Report:
     """Restart the database under the running system and measure how every process comes back."""
     report = Report("db")
     with _quiet_pools():
-        await _drill_db(settings, report, timeout=timeout, restart_command=restart_command, api_url=api_url,
-                        progress=progress)  # fmt: skip
+        await _drill_db(
+            settings, report, timeout=timeout, restart_command=restart_command, api_url=api_url, progress=progress
+        )
     return report
 
 
@@ -698,8 +774,15 @@ def _quiet_pools() -> Any:
             lg.setLevel(level)
 
 
-async def _drill_db(settings: Settings, report: Report, *, timeout: float, restart_command: str | None,
-                    api_url: str | None, progress: Progress) -> None:  # fmt: skip
+async def _drill_db(
+    settings: Settings,
+    report: Report,
+    *,
+    timeout: float,
+    restart_command: str | None,
+    api_url: str | None,
+    progress: Progress,
+) -> None:
     pgdata = pgdata_of(settings)
     dsn = db.resolve_dsn(settings)
     pool = await db.create_pool(dsn, min_size=1, max_size=3)
@@ -710,12 +793,20 @@ async def _drill_db(settings: Settings, report: Report, *, timeout: float, resta
             url = (api_url or f"{settings.public_url}/health").rstrip("/")
             api_before = await _http_status(url)
             pre = await _defer_canaries(qapp, queues, delay=1)  # due during the outage
-            jobs_before = {r["status"]: r["n"] for r in await pool.fetch(
-                "SELECT status::text, count(*) AS n FROM procrastinate_jobs GROUP BY 1")}  # fmt: skip
-            report.data["before"] = {"processes": [w["id"] for w in before], "queues": queues,
-                                     "api": api_before, "jobs": jobs_before}  # fmt: skip
-            progress(f"chaos db: {len(before)} live processes ({', '.join(w['id'] for w in before) or 'none'}), "
-                     f"queues {','.join(queues) or 'none'}, api {url}: {api_before or 'unreachable'}")  # fmt: skip
+            jobs_before = {
+                r["status"]: r["n"]
+                for r in await pool.fetch("SELECT status::text, count(*) AS n FROM procrastinate_jobs GROUP BY 1")
+            }
+            report.data["before"] = {
+                "processes": [w["id"] for w in before],
+                "queues": queues,
+                "api": api_before,
+                "jobs": jobs_before,
+            }
+            progress(
+                f"chaos db: {len(before)} live processes ({', '.join(w['id'] for w in before) or 'none'}), "
+                f"queues {','.join(queues) or 'none'}, api {url}: {api_before or 'unreachable'}"
+            )
             since = _now()
             if restart_command:
                 started = time.monotonic()
@@ -732,20 +823,33 @@ async def _drill_db(settings: Settings, report: Report, *, timeout: float, resta
                 cut = await _cut_connections(pool)
                 report.data["mode"] = "terminate"
                 took = time.monotonic() - started
-                report.injected.append(f"terminated {cut} connections to the database (external server; pass "
-                                       "--restart-command to restart it for real)")  # fmt: skip
+                report.injected.append(
+                    f"terminated {cut} connections to the database (external server; pass "
+                    "--restart-command to restart it for real)"
+                )
             report.timings["restart"] = took
             restarted_at = _now()
             progress(f"chaos db: {report.injected[-1]}; watching processes reconnect (up to {timeout:.0f} s)")
-            await _await_reconnect(pool, qapp, report, before, queues, pre, url, api_before, restarted_at,
-                                   since, timeout)  # fmt: skip
+            await _await_reconnect(
+                pool, qapp, report, before, queues, pre, url, api_before, restarted_at, since, timeout
+            )
     finally:
         await pool.close()
 
 
-async def _await_reconnect(pool: asyncpg.Pool, qapp: Any, report: Report, before: list[dict[str, Any]],
-                           queues: list[str], pre: dict[str, int], url: str, api_before: int | None,
-                           restarted_at: datetime, since: datetime, timeout: float) -> None:  # fmt: skip
+async def _await_reconnect(
+    pool: asyncpg.Pool,
+    qapp: Any,
+    report: Report,
+    before: list[dict[str, Any]],
+    queues: list[str],
+    pre: dict[str, int],
+    url: str,
+    api_before: int | None,
+    restarted_at: datetime,
+    since: datetime,
+    timeout: float,
+) -> None:
     started = time.monotonic()
     db_back = api_back = None
     post: dict[str, int] = {}
@@ -768,10 +872,17 @@ async def _await_reconnect(pool: asyncpg.Pool, qapp: Any, report: Report, before
         for w in before:
             if w["id"] not in back and seen.get(w["id"]) and seen[w["id"]] > restarted_at:
                 back[w["id"]] = elapsed
-        canaries = await _canary_states(pool, {f"{q} (due during restart)": i for q, i in pre.items()}
-                                        | {f"{q} (after restart)": i for q, i in post.items()})  # fmt: skip
-        done = (len(back) == len(before) and (api_before != 200 or api_back is not None)
-                and db_back is not None and all(s == "succeeded" for s in canaries.values()))  # fmt: skip
+        canaries = await _canary_states(
+            pool,
+            {f"{q} (due during restart)": i for q, i in pre.items()}
+            | {f"{q} (after restart)": i for q, i in post.items()},
+        )
+        done = (
+            len(back) == len(before)
+            and (api_before != 200 or api_back is not None)
+            and db_back is not None
+            and all(s == "succeeded" for s in canaries.values())
+        )
         if done:
             break
         await asyncio.sleep(0.3)
@@ -796,8 +907,10 @@ async def _await_reconnect(pool: asyncpg.Pool, qapp: Any, report: Report, before
         if state == "succeeded":
             report.kept_working.append(f"queue {name}: canary job done")
         else:
-            report.fail(f"queue {name}: canary job still {state}: no worker of that queue is taking jobs "
-                        "(its procrastinate worker did not survive the restart)")  # fmt: skip
+            report.fail(
+                f"queue {name}: canary job still {state}: no worker of that queue is taking jobs "
+                "(its procrastinate worker did not survive the restart)"
+            )
     failed = await pool.fetchval("SELECT count(*) FROM procrastinate_events WHERE type = 'failed' AND at >= $1", since)
     if failed:
         report.fail(f"{failed} jobs failed during the restart")
@@ -866,8 +979,14 @@ async def _wait_for(predicate: Callable[[], Any], timeout: float, interval: floa
     return None
 
 
-async def drill_worker(settings: Settings, *, seconds: float = 10.0, fast: bool = False, timeout: float = 150.0,
-                       progress: Progress = _quiet) -> Report:  # fmt: skip
+async def drill_worker(
+    settings: Settings,
+    *,
+    seconds: float = 10.0,
+    fast: bool = False,
+    timeout: float = 150.0,
+    progress: Progress = _quiet,
+) -> Report:
     """Start a worker of ours, give it a slow job, SIGKILL it mid-job; the job must be retried (procrastinate's
     stalled-job recovery, run by the `maintenance` task) and completed by another worker, exactly once."""
     report = Report("worker")
@@ -883,13 +1002,14 @@ async def drill_worker(settings: Settings, *, seconds: float = 10.0, fast: bool 
         async with jobs.open_queue(dsn, max_size=2) as qapp:
             agents = [w for w in await live_workers(pool) if "agent" in w["queues"]]
             if not agents:
-                report.notes.append("no live worker serves queue agent, where `maintenance` runs: the killed job "
-                                    "cannot be recovered until one does")  # fmt: skip
+                report.notes.append(
+                    "no live worker serves queue agent, where `maintenance` runs: the killed job "
+                    "cannot be recovered until one does"
+                )
             first = spawn(settings, ["infosentry.chaos", "probe-worker", queue], overrides={}, name="chaos-worker-a")
             procs.append(first)
             _update_fault(settings, fault["id"], processes=[first])
-            job_id = await qapp.configure_task(name=PROBE_TASK, queue=queue).defer_async(seconds=seconds,
-                                                                                          log=str(log))  # fmt: skip
+            job_id = await qapp.configure_task(name=PROBE_TASK, queue=queue).defer_async(seconds=seconds, log=str(log))
             report.injected.append(f"slow job {job_id} ({seconds:.0f} s) on queue {queue}, worker A pid {first['pid']}")
             progress(f"chaos worker: job {job_id} deferred; waiting for worker A (pid {first['pid']}) to start it")
             started = await _wait_for(lambda: [r for r in _probe_log(log) if r["event"] == "start"], 30)
@@ -901,8 +1021,9 @@ async def drill_worker(settings: Settings, *, seconds: float = 10.0, fast: bool 
             killed_at = time.time()
             _forget_handle(settings, first["pid"])
             report.injected.append(f"SIGKILL worker A (pid {first['pid']}) mid-job")
-            row = await pool.fetchrow("SELECT status::text AS status, worker_id FROM procrastinate_jobs WHERE id = $1",
-                                      job_id)  # fmt: skip
+            row = await pool.fetchrow(
+                "SELECT status::text AS status, worker_id FROM procrastinate_jobs WHERE id = $1", job_id
+            )
             if row is None or row["status"] != "doing":
                 report.fail(f"after the kill the job is {dict(row) if row else 'gone'}, expected 'doing'")
                 return report
@@ -916,8 +1037,10 @@ async def drill_worker(settings: Settings, *, seconds: float = 10.0, fast: bool 
                 if row["worker_id"] is not None:
                     await qapp.job_manager.unregister_worker(row["worker_id"])
                 await qapp.configure_task(name="maintenance").defer_async(timestamp=int(time.time()))
-                report.notes.append("--fast: worker A was unregistered and `maintenance` deferred at once (without "
-                                    "--fast, detection takes 30 s of missing heartbeats + up to 60 s)")  # fmt: skip
+                report.notes.append(
+                    "--fast: worker A was unregistered and `maintenance` deferred at once (without "
+                    "--fast, detection takes 30 s of missing heartbeats + up to 60 s)"
+                )
             progress(f"chaos worker: worker B (pid {second['pid']}) up; waiting for the job to be retried")
             done = await _wait_for(
                 lambda: [r for r in _probe_log(log) if r["event"] == "done"], timeout + seconds, interval=0.2
@@ -933,8 +1056,10 @@ async def drill_worker(settings: Settings, *, seconds: float = 10.0, fast: bool 
             else:
                 report.timings["kill_to_done"] = done[0]["at"] - killed_at
                 attempt = f"attempt {retried[0]['attempts'] + 1}, " if retried else ""
-                report.kept_working.append(f"job {job_id} retried ({attempt}worker B) and completed exactly once, "
-                                           f"{report.timings['kill_to_done']:.1f} s after the kill")  # fmt: skip
+                report.kept_working.append(
+                    f"job {job_id} retried ({attempt}worker B) and completed exactly once, "
+                    f"{report.timings['kill_to_done']:.1f} s after the kill"
+                )
             left = await pool.fetchval("SELECT status::text FROM procrastinate_jobs WHERE id = $1", job_id)
             if left not in (None, "succeeded"):
                 report.fail(f"job {job_id} ended as {left}")
@@ -954,20 +1079,26 @@ async def status(settings: Settings) -> dict[str, Any]:
     """Injected faults (with their processes' liveness) and a health summary."""
     faults = []
     for fault in load_state(settings)["faults"]:
-        faults.append({
-            "drill": fault["drill"],
-            "since": fault["since"],
-            "processes": [{"pid": p["pid"], "name": p["name"], "alive": alive(p), "log": p["log"]}
-                          for p in fault.get("processes", [])],
-            "config": {k: {"was": v["old"] if v["had"] else "default"} for k, v in fault.get("config", {}).items()},
-            "breaker_forced": fault.get("breaker", False),
-        })  # fmt: skip
+        faults.append(
+            {
+                "drill": fault["drill"],
+                "since": fault["since"],
+                "processes": [
+                    {"pid": p["pid"], "name": p["name"], "alive": alive(p), "log": p["log"]}
+                    for p in fault.get("processes", [])
+                ],
+                "config": {k: {"was": v["old"] if v["had"] else "default"} for k, v in fault.get("config", {}).items()},
+                "breaker_forced": fault.get("breaker", False),
+            }
+        )
     summary: dict[str, Any] = {"faults": faults}
     try:
         async with open_runtime(settings, live_config=False, pool_size=2) as rt:
             summary["health"] = await _health(rt)
-            summary["switches"] = {k: rt.hot[k] for k in ("LLM_ENABLED", "EMBEDDING_ENABLED", "IMMEDIATE_ENABLED",
-                                                          "EMAIL_ENABLED", "DAILY_USD_BUDGET")}  # fmt: skip
+            summary["switches"] = {
+                k: rt.hot[k]
+                for k in ("LLM_ENABLED", "EMBEDDING_ENABLED", "IMMEDIATE_ENABLED", "EMAIL_ENABLED", "DAILY_USD_BUDGET")
+            }
             summary["workers"] = [
                 {"id": w["id"], "role": w["role"], "queues": w["queues"]} for w in await live_workers(rt.pool)
             ]
@@ -995,8 +1126,9 @@ def status_lines(summary: dict[str, Any]) -> list[str]:
     if not summary["faults"]:
         out.append("injected faults: none")
     for fault in summary["faults"]:
-        procs = ", ".join(f"{p['name']} pid {p['pid']} {'running' if p['alive'] else 'GONE'}"
-                          for p in fault["processes"])  # fmt: skip
+        procs = ", ".join(
+            f"{p['name']} pid {p['pid']} {'running' if p['alive'] else 'GONE'}" for p in fault["processes"]
+        )
         conf = ", ".join(f"{k} (was {json.dumps(v['was'])})" for k, v in fault["config"].items())
         parts = [x for x in (procs, conf, "breaker forced open" if fault["breaker_forced"] else "") if x]
         out.append(f"injected: {fault['drill']} since {fault['since'][:19]}Z: {'; '.join(parts)}")
@@ -1008,18 +1140,28 @@ def status_lines(summary: dict[str, Any]) -> list[str]:
         out.append(f"  alert {alert}")
     if "switches" in summary:
         out.append("switches: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in summary["switches"].items()))
-        out.append("live processes: " + (", ".join(f"{w['id']} ({','.join(w['queues']) or w['role']})"
-                                                   for w in summary["workers"]) or "none"))  # fmt: skip
+        out.append(
+            "live processes: "
+            + (", ".join(f"{w['id']} ({','.join(w['queues']) or w['role']})" for w in summary["workers"]) or "none")
+        )
         p = summary["pipeline_last_hour"]
-        out.append(f"last hour: items +{p['items_new']}, matches +{p['matches_new']}, runs {p['runs']}, "
-                   f"decisions {p['decisions']}, inbox +{p['inbox_new']}, emails sent {p['emails_sent']}, "
-                   f"waiting {p['emails_waiting']}, pending embeddings {p['items_pending_embedding']}")  # fmt: skip
+        out.append(
+            f"last hour: items +{p['items_new']}, matches +{p['matches_new']}, runs {p['runs']}, "
+            f"decisions {p['decisions']}, inbox +{p['inbox_new']}, emails sent {p['emails_sent']}, "
+            f"waiting {p['emails_waiting']}, pending embeddings {p['items_pending_embedding']}"
+        )
     return out
 
 
 async def run_drill(settings: Settings, drill: str, progress: Progress = _quiet, **options: Any) -> Report:
-    functions = {"openai": drill_openai, "smtp": drill_smtp, "db": drill_db, "worker": drill_worker,
-                 "budget": drill_budget, "recover": recover}  # fmt: skip
+    functions = {
+        "openai": drill_openai,
+        "smtp": drill_smtp,
+        "db": drill_db,
+        "worker": drill_worker,
+        "budget": drill_budget,
+        "recover": recover,
+    }
     if drill not in functions:
         raise Invalid(f"unknown drill {drill!r}; one of {', '.join(functions)}")
     return await functions[drill](settings, progress=progress, **options)

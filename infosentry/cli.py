@@ -231,11 +231,10 @@ def config_get(ctx: click.Context, key: str | None, as_json: bool) -> None:
     async def body(rt: Runtime) -> list[dict[str, Any]]:
         overrides = await config_store.rows(rt.pool)
         return [
-            {"key": name, "value": rt.hot[name], "source": "table" if name in overrides else "default",
-             "help": k.help}
+            {"key": name, "value": rt.hot[name], "source": "table" if name in overrides else "default", "help": k.help}
             for name, k in hotconfig.KEYS.items()
             if key is None or name == key.upper()
-        ]  # fmt: skip
+        ]
 
     if key is not None and key.upper() not in hotconfig.KEYS:
         raise Invalid(f"unknown config key {key!r}")
@@ -277,8 +276,11 @@ def user_create(ctx: click.Context, email: str, admin: bool, display_name: str) 
     """Create a user."""
     if "@" not in email:
         raise Invalid(f"{email!r} is not an email address")
-    row = run(with_rt(settings_of(ctx), lambda rt: accounts.create_user(rt.pool, email, is_admin=admin,
-                                                                         display_name=display_name)))  # fmt: skip
+    row = run(
+        with_rt(
+            settings_of(ctx), lambda rt: accounts.create_user(rt.pool, email, is_admin=admin, display_name=display_name)
+        )
+    )
     click.echo(f"user {row['id']} {row['email']}" + (" (admin)" if row["is_admin"] else ""))
 
 
@@ -301,8 +303,15 @@ def token_create(ctx: click.Context, email: str, scopes: tuple[str, ...], name: 
         granted = auth.expand_scopes(list(scopes), is_admin=u["is_admin"])
         value = auth.new_token()
         expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
-        await accounts.insert_token(rt.pool, user_id=u["id"], token_hash=auth.hash_token(value), prefix=value[:10],
-                                    scopes=granted, name=name, expires_at=expires)  # fmt: skip
+        await accounts.insert_token(
+            rt.pool,
+            user_id=u["id"],
+            token_hash=auth.hash_token(value),
+            prefix=value[:10],
+            scopes=granted,
+            name=name,
+            expires_at=expires,
+        )
         return value
 
     click.echo(run(with_rt(settings_of(ctx), body)))
@@ -383,8 +392,13 @@ def _echo_report(report: dict[str, list[dict[str, Any]]], as_json: bool) -> None
 
 @source.command("add")
 @click.argument("url")
-@click.option("--type", "kind", type=click.Choice(["rss", "site", "hotlist"]), default=None,
-              help="Default: rss, with feed discovery when URL is a web page.")  # fmt: skip
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["rss", "site", "hotlist"]),
+    default=None,
+    help="Default: rss, with feed discovery when URL is a web page.",
+)
 @click.option("--interval", type=click.IntRange(60, 86400), default=None, help="Seconds between fetches.")
 @click.option("--name", default=None)
 @click.option("--config", "config_json", default=None, help="JSON object: site selectors, hot-list params, headers.")
@@ -392,8 +406,17 @@ def _echo_report(report: dict[str, list[dict[str, Any]]], as_json: bool) -> None
 @click.option("--no-discover", is_flag=True, help="Take URL as the feed URL without looking at it.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def source_add(ctx: click.Context, url: str, kind: str | None, interval: int | None, name: str | None,
-               config_json: str | None, email: str | None, no_discover: bool, as_json: bool) -> None:  # fmt: skip
+def source_add(
+    ctx: click.Context,
+    url: str,
+    kind: str | None,
+    interval: int | None,
+    name: str | None,
+    config_json: str | None,
+    email: str | None,
+    no_discover: bool,
+    as_json: bool,
+) -> None:
     """Add a source and subscribe to it; a web page URL is replaced by the feed it advertises."""
     from infosentry import ingest
     from infosentry.fetch import FetchError
@@ -445,8 +468,22 @@ def source_list(ctx: click.Context, email: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    echo_table(rows, ["id", "type", "enabled", "subscribers", "name", "url", "last_success_at", "next_fetch_at",
-                      "error_streak", "last_error_kind", "items_24h"])  # fmt: skip
+    echo_table(
+        rows,
+        [
+            "id",
+            "type",
+            "enabled",
+            "subscribers",
+            "name",
+            "url",
+            "last_success_at",
+            "next_fetch_at",
+            "error_streak",
+            "last_error_kind",
+            "items_24h",
+        ],
+    )
 
 
 @source.command("import-opml")
@@ -495,9 +532,11 @@ def source_refresh(ctx: click.Context, source_id: int, as_json: bool) -> None:
     elif result["status"] == "error":
         click.echo(f"source {source_id}: error ({result.get('error_kind')}): {result.get('error')}")
     else:
-        click.echo(f"source {source_id}: {result['status']} (HTTP {result.get('http_status')}), "
-                   f"{result['fetched']} fetched, {result['new']} new, {result['duplicate']} duplicate, "
-                   f"{result['duration_ms']} ms; next fetch {_cell(result.get('next_fetch_at'))} UTC")  # fmt: skip
+        click.echo(
+            f"source {source_id}: {result['status']} (HTTP {result.get('http_status')}), "
+            f"{result['fetched']} fetched, {result['new']} new, {result['duplicate']} duplicate, "
+            f"{result['duration_ms']} ms; next fetch {_cell(result.get('next_fetch_at'))} UTC"
+        )
     if result["status"] == "error":
         sys.exit(1)
 
@@ -547,18 +586,38 @@ def goal() -> None:
 @click.option("--description", required=True, help="What you want to hear about, in your own words.")
 @click.option("--term", "terms", multiple=True, help="Priority term (repeat).")
 @click.option("--negative", "negatives", multiple=True, help="Negative term: a hit is never pushed (repeat).")
-@click.option("--mode", type=click.Choice(["soft", "strict"], case_sensitive=False), default="soft", show_default=True,
-              help="strict: without a priority-term hit an item is never an instant alert.")  # fmt: skip
+@click.option(
+    "--mode",
+    type=click.Choice(["soft", "strict"], case_sensitive=False),
+    default="soft",
+    show_default=True,
+    help="strict: without a priority-term hit an item is never an instant alert.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def goal_add(ctx: click.Context, email: str | None, name: str, description: str, terms: tuple[str, ...],
-             negatives: tuple[str, ...], mode: str, as_json: bool) -> None:  # fmt: skip
+def goal_add(
+    ctx: click.Context,
+    email: str | None,
+    name: str,
+    description: str,
+    terms: tuple[str, ...],
+    negatives: tuple[str, ...],
+    mode: str,
+    as_json: bool,
+) -> None:
     """Add a goal; it is embedded and scored against the last 72 h of items by the embed job."""
     from infosentry.api import goals as goals_api
 
-    fields = goals_api.validate({"name": name, "description": description, "priority_terms": list(terms),
-                                 "negative_terms": list(negatives), "priority_mode": mode.upper()},
-                                creating=True)  # fmt: skip
+    fields = goals_api.validate(
+        {
+            "name": name,
+            "description": description,
+            "priority_terms": list(terms),
+            "negative_terms": list(negatives),
+            "priority_mode": mode.upper(),
+        },
+        creating=True,
+    )
 
     async def body(rt: Runtime) -> dict[str, Any]:
         user_id = await _subscriber(rt, email)
@@ -597,8 +656,21 @@ def goal_list(ctx: click.Context, email: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    echo_table(rows, ["id", "email", "status", "priority_mode", "name", "priority_terms", "embedded", "backfilled",
-                      "match_count", "pushed_count"])  # fmt: skip
+    echo_table(
+        rows,
+        [
+            "id",
+            "email",
+            "status",
+            "priority_mode",
+            "name",
+            "priority_terms",
+            "embedded",
+            "backfilled",
+            "match_count",
+            "pushed_count",
+        ],
+    )
 
 
 @main.command("budget")
@@ -621,11 +693,15 @@ def budget_cmd(ctx: click.Context, do_reset: bool, as_json: bool) -> None:
     state = f"OPEN ({st['reason']})" if st["breaker_open"] else "closed"
     click.echo(f"budget day   {st['day']} ({st['tz']})")
     click.echo(f"spent        ${st['usd_total']:.6f} of ${st['cap']:.2f} (remaining ${st['remaining_usd']:.6f})")
-    click.echo(f"embeddings   {st['embed_requests']} requests, {st['embed_tokens']} tokens, ${st['embed_usd']:.6f}"
-               f"{'' if st['embedding_enabled'] else '  [EMBEDDING_ENABLED=false]'}")  # fmt: skip
-    click.echo(f"LLM judge    {st['llm_calls']} of {st['judge_cap']} calls, {st['llm_prompt_tokens']} + "
-               f"{st['llm_completion_tokens']} tokens, ${st['llm_usd']:.6f}"
-               f"{'' if st['llm_enabled'] else '  [LLM_ENABLED=false]'}")  # fmt: skip
+    click.echo(
+        f"embeddings   {st['embed_requests']} requests, {st['embed_tokens']} tokens, ${st['embed_usd']:.6f}"
+        f"{'' if st['embedding_enabled'] else '  [EMBEDDING_ENABLED=false]'}"
+    )
+    click.echo(
+        f"LLM judge    {st['llm_calls']} of {st['judge_cap']} calls, {st['llm_prompt_tokens']} + "
+        f"{st['llm_completion_tokens']} tokens, ${st['llm_usd']:.6f}"
+        f"{'' if st['llm_enabled'] else '  [LLM_ENABLED=false]'}"
+    )
     click.echo(f"breaker      {state}")
 
 
@@ -672,8 +748,10 @@ def _summary(name: str, comp: dict[str, Any]) -> str:
         )
     if name == "budget":
         state = "breaker OPEN" if comp.get("breaker_open") else "breaker closed"
-        return (f"{comp.get('day')}: ${comp.get('usd_total')} of ${comp.get('cap')}, "
-                f"{comp.get('llm_calls')}/{comp.get('judge_cap')} judge calls, {state}")  # fmt: skip
+        return (
+            f"{comp.get('day')}: ${comp.get('usd_total')} of ${comp.get('cap')}, "
+            f"{comp.get('llm_calls')}/{comp.get('judge_cap')} judge calls, {state}"
+        )
     if name == "sources":
         return f"{comp['failing_count']} failing"
     if name == "smtp":
@@ -693,14 +771,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
     try:
         report = run(with_rt(settings_of(ctx), health.report))
     except (OSError, InfosentryError) as exc:  # no database at all: that is the critical answer
-        report = {"status": "critical", "checked_at": datetime.now(UTC), "alerts": [],
-                  "components": {"database": {"status": "critical", "error": str(exc)}}}  # fmt: skip
+        report = {
+            "status": "critical",
+            "checked_at": datetime.now(UTC),
+            "alerts": [],
+            "components": {"database": {"status": "critical", "error": str(exc)}},
+        }
     if as_json:
         echo_json(report)
     else:
         click.echo(f"status: {report['status']}")
-        rows = [{"component": n, "status": c["status"], "detail": _summary(n, c)}
-                for n, c in report["components"].items()]  # fmt: skip
+        rows = [
+            {"component": n, "status": c["status"], "detail": _summary(n, c)} for n, c in report["components"].items()
+        ]
         _echo_wide(rows, ["component", "status", "detail"])
         if report["alerts"]:
             click.echo("")
@@ -832,10 +915,20 @@ def _progress(line: str) -> None:
 
 
 @main.command("backup")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory for the backup (default <data dir>/backups).")  # fmt: skip
-@click.option("--keep-days", type=click.IntRange(min=0), default=7, show_default=True,
-              help="Delete backups in that directory older than this; 0 keeps all.")  # fmt: skip
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for the backup (default <data dir>/backups).",
+)
+@click.option(
+    "--keep-days",
+    type=click.IntRange(min=0),
+    default=7,
+    show_default=True,
+    help="Delete backups in that directory older than this; 0 keeps all.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def backup_cmd(ctx: click.Context, out_dir: str | None, keep_days: int, as_json: bool) -> None:
@@ -845,13 +938,16 @@ def backup_cmd(ctx: click.Context, out_dir: str | None, keep_days: int, as_json:
     from infosentry import backup
 
     target = Path(out_dir) if out_dir else None
-    result = run(backup.backup(settings_of(ctx), target, keep_days=keep_days,
-                               progress=_quiet if as_json else _progress))  # fmt: skip
+    result = run(
+        backup.backup(settings_of(ctx), target, keep_days=keep_days, progress=_quiet if as_json else _progress)
+    )
     if as_json:
         echo_json(result.as_dict())
         return
-    click.echo(f"{result.path}  {backup._human(result.size)}  {sum(result.tables.values())} rows in "
-               f"{len(result.tables)} tables, schema {result.migration:04d}, {result.seconds:.1f} s")  # fmt: skip
+    click.echo(
+        f"{result.path}  {backup._human(result.size)}  {sum(result.tables.values())} rows in "
+        f"{len(result.tables)} tables, schema {result.migration:04d}, {result.seconds:.1f} s"
+    )
     for path in result.removed:
         click.echo(f"removed {path} (older than {keep_days} days)")
 
@@ -872,17 +968,25 @@ def restore_cmd(ctx: click.Context, file: str, yes: bool, as_json: bool) -> None
         echo_json(result.as_dict())
     else:
         expected = result.expected or {}
-        rows = [{"table": t, "rows": n, "expected": expected.get(t, "-") if result.expected else "-",
-                 "check": "" if result.expected is None else ("ok" if expected.get(t) == n else "MISMATCH")}
-                for t, n in sorted(result.tables.items())]  # fmt: skip
+        rows = [
+            {
+                "table": t,
+                "rows": n,
+                "expected": expected.get(t, "-") if result.expected else "-",
+                "check": "" if result.expected is None else ("ok" if expected.get(t) == n else "MISMATCH"),
+            }
+            for t, n in sorted(result.tables.items())
+        ]
         echo_table(rows, ["table", "rows", "expected", "check"])
         state = (
             "current"
             if result.migration == result.head
             else ("behind: run 'infosentry migrate'" if result.migration < result.head else "newer than this code")
         )
-        click.echo(f"restored {result.path.name} in {result.seconds:.1f} s: {sum(result.tables.values())} rows, "
-                   f"schema at {result.migration:04d} (head {result.head:04d}, {state})")  # fmt: skip
+        click.echo(
+            f"restored {result.path.name} in {result.seconds:.1f} s: {sum(result.tables.values())} rows, "
+            f"schema at {result.migration:04d} (head {result.head:04d}, {state})"
+        )
     if result.mismatches:
         click.echo(f"error: row counts differ from the backup's manifest: {sorted(result.mismatches)}", err=True)
         sys.exit(1)
@@ -910,8 +1014,13 @@ def _drill(ctx: click.Context, drill: str, as_json: bool, **options: Any) -> Non
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-_watch_option = click.option("--watch", default=20.0, show_default=True, type=click.FloatRange(0, 3600),
-                             help="Seconds to observe the system after injecting the fault.")  # fmt: skip
+_watch_option = click.option(
+    "--watch",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="Seconds to observe the system after injecting the fault.",
+)
 
 
 @chaos_cmd.command("openai")
@@ -943,13 +1052,17 @@ def chaos_budget(ctx: click.Context, watch: float, as_json: bool) -> None:
 
 @chaos_cmd.command("db")
 @click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds to wait for reconnects.")
-@click.option("--restart-command", default=None,
-              help="Shell command restarting an external server ('sudo systemctl restart postgresql').")  # fmt: skip
+@click.option(
+    "--restart-command",
+    default=None,
+    help="Shell command restarting an external server ('sudo systemctl restart postgresql').",
+)
 @click.option("--api-url", default=None, help="Health URL to watch (default PUBLIC_URL/health).")
 @_json_option
 @click.pass_context
-def chaos_db(ctx: click.Context, timeout: float, restart_command: str | None, api_url: str | None,
-             as_json: bool) -> None:  # fmt: skip
+def chaos_db(
+    ctx: click.Context, timeout: float, restart_command: str | None, api_url: str | None, as_json: bool
+) -> None:
     """Restart the database (embedded: pg_ctl restart; external: cut connections or --restart-command)."""
     _drill(ctx, "db", as_json, timeout=timeout, restart_command=restart_command, api_url=api_url)
 

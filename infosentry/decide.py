@@ -202,8 +202,9 @@ def _iso(value: datetime | date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def snapshot_of(row: Mapping[str, Any], policy: Policy, budget_state: Mapping[str, Any] | None,
-                llm_configured: bool) -> dict[str, Any]:  # fmt: skip
+def snapshot_of(
+    row: Mapping[str, Any], policy: Policy, budget_state: Mapping[str, Any] | None, llm_configured: bool
+) -> dict[str, Any]:
     """The full input of one decision: enough to re-decide it later without reading anything else."""
     previous = None
     if row["decision_id"] is not None:
@@ -282,8 +283,14 @@ def _llm_response(judgment: judge.Judgment | None) -> dict[str, Any] | None:
     return _jsonable(judgment.response or {"attempts": judgment.attempts})
 
 
-def _row(snapshot: dict[str, Any], prelim: Prelim, outcome: Outcome, computed_at: datetime,
-         judgment: judge.Judgment | None, latency_ms: int) -> dict[str, Any]:  # fmt: skip
+def _row(
+    snapshot: dict[str, Any],
+    prelim: Prelim,
+    outcome: Outcome,
+    computed_at: datetime,
+    judgment: judge.Judgment | None,
+    latency_ms: int,
+) -> dict[str, Any]:
     output: dict[str, Any] = {**outcome.as_dict(), "prelim": prelim.tier}
     if judgment is not None:
         output["judge"] = judgment.summary()
@@ -363,8 +370,9 @@ async def _decide_lock(rt: Runtime, wait: float, *, key: int = store.DECIDE_LOCK
         await rt.pool.release(conn)
 
 
-async def decide_pending(rt: Runtime, *, items_per_chunk: int = ITEMS_PER_CHUNK,
-                         lock_wait: float = LOCK_WAIT_SECONDS) -> DecideReport:  # fmt: skip
+async def decide_pending(
+    rt: Runtime, *, items_per_chunk: int = ITEMS_PER_CHUNK, lock_wait: float = LOCK_WAIT_SECONDS
+) -> DecideReport:
     """Decide every queued item's matches that need it (new, or re-scored while not yet pushed), by the rules.
 
     Chunk by chunk: candidates are tiered and written in one statement, boundary-band pairs are handed to the
@@ -420,8 +428,9 @@ async def decide_pending(rt: Runtime, *, items_per_chunk: int = ITEMS_PER_CHUNK,
     return report
 
 
-async def judge_pending(rt: Runtime, *, batch: int = JUDGE_BATCH, time_budget: float = JUDGE_TIME_BUDGET,
-                        lock_wait: float = 0.0) -> DecideReport:  # fmt: skip
+async def judge_pending(
+    rt: Runtime, *, batch: int = JUDGE_BATCH, time_budget: float = JUDGE_TIME_BUDGET, lock_wait: float = 0.0
+) -> DecideReport:
     """Judge the boundary pairs in the judge queue (JUDGE_CONCURRENCY calls at once) and write their decisions.
 
     Each pair is re-read first: a pair re-scored out of the band (or whose thresholds or switches changed) is
@@ -444,8 +453,9 @@ async def judge_pending(rt: Runtime, *, batch: int = JUDGE_BATCH, time_budget: f
             policy = Policy.from_hot(rt.hot)
             budget_state = budget_snapshot(await budget.status(rt))
             llm_configured = bool(rt.settings.openai_api_key)
-            rows = await store.pair_candidates(rt.pool, [(e["goal_id"], e["item_id"]) for e in entries],
-                                               digest_min=policy.digest_min)  # fmt: skip
+            rows = await store.pair_candidates(
+                rt.pool, [(e["goal_id"], e["item_id"]) for e in entries], digest_min=policy.digest_min
+            )
             report.candidates += len(rows)
             judged: list[tuple[dict[str, Any], Prelim, datetime]] = []
             plain: list[dict[str, Any]] = []
@@ -455,8 +465,16 @@ async def judge_pending(rt: Runtime, *, batch: int = JUDGE_BATCH, time_budget: f
                 if prelim.needs_llm:
                     judged.append((snapshot, prelim, row["computed_at"]))
                 else:
-                    plain.append(_row(snapshot, prelim, conclude(prelim, None, snapshot["match"]["reasons"]),
-                                      row["computed_at"], None, 0))  # fmt: skip
+                    plain.append(
+                        _row(
+                            snapshot,
+                            prelim,
+                            conclude(prelim, None, snapshot["match"]["reasons"]),
+                            row["computed_at"],
+                            None,
+                            0,
+                        )
+                    )
             report.count(await store.write(rt.pool, plain))
             if judged:
                 await _judge_and_write(rt, judged, report)
@@ -477,8 +495,9 @@ async def judge_pending(rt: Runtime, *, batch: int = JUDGE_BATCH, time_budget: f
     return report
 
 
-async def _judge_and_write(rt: Runtime, boundary: list[tuple[dict[str, Any], Prelim, datetime]],
-                           report: DecideReport) -> None:  # fmt: skip
+async def _judge_and_write(
+    rt: Runtime, boundary: list[tuple[dict[str, Any], Prelim, datetime]], report: DecideReport
+) -> None:
     gate = asyncio.Semaphore(JUDGE_CONCURRENCY)
 
     async def one(snapshot: dict[str, Any], prelim: Prelim, computed_at: datetime) -> dict[str, Any]:
@@ -486,8 +505,9 @@ async def _judge_and_write(rt: Runtime, boundary: list[tuple[dict[str, Any], Pre
             t0 = time.perf_counter()
             judgment = await judge.judge(rt, snapshot)
             latency = int((time.perf_counter() - t0) * 1000)
-        outcome = conclude(prelim, judgment.summary() | {"unexpected": judgment.unexpected},
-                           snapshot["match"]["reasons"])  # fmt: skip
+        outcome = conclude(
+            prelim, judgment.summary() | {"unexpected": judgment.unexpected}, snapshot["match"]["reasons"]
+        )
         return _row(snapshot, prelim, outcome, computed_at, judgment, latency)
 
     rows = await asyncio.gather(*(one(*b) for b in boundary))
@@ -503,11 +523,19 @@ async def requeue_lost(rt: Runtime, *, limit: int = 10_000) -> int:
     """Reconciliation: items of the last two days with a match that needs a decision but is not queued go back
     in the queue (the matcher's triggers make this impossible; this proves it and repairs a manual edit)."""
     now = datetime.now(UTC)
-    lost = await store.undecided_items(rt.pool, since=now - timedelta(days=2), settle=now - timedelta(minutes=2),
-                                       digest_min=float(rt.hot["DIGEST_MIN_SCORE"]), limit=limit)  # fmt: skip
+    lost = await store.undecided_items(
+        rt.pool,
+        since=now - timedelta(days=2),
+        settle=now - timedelta(minutes=2),
+        digest_min=float(rt.hot["DIGEST_MIN_SCORE"]),
+        limit=limit,
+    )
     if lost:
-        log.warning("re-queued %d items with undecided matches", len(lost),
-                    extra={"action": "decide_requeued", "items": len(lost)})  # fmt: skip
+        log.warning(
+            "re-queued %d items with undecided matches",
+            len(lost),
+            extra={"action": "decide_requeued", "items": len(lost)},
+        )
         await store.enqueue(rt.pool, lost)
     return len(lost)
 
@@ -541,11 +569,17 @@ async def replay(rt: Runtime, run: Mapping[str, Any], *, use_llm: bool, threshol
     llm: dict[str, Any] = {"needed": prelim.needs_llm, "source": None}
     if prelim.needs_llm:
         if use_llm:
-            fresh = await judge.judge(rt, snapshot, use_cache=False, write_cache=False, max_attempts=1,
-                                      attempt_timeout=15.0)  # fmt: skip
+            fresh = await judge.judge(
+                rt, snapshot, use_cache=False, write_cache=False, max_attempts=1, attempt_timeout=15.0
+            )
             judgment = fresh.summary() | {"unexpected": fresh.unexpected}
-            llm |= {"source": "live", "answer": fresh.summary(), "response": _jsonable(fresh.response),
-                    "prompt_tokens": fresh.prompt_tokens, "completion_tokens": fresh.completion_tokens}  # fmt: skip
+            llm |= {
+                "source": "live",
+                "answer": fresh.summary(),
+                "response": _jsonable(fresh.response),
+                "prompt_tokens": fresh.prompt_tokens,
+                "completion_tokens": fresh.completion_tokens,
+            }
         else:
             stored = (run.get("output") or {}).get("judge")
             if stored:

@@ -145,16 +145,19 @@ def demo_settings(settings: Settings) -> Settings:
     )
 
 
-async def run(settings: Settings, *, say: Callable[[str], None] = print, fast_forward: bool = True,
-              timeout: float = 50.0) -> DemoResult:  # fmt: skip
+async def run(
+    settings: Settings, *, say: Callable[[str], None] = print, fast_forward: bool = True, timeout: float = 50.0
+) -> DemoResult:
     started = time.perf_counter()
     settings = demo_settings(settings)
     say(f"infosentry demo — data dir {settings.data_dir}")
     dsn = db.resolve_dsn(settings)
     async with db.plain_connection(dsn) as conn:
         applied = await migrate.upgrade(conn)
-    say(f"  database ready ({'embedded Postgres' if not settings.database_url else 'DATABASE_URL'}"
-        f"{f', {len(applied)} migrations applied' if applied else ''})")  # fmt: skip
+    say(
+        f"  database ready ({'embedded Postgres' if not settings.database_url else 'DATABASE_URL'}"
+        f"{f', {len(applied)} migrations applied' if applied else ''})"
+    )
     server = await FeedServer().start()
     say(f"  sample feeds on http://127.0.0.1:{server.port}/ ({', '.join(FEEDS)})")
     try:
@@ -196,8 +199,11 @@ async def _setup(rt: Runtime, server: FeedServer) -> tuple[int, list[int], list[
     source_ids = []
     for name, title in FEEDS.items():
         spec = ingest.validate_source(type="rss", url=server.url(name), name=title, interval=None, config=None)
-        existing = [r for r in await sources_store.user_sources(pool, user["id"], limit=100) if r["name"] == title
-                    or r["url"].endswith(f"/{name}")]  # fmt: skip
+        existing = [
+            r
+            for r in await sources_store.user_sources(pool, user["id"], limit=100)
+            if r["name"] == title or r["url"].endswith(f"/{name}")
+        ]
         if existing:
             row = existing[0]
             if row["url"] != spec.url:  # the feed server got another port this time
@@ -250,8 +256,9 @@ async def _fast_forward(rt: Runtime, goal_ids: list[int]) -> list[str]:
     """Fire the next batch window and the next digest of each demo goal now (a simulated clock): the slots are
     the real ones, so they fire exactly once, and the emails land in the sink like any other."""
     notes = []
-    rows = await rt.pool.fetch("SELECT id, name, batch_windows, digest_time, timezone FROM goals WHERE id = ANY($1)",
-                               goal_ids)  # fmt: skip
+    rows = await rt.pool.fetch(
+        "SELECT id, name, batch_windows, digest_time, timezone FROM goals WHERE id = ANY($1)", goal_ids
+    )
     now = push.utcnow()
     for row in rows:
         tz = push.zone(row["timezone"], rt.settings.tz)
@@ -260,8 +267,11 @@ async def _fast_forward(rt: Runtime, goal_ids: list[int]) -> list[str]:
         for day in (local.date(), local.date() + timedelta(days=1)):
             windows += [push.slot_instant(day, w, tz) for w in row["batch_windows"]]
         upcoming = [w for w in sorted(windows) if w > now]
-        digest = min(d for d in (push.slot_instant(local.date() + timedelta(days=k), row["digest_time"], tz)
-                                 for k in (0, 1)) if d > now)  # fmt: skip
+        digest = min(
+            d
+            for d in (push.slot_instant(local.date() + timedelta(days=k), row["digest_time"], tz) for k in (0, 1))
+            if d > now
+        )
         if upcoming:
             await push.flush_windows(rt, upcoming[0] + timedelta(seconds=1))
             notes.append(f"the {upcoming[0].strftime('%Y-%m-%d %H:%M %Z')} batch window")
@@ -327,12 +337,16 @@ def render(result: DemoResult, say: Callable[[str], None] = print) -> None:
     say(f"\n  Not pushed: {result.ignored} ignored by a gate, {result.below_floor} scored below DIGEST_MIN_SCORE.")
     if result.fast_forward:
         say("  Clock fast-forwarded (simulated) to fire " + " and ".join(result.fast_forward) + " of each goal.")
-    say(f"\n{len(result.emails)} emails ({', '.join(sorted({e['kind'] for e in result.emails})) or 'none'}), "
-        f"written as .eml files to {result.mail_dir}:")  # fmt: skip
+    say(
+        f"\n{len(result.emails)} emails ({', '.join(sorted({e['kind'] for e in result.emails})) or 'none'}), "
+        f"written as .eml files to {result.mail_dir}:"
+    )
     for path in result.eml_files:
         say(f"  {path.name}")
-    say(f"\nDone in {result.seconds:.1f} s. Open an .eml file in a mail client, or: infosentry db psql -c "
-        "'SELECT * FROM infosentry_pushes_today'")  # fmt: skip
+    say(
+        f"\nDone in {result.seconds:.1f} s. Open an .eml file in a mail client, or: infosentry db psql -c "
+        "'SELECT * FROM infosentry_pushes_today'"
+    )
 
 
 def _clip(text: str, n: int) -> str:

@@ -61,8 +61,9 @@ def embedder(rt: Runtime) -> Embedder:
         emb.per_minute = lambda: int(rt.hot["EMBED_PER_MIN"])
 
         async def on_call(rec: Any) -> None:
-            await budget.record_call(rt, "embed", ok=rec.ok, http_status=rec.http_status, error=rec.error,
-                                     latency_ms=rec.latency_ms)  # fmt: skip
+            await budget.record_call(
+                rt, "embed", ok=rec.ok, http_status=rec.http_status, error=rec.error, latency_ms=rec.latency_ms
+            )
 
         emb.on_call = on_call
     return emb
@@ -204,8 +205,7 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
     for fs in facets:
         vectors.append(match.goal_vector(np.stack(result.vectors[start : start + len(fs)])))
         start += len(fs)
-    await store.store_goal_vectors(rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors,
-                                   emb.name)  # fmt: skip
+    await store.store_goal_vectors(rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors, emb.name)
     report.goals_embedded += len(goals)
     return len(goals) == GOALS_PER_REQUEST
 
@@ -217,8 +217,9 @@ async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
     for g in due[:BACKFILL_GOALS_PER_RUN]:
         after = 0
         while True:
-            ids = await store.recent_visible_items(rt.pool, g["user_id"], hours=match.RECENT_HOURS, after_id=after,
-                                                   limit=BACKFILL_CHUNK)  # fmt: skip
+            ids = await store.recent_visible_items(
+                rt.pool, g["user_id"], hours=match.RECENT_HOURS, after_id=after, limit=BACKFILL_CHUNK
+            )
             if not ids:
                 break
             stats = await match.match_items(rt, ids, model=model, goal_ids=[g["id"]], backfill_before=g["updated_at"])
@@ -267,8 +268,9 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
     return len(rows)
 
 
-async def _embed_isolating(emb: Embedder, texts: list[str]) -> tuple[list[np.ndarray | None], int, int,
-                                                                      list[int], str | None]:  # fmt: skip
+async def _embed_isolating(
+    emb: Embedder, texts: list[str]
+) -> tuple[list[np.ndarray | None], int, int, list[int], str | None]:
     """Embed texts; when the server refuses the input itself, split the batch in halves to isolate the bad
     texts. Returns (vectors or None per text, tokens, successful requests, refused indexes, outage reason)."""
     out: list[np.ndarray | None] = [None] * len(texts)

@@ -50,10 +50,17 @@ async def report(rt: Runtime) -> dict[str, Any]:
             "checked_at": checked_at,
             "components": {"database": {"status": "critical", "error": str(exc) or type(exc).__name__}},
             "alerts": [
-                {"alert": "database_unreachable", "severity": "critical", "subject": "",
-                 "detail": f"database unreachable: {exc}", "value": None, "threshold": None, "since": None}
+                {
+                    "alert": "database_unreachable",
+                    "severity": "critical",
+                    "subject": "",
+                    "detail": f"database unreachable: {exc}",
+                    "value": None,
+                    "threshold": None,
+                    "since": None,
+                }
             ],
-        }  # fmt: skip
+        }
     pool = rt.pool
     queues = await store.queue_depth(pool)
     workers = await store.workers(pool)

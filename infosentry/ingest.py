@@ -205,8 +205,9 @@ def jittered(seconds: float, rng: random.Random | None = None) -> float:
     return seconds * (1 + (rng or random).uniform(-JITTER, JITTER))
 
 
-def _hint_at(now: datetime, *, retry_after: datetime | None = None, max_age: int | None = None,
-             ttl: int | None = None) -> datetime | None:  # fmt: skip
+def _hint_at(
+    now: datetime, *, retry_after: datetime | None = None, max_age: int | None = None, ttl: int | None = None
+) -> datetime | None:
     """The earliest next fetch the server asked for (Retry-After, Cache-Control max-age, feed TTL), capped at
     24 h so a wrong header cannot silence a source."""
     hints = [h for h in (retry_after,) if h is not None]
@@ -216,8 +217,9 @@ def _hint_at(now: datetime, *, retry_after: datetime | None = None, max_age: int
     return min(max(hints), now + timedelta(seconds=MAX_INTERVAL))
 
 
-def next_after_success(interval: int, now: datetime, hint: datetime | None,
-                       rng: random.Random | None = None) -> datetime:  # fmt: skip
+def next_after_success(
+    interval: int, now: datetime, hint: datetime | None, rng: random.Random | None = None
+) -> datetime:
     planned = now + timedelta(seconds=jittered(interval, rng))
     return max(planned, hint) if hint else planned
 
@@ -227,8 +229,9 @@ def backoff_delay(base: int, streak: int) -> float:
     return float(min(base * 2 ** min(max(streak - 1, 0), 20), MAX_INTERVAL))
 
 
-def next_after_failure(base: int, streak: int, now: datetime, retry_after: datetime | None,
-                       rng: random.Random | None = None) -> datetime:  # fmt: skip
+def next_after_failure(
+    base: int, streak: int, now: datetime, retry_after: datetime | None, rng: random.Random | None = None
+) -> datetime:
     delay = min(jittered(backoff_delay(base, streak), rng), MAX_INTERVAL)
     planned = now + timedelta(seconds=delay)
     hint = _hint_at(now, retry_after=retry_after)
@@ -272,8 +275,9 @@ class _Candidate:
     source_ids: set[int]
 
 
-def _match(cands: list[_Candidate] | None, source_id: int, snippet: str, title: str,
-           published: datetime | None) -> _Candidate | None:  # fmt: skip
+def _match(
+    cands: list[_Candidate] | None, source_id: int, snippet: str, title: str, published: datetime | None
+) -> _Candidate | None:
     for cand in cands or ():
         if source_id in cand.source_ids:
             continue  # never merge two items of one source on title alone
@@ -366,8 +370,9 @@ class _Run:
         try:
             module = SOURCE_TYPES[row["type"]]
             fetcher = await self.rt.fetcher()
-            outcome = await module.fetch(fetcher, row["url"], row["config"] or {}, row["etag"], row["last_modified"],
-                                         parse_runner=self.runner)  # fmt: skip
+            outcome = await module.fetch(
+                fetcher, row["url"], row["config"] or {}, row["etag"], row["last_modified"], parse_runner=self.runner
+            )
         except FetchError as exc:
             result.error, result.error_kind, result.http_status = exc, exc.kind, exc.status
         except ValueError as exc:  # the stored config no longer validates (edited by hand, type module changed)
@@ -387,8 +392,9 @@ class _Run:
                 feed = prepare(feed)  # a type that parsed without the runner
             result.feed = feed
             now = datetime.now(UTC)
-            result.hint = _hint_at(now, retry_after=outcome.retry_after_at, max_age=outcome.max_age,
-                                   ttl=feed.ttl_seconds if feed else None)  # fmt: skip
+            result.hint = _hint_at(
+                now, retry_after=outcome.retry_after_at, max_age=outcome.max_age, ttl=feed.ttl_seconds if feed else None
+            )
         result.duration_ms = int((time.monotonic() - t0) * 1000)
         return result
 
@@ -428,8 +434,11 @@ class _Run:
     async def _write_failure(self, fetched: Fetched, exc: Exception) -> None:
         """The results of one source could not be stored: record that as its failure (its lease runs out if
         even this fails, and it is fetched again)."""
-        log.error("storing fetch results failed: %s", exc, extra={"action": "ingest_store_failed",
-                                                                 "source_id": fetched.row["id"]})  # fmt: skip
+        log.error(
+            "storing fetch results failed: %s",
+            exc,
+            extra={"action": "ingest_store_failed", "source_id": fetched.row["id"]},
+        )
         fetched.feed, fetched.new, fetched.duplicate = None, 0, 0
         fetched.error = FetchError("parse", f"internal error while storing items: {type(exc).__name__}: {exc}")
         fetched.error_kind = "internal"
@@ -514,12 +523,20 @@ class _Run:
                     links.append((target, source_id, draft.url, digest))
                     continue
                 new = {
-                    "url": draft.url, "canonical_url": canon, "url_hash": digest, "guid": draft.guid,
-                    "title": draft.title, "snippet": draft.snippet, "author": draft.author, "tags": draft.tags,
-                    "published_at": published, "source_id": source_id, "title_key": tkey,
+                    "url": draft.url,
+                    "canonical_url": canon,
+                    "url_hash": digest,
+                    "guid": draft.guid,
+                    "title": draft.title,
+                    "snippet": draft.snippet,
+                    "author": draft.author,
+                    "tags": draft.tags,
+                    "published_at": published,
+                    "source_id": source_id,
+                    "title_key": tkey,
                     "is_backfill": bool((published and published < cutoff) or (first_fetch and published is None)),
                     "_fetch": f,
-                }  # fmt: skip
+                }
                 new_rows.append(new)
                 pending[digest] = new
                 by_title.setdefault(tkey, []).append(_Candidate(digest, draft.snippet, published, {source_id}))
@@ -549,11 +566,20 @@ class _Run:
         row = f.row
         base = base_interval(row)
         result: dict[str, Any] = {
-            "source_id": row["id"], "started_at": f.started_at, "duration_ms": f.duration_ms,
-            "http_status": f.http_status, "fetched": 0, "new": f.new, "duplicate": f.duplicate,
-            "etag": None, "last_modified": None, "interval": None, "title": None,
-            "placeholder_name": placeholder_name(row["url"]), "not_modified": f.not_modified,
-        }  # fmt: skip
+            "source_id": row["id"],
+            "started_at": f.started_at,
+            "duration_ms": f.duration_ms,
+            "http_status": f.http_status,
+            "fetched": 0,
+            "new": f.new,
+            "duplicate": f.duplicate,
+            "etag": None,
+            "last_modified": None,
+            "interval": None,
+            "title": None,
+            "placeholder_name": placeholder_name(row["url"]),
+            "not_modified": f.not_modified,
+        }
         if f.error is not None:
             streak = row["error_streak"] + 1
             result.update(
@@ -582,8 +608,14 @@ def _reset_counts(batch: list[Fetched]) -> list[Fetched]:
     return batch
 
 
-async def run_due(rt: Runtime, *, concurrency: int = FETCH_CONCURRENCY, budget: float = RUN_BUDGET_SECONDS,
-                  lease_seconds: int = LEASE_SECONDS, use_pool: bool = True) -> RunSummary:  # fmt: skip
+async def run_due(
+    rt: Runtime,
+    *,
+    concurrency: int = FETCH_CONCURRENCY,
+    budget: float = RUN_BUDGET_SECONDS,
+    lease_seconds: int = LEASE_SECONDS,
+    use_pool: bool = True,
+) -> RunSummary:
     """Fetch every due source (bounded batches, bounded concurrency) until none is due or the time budget is
     spent. Safe to run in several processes at once: claims never overlap."""
     started = time.monotonic()
@@ -597,8 +629,9 @@ async def run_due(rt: Runtime, *, concurrency: int = FETCH_CONCURRENCY, budget: 
                 # keep about two batches in hand: enough to keep every slot busy, few leases waiting
                 while len(tasks) > concurrency:
                     _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                rows = await sources_store.claim_due(rt.pool, limit=2 * concurrency - len(tasks),
-                                                     lease_seconds=lease_seconds)  # fmt: skip
+                rows = await sources_store.claim_due(
+                    rt.pool, limit=2 * concurrency - len(tasks), lease_seconds=lease_seconds
+                )
                 if not rows:
                     break
                 claimed.extend(row["id"] for row in rows)
@@ -640,8 +673,10 @@ async def refresh_source(rt: Runtime, source_id: int, *, use_pool: bool = False)
         raise Invalid(f"source {source_id} is being fetched right now; try again in a minute")
     async with _Run(rt, concurrency=1, use_pool=use_pool, keep_results=True) as run:
         await run.fetch(row)
-    result = dict(run.summary.results.get(source_id) or {"source_id": source_id, "ok": False,
-                                                          "error": "result could not be stored"})  # fmt: skip
+    result = dict(
+        run.summary.results.get(source_id)
+        or {"source_id": source_id, "ok": False, "error": "result could not be stored"}
+    )
     result["status"] = ("not_modified" if result.get("not_modified") else "ok") if result.get("ok") else "error"
     return result
 
@@ -672,8 +707,9 @@ def normalise_source_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), f"{userinfo}{at}{hostport.lower()}", parts.path, parts.query, ""))
 
 
-def validate_source(*, type: str | None, url: Any, name: Any = None, interval: Any = None,
-                    config: Any = None) -> SourceSpec:  # fmt: skip
+def validate_source(
+    *, type: str | None, url: Any, name: Any = None, interval: Any = None, config: Any = None
+) -> SourceSpec:
     """Check a source definition (as given by the API, the CLI or an OPML file); one Invalid listing every
     bad field. No network access: feed discovery is the CLI's job (see `infosentry source add`)."""
     errors: list[dict[str, str]] = []
@@ -688,8 +724,9 @@ def validate_source(*, type: str | None, url: Any, name: Any = None, interval: A
         bad("url", "must be an absolute http(s) URL of at most 2048 characters")
     if name is not None and (not isinstance(name, str) or not 1 <= len(name.strip()) <= 200):
         bad("name", "must be 1 to 200 characters")
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int)
-                                 or not 60 <= interval <= 86400):  # fmt: skip
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int) or not 60 <= interval <= 86400
+    ):
         bad("fetch_interval_sec", "must be an integer between 60 and 86400")
     if config is not None and not isinstance(config, dict):
         bad("config", "must be a JSON object")
@@ -713,8 +750,9 @@ def validate_source(*, type: str | None, url: Any, name: Any = None, interval: A
     )
 
 
-async def add_source(conn: asyncpg.Pool | asyncpg.Connection, user_id: int, spec: SourceSpec, *,
-                     enabled: bool = True) -> tuple[asyncpg.Record, bool, bool]:  # fmt: skip
+async def add_source(
+    conn: asyncpg.Pool | asyncpg.Connection, user_id: int, spec: SourceSpec, *, enabled: bool = True
+) -> tuple[asyncpg.Record, bool, bool]:
     """Create the source (or find the existing one with the same type and URL) and subscribe the user.
 
     Returns (the source as the user sees it, source_created, subscription_created). A source is fetched once
@@ -723,9 +761,14 @@ async def add_source(conn: asyncpg.Pool | asyncpg.Connection, user_id: int, spec
 
     async def body(c: asyncpg.Connection) -> tuple[asyncpg.Record, bool, bool]:
         row, created = await sources_store.insert_source(
-            c, type=spec.type, url=spec.url, name=spec.name, config=spec.config,
-            fetch_interval_sec=spec.fetch_interval_sec, created_by=user_id,
-        )  # fmt: skip
+            c,
+            type=spec.type,
+            url=spec.url,
+            name=spec.name,
+            config=spec.config,
+            fetch_interval_sec=spec.fetch_interval_sec,
+            created_by=user_id,
+        )
         subscribed = await sources_store.subscribe(c, user_id, row["id"], enabled=enabled)
         seen = await sources_store.user_source(c, user_id, row["id"])
         assert seen is not None
@@ -749,8 +792,9 @@ async def import_opml(pool: asyncpg.Pool, user_id: int, data: bytes | str) -> di
     followed = await sources_store.subscribed_keys(pool, user_id)
     for entry in doc.entries:
         try:
-            spec = validate_source(type=entry.type, url=entry.url, name=entry.name or None,
-                                   interval=entry.interval, config=entry.config)  # fmt: skip
+            spec = validate_source(
+                type=entry.type, url=entry.url, name=entry.name or None, interval=entry.interval, config=entry.config
+            )
         except Invalid as exc:
             report["invalid"].append({"url": entry.url, "name": entry.name, "reason": exc.detail})
             continue
@@ -759,8 +803,9 @@ async def import_opml(pool: asyncpg.Pool, user_id: int, data: bytes | str) -> di
             continue
         row, created, _ = await add_source(pool, user_id, spec)
         followed.add((spec.type, spec.url))
-        report["added"].append({"id": row["id"], "url": spec.url, "name": row["name"], "type": spec.type,
-                                "new_source": created})  # fmt: skip
+        report["added"].append(
+            {"id": row["id"], "url": spec.url, "name": row["name"], "type": spec.type, "new_source": created}
+        )
     return report
 
 
@@ -773,18 +818,24 @@ async def export_opml(pool: asyncpg.Pool, user_id: int) -> str:
             break
         after = page[-1]["id"]
     return opml.emit_opml(
-        {"type": r["type"], "url": r["url"], "name": r["name"], "fetch_interval_sec": r["fetch_interval_sec"],
-         "config": r["config"] if r["type"] != "rss" else {}}
+        {
+            "type": r["type"],
+            "url": r["url"],
+            "name": r["name"],
+            "fetch_interval_sec": r["fetch_interval_sec"],
+            "config": r["config"] if r["type"] != "rss" else {},
+        }
         for r in rows
-    )  # fmt: skip
+    )
 
 
 def catalog() -> list[dict[str, Any]]:
     return hotlist_type.load_catalog()
 
 
-async def import_catalog(pool: asyncpg.Pool, user_id: int, base_url: str, *,
-                         enabled: bool = False) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+async def import_catalog(
+    pool: asyncpg.Pool, user_id: int, base_url: str, *, enabled: bool = False
+) -> dict[str, list[dict[str, Any]]]:
     """Add every hot list of the bundled catalog on `base_url` (a newsnow-style server). Subscriptions are
     disabled unless `enabled`: these need the internet; enable the ones you want."""
     report: dict[str, list[dict[str, Any]]] = {"added": [], "skipped": [], "invalid": []}
@@ -793,8 +844,13 @@ async def import_catalog(pool: asyncpg.Pool, user_id: int, base_url: str, *,
         name = f"{entry['name']} · {entry['title']}" if entry.get("title") else entry["name"]
         interval = min(max(int(entry.get("interval") or 1800), 60), 86400)
         try:
-            spec = validate_source(type="hotlist", url=base_url, name=name, interval=interval,
-                                   config={"base_url": base_url, "source_id": entry["id"]})  # fmt: skip
+            spec = validate_source(
+                type="hotlist",
+                url=base_url,
+                name=name,
+                interval=interval,
+                config={"base_url": base_url, "source_id": entry["id"]},
+            )
         except Invalid as exc:
             report["invalid"].append({"url": base_url, "name": name, "reason": exc.detail})
             continue
@@ -802,8 +858,16 @@ async def import_catalog(pool: asyncpg.Pool, user_id: int, base_url: str, *,
             report["skipped"].append({"url": spec.url, "name": name, "reason": "already subscribed"})
             continue
         row, created, _ = await add_source(pool, user_id, spec, enabled=enabled)
-        report["added"].append({"id": row["id"], "url": spec.url, "name": row["name"], "type": "hotlist",
-                                "new_source": created, "enabled": row["enabled"]})  # fmt: skip
+        report["added"].append(
+            {
+                "id": row["id"],
+                "url": spec.url,
+                "name": row["name"],
+                "type": "hotlist",
+                "new_source": created,
+                "enabled": row["enabled"],
+            }
+        )
     return report
 
 

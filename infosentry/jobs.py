@@ -297,8 +297,9 @@ async def heartbeat_loop(rt: Runtime, queues: Iterable[str]) -> None:
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
-async def run_worker(rt: Runtime, qapp: procrastinate.App, queues: Iterable[str], *, concurrency: int,
-                     install_signal_handlers: bool) -> None:  # fmt: skip
+async def run_worker(
+    rt: Runtime, qapp: procrastinate.App, queues: Iterable[str], *, concurrency: int, install_signal_handlers: bool
+) -> None:
     """Work the given queues until cancelled or signalled; in-flight jobs are drained on shutdown.
 
     procrastinate stops its worker when a side task fails (its LISTEN connection or heartbeat while the database

@@ -119,8 +119,14 @@ def _components(components: Any) -> str:
 
 def _reasons(reasons: Any) -> str:
     if isinstance(reasons, list):
-        texts = [r if isinstance(r, str) else (r.get("text") or r.get("detail") or json.dumps(r, ensure_ascii=False))
-                 if isinstance(r, dict) else str(r) for r in reasons]  # fmt: skip
+        texts = [
+            r
+            if isinstance(r, str)
+            else (r.get("text") or r.get("detail") or json.dumps(r, ensure_ascii=False))
+            if isinstance(r, dict)
+            else str(r)
+            for r in reasons
+        ]
         return _clip("; ".join(texts), 600) or "-"
     return _clip(reasons, 600) or "-"
 
@@ -223,8 +229,15 @@ def usd_of(rt: Runtime, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * s.judge_usd_per_mtok_in + completion_tokens * s.judge_usd_per_mtok_out) / 1_000_000
 
 
-async def judge(rt: Runtime, snapshot: dict[str, Any], *, use_cache: bool = True, write_cache: bool = True,
-                max_attempts: int = MAX_ATTEMPTS, attempt_timeout: float = ATTEMPT_TIMEOUT) -> Judgment:  # fmt: skip
+async def judge(
+    rt: Runtime,
+    snapshot: dict[str, Any],
+    *,
+    use_cache: bool = True,
+    write_cache: bool = True,
+    max_attempts: int = MAX_ATTEMPTS,
+    attempt_timeout: float = ATTEMPT_TIMEOUT,
+) -> Judgment:
     """Judge one decision snapshot. Never raises for LLM trouble: failures come back as fallback_reason."""
     started = time.perf_counter()
     model = rt.settings.openai_judge_model
@@ -250,8 +263,16 @@ async def judge(rt: Runtime, snapshot: dict[str, Any], *, use_cache: bool = True
             return result
         await _call(rt, snapshot, result, max_attempts=max_attempts, attempt_timeout=attempt_timeout)
         if result.ok and write_cache:
-            await store.cache_judgment(rt.pool, item["id"], goal["id"], goal["version"], result.label,
-                                       result.confidence or 0.0, result.reason or "", model)  # fmt: skip
+            await store.cache_judgment(
+                rt.pool,
+                item["id"],
+                goal["id"],
+                goal["version"],
+                result.label,
+                result.confidence or 0.0,
+                result.reason or "",
+                model,
+            )
         return result
     except Exception as exc:  # our own bug or the database: still a decision (BATCH), marked ERROR
         log.exception("judge failed unexpectedly", extra={"action": "judge_error"})
@@ -263,8 +284,9 @@ async def judge(rt: Runtime, snapshot: dict[str, Any], *, use_cache: bool = True
         result.latency_ms = int((time.perf_counter() - started) * 1000)
 
 
-async def _call(rt: Runtime, snapshot: dict[str, Any], result: Judgment, *, max_attempts: int,
-                attempt_timeout: float) -> None:  # fmt: skip
+async def _call(
+    rt: Runtime, snapshot: dict[str, Any], result: Judgment, *, max_attempts: int, attempt_timeout: float
+) -> None:
     import openai
 
     messages = build_messages(snapshot)
@@ -330,8 +352,9 @@ async def _call(rt: Runtime, snapshot: dict[str, Any], result: Judgment, *, max_
         result.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         result.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         result.usd = usd_of(rt, result.prompt_tokens, result.completion_tokens)
-        await budget.charge(rt, "judge", prompt_tokens=result.prompt_tokens,
-                            completion_tokens=result.completion_tokens, calls=1)  # fmt: skip
+        await budget.charge(
+            rt, "judge", prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, calls=1
+        )
         content = None
         if getattr(response, "choices", None):
             content = response.choices[0].message.content
@@ -346,8 +369,9 @@ async def _call(rt: Runtime, snapshot: dict[str, Any], result: Judgment, *, max_
             label, confidence, reason = parse_answer(content)
         except InvalidAnswer as exc:
             record["error"] = f"invalid output: {exc}"
-            await budget.record_call(rt, "judge", ok=False, http_status=status, error=record["error"],
-                                     latency_ms=latency)  # fmt: skip
+            await budget.record_call(
+                rt, "judge", ok=False, http_status=status, error=record["error"], latency_ms=latency
+            )
             result.fallback_reason = f"invalid LLM output: {exc}"
             return
         await budget.record_call(rt, "judge", ok=True, http_status=status, error=None, latency_ms=latency)

@@ -154,8 +154,9 @@ def combine(semantic: Any, hits: Any, feedback: Any = 0.0, trust: Any = 0.0, fre
     """The score from its components (all arrays broadcast): see the module docstring."""
     relevance = 1.0 - (1.0 - np.asarray(semantic, dtype=np.float64)) * (1.0 - term_evidence(hits))
     f = np.asarray(feedback, dtype=np.float64)
-    relevance = np.where(f >= 0, relevance + FEEDBACK_SHARE * f * (1.0 - relevance),
-                         relevance * (1.0 + FEEDBACK_SHARE * f))  # fmt: skip
+    relevance = np.where(
+        f >= 0, relevance + FEEDBACK_SHARE * f * (1.0 - relevance), relevance * (1.0 + FEEDBACK_SHARE * f)
+    )
     z = logit(relevance) + BETA_TRUST * np.asarray(trust) + BETA_RECENCY * (np.asarray(fresh) - 1.0)
     return sigmoid(z)
 
@@ -291,8 +292,9 @@ class LexicalIndex:
             self.q_norm[g] = math.sqrt(sum(c * c for c in counts.values()))
             for term, c in counts.items():
                 postings.setdefault(term, []).append((g, c))
-        self.postings = {t: (np.array([g for g, _ in p]), np.array([c for _, c in p], dtype=float))
-                         for t, p in postings.items()}  # fmt: skip
+        self.postings = {
+            t: (np.array([g for g, _ in p]), np.array([c for _, c in p], dtype=float)) for t, p in postings.items()
+        }
 
     def scores(self, doc: str) -> np.ndarray:
         """(m,) similarity of every goal text to doc, as lexical.lexical_similarity computes it."""
@@ -459,15 +461,29 @@ def score_batch(items: Items, goals: Goals, rated: Rated | None, model: str | No
     score = np.where(strict_miss, np.minimum(ungated, STRICT_CAP), ungated)
     score = np.where(negative | blocked, 0.0, score)
     return Scored(
-        pair_item=pi, pair_goal=pg, score=score, ungated=ungated, cosine=cosine, semantic=semantic,
-        lexical=lexical, hits=hits, negative=negative, blocked=blocked, strict_miss=strict_miss,
-        feedback=feedback, trust=trust, fresh=fresh, lexical_only=~use_vec, hit_matrix=hit_m, neg_matrix=neg_m,
-        terms=terms, negs=negs,
-    )  # fmt: skip
+        pair_item=pi,
+        pair_goal=pg,
+        score=score,
+        ungated=ungated,
+        cosine=cosine,
+        semantic=semantic,
+        lexical=lexical,
+        hits=hits,
+        negative=negative,
+        blocked=blocked,
+        strict_miss=strict_miss,
+        feedback=feedback,
+        trust=trust,
+        fresh=fresh,
+        lexical_only=~use_vec,
+        hit_matrix=hit_m,
+        neg_matrix=neg_m,
+        terms=terms,
+        negs=negs,
+    )
 
 
-def _feedback(items: Items, rated: Rated, pi: np.ndarray, pg: np.ndarray, threshold: float,
-              m: int) -> np.ndarray:  # fmt: skip
+def _feedback(items: Items, rated: Rated, pi: np.ndarray, pg: np.ndarray, threshold: float, m: int) -> np.ndarray:
     """F = sum(label * w) / (sum(w) + kappa), w = ((sim - threshold) / (1 - threshold))^2 over the goal's rated
     items: near a liked item -> up to +1, near a disliked one -> down to -1, no near neighbour -> 0."""
     assert items.vectors is not None
@@ -498,9 +514,20 @@ def _quote_list(words: list[str], limit: int = 3) -> str:
     return text + (f" (+{more} more)" if more > 0 else "")
 
 
-def reasons_for(*, hits: list[str], negatives: list[str], blocked: bool, strict_miss: bool, semantic: float,
-                lexical_only: bool, pending: str, feedback: float, trust: float, age_hours: float,
-                backfill: str) -> list[str]:  # fmt: skip
+def reasons_for(
+    *,
+    hits: list[str],
+    negatives: list[str],
+    blocked: bool,
+    strict_miss: bool,
+    semantic: float,
+    lexical_only: bool,
+    pending: str,
+    feedback: float,
+    trust: float,
+    age_hours: float,
+    backfill: str,
+) -> list[str]:
     """Readable reasons, most important first ("mentions 'OpenAI' and 'funding'", "very close to your goal")."""
     out: list[str] = []
     if blocked:
@@ -578,9 +605,16 @@ def _stack(vectors: list[np.ndarray | None], ok: np.ndarray) -> np.ndarray | Non
     return out
 
 
-async def match_items(rt: Runtime, item_ids: list[int], *, model: str | None, goal_ids: list[int] | None = None,
-                      backfill_before: datetime | None = None, conn: asyncpg.Connection | None = None,
-                      now: datetime | None = None) -> MatchStats:  # fmt: skip
+async def match_items(
+    rt: Runtime,
+    item_ids: list[int],
+    *,
+    model: str | None,
+    goal_ids: list[int] | None = None,
+    backfill_before: datetime | None = None,
+    conn: asyncpg.Connection | None = None,
+    now: datetime | None = None,
+) -> MatchStats:
     """Score items against their visible active goals (or only `goal_ids`) and upsert the match rows.
 
     `model`: the current embedder name; vectors of other models are not used (lexical instead).
@@ -640,8 +674,13 @@ async def _goal_vectors(rt: Runtime, reader: Any, goals: list[Any]) -> list[np.n
     return [cache[gid][2] if gid in cache and cache[gid][:2] == key[gid] else None for gid in key]
 
 
-def _build(data: store.Batch, goal_vecs: list[np.ndarray | None], model: str | None, now: datetime,
-           backfill_before: datetime | None) -> tuple[Items, Goals]:  # fmt: skip
+def _build(
+    data: store.Batch,
+    goal_vecs: list[np.ndarray | None],
+    model: str | None,
+    now: datetime,
+    backfill_before: datetime | None,
+) -> tuple[Items, Goals]:
     source_index: dict[int, int] = {}
     for r in data.items:
         for s in r["sources"]:
@@ -652,13 +691,25 @@ def _build(data: store.Batch, goal_vecs: list[np.ndarray | None], model: str | N
     for i, r in enumerate(data.items):
         for k, s in enumerate(r["sources"]):
             src[i, k] = source_index[int(s)]
-    item_vecs = [_vec(r["context_embedding"] if r["context_embedding"] is not None else r["embedding"])
-                 for r in data.items]  # fmt: skip
-    item_ok = np.array([r["embedding_model"] == model and v is not None and r["embedding_status"] == "done"
-                        for r, v in zip(data.items, item_vecs, strict=True)], dtype=bool)  # fmt: skip
+    item_vecs = [
+        _vec(r["context_embedding"] if r["context_embedding"] is not None else r["embedding"]) for r in data.items
+    ]
+    item_ok = np.array(
+        [
+            r["embedding_model"] == model and v is not None and r["embedding_status"] == "done"
+            for r, v in zip(data.items, item_vecs, strict=True)
+        ],
+        dtype=bool,
+    )
     item_matrix = _stack(item_vecs, item_ok)
-    ages = np.array([max(0.0, (now - (r["published_at"] or r["ingested_at"])).total_seconds() / 3600)
-                     if (r["published_at"] or r["ingested_at"]) else 0.0 for r in data.items])  # fmt: skip
+    ages = np.array(
+        [
+            max(0.0, (now - (r["published_at"] or r["ingested_at"])).total_seconds() / 3600)
+            if (r["published_at"] or r["ingested_at"])
+            else 0.0
+            for r in data.items
+        ]
+    )
     pending = [
         "" if ok else ("embedding failed" if r["embedding_status"] == "failed" else "embedding pending")
         for r, ok in zip(data.items, item_ok, strict=True)
@@ -666,11 +717,16 @@ def _build(data: store.Batch, goal_vecs: list[np.ndarray | None], model: str | N
     items = Items(
         ids=np.array([r["id"] for r in data.items], dtype=np.int64),
         texts=[item_text(r["title"], r["snippet"]) for r in data.items],
-        sources=src, vectors=item_matrix, has_vector=item_ok, age_hours=ages,
-        is_backfill=np.array([bool(r["is_backfill"]) for r in data.items], dtype=bool), pending_reason=pending,
-        goal_backfill=np.array([backfill_before is not None and r["ingested_at"] < backfill_before
-                                for r in data.items], dtype=bool),
-    )  # fmt: skip
+        sources=src,
+        vectors=item_matrix,
+        has_vector=item_ok,
+        age_hours=ages,
+        is_backfill=np.array([bool(r["is_backfill"]) for r in data.items], dtype=bool),
+        pending_reason=pending,
+        goal_backfill=np.array(
+            [backfill_before is not None and r["ingested_at"] < backfill_before for r in data.items], dtype=bool
+        ),
+    )
     m = len(data.goals)
     visible = np.zeros((m, n_src), dtype=bool)
     blocked = np.zeros((m, n_src), dtype=bool)
@@ -690,8 +746,13 @@ def _build(data: store.Batch, goal_vecs: list[np.ndarray | None], model: str | N
             good = float(t["likes"]) + 0.5 * float(t["clicks"])
             bad = float(t["dislikes"])
             trust[j, s] = (good - bad) / (good + bad + TRUST_PRIOR)
-    goal_ok = np.array([g["embedding_model"] == model and v is not None and g["embedded_version"] == g["version"]
-                        for g, v in zip(data.goals, goal_vecs, strict=True)], dtype=bool)  # fmt: skip
+    goal_ok = np.array(
+        [
+            g["embedding_model"] == model and v is not None and g["embedded_version"] == g["version"]
+            for g, v in zip(data.goals, goal_vecs, strict=True)
+        ],
+        dtype=bool,
+    )
     goal_matrix = _stack(goal_vecs, goal_ok)
     if item_matrix is not None and goal_matrix is not None and item_matrix.shape[1] != goal_matrix.shape[1]:
         goal_ok[:] = False  # cannot happen for one model name, but never compare mismatched spaces
@@ -702,20 +763,25 @@ def _build(data: store.Batch, goal_vecs: list[np.ndarray | None], model: str | N
         priority_terms=[list(g["priority_terms"]) for g in data.goals],
         negative_terms=[list(g["negative_terms"]) for g in data.goals],
         strict=np.array([g["priority_mode"] == "STRICT" for g in data.goals], dtype=bool),
-        vectors=goal_matrix, has_vector=goal_ok, visible=visible, blocked=blocked, trust=trust,
-    )  # fmt: skip
+        vectors=goal_matrix,
+        has_vector=goal_ok,
+        visible=visible,
+        blocked=blocked,
+        trust=trust,
+    )
     return items, goals
 
 
-async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, int],
-                 model: str | None) -> Rated | None:  # fmt: skip
+async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, int], model: str | None) -> Rated | None:
     """The goals' rated neighbours, from a per-process cache refreshed when a goal's feedback changes (count
     or latest change), so a batch reads vectors only for goals whose ratings moved."""
     if model is None:
         return None
     cache: dict[int, tuple[Any, list[tuple[float, np.ndarray]]]] = rt.extras.setdefault("rated", {})
-    stamps = {int(r["goal_id"]): (model, r["n"], r["changed"], r["signed"])
-              for r in await store.feedback_stamps(reader, [int(g) for g in goals.ids])}  # fmt: skip
+    stamps = {
+        int(r["goal_id"]): (model, r["n"], r["changed"], r["signed"])
+        for r in await store.feedback_stamps(reader, [int(g) for g in goals.ids])
+    }
     stale = [gid for gid, stamp in stamps.items() if gid not in cache or cache[gid][0] != stamp]
     if stale:
         fresh: dict[int, list[tuple[float, np.ndarray]]] = {gid: [] for gid in stale}
@@ -731,8 +797,11 @@ async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, i
     vectors = np.stack([e[2] for e in entries]).astype(np.float32)
     if goals.vectors is not None and vectors.shape[1] != goals.vectors.shape[1]:
         return None
-    return Rated(vectors=vectors, labels=np.array([e[1] for e in entries]),
-                 goal_pos=np.array([e[0] for e in entries], dtype=np.int64))  # fmt: skip
+    return Rated(
+        vectors=vectors,
+        labels=np.array([e[1] for e in entries]),
+        goal_pos=np.array([e[0] for e in entries], dtype=np.int64),
+    )
 
 
 def _rows(scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: str | None) -> tuple[list[Any], ...]:
@@ -749,37 +818,60 @@ def _rows(scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: s
         i, g = int(scored.pair_item[p]), int(scored.pair_goal[p])
         hit_names = [t for t in goals.priority_terms[g] if scored.hit_matrix[i, tpos[t]]]
         neg_names = [t for t in goals.negative_terms[g] if scored.neg_matrix[i, npos[t]]]
-        gate = ("blocked_source" if scored.blocked[p] else "negative_term" if scored.negative[p]
-                else "strict_no_hit" if scored.strict_miss[p] else None)  # fmt: skip
+        gate = (
+            "blocked_source"
+            if scored.blocked[p]
+            else "negative_term"
+            if scored.negative[p]
+            else "strict_no_hit"
+            if scored.strict_miss[p]
+            else None
+        )
         lexical_only = bool(scored.lexical_only[p])
         is_bf = bool(items.goal_backfill[i] or items.is_backfill[i])
         pending = items.pending_reason[i] if not items.has_vector[i] else "goal embedding pending"
-        bf_text = ("found when the goal was created, changed or resumed" if items.goal_backfill[i]
-                   else "from the back catalogue of a newly added source" if items.is_backfill[i] else "")  # fmt: skip
+        bf_text = (
+            "found when the goal was created, changed or resumed"
+            if items.goal_backfill[i]
+            else "from the back catalogue of a newly added source"
+            if items.is_backfill[i]
+            else ""
+        )
         cos = scored.cosine[p]
         lex_v = scored.lexical[p]
-        comps.append({
-            "model": None if lexical_only else model,
-            "cosine": None if math.isnan(cos) else round(float(cos), 4),
-            "lexical": None if math.isnan(lex_v) else round(float(lex_v), 4),
-            "semantic": round(float(scored.semantic[p]), 4),
-            "term_hits": hit_names,
-            "terms": round(float(term_evidence(len(hit_names))), 4),
-            "feedback": round(float(scored.feedback[p]), 4),
-            "source_trust": round(float(scored.trust[p]), 4),
-            "recency": round(float(scored.fresh[p]), 4),
-            "age_hours": round(float(items.age_hours[i]), 1),
-            "negative_hits": neg_names,
-            "blocked_source": bool(scored.blocked[p]),
-            "strict_miss": bool(scored.strict_miss[p]),
-            "ungated_score": round(float(scored.ungated[p]), 4),
-        })  # fmt: skip
-        reasons.append(reasons_for(
-            hits=hit_names, negatives=neg_names, blocked=bool(scored.blocked[p]),
-            strict_miss=bool(scored.strict_miss[p]), semantic=float(scored.semantic[p]), lexical_only=lexical_only,
-            pending=pending, feedback=float(scored.feedback[p]), trust=float(scored.trust[p]),
-            age_hours=float(items.age_hours[i]), backfill=bf_text,
-        ))  # fmt: skip
+        comps.append(
+            {
+                "model": None if lexical_only else model,
+                "cosine": None if math.isnan(cos) else round(float(cos), 4),
+                "lexical": None if math.isnan(lex_v) else round(float(lex_v), 4),
+                "semantic": round(float(scored.semantic[p]), 4),
+                "term_hits": hit_names,
+                "terms": round(float(term_evidence(len(hit_names))), 4),
+                "feedback": round(float(scored.feedback[p]), 4),
+                "source_trust": round(float(scored.trust[p]), 4),
+                "recency": round(float(scored.fresh[p]), 4),
+                "age_hours": round(float(items.age_hours[i]), 1),
+                "negative_hits": neg_names,
+                "blocked_source": bool(scored.blocked[p]),
+                "strict_miss": bool(scored.strict_miss[p]),
+                "ungated_score": round(float(scored.ungated[p]), 4),
+            }
+        )
+        reasons.append(
+            reasons_for(
+                hits=hit_names,
+                negatives=neg_names,
+                blocked=bool(scored.blocked[p]),
+                strict_miss=bool(scored.strict_miss[p]),
+                semantic=float(scored.semantic[p]),
+                lexical_only=lexical_only,
+                pending=pending,
+                feedback=float(scored.feedback[p]),
+                trust=float(scored.trust[p]),
+                age_hours=float(items.age_hours[i]),
+                backfill=bf_text,
+            )
+        )
         goal_ids.append(int(goals.ids[g]))
         item_ids.append(int(items.ids[i]))
         scores.append(float(scored.score[p]))

@@ -21,51 +21,73 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 HTTP_REQUESTS = Counter(
-    "infosentry_http_requests_total", "HTTP requests by route and status", ["route", "method", "status"],
+    "infosentry_http_requests_total",
+    "HTTP requests by route and status",
+    ["route", "method", "status"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 JOB_SECONDS = Histogram(
-    "infosentry_job_seconds", "Job run time by task", ["task"], registry=REGISTRY,
+    "infosentry_job_seconds",
+    "Job run time by task",
+    ["task"],
+    registry=REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)  # fmt: skip
+)
 
 # --- pipeline counters (incremented by the steps) -----------------------------------------------------------
 
 FETCHES = Counter(
-    "infosentry_fetches_total", "Source fetches by outcome: ok, not_modified, or the error kind (dns, timeout...)",
-    ["outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "infosentry_fetches_total",
+    "Source fetches by outcome: ok, not_modified, or the error kind (dns, timeout...)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 ITEMS_INGESTED = Counter("infosentry_items_ingested_total", "New items stored", registry=REGISTRY)
 EMBEDDINGS = Counter(
     "infosentry_embeddings_total", "Texts embedded by what they are (item or goal)", ["kind"], registry=REGISTRY
 )
 LLM_CALLS = Counter(
-    "infosentry_llm_calls_total", "Calls to the embedding/LLM endpoint by kind (embed, judge) and outcome "
-    "(ok, rate_limited, server_error, timeout, invalid, error)", ["kind", "outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "infosentry_llm_calls_total",
+    "Calls to the embedding/LLM endpoint by kind (embed, judge) and outcome "
+    "(ok, rate_limited, server_error, timeout, invalid, error)",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
 LLM_TOKENS = Counter(
-    "infosentry_llm_tokens_total", "Tokens billed by kind (embed, judge) and direction (prompt, completion)",
-    ["kind", "direction"], registry=REGISTRY,
-)  # fmt: skip
+    "infosentry_llm_tokens_total",
+    "Tokens billed by kind (embed, judge) and direction (prompt, completion)",
+    ["kind", "direction"],
+    registry=REGISTRY,
+)
 LLM_USD = Counter(
     "infosentry_llm_usd_total", "Estimated spend in USD by kind (embed, judge)", ["kind"], registry=REGISTRY
 )
 DECISIONS = Counter(
-    "infosentry_decisions_total", "Push decisions by tier (IMMEDIATE, BATCH, DIGEST, IGNORE)", ["tier"],
+    "infosentry_decisions_total",
+    "Push decisions by tier (IMMEDIATE, BATCH, DIGEST, IGNORE)",
+    ["tier"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 EMAILS = Counter(
-    "infosentry_emails_total", "Email send attempts by kind (immediate, batch, digest, login, alert) and outcome "
-    "(sent, retry, failed, suppressed)", ["kind", "outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "infosentry_emails_total",
+    "Email send attempts by kind (immediate, batch, digest, login, alert) and outcome "
+    "(sent, retry, failed, suppressed)",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
 PUSH_LATENCY = Histogram(
-    "infosentry_push_latency_seconds", "From item ingested to pushed (email sent or inbox), by tier", ["tier"],
-    registry=REGISTRY, buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 172800),
-)  # fmt: skip
+    "infosentry_push_latency_seconds",
+    "From item ingested to pushed (email sent or inbox), by tier",
+    ["tier"],
+    registry=REGISTRY,
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 172800),
+)
 ALERT_NOTIFICATIONS = Counter(
-    "infosentry_alert_notifications_total", "Alert notifications by channel (email, webhook) and outcome",
-    ["channel", "outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "infosentry_alert_notifications_total",
+    "Alert notifications by channel (email, webhook) and outcome",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
 
 
 # --- live gauges (from a health report, at scrape time) -----------------------------------------------------

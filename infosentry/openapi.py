@@ -258,36 +258,79 @@ def build(table: Iterable[Any], *, title: str = "infosentry", version: str = "1"
 HEALTH = obj({"status": enum("ok")})
 USER = obj(
     {
-        "id": INT, "email": STR, "display_name": STR, "timezone": STR, "language": enum("en", "zh"),
-        "is_admin": BOOL, "combined_digest": BOOL, "created_at": TIME, "last_login_at": null(TIME),
+        "id": INT,
+        "email": STR,
+        "display_name": STR,
+        "timezone": STR,
+        "language": enum("en", "zh"),
+        "is_admin": BOOL,
+        "combined_digest": BOOL,
+        "created_at": TIME,
+        "last_login_at": null(TIME),
     }
-)  # fmt: skip
+)
 TOKEN = obj(
     {
-        "id": INT, "name": STR, "kind": enum("api", "session"), "prefix": STR, "scopes": arr(STR),
-        "created_at": TIME, "expires_at": null(TIME), "revoked_at": null(TIME), "last_used_at": null(TIME),
+        "id": INT,
+        "name": STR,
+        "kind": enum("api", "session"),
+        "prefix": STR,
+        "scopes": arr(STR),
+        "created_at": TIME,
+        "expires_at": null(TIME),
+        "revoked_at": null(TIME),
+        "last_used_at": null(TIME),
     }
-)  # fmt: skip
+)
 
 describe(
-    "GET", "/health", "Liveness: 200 when the database answers", tags=("health",), response=HEALTH,
+    "GET",
+    "/health",
+    "Liveness: 200 when the database answers",
+    tags=("health",),
+    response=HEALTH,
     responses={503: ("the database is unreachable", obj({"status": STR}, ["status"]), "application/json")},
-)  # fmt: skip
+)
 describe("GET", "/api/v1/users/me", "The caller's profile", tags=("account",), response=USER)
 describe(
-    "PUT", "/api/v1/users/me", "Change display name, time zone, language or the combined-digest preference",
-    tags=("account",), response=USER,
-    body=obj({"display_name": {"type": "string", "maxLength": 100}, "timezone": STR, "language": enum("en", "zh"),
-              "combined_digest": BOOL}, [], extra=False),
-)  # fmt: skip
+    "PUT",
+    "/api/v1/users/me",
+    "Change display name, time zone, language or the combined-digest preference",
+    tags=("account",),
+    response=USER,
+    body=obj(
+        {
+            "display_name": {"type": "string", "maxLength": 100},
+            "timezone": STR,
+            "language": enum("en", "zh"),
+            "combined_digest": BOOL,
+        },
+        [],
+        extra=False,
+    ),
+)
 describe("GET", "/api/v1/tokens", "The caller's API and session tokens", tags=("account",), response=page_of(TOKEN))
 describe(
-    "POST", "/api/v1/tokens", "Create an API token (shown once); never more scopes than the calling token",
-    tags=("account",), status=201,
-    body=obj({"name": {"type": "string", "maxLength": 100}, "scopes": arr(STR, maxItems=20),
-              "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650}}, [], extra=False),
+    "POST",
+    "/api/v1/tokens",
+    "Create an API token (shown once); never more scopes than the calling token",
+    tags=("account",),
+    status=201,
+    body=obj(
+        {
+            "name": {"type": "string", "maxLength": 100},
+            "scopes": arr(STR, maxItems=20),
+            "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+        },
+        [],
+        extra=False,
+    ),
     response=obj({"id": INT, "token": STR, "scopes": arr(STR), "expires_at": null(TIME)}),
-)  # fmt: skip
+)
 describe(
-    "DELETE", "/api/v1/tokens/{id}", "Revoke one of the caller's tokens", tags=("account",), status=204,
-)  # fmt: skip
+    "DELETE",
+    "/api/v1/tokens/{id}",
+    "Revoke one of the caller's tokens",
+    tags=("account",),
+    status=204,
+)

@@ -137,8 +137,9 @@ def _clean(text: str) -> str:
     return " ".join(_CONTROL.sub("", text).split())
 
 
-def emit_opml(sources: Iterable[Mapping[str, Any]], *, title: str = "infosentry subscriptions",
-              now: datetime | None = None) -> str:  # fmt: skip
+def emit_opml(
+    sources: Iterable[Mapping[str, Any]], *, title: str = "infosentry subscriptions", now: datetime | None = None
+) -> str:
     """An OPML 2.0 document for sources given as mappings with type, url, name, and optionally
     fetch_interval_sec and config. RSS outlines are plain (any reader imports them)."""
     root = ET.Element("opml", version="2.0")

@@ -155,17 +155,36 @@ def _initial_status(rt: Runtime) -> tuple[str, str | None]:
     return "pending", None
 
 
-async def _push_goal_email(conn: asyncpg.Connection, rt: Runtime, goal: asyncpg.Record, goal_id: int,
-                           rows: list[asyncpg.Record], tz: ZoneInfo, *, kind: str, dedupe_key: str,
-                           report: FlushReport, window: str | None = None,
-                           day: str | None = None) -> tuple[int | None, list[int]]:  # fmt: skip
+async def _push_goal_email(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    goal: asyncpg.Record,
+    goal_id: int,
+    rows: list[asyncpg.Record],
+    tz: ZoneInfo,
+    *,
+    kind: str,
+    dedupe_key: str,
+    report: FlushReport,
+    window: str | None = None,
+    day: str | None = None,
+) -> tuple[int | None, list[int]]:
     """One email with one goal's items, and their rows in the push ledger; (email id, item ids pushed)."""
     section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
     email_id = await _create_email(
-        conn, rt, kind=kind, dedupe_key=dedupe_key, user_id=goal["user_id"], goal_id=goal_id,
-        to_addr=goal["to_addr"], language=goal["language"], sections=[section],
-        unsubscribe=await unsubscribe_url(rt, "goal", goal_id), window=window, day=day,
-    )  # fmt: skip
+        conn,
+        rt,
+        kind=kind,
+        dedupe_key=dedupe_key,
+        user_id=goal["user_id"],
+        goal_id=goal_id,
+        to_addr=goal["to_addr"],
+        language=goal["language"],
+        sections=[section],
+        unsubscribe=await unsubscribe_url(rt, "goal", goal_id),
+        window=window,
+        day=day,
+    )
     if email_id is None:
         return None, []
     pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows, email_id=email_id)
@@ -174,19 +193,45 @@ async def _push_goal_email(conn: asyncpg.Connection, rt: Runtime, goal: asyncpg.
     return email_id, pushed
 
 
-async def _create_email(conn: asyncpg.Connection, rt: Runtime, *, kind: str, dedupe_key: str, user_id: int,
-                        goal_id: int | None, to_addr: str, language: str, sections: list[mail.Section],
-                        unsubscribe: str, window: str | None = None, day: str | None = None) -> int | None:  # fmt: skip
+async def _create_email(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    *,
+    kind: str,
+    dedupe_key: str,
+    user_id: int,
+    goal_id: int | None,
+    to_addr: str,
+    language: str,
+    sections: list[mail.Section],
+    unsubscribe: str,
+    window: str | None = None,
+    day: str | None = None,
+) -> int | None:
     rendered = mail.render_push_email(
-        kind, language, sections, public_url=rt.settings.public_url, unsubscribe_url=unsubscribe, window=window,
+        kind,
+        language,
+        sections,
+        public_url=rt.settings.public_url,
+        unsubscribe_url=unsubscribe,
+        window=window,
         day=day,
-    )  # fmt: skip
+    )
     status, note = _initial_status(rt)
     email_id = await store.insert_email(
-        conn, dedupe_key=dedupe_key, kind=kind, user_id=user_id, goal_id=goal_id, to_addr=to_addr,
-        subject=rendered.subject, body_text=rendered.text, body_html=rendered.html, headers=dict(rendered.headers),
-        status=status, last_error=note,
-    )  # fmt: skip
+        conn,
+        dedupe_key=dedupe_key,
+        kind=kind,
+        user_id=user_id,
+        goal_id=goal_id,
+        to_addr=to_addr,
+        subject=rendered.subject,
+        body_text=rendered.text,
+        body_html=rendered.html,
+        headers=dict(rendered.headers),
+        status=status,
+        last_error=note,
+    )
     if email_id is None:
         # the key exists: this exact email was created before (a retried step); never a second one
         log.warning("email %s already exists", dedupe_key, extra={"action": "push_email_exists"})
@@ -228,9 +273,13 @@ async def flush(rt: Runtime, now: datetime | None = None) -> FlushReport:
             "pushed %d items in %d emails",
             report.items,
             len(report.emails),
-            extra={"action": "push_flushed", "immediate": report.immediate, "batch": report.batch,
-                   "digest": report.digest},
-        )  # fmt: skip
+            extra={
+                "action": "push_flushed",
+                "immediate": report.immediate,
+                "batch": report.batch,
+                "digest": report.digest,
+            },
+        )
     return report
 
 
@@ -244,8 +293,7 @@ async def flush_immediate(rt: Runtime, now: datetime, report: FlushReport | None
     return report
 
 
-async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coalesce: float,
-                                report: FlushReport) -> None:  # fmt: skip
+async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coalesce: float, report: FlushReport) -> None:
     started = time.perf_counter()
     max_items = int(rt.hot["IMMEDIATE_MAX_ITEMS"])
     async with rt.pool.acquire() as conn, conn.transaction():
@@ -257,8 +305,7 @@ async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coales
         goal = await store.delivery(conn, goal_id)
         if goal is None or goal["status"] != "active":
             return
-        rows = await store.pending_items(conn, goal_id, tiers=["IMMEDIATE"], since=_EPOCH, min_score=0.0,
-                                         limit=10_000)  # fmt: skip
+        rows = await store.pending_items(conn, goal_id, tiers=["IMMEDIATE"], since=_EPOCH, min_score=0.0, limit=10_000)
         if not rows:
             return
         tz = zone(goal["timezone"], rt.settings.tz)
@@ -274,17 +321,28 @@ async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coales
             report.immediate += len(pushed)
             sent.append({"email_id": email_id, "dedupe_key": key, "item_ids": pushed})
         await runs_store.insert_run(
-            conn, goal_id=goal_id, item_id=None, trigger="immediate_flush", status="SUCCESS",
-            input={"now": now.isoformat(), "first_pending_at": first.isoformat(), "coalesce_seconds": coalesce,
-                   "max_items": max_items,
-                   "candidates": [{"decision_id": r["decision_id"], "item_id": r["item_id"], "score": r["score"]}
-                                  for r in rows]},
-            output={"emails": sent}, latency_ms=int((time.perf_counter() - started) * 1000),
-        )  # fmt: skip
+            conn,
+            goal_id=goal_id,
+            item_id=None,
+            trigger="immediate_flush",
+            status="SUCCESS",
+            input={
+                "now": now.isoformat(),
+                "first_pending_at": first.isoformat(),
+                "coalesce_seconds": coalesce,
+                "max_items": max_items,
+                "candidates": [
+                    {"decision_id": r["decision_id"], "item_id": r["item_id"], "score": r["score"]} for r in rows
+                ],
+            },
+            output={"emails": sent},
+            latency_ms=int((time.perf_counter() - started) * 1000),
+        )
 
 
-async def flush_windows(rt: Runtime, now: datetime, report: FlushReport | None = None, *,
-                        goals: list[asyncpg.Record] | None = None) -> FlushReport:  # fmt: skip
+async def flush_windows(
+    rt: Runtime, now: datetime, report: FlushReport | None = None, *, goals: list[asyncpg.Record] | None = None
+) -> FlushReport:
     """Batch windows: at each window of each active goal, one email with the best BATCH_MAX_ITEMS BATCH items
     not yet pushed (decided in the last 24 h); nothing when there is nothing. The slot fires exactly once."""
     report = report or FlushReport()
@@ -301,8 +359,9 @@ async def flush_windows(rt: Runtime, now: datetime, report: FlushReport | None =
     return report
 
 
-async def _fire_batch(rt: Runtime, goal: asyncpg.Record, slots: list[tuple[date, str]], now: datetime, tz: ZoneInfo,
-                      report: FlushReport) -> None:  # fmt: skip
+async def _fire_batch(
+    rt: Runtime, goal: asyncpg.Record, slots: list[tuple[date, str]], now: datetime, tz: ZoneInfo, report: FlushReport
+) -> None:
     """Fire the latest due slot; older due slots of the same outage are closed without an email (one email
     when the service comes back, not one per missed window)."""
     started = time.perf_counter()
@@ -316,29 +375,48 @@ async def _fire_batch(rt: Runtime, goal: asyncpg.Record, slots: list[tuple[date,
         for d, s in slots[:-1]:
             await store.claim_slot(conn, "batch", goal_id, d, s)
         report.slots += 1
-        rows = await store.pending_items(conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0,
-                                         limit=max_items)  # fmt: skip
+        rows = await store.pending_items(
+            conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0, limit=max_items
+        )
         email_id: int | None = None
         pushed: list[int] = []
         if rows:
             email_id, pushed = await _push_goal_email(
-                conn, rt, goal, goal_id, rows, tz, kind="batch", report=report, window=slot,
+                conn,
+                rt,
+                goal,
+                goal_id,
+                rows,
+                tz,
+                kind="batch",
+                report=report,
+                window=slot,
                 dedupe_key=f"batch:{goal_id}:{local_date.isoformat()}:{slot}",
-            )  # fmt: skip
+            )
             report.batch += len(pushed)
         await store.finish_slot(conn, "batch", goal_id, local_date, slot, email_id, len(pushed))
         await runs_store.insert_run(
-            conn, goal_id=goal_id, item_id=None, trigger="batch_window", status="SUCCESS",
-            input={"now": now.isoformat(), "local_date": local_date.isoformat(), "slot": slot,
-                   "closed_missed_slots": [f"{d.isoformat()} {s}" for d, s in slots[:-1]], "max_items": max_items,
-                   "timezone": str(tz)},
+            conn,
+            goal_id=goal_id,
+            item_id=None,
+            trigger="batch_window",
+            status="SUCCESS",
+            input={
+                "now": now.isoformat(),
+                "local_date": local_date.isoformat(),
+                "slot": slot,
+                "closed_missed_slots": [f"{d.isoformat()} {s}" for d, s in slots[:-1]],
+                "max_items": max_items,
+                "timezone": str(tz),
+            },
             output={"email_id": email_id, "item_ids": pushed},
             latency_ms=int((time.perf_counter() - started) * 1000),
-        )  # fmt: skip
+        )
 
 
-async def flush_digests(rt: Runtime, now: datetime, report: FlushReport | None = None, *,
-                        goals: list[asyncpg.Record] | None = None) -> FlushReport:  # fmt: skip
+async def flush_digests(
+    rt: Runtime, now: datetime, report: FlushReport | None = None, *, goals: list[asyncpg.Record] | None = None
+) -> FlushReport:
     """Daily digests: per goal at its digest_time (goal time zone), or one combined email per user
     (combined_digest=true) at the earliest digest_time of the user's active goals (user time zone)."""
     report = report or FlushReport()
@@ -368,13 +446,19 @@ async def flush_digests(rt: Runtime, now: datetime, report: FlushReport | None =
 
 async def _digest_rows(conn: asyncpg.Connection, rt: Runtime, goal_id: int, now: datetime) -> list[asyncpg.Record]:
     # DIGEST items, and BATCH items no window has taken yet: "not pushed by any tier"
-    return await store.pending_items(conn, goal_id, tiers=["DIGEST", "BATCH"], since=now - LOOKBACK,
-                                     min_score=float(rt.hot["DIGEST_MIN_SCORE"]),
-                                     limit=int(rt.hot["DIGEST_MAX_ITEMS"]))  # fmt: skip
+    return await store.pending_items(
+        conn,
+        goal_id,
+        tiers=["DIGEST", "BATCH"],
+        since=now - LOOKBACK,
+        min_score=float(rt.hot["DIGEST_MIN_SCORE"]),
+        limit=int(rt.hot["DIGEST_MAX_ITEMS"]),
+    )
 
 
-async def _fire_goal_digest(rt: Runtime, goal: asyncpg.Record, slot: tuple[date, str], now: datetime, tz: ZoneInfo,
-                            report: FlushReport) -> None:  # fmt: skip
+async def _fire_goal_digest(
+    rt: Runtime, goal: asyncpg.Record, slot: tuple[date, str], now: datetime, tz: ZoneInfo, report: FlushReport
+) -> None:
     started = time.perf_counter()
     goal_id, (local_date, at) = goal["goal_id"], slot
     async with rt.pool.acquire() as conn, conn.transaction():
@@ -387,23 +471,47 @@ async def _fire_goal_digest(rt: Runtime, goal: asyncpg.Record, slot: tuple[date,
         pushed: list[int] = []
         if rows:
             email_id, pushed = await _push_goal_email(
-                conn, rt, goal, goal_id, rows, tz, kind="digest", report=report, day=local_date.isoformat(),
+                conn,
+                rt,
+                goal,
+                goal_id,
+                rows,
+                tz,
+                kind="digest",
+                report=report,
+                day=local_date.isoformat(),
                 dedupe_key=f"digest:{goal_id}:{local_date.isoformat()}",
-            )  # fmt: skip
+            )
             report.digest += len(pushed)
         await store.finish_slot(conn, "digest", goal_id, local_date, at, email_id, len(pushed))
         await runs_store.insert_run(
-            conn, goal_id=goal_id, item_id=None, trigger="digest", status="SUCCESS",
-            input={"now": now.isoformat(), "local_date": local_date.isoformat(), "digest_time": at,
-                   "timezone": str(tz), "min_score": float(rt.hot["DIGEST_MIN_SCORE"]),
-                   "max_items": int(rt.hot["DIGEST_MAX_ITEMS"])},
+            conn,
+            goal_id=goal_id,
+            item_id=None,
+            trigger="digest",
+            status="SUCCESS",
+            input={
+                "now": now.isoformat(),
+                "local_date": local_date.isoformat(),
+                "digest_time": at,
+                "timezone": str(tz),
+                "min_score": float(rt.hot["DIGEST_MIN_SCORE"]),
+                "max_items": int(rt.hot["DIGEST_MAX_ITEMS"]),
+            },
             output={"email_id": email_id, "item_ids": pushed},
             latency_ms=int((time.perf_counter() - started) * 1000),
-        )  # fmt: skip
+        )
 
 
-async def _fire_combined_digest(rt: Runtime, user_id: int, goals: list[asyncpg.Record], slot: tuple[date, str],
-                                now: datetime, tz: ZoneInfo, report: FlushReport) -> None:  # fmt: skip
+async def _fire_combined_digest(
+    rt: Runtime,
+    user_id: int,
+    goals: list[asyncpg.Record],
+    slot: tuple[date, str],
+    now: datetime,
+    tz: ZoneInfo,
+    report: FlushReport,
+) -> None:
     started = time.perf_counter()
     local_date, at = slot
     async with rt.pool.acquire() as conn, conn.transaction():
@@ -432,15 +540,24 @@ async def _fire_combined_digest(rt: Runtime, user_id: int, goals: list[asyncpg.R
                 for g, rows in picked
             ]
             email_id = await _create_email(
-                conn, rt, kind="digest", dedupe_key=f"digest:user:{user_id}:{local_date.isoformat()}",
-                user_id=user_id, goal_id=None, to_addr=first["user_email"], language=first["user_language"],
-                sections=sections, unsubscribe=await unsubscribe_url(rt, "user", user_id), day=local_date.isoformat(),
-            )  # fmt: skip
+                conn,
+                rt,
+                kind="digest",
+                dedupe_key=f"digest:user:{user_id}:{local_date.isoformat()}",
+                user_id=user_id,
+                goal_id=None,
+                to_addr=first["user_email"],
+                language=first["user_language"],
+                sections=sections,
+                unsubscribe=await unsubscribe_url(rt, "user", user_id),
+                day=local_date.isoformat(),
+            )
             if email_id is not None:
                 report.emails.append(email_id)
                 for g, rows in picked:
-                    pushed = await store.record_push(conn, user_id=user_id, goal_id=g["goal_id"], rows=rows,
-                                                     email_id=email_id)  # fmt: skip
+                    pushed = await store.record_push(
+                        conn, user_id=user_id, goal_id=g["goal_id"], rows=rows, email_id=email_id
+                    )
                     items_by_goal[g["goal_id"]] = pushed
                     pushed_total += len(pushed)
                 report.items += pushed_total
@@ -448,12 +565,21 @@ async def _fire_combined_digest(rt: Runtime, user_id: int, goals: list[asyncpg.R
         await store.finish_slot(conn, "combined_digest", user_id, local_date, at, email_id, pushed_total)
         for goal in goals:
             await runs_store.insert_run(
-                conn, goal_id=goal["goal_id"], item_id=None, trigger="combined_digest", status="SUCCESS",
-                input={"now": now.isoformat(), "user_id": user_id, "local_date": local_date.isoformat(),
-                       "digest_time": at, "timezone": str(tz)},
+                conn,
+                goal_id=goal["goal_id"],
+                item_id=None,
+                trigger="combined_digest",
+                status="SUCCESS",
+                input={
+                    "now": now.isoformat(),
+                    "user_id": user_id,
+                    "local_date": local_date.isoformat(),
+                    "digest_time": at,
+                    "timezone": str(tz),
+                },
                 output={"email_id": email_id, "item_ids": items_by_goal.get(goal["goal_id"], [])},
                 latency_ms=int((time.perf_counter() - started) * 1000),
-            )  # fmt: skip
+            )
 
 
 # --- sending -----------------------------------------------------------------------------------------------
@@ -493,8 +619,9 @@ class SendReport:
     more: bool = False  # stopped at max_rounds with mail still due
 
 
-async def send_due(rt: Runtime, now: datetime | None = None, *, limit: int = SEND_BATCH,
-                   max_rounds: int = 50) -> SendReport:  # fmt: skip
+async def send_due(
+    rt: Runtime, now: datetime | None = None, *, limit: int = SEND_BATCH, max_rounds: int = 50
+) -> SendReport:
     """Send what is due from the outbox. Each row: pending → sending (with a lease) → sent, or back to pending
     with exponential backoff on a temporary failure, or failed (permanent failure, or MAX_SEND_ATTEMPTS).
     A failure is never recorded as sent."""
@@ -509,9 +636,11 @@ async def send_due(rt: Runtime, now: datetime | None = None, *, limit: int = SEN
             )
         if cfg is None:
             report.suppressed += await store.suppress_due(
-                rt.pool, now=now, kinds=["immediate", "batch", "digest", "login", "alert"],
+                rt.pool,
+                now=now,
+                kinds=["immediate", "batch", "digest", "login", "alert"],
                 reason="SMTP_HOST is not set",
-            )  # fmt: skip
+            )
             return report
         rows = await store.claim_due(rt.pool, now=now, limit=limit, lease_seconds=LEASE_SECONDS)
         if not rows:
@@ -526,14 +655,14 @@ async def send_due(rt: Runtime, now: datetime | None = None, *, limit: int = SEN
     return report
 
 
-async def _send_gated(gate: asyncio.Semaphore, rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record,
-                      now: datetime, report: SendReport) -> None:  # fmt: skip
+async def _send_gated(
+    gate: asyncio.Semaphore, rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime, report: SendReport
+) -> None:
     async with gate:
         await _send_one(rt, cfg, row, now, report)
 
 
-async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime,
-                    report: SendReport) -> None:  # fmt: skip
+async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime, report: SendReport) -> None:
     if row["kind"] in store.PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
         await store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
         report.suppressed += 1
@@ -543,9 +672,13 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
     try:
         message = mail.build_message(
             mail.RenderedEmail(row["subject"], row["body_text"], row["body_html"], dict(row["headers"] or {})),
-            to_addr=row["to_addr"], from_addr=settings.emails_from_email, from_name=settings.emails_from_name,
-            message_id_domain=_message_id_domain(settings), dedupe_key=row["dedupe_key"], date=row["created_at"],
-        )  # fmt: skip
+            to_addr=row["to_addr"],
+            from_addr=settings.emails_from_email,
+            from_name=settings.emails_from_name,
+            message_id_domain=_message_id_domain(settings),
+            dedupe_key=row["dedupe_key"],
+            date=row["created_at"],
+        )
         await mail.send_message(cfg, message)
     except (mail.SmtpPermanentError, ValueError) as exc:
         await store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
@@ -561,15 +694,17 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
             await store.mark_failed(rt.pool, row["id"], error=f"gave up after {row['attempts']} attempts: {error}")
             report.failed += 1
             metrics.EMAILS.labels(row["kind"], "failed").inc()
-            log.warning("email %s failed after %d attempts", row["id"], row["attempts"],
-                        extra={"action": "email_failed"})  # fmt: skip
+            log.warning(
+                "email %s failed after %d attempts", row["id"], row["attempts"], extra={"action": "email_failed"}
+            )
         else:
             at = now + timedelta(seconds=retry_delay(row["attempts"]))
             await store.mark_retry(rt.pool, row["id"], at=at, error=error)
             report.retrying += 1
             metrics.EMAILS.labels(row["kind"], "retry").inc()
-            log.info("email %s will be retried at %s: %s", row["id"], at.isoformat(), error,
-                     extra={"action": "email_retry"})  # fmt: skip
+            log.info(
+                "email %s will be retried at %s: %s", row["id"], at.isoformat(), error, extra={"action": "email_retry"}
+            )
         return
     await store.mark_sent(rt.pool, row["id"])
     await store.smtp_result(rt.pool, ok=True)
@@ -603,8 +738,9 @@ async def reconcile(rt: Runtime, now: datetime | None = None) -> ReconcileReport
     report.cancelled += await store.close_already_pushed(rt.pool)
     report.expired = await store.expire_stale(rt.pool, older_than=now - EXPIRE_AFTER)
     coalesce = float(rt.hot["IMMEDIATE_COALESCE_MINUTES"]) * 60
-    report.overdue_immediate = await store.overdue_immediate(rt.pool, now=now, coalesce_seconds=coalesce,
-                                                             grace_seconds=60)  # fmt: skip
+    report.overdue_immediate = await store.overdue_immediate(
+        rt.pool, now=now, coalesce_seconds=coalesce, grace_seconds=60
+    )
     report.due_emails = await store.due_email_count(rt.pool, now=now)
     if report.released_emails or report.overdue_immediate:
         log.warning("reconcile found stuck work", extra={"action": "push_reconcile", **report.as_dict()})

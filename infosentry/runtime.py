@@ -91,8 +91,9 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, role: str = "cli", check_schema: bool = True,
-                       live_config: bool = True, pool_size: int = 10) -> AsyncIterator[Runtime]:  # fmt: skip
+async def open_runtime(
+    settings: Settings, *, role: str = "cli", check_schema: bool = True, live_config: bool = True, pool_size: int = 10
+) -> AsyncIterator[Runtime]:
     """Open the database (embedded or external), check the schema, start the hot config."""
     dsn = db.resolve_dsn(settings)
     if check_schema:

@@ -141,12 +141,35 @@ def documented_names() -> list[str]:
     from infosentry import hotconfig
 
     names = [
-        "DATABASE_URL", "INFOSENTRY_DATA_DIR", "SECRET_KEY", "PUBLIC_URL", "OPENAI_API_KEY",
-        "OPENAI_BASE_URL", "OPENAI_EMBED_MODEL", "OPENAI_JUDGE_MODEL", "EMBED_PROVIDER",
-        "EMBED_USD_PER_MTOK", "JUDGE_USD_PER_MTOK_IN", "JUDGE_USD_PER_MTOK_OUT", "SMTP_HOST", "SMTP_PORT",
-        "SMTP_USER", "SMTP_PASSWORD", "SMTP_TLS", "SMTP_SSL", "EMAILS_FROM_EMAIL", "EMAILS_FROM_NAME",
-        "ADMIN_EMAIL", "ALERT_WEBHOOK_URL", "TZ", "LOG_LEVEL", "LOG_FORMAT", "FETCH_ALLOW_NETWORKS",
-        "FETCH_USER_AGENT", "MAX_BODY_BYTES", "WORKER_CONCURRENCY",
-    ]  # fmt: skip
+        "DATABASE_URL",
+        "INFOSENTRY_DATA_DIR",
+        "SECRET_KEY",
+        "PUBLIC_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_EMBED_MODEL",
+        "OPENAI_JUDGE_MODEL",
+        "EMBED_PROVIDER",
+        "EMBED_USD_PER_MTOK",
+        "JUDGE_USD_PER_MTOK_IN",
+        "JUDGE_USD_PER_MTOK_OUT",
+        "SMTP_HOST",
+        "SMTP_PORT",
+        "SMTP_USER",
+        "SMTP_PASSWORD",
+        "SMTP_TLS",
+        "SMTP_SSL",
+        "EMAILS_FROM_EMAIL",
+        "EMAILS_FROM_NAME",
+        "ADMIN_EMAIL",
+        "ALERT_WEBHOOK_URL",
+        "TZ",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "FETCH_ALLOW_NETWORKS",
+        "FETCH_USER_AGENT",
+        "MAX_BODY_BYTES",
+        "WORKER_CONCURRENCY",
+    ]
     assert len(names) == len(fields(Settings)) - 1
     return names + list(hotconfig.KEYS)

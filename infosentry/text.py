@@ -13,11 +13,44 @@ _SKIPPED = frozenset({"script", "style", "noscript", "template", "iframe", "svg"
 # Elements that separate words; without a space "<p>a</p><p>b</p>" would read "ab".
 _BLOCKS = frozenset(
     {
-        "address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt", "figcaption",
-        "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "img", "li", "main",
-        "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul",
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "br",
+        "dd",
+        "details",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "img",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "summary",
+        "table",
+        "td",
+        "th",
+        "tr",
+        "ul",
     }
-)  # fmt: skip
+)
 # Input beyond this is never needed for a 500-char snippet; it bounds the cost of huge content:encoded bodies.
 _MAX_INPUT_CHARS = 64 * 1024
 # Zero-width and control characters that survive str.split() and pollute titles.

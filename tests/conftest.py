@@ -99,9 +99,12 @@ async def make_user(
     row = await accounts.create_user(rt.pool, email, is_admin=admin)
     token = auth.new_token()
     await accounts.insert_token(
-        rt.pool, user_id=row["id"], token_hash=auth.hash_token(token), prefix=token[:10],
+        rt.pool,
+        user_id=row["id"],
+        token_hash=auth.hash_token(token),
+        prefix=token[:10],
         scopes=auth.expand_scopes(scopes or [], is_admin=admin),
-    )  # fmt: skip
+    )
     return row["id"], token
 
 

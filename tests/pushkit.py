@@ -20,9 +20,15 @@ async def decide_all(rt: Runtime) -> decide.DecideReport:
     """The decision sweep, then the judge for the boundary pairs it handed over (what the jobs do in turn)."""
     first = await decide.decide_pending(rt)
     second = await decide.judge_pending(rt)
-    merged = decide.DecideReport(items=first.items, candidates=first.candidates, to_judge=first.to_judge,
-                                 judged=second.judged, llm_calls=second.llm_calls, errors=second.errors,
-                                 fallbacks=first.fallbacks + second.fallbacks)  # fmt: skip
+    merged = decide.DecideReport(
+        items=first.items,
+        candidates=first.candidates,
+        to_judge=first.to_judge,
+        judged=second.judged,
+        llm_calls=second.llm_calls,
+        errors=second.errors,
+        fallbacks=first.fallbacks + second.fallbacks,
+    )
     merged.written = first.written + second.written
     for report in (first, second):
         for tier, n in report.tiers.items():
@@ -61,10 +67,21 @@ def hhmm(when: datetime, tz: str) -> str:
     return when.astimezone(ZoneInfo(tz)).strftime("%H:%M")
 
 
-async def goal(rt: Runtime, user_id: int, name: str = "AI chips", *, description: str | None = None,
-               timezone: str | None = None, batch_windows: list[str] | None = None, digest_time: str | None = None,
-               email: str | None = None, language: str | None = None, terms: list[str] | None = None,
-               mode: str = "SOFT", created_at: datetime | None = None) -> int:  # fmt: skip
+async def goal(
+    rt: Runtime,
+    user_id: int,
+    name: str = "AI chips",
+    *,
+    description: str | None = None,
+    timezone: str | None = None,
+    batch_windows: list[str] | None = None,
+    digest_time: str | None = None,
+    email: str | None = None,
+    language: str | None = None,
+    terms: list[str] | None = None,
+    mode: str = "SOFT",
+    created_at: datetime | None = None,
+) -> int:
     """A goal; by default in a zone where it is midday, its digest six hours away (no slot fires by accident)."""
     now = datetime.now(UTC)
     timezone = timezone or midday_zone(now)
@@ -87,9 +104,16 @@ async def goal(rt: Runtime, user_id: int, name: str = "AI chips", *, description
     )
 
 
-async def item(rt: Runtime, source_id: int, title: str | None = None, *, url: str | None = None,
-               snippet: str = "A snippet.", published_at: datetime | None = None,
-               backfill: bool = False) -> int:  # fmt: skip
+async def item(
+    rt: Runtime,
+    source_id: int,
+    title: str | None = None,
+    *,
+    url: str | None = None,
+    snippet: str = "A snippet.",
+    published_at: datetime | None = None,
+    backfill: bool = False,
+) -> int:
     n = next(_seq)
     title = title or f"Item {n}"
     url = url or f"https://news.example.com/story/{n}"
@@ -108,9 +132,18 @@ async def item(rt: Runtime, source_id: int, title: str | None = None, *, url: st
     )
 
 
-async def match(rt: Runtime, goal_id: int, item_id: int, score: float, *, gate: str | None = None,
-                backfill: bool = False, lexical: bool = False, reasons: list[str] | None = None,
-                components: dict[str, Any] | None = None) -> None:  # fmt: skip
+async def match(
+    rt: Runtime,
+    goal_id: int,
+    item_id: int,
+    score: float,
+    *,
+    gate: str | None = None,
+    backfill: bool = False,
+    lexical: bool = False,
+    reasons: list[str] | None = None,
+    components: dict[str, Any] | None = None,
+) -> None:
     """Insert or re-score a match (computed_at bumped), as the matcher does."""
     comps = components if components is not None else {"semantic": round(score, 3)}
     await rt.pool.execute(

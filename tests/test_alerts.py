@@ -252,8 +252,11 @@ async def test_webhook_goes_through_the_address_guard(settings: Settings, aiohtt
     app.router.add_post("/hook", hook)
     server = await aiohttp_server(app, host="127.0.0.1")
     # loopback is not allowed here; by name (resolved, refused at connect time) and as an IP literal
-    for url in (f"http://localhost:{server.port}/hook", f"http://127.0.0.1:{server.port}/hook",
-                "http://169.254.169.254/latest/meta-data"):  # fmt: skip
+    for url in (
+        f"http://localhost:{server.port}/hook",
+        f"http://127.0.0.1:{server.port}/hook",
+        "http://169.254.169.254/latest/meta-data",
+    ):
         async with open_runtime(replace(settings, alert_webhook_url=url, fetch_allow_networks=())) as rt:
             result = await alerts.tick(rt)
             assert result.errors and "not a public address" in result.errors[0], result.errors

@@ -89,9 +89,10 @@ async def test_post_config_changes_audits_and_reads_back(api: Any, admin: str) -
     ("body", "fields"),
     [
         ({"NO_SUCH_KEY": 1, "IMMEDIATE_ENABLED": False}, {"NO_SUCH_KEY"}),
-        ({"IMMEDIATE_ENABLED": "perhaps", "JUDGE_PER_DAY": 2.5, "DAILY_USD_BUDGET": -1}, {"IMMEDIATE_ENABLED",
-                                                                                        "JUDGE_PER_DAY",
-                                                                                        "DAILY_USD_BUDGET"}),
+        (
+            {"IMMEDIATE_ENABLED": "perhaps", "JUDGE_PER_DAY": 2.5, "DAILY_USD_BUDGET": -1},
+            {"IMMEDIATE_ENABLED", "JUDGE_PER_DAY", "DAILY_USD_BUDGET"},
+        ),
         ({"IMMEDIATE_THRESHOLD": 1.5}, {"IMMEDIATE_THRESHOLD"}),
         ({"BATCH_THRESHOLD": 0.9}, {"BATCH_THRESHOLD"}),  # above BOUNDARY_LOW 0.88: threshold order
         ({"BOUNDARY_LOW": 0.95, "IMMEDIATE_THRESHOLD": 0.94}, {"BOUNDARY_LOW"}),
@@ -101,7 +102,7 @@ async def test_post_config_changes_audits_and_reads_back(api: Any, admin: str) -
         ({"EMBED_BATCH_SIZE": None}, {"EMBED_BATCH_SIZE"}),
         ({}, {"(body)"}),
     ],
-)  # fmt: skip
+)
 async def test_bad_config_is_rejected_whole(api: Any, admin: str, body: dict, fields: set[str]) -> None:
     rt = api.app[RT]
     resp = await api.post("/api/v1/admin/config", json=body, headers=bearer(admin))

@@ -50,8 +50,14 @@ async def judged_world(rt, fake_llm: FakeOpenAI):
     fake_llm.chat_queue(answer("BATCH"))
     await kit.decide_all(rt)
     await push.flush(rt)
-    return {"token": token, "bob_token": bob_token, "goal": goal, "bob_goal": bob_goal, "boundary": boundary,
-            "plain": plain}  # fmt: skip
+    return {
+        "token": token,
+        "bob_token": bob_token,
+        "goal": goal,
+        "bob_goal": bob_goal,
+        "boundary": boundary,
+        "plain": plain,
+    }
 
 
 async def run_id(rt, item_id: int, goal_id: int) -> int:
@@ -74,8 +80,9 @@ async def test_runs_are_listed_per_user_and_shown_in_full(lapi, fake_llm: FakeOp
     assert judged["prompt_tokens"] > 0 and judged["usd"] > 0
     fallback = await (await lapi.get("/api/v1/agent/runs?status=FALLBACK", headers=bearer(w["token"]))).json()
     assert fallback["items"] == []
-    only = await (await lapi.get(f"/api/v1/agent/runs?goal_id={w['goal']}&trigger=match&limit=1",
-                                 headers=bearer(w["token"]))).json()  # fmt: skip
+    only = await (
+        await lapi.get(f"/api/v1/agent/runs?goal_id={w['goal']}&trigger=match&limit=1", headers=bearer(w["token"]))
+    ).json()
     assert len(only["items"]) == 1 and only["next_cursor"]
     other = await (await lapi.get(f"/api/v1/agent/runs?goal_id={w['bob_goal']}", headers=bearer(w["token"]))).json()
     assert other["items"] == []
@@ -96,10 +103,11 @@ async def test_replay_reports_differences_and_changes_nothing(lapi, fake_llm: Fa
     w = await judged_world(rt, fake_llm)
     judged = await run_id(rt, w["boundary"], w["goal"])
     url = f"/api/v1/agent/runs/{judged}/replay"
-    before = (await rt.pool.fetchval("SELECT count(*) FROM agent_runs"),
-              await rt.pool.fetchval("SELECT count(*) FROM judge_cache"),
-              dict(await rt.pool.fetchrow("SELECT tier, status, reason FROM decisions WHERE item_id = $1",
-                                          w["boundary"])))  # fmt: skip
+    before = (
+        await rt.pool.fetchval("SELECT count(*) FROM agent_runs"),
+        await rt.pool.fetchval("SELECT count(*) FROM judge_cache"),
+        dict(await rt.pool.fetchrow("SELECT tier, status, reason FROM decisions WHERE item_id = $1", w["boundary"])),
+    )
     # same thresholds, stored answer: nothing differs
     same = await (await lapi.post(url, json={}, headers=bearer(w["token"]))).json()
     assert same["changed"] is False and same["llm"]["source"] == "stored" and same["replayed"]["tier"] == "BATCH"
@@ -114,21 +122,24 @@ async def test_replay_reports_differences_and_changes_nothing(lapi, fake_llm: Fa
     assert stored["changed"] is False and stored["stored_policy"]["IMMEDIATE_THRESHOLD"] == 0.93
     # a live call under the stored thresholds: the judge now says IMMEDIATE
     fake_llm.chat_queue(answer("IMMEDIATE"))
-    live = await (await lapi.post(url, json={"use_llm": True, "thresholds": "stored"},
-                                  headers=bearer(w["token"]))).json()  # fmt: skip
+    live = await (
+        await lapi.post(url, json={"use_llm": True, "thresholds": "stored"}, headers=bearer(w["token"]))
+    ).json()
     assert live["llm"]["source"] == "live" and live["llm"]["answer"]["label"] == "IMMEDIATE"
     assert {d["field"]: d["replayed"] for d in live["differences"]} == {"tier": "IMMEDIATE"}
     assert fake_llm.requests["chat"] == 2
     # nothing changed: no run, no cache entry, the decision as it was
-    after = (await rt.pool.fetchval("SELECT count(*) FROM agent_runs"),
-             await rt.pool.fetchval("SELECT count(*) FROM judge_cache"),
-             dict(await rt.pool.fetchrow("SELECT tier, status, reason FROM decisions WHERE item_id = $1",
-                                         w["boundary"])))  # fmt: skip
+    after = (
+        await rt.pool.fetchval("SELECT count(*) FROM agent_runs"),
+        await rt.pool.fetchval("SELECT count(*) FROM judge_cache"),
+        dict(await rt.pool.fetchrow("SELECT tier, status, reason FROM decisions WHERE item_id = $1", w["boundary"])),
+    )
     assert after == before
     # a failing LLM on a live replay: a FALLBACK outcome, still no change
     fake_llm.fail_next(1, status=500, endpoint="chat")
-    failed = await (await lapi.post(url, json={"use_llm": True, "thresholds": "stored"},
-                                    headers=bearer(w["token"]))).json()  # fmt: skip
+    failed = await (
+        await lapi.post(url, json={"use_llm": True, "thresholds": "stored"}, headers=bearer(w["token"]))
+    ).json()
     assert failed["replayed"]["run_status"] == "FALLBACK" and "HTTP 500" in failed["replayed"]["fallback_reason"]
 
 
@@ -139,8 +150,9 @@ async def test_replay_rejects_push_runs_and_bad_input(lapi, fake_llm: FakeOpenAI
     resp = await lapi.post(f"/api/v1/agent/runs/{flush_run}/replay", json={}, headers=bearer(w["token"]))
     assert resp.status == 422
     judged = await run_id(rt, w["boundary"], w["goal"])
-    bad = await lapi.post(f"/api/v1/agent/runs/{judged}/replay", json={"use_llm": "yes", "x": 1},
-                          headers=bearer(w["token"]))  # fmt: skip
+    bad = await lapi.post(
+        f"/api/v1/agent/runs/{judged}/replay", json={"use_llm": "yes", "x": 1}, headers=bearer(w["token"])
+    )
     assert bad.status == 422 and {e["field"] for e in (await bad.json())["errors"]} == {"use_llm", "x"}
     assert (await lapi.post(f"/api/v1/agent/runs/{judged}/replay", headers=bearer(w["token"]))).status == 200
     assert (

@@ -70,14 +70,32 @@ async def test_create_with_defaults_get_and_list(api: Any) -> None:
 
 async def test_validation_lists_every_bad_field(api: Any) -> None:
     _, token = await make_user(api.app[RT], "v@example.com")
-    resp = await api.post("/api/v1/goals", json={"priority_mode": "LOUD", "batch_windows": ["12:30", "25:00"],
-                                                 "timezone": "Mars/Olympus", "email": "nope", "colour": "red",
-                                                 "priority_terms": "AI", "digest_time": "9"},
-                          headers=bearer(token))  # fmt: skip
+    resp = await api.post(
+        "/api/v1/goals",
+        json={
+            "priority_mode": "LOUD",
+            "batch_windows": ["12:30", "25:00"],
+            "timezone": "Mars/Olympus",
+            "email": "nope",
+            "colour": "red",
+            "priority_terms": "AI",
+            "digest_time": "9",
+        },
+        headers=bearer(token),
+    )
     assert resp.status == 422 and resp.content_type == "application/problem+json"
     fields = {e["field"] for e in (await resp.json())["errors"]}
-    assert fields == {"name", "description", "priority_mode", "batch_windows", "timezone", "email", "colour",
-                      "priority_terms", "digest_time"}  # fmt: skip
+    assert fields == {
+        "name",
+        "description",
+        "priority_mode",
+        "batch_windows",
+        "timezone",
+        "email",
+        "colour",
+        "priority_terms",
+        "digest_time",
+    }
     too_many = await post_goal(api, token, batch_windows=["08:00", "12:00", "16:00", "20:00"])
     assert too_many.status == 422
     empty = await post_goal(api, token, name="  ")
@@ -94,9 +112,14 @@ async def test_tenancy_and_scopes(api: Any) -> None:
     _, reader = await make_user(rt, "reader@example.com", scopes=["goals:read"])
     goal = await (await post_goal(api, alice)).json()
     gid = goal["id"]
-    for method, path in [("GET", f"/api/v1/goals/{gid}"), ("PUT", f"/api/v1/goals/{gid}"),
-                         ("DELETE", f"/api/v1/goals/{gid}"), ("POST", f"/api/v1/goals/{gid}/pause"),
-                         ("POST", f"/api/v1/goals/{gid}/resume"), ("GET", f"/api/v1/goals/{gid}/matches")]:  # fmt: skip
+    for method, path in [
+        ("GET", f"/api/v1/goals/{gid}"),
+        ("PUT", f"/api/v1/goals/{gid}"),
+        ("DELETE", f"/api/v1/goals/{gid}"),
+        ("POST", f"/api/v1/goals/{gid}/pause"),
+        ("POST", f"/api/v1/goals/{gid}/resume"),
+        ("GET", f"/api/v1/goals/{gid}/matches"),
+    ]:
         resp = await api.request(method, path, json={"name": "x"} if method == "PUT" else None, headers=bearer(bob))
         assert resp.status == 404, (method, path)
     assert (await (await api.get("/api/v1/goals", headers=bearer(bob))).json())["items"] == []
@@ -175,8 +198,9 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
     # cursor pagination walks the same order without gaps or repeats
     seen, cursor = [], None
     while True:
-        page = await (await api.get(url + "?limit=2" + (f"&cursor={cursor}" if cursor else ""),
-                                    headers=bearer(token))).json()  # fmt: skip
+        page = await (
+            await api.get(url + "?limit=2" + (f"&cursor={cursor}" if cursor else ""), headers=bearer(token))
+        ).json()
         seen += [m["item"]["id"] for m in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
@@ -198,14 +222,31 @@ def test_cli_goal_add_and_list(dsn: str, tmp_path: Any, monkeypatch: Any) -> Non
         return runner.invoke(main, list(args), catch_exceptions=False)
 
     assert cli("user", "create", "--email", "cli@example.com").exit_code == 0
-    out = cli("goal", "add", "--email", "cli@example.com", "--name", "EVs", "--description", "Electric cars",
-              "--term", "Tesla", "--term", "BYD", "--negative", "rumour", "--mode", "strict")  # fmt: skip
+    out = cli(
+        "goal",
+        "add",
+        "--email",
+        "cli@example.com",
+        "--name",
+        "EVs",
+        "--description",
+        "Electric cars",
+        "--term",
+        "Tesla",
+        "--term",
+        "BYD",
+        "--negative",
+        "rumour",
+        "--mode",
+        "strict",
+    )
     assert out.exit_code == 0, out.output
     assert out.stdout.startswith("goal 1 added: EVs (STRICT, cli@example.com)")
     bad = cli("goal", "add", "--email", "cli@example.com", "--name", "x", "--description", " ")
     assert bad.exit_code == 1 and "description" in bad.stderr
     rows = json.loads(cli("goal", "list", "--json").stdout)
-    assert [(r["name"], r["priority_terms"], r["negative_terms"]) for r in rows] == [("EVs", ["Tesla", "BYD"],
-                                                                                      ["rumour"])]  # fmt: skip
+    assert [(r["name"], r["priority_terms"], r["negative_terms"]) for r in rows] == [
+        ("EVs", ["Tesla", "BYD"], ["rumour"])
+    ]
     table = cli("goal", "list", "--email", "cli@example.com").stdout
     assert "EVs" in table and "STRICT" in table

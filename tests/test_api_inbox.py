@@ -22,15 +22,25 @@ async def pushed_world(rt):
     g2 = await kit.goal(rt, alice, "Batteries", batch_windows=[])
     gb = await kit.goal(rt, bob, "Bob goal", batch_windows=[])
     items = {}
-    for name, goal, src, score in [("a1", g1, a_src, 0.97), ("a2", g1, a_src, 0.98), ("a3", g2, a_src, 0.99),
-                                   ("ignored", g1, a_src, 0.0), ("b1", gb, b_src, 0.97)]:  # fmt: skip
+    for name, goal, src, score in [
+        ("a1", g1, a_src, 0.97),
+        ("a2", g1, a_src, 0.98),
+        ("a3", g2, a_src, 0.99),
+        ("ignored", g1, a_src, 0.0),
+        ("b1", gb, b_src, 0.97),
+    ]:
         items[name] = await kit.item(rt, src, f"Title {name}", url=f"https://example.org/{name}")
         gate = "negative_term" if name == "ignored" else None
         await kit.match(rt, goal, items[name], score, gate=gate, components={"ungated_score": 0.9} if gate else None)
     await kit.decide_all(rt)
     await push.flush(rt)
-    return {"alice": (alice, a_token), "bob": (bob, b_token), "goals": (g1, g2, gb), "items": items,
-            "sources": (a_src, b_src)}  # fmt: skip
+    return {
+        "alice": (alice, a_token),
+        "bob": (bob, b_token),
+        "goals": (g1, g2, gb),
+        "items": items,
+        "sources": (a_src, b_src),
+    }
 
 
 async def test_inbox_lists_pushed_items_only_with_reasons_and_pages(api) -> None:
@@ -52,8 +62,9 @@ async def test_inbox_lists_pushed_items_only_with_reasons_and_pages(api) -> None
     assert first["read_at"] is None and first["score"] > 0.98
     page1 = await (await api.get("/api/v1/notifications?limit=2", headers=bearer(token))).json()
     assert len(page1["items"]) == 2 and page1["next_cursor"]
-    page2 = await (await api.get(f"/api/v1/notifications?limit=2&cursor={page1['next_cursor']}",
-                                 headers=bearer(token))).json()  # fmt: skip
+    page2 = await (
+        await api.get(f"/api/v1/notifications?limit=2&cursor={page1['next_cursor']}", headers=bearer(token))
+    ).json()
     assert [n["item"]["title"] for n in page2["items"]] == titles[2:] and page2["next_cursor"] is None
     only_g1 = await (await api.get(f"/api/v1/notifications?goal_id={g1}", headers=bearer(token))).json()
     assert {n["goal_id"] for n in only_g1["items"]} == {g1} and len(only_g1["items"]) == 2
@@ -112,8 +123,9 @@ async def test_feedback_like_dislike_undo(api) -> None:
     assert (await api.post(url, json={"feedback": "like"}, headers=bearer(token))).status == 422
     assert (await api.post(url, json={"goal_id": gb, "feedback": "like"}, headers=bearer(token))).status == 404
     other_item = w["items"]["a3"]  # Alice's item, but it never reached goal g1
-    resp = await api.post(f"/api/v1/items/{other_item}/feedback", json={"goal_id": g1, "feedback": "like"},
-                          headers=bearer(token))  # fmt: skip
+    resp = await api.post(
+        f"/api/v1/items/{other_item}/feedback", json={"goal_id": g1, "feedback": "like"}, headers=bearer(token)
+    )
     assert resp.status == 404
 
 
@@ -125,8 +137,9 @@ async def test_block_source_cancels_pending_at_once_and_can_be_undone(api) -> No
     waiting = await kit.item(rt, a_src, "Waiting in the coalescing window")
     await kit.match(rt, g1, waiting, 0.99)
     await kit.decide_all(rt)
-    resp = await api.post(f"/api/v1/items/{w['items']['a1']}/feedback", json={"goal_id": g1, "block_source": True},
-                          headers=bearer(token))  # fmt: skip
+    resp = await api.post(
+        f"/api/v1/items/{w['items']['a1']}/feedback", json={"goal_id": g1, "block_source": True}, headers=bearer(token)
+    )
     assert resp.status == 200
     body = await resp.json()
     assert body["blocked_source"] == {"source_id": a_src, "source_name": "Alice wire"} and body["cancelled"] == 1
@@ -156,16 +169,23 @@ async def test_click_redirects_only_to_the_items_own_url(api) -> None:
     w = await pushed_world(rt)
     a1, g1 = w["items"]["a1"], w["goals"][0]
     browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"}
-    resp = await api.get(f"/r/{a1}?goal_id={g1}&channel=email&url=https://evil.example/",
-                         allow_redirects=False, headers=browser)  # fmt: skip
+    resp = await api.get(
+        f"/r/{a1}?goal_id={g1}&channel=email&url=https://evil.example/", allow_redirects=False, headers=browser
+    )
     assert resp.status == 302 and resp.headers["Location"] == "https://example.org/a1"
     resp = await api.head(f"/r/{a1}?goal_id={g1}&channel=email", allow_redirects=False, headers=browser)
     assert resp.status == 302
-    await api.get(f"/r/{a1}?goal_id=999999&channel=weird", allow_redirects=False,
-                  headers={"User-Agent": "Barracuda Sentinel (EE)"})  # fmt: skip
+    await api.get(
+        f"/r/{a1}?goal_id=999999&channel=weird",
+        allow_redirects=False,
+        headers={"User-Agent": "Barracuda Sentinel (EE)"},
+    )
     clicks = await rt.pool.fetch("SELECT * FROM clicks ORDER BY id")
     assert [(c["goal_id"], c["channel"], c["is_scanner"]) for c in clicks] == [
-        (g1, "email", False), (g1, "email", True), (None, "other", True)]  # fmt: skip
+        (g1, "email", False),
+        (g1, "email", True),
+        (None, "other", True),
+    ]
     assert (await api.get("/r/999999", allow_redirects=False)).status == 404
     assert (await api.get("/r/abc", allow_redirects=False)).status == 404
     evil = await kit.item(rt, w["sources"][0], "Evil", url="javascript:alert(1)")
@@ -185,8 +205,9 @@ async def test_unsubscribe_get_confirms_post_pauses(api) -> None:
     assert (await api.get(path[:-4] + "0000")).status == 404
     assert (await api.get(f"/api/v1/goals/{g1}/unsubscribe?token=%C3%A9t%C3%A9")).status == 404
     assert (await api.post(f"/api/v1/goals/{g2}/unsubscribe?token={path.rsplit('=', 1)[1]}")).status == 404
-    resp = await api.post(path, data="List-Unsubscribe=One-Click",
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    resp = await api.post(
+        path, data="List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert resp.status == 200 and "paused" in await resp.text()
     assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g1) == "paused"
     assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g2) == "active"

@@ -22,8 +22,9 @@ async def _users(api: Any) -> tuple[dict[str, str], dict[str, str]]:
 
 async def test_create_list_get_and_shared_subscription(api: Any) -> None:
     alice, bob = await _users(api)
-    resp = await api.post("/api/v1/sources", json={"url": "HTTPS://Feeds.Example.com/rss.xml#x", "name": "Ex"},
-                          headers=alice)  # fmt: skip
+    resp = await api.post(
+        "/api/v1/sources", json={"url": "HTTPS://Feeds.Example.com/rss.xml#x", "name": "Ex"}, headers=alice
+    )
     assert resp.status == 201, await resp.text()
     src = await resp.json()
     assert src["url"] == "https://feeds.example.com/rss.xml" and src["type"] == "rss"
@@ -31,8 +32,9 @@ async def test_create_list_get_and_shared_subscription(api: Any) -> None:
     for key in ("last_fetch_at", "next_fetch_at", "error_streak", "last_error", "last_error_kind", "last_success_at"):
         assert key in src
     # the same (type, url) from another user subscribes them to the same source: fetched once
-    resp = await api.post("/api/v1/sources", json={"url": "https://feeds.example.com/rss.xml", "type": "rss"},
-                          headers=bob)  # fmt: skip
+    resp = await api.post(
+        "/api/v1/sources", json={"url": "https://feeds.example.com/rss.xml", "type": "rss"}, headers=bob
+    )
     assert resp.status == 200
     assert (await resp.json())["id"] == src["id"]
     rt = api.app[RT]
@@ -75,17 +77,25 @@ async def test_validation(api: Any) -> None:
 
 async def test_types_and_hotlist_url(api: Any) -> None:
     alice, _ = await _users(api)
-    resp = await api.post("/api/v1/sources", json={"type": "hotlist", "url": "https://newsnow.example",
-                                                   "config": {"source_id": "weibo"}}, headers=alice)  # fmt: skip
+    resp = await api.post(
+        "/api/v1/sources",
+        json={"type": "hotlist", "url": "https://newsnow.example", "config": {"source_id": "weibo"}},
+        headers=alice,
+    )
     assert resp.status == 201
     hot = await resp.json()
     assert hot["url"] == "https://newsnow.example/api/s?id=weibo" and hot["fetch_interval_sec"] == 1800
     # the API URL itself is the same hot list
-    resp = await api.post("/api/v1/sources", json={"type": "hotlist", "url": "https://newsnow.example/api/s?id=weibo"},
-                          headers=alice)  # fmt: skip
+    resp = await api.post(
+        "/api/v1/sources", json={"type": "hotlist", "url": "https://newsnow.example/api/s?id=weibo"}, headers=alice
+    )
     assert resp.status == 200 and (await resp.json())["id"] == hot["id"]
-    site = {"type": "site", "url": "https://site.example/news", "fetch_interval_sec": 3600,
-            "config": {"selectors": {"item": "li", "title": "a"}, "headers": {"Cookie": "secret=1"}}}  # fmt: skip
+    site = {
+        "type": "site",
+        "url": "https://site.example/news",
+        "fetch_interval_sec": 3600,
+        "config": {"selectors": {"item": "li", "title": "a"}, "headers": {"Cookie": "secret=1"}},
+    }
     resp = await api.post("/api/v1/sources", json=site, headers=alice)
     assert resp.status == 201
     assert (await resp.json())["config"]["headers"] == {"Cookie": "secret=1"}  # the creator sees their headers
@@ -133,9 +143,13 @@ async def test_enable_disable_delete(api: Any) -> None:
     assert (await api.delete(f"/api/v1/sources/{sid}", headers=bob)).status == 204
     assert (await api.get(f"/api/v1/sources/{sid}", headers=bob)).status == 404
     # nobody follows it with an enabled subscription: it is not due for fetching
-    assert await rt.pool.fetchval(
-        "SELECT count(*) FROM sources s WHERE EXISTS (SELECT 1 FROM subscriptions x WHERE x.source_id = s.id "
-        "AND x.enabled)") == 0  # fmt: skip
+    assert (
+        await rt.pool.fetchval(
+            "SELECT count(*) FROM sources s WHERE EXISTS (SELECT 1 FROM subscriptions x WHERE x.source_id = s.id "
+            "AND x.enabled)"
+        )
+        == 0
+    )
     resp = await api.post(f"/api/v1/sources/{sid}/enable", headers=alice)
     assert (await resp.json())["enabled"] is True
     resp = await api.put(f"/api/v1/sources/{sid}", json={"enabled": False}, headers=alice)
@@ -246,8 +260,12 @@ async def test_opml_import_export_round_trip(api: Any) -> None:
     assert [a["url"] for a in report["added"]] == ["https://a.example/rss"]
     assert sorted(s["url"] for s in report["skipped"]) == ["https://a.example/rss", "https://b.example/atom"]
     assert sorted(i["url"] for i in report["invalid"]) == ["https://c.example/rss", "javascript:alert(1)"]
-    site = {"type": "site", "url": "https://s.example/list", "fetch_interval_sec": 7200,
-            "config": {"selectors": {"item": "li", "title": "a"}, "timezone": "Asia/Shanghai"}}  # fmt: skip
+    site = {
+        "type": "site",
+        "url": "https://s.example/list",
+        "fetch_interval_sec": 7200,
+        "config": {"selectors": {"item": "li", "title": "a"}, "timezone": "Asia/Shanghai"},
+    }
     await api.post("/api/v1/sources", json=site, headers=alice)
 
     resp = await api.get("/api/v1/sources/export", headers=alice)
@@ -265,8 +283,10 @@ async def test_opml_import_export_round_trip(api: Any) -> None:
 
 async def test_opml_import_refuses_bad_documents(api: Any) -> None:
     alice, _ = await _users(api)
-    laughs = ('<?xml version="1.0"?><!DOCTYPE opml [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
-              '<opml version="2.0"><body><outline text="&b;" xmlUrl="https://x.example/"/></body></opml>')  # fmt: skip
+    laughs = (
+        '<?xml version="1.0"?><!DOCTYPE opml [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+        '<opml version="2.0"><body><outline text="&b;" xmlUrl="https://x.example/"/></body></opml>'
+    )
     for body, status in ((laughs, 422), ("<html><body/></html>", 422), ("not xml at all <", 422), ("", 400)):
         resp = await api.post("/api/v1/sources/import", data=body.encode(), headers=alice)
         assert resp.status == status, body

@@ -287,8 +287,9 @@ def test_cron_wrappers_on_the_embedded_server(tmp_path: Path) -> None:
     env.update(INFOSENTRY_DATA_DIR=str(data), LOG_LEVEL="WARNING")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "infosentry", *args], env=env, capture_output=True, text=True,
-                              timeout=60)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "infosentry", *args], env=env, capture_output=True, text=True, timeout=60
+        )
 
     def wrapper(name: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(root / "bin" / name), *args], env=env, capture_output=True, text=True, timeout=60)

@@ -41,14 +41,19 @@ class System:
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"proc-{len(self.procs)}-{args[0]}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "infosentry", *args], env={**self.env, **(env or {})},
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infosentry", *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc
 
     def cli(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "infosentry", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "infosentry", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -140,8 +145,9 @@ async def traffic(rt: Runtime, score: float, n: int = 3, *, goals: int = 1) -> l
 # --- worker: a job of a SIGKILLed worker is retried by another one ----------------------------------------
 
 
-async def test_worker_killed_mid_job_is_retried_by_another_worker(rt: Runtime, settings: Settings,
-                                                                  system: System) -> None:  # fmt: skip
+async def test_worker_killed_mid_job_is_retried_by_another_worker(
+    rt: Runtime, settings: Settings, system: System
+) -> None:
     system.start("worker", "--queue", "agent")  # runs `maintenance`, the stalled-job recovery
     await live(rt, "agent")
     report = await chaos.drill_worker(settings, seconds=2, fast=True, timeout=30)
@@ -154,8 +160,9 @@ async def test_worker_killed_mid_job_is_retried_by_another_worker(rt: Runtime, s
     assert len(done) == 1 and done[0]["pid"] == starts[1]["pid"]  # completed once, by B
     assert report.timings["kill_to_done"] < 15
     assert not chaos.state_path(settings).exists()
-    assert not any(psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE
-                   for r in starts)  # fmt: skip
+    assert not any(
+        psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE for r in starts
+    )
     assert await rt.pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE id = $1", report.data["job"]) == 0
 
 
@@ -201,8 +208,9 @@ async def test_budget_breaker_forced_open_then_recovered(rt: Runtime, settings: 
 # --- smtp: SMTP refuses; the inbox keeps filling, emails are delivered once after recover ------------------
 
 
-async def test_smtp_refusing_then_recovered_exactly_once(rt: Runtime, settings: Settings, system: System,
-                                                         smtp_sink: SmtpSink) -> None:  # fmt: skip
+async def test_smtp_refusing_then_recovered_exactly_once(
+    rt: Runtime, settings: Settings, system: System, smtp_sink: SmtpSink
+) -> None:
     await pushkit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)  # an IMMEDIATE email leaves at once
     # decide and flush keep working (SMTP is configured everywhere: the outbox is filled, not inbox-only)
     system.start("worker", "--queue", "agent", env=smtp_sink.env())
@@ -215,8 +223,9 @@ async def test_smtp_refusing_then_recovered_exactly_once(rt: Runtime, settings: 
     assert len(await pushkit.notifications(rt)) == 4  # the inbox kept filling
     emails = await pushkit.emails(rt, "immediate")
     assert len(emails) == 2 and all(e["status"] == "pending" and e["attempts"] >= 1 for e in emails), emails
-    assert all("refused" in (e["last_error"] or "").lower() or "connect" in (e["last_error"] or "").lower()
-               for e in emails)  # fmt: skip
+    assert all(
+        "refused" in (e["last_error"] or "").lower() or "connect" in (e["last_error"] or "").lower() for e in emails
+    )
     assert smtp_sink.received == []
     assert any("emails wait in the outbox" in d for d in report.degraded), report.lines()
     assert any("inbox: 4 new notifications" in k for k in report.kept_working), report.lines()
@@ -262,8 +271,9 @@ async def test_openai_refusing_then_recovered(rt: Runtime, settings: Settings, s
         system.start("worker", "--queue", "embed", "--queue", "agent", env=fake.env())
         undone = await chaos.recover(remote, timeout=30)
         assert undone.ok, undone.lines()
-        statuses = await rt.pool.fetch("SELECT embedding_status, embedding_model FROM items WHERE id = ANY($1)",
-                                       waiting)  # fmt: skip
+        statuses = await rt.pool.fetch(
+            "SELECT embedding_status, embedding_model FROM items WHERE id = ANY($1)", waiting
+        )
         assert {(r["embedding_status"], r["embedding_model"]) for r in statuses} == {
             ("done", "openai:text-embedding-3-small")
         }
@@ -309,9 +319,14 @@ def db_drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             time.sleep(0.3)
         result = system.cli("chaos", "db", "--json", "--timeout", "20")
         report = json.loads(result.stdout)
-        yield {"report": report, "exit": result.returncode, "serve_alive": serve.poll() is None,
-               "worker_alive": worker.poll() is None, "healthy_after": _healthy(port),
-               "log": result.stderr}  # fmt: skip
+        yield {
+            "report": report,
+            "exit": result.returncode,
+            "serve_alive": serve.poll() is None,
+            "worker_alive": worker.poll() is None,
+            "healthy_after": _healthy(port),
+            "log": result.stderr,
+        }
     finally:
         system.stop()
         _stop_embedded(tmp / "data" / "pg")
@@ -325,8 +340,9 @@ def _stop_embedded(pgdata: Path) -> None:
     bin_dir = db.embedded_bin_dir()
     assert bin_dir is not None
     kwargs: dict[str, Any] = {"user": pgdata.stat().st_uid} if os.geteuid() == 0 else {}
-    subprocess.run([str(bin_dir / "pg_ctl"), "stop", "-m", "fast", "-D", str(pgdata)], capture_output=True,
-                   timeout=30, **kwargs)  # fmt: skip
+    subprocess.run(
+        [str(bin_dir / "pg_ctl"), "stop", "-m", "fast", "-D", str(pgdata)], capture_output=True, timeout=30, **kwargs
+    )
 
 
 @pytest.mark.slow
@@ -350,8 +366,9 @@ def test_db_restart_every_worker_reconnects_and_no_job_is_lost(db_drill: dict[st
     assert report["timings"]["all_processes_back"] < 15
 
 
-async def test_db_drill_on_an_external_server_cuts_every_connection(rt: Runtime, settings: Settings,
-                                                                     system: System) -> None:  # fmt: skip
+async def test_db_drill_on_an_external_server_cuts_every_connection(
+    rt: Runtime, settings: Settings, system: System
+) -> None:
     port = _free_port()
     system.start("serve", "--role", "api", "--port", str(port))
     await wait_until(lambda: asyncio.to_thread(_healthy, port), 30)

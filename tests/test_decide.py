@@ -16,8 +16,14 @@ from tests.conftest import make_user
 POLICY = Policy(immediate_threshold=0.93, boundary_low=0.88, batch_threshold=0.75, digest_min=0.60)
 
 
-def snap(score: float, *, gate: str | None = None, backfill: bool = False, blocked: bool = False,
-         components: dict | None = None) -> dict:  # fmt: skip
+def snap(
+    score: float,
+    *,
+    gate: str | None = None,
+    backfill: bool = False,
+    blocked: bool = False,
+    components: dict | None = None,
+) -> dict:
     return {
         "goal": {"id": 1, "version": 1},
         "item": {"id": 2, "is_backfill": False},
@@ -95,8 +101,12 @@ async def test_every_match_gets_one_decision_with_a_full_run(rt) -> None:
     snapshot = row["input"]
     assert snapshot["goal"]["name"] == "Goal 0" and snapshot["item"]["title"] == "Story scored 0.9"
     assert snapshot["match"]["score"] == pytest.approx(0.90) and snapshot["match"]["reasons"] == ["hit 0.9"]
-    assert snapshot["thresholds"] == {"IMMEDIATE_THRESHOLD": 0.93, "BOUNDARY_LOW": 0.88, "BATCH_THRESHOLD": 0.75,
-                                      "DIGEST_MIN_SCORE": 0.6}  # fmt: skip
+    assert snapshot["thresholds"] == {
+        "IMMEDIATE_THRESHOLD": 0.93,
+        "BOUNDARY_LOW": 0.88,
+        "BATCH_THRESHOLD": 0.75,
+        "DIGEST_MIN_SCORE": 0.6,
+    }
     assert snapshot["switches"] == {"IMMEDIATE_ENABLED": True, "LLM_ENABLED": False}
     assert "breaker_open" in snapshot["budget"]
     decision = await rt.pool.fetchrow("SELECT * FROM decisions WHERE item_id = $1", items[0.97])
@@ -113,8 +123,15 @@ async def test_every_match_gets_one_decision_with_a_full_run(rt) -> None:
 async def test_gated_pairs_are_ignored_with_their_reason(rt) -> None:
     _, source_id, (goal_id,) = await _world(rt)
     item_id = await kit.item(rt, source_id, "Crypto chips")
-    await kit.match(rt, goal_id, item_id, 0.0, gate="negative_term", reasons=["negative term 'crypto'"],
-                    components={"ungated_score": 0.95})  # fmt: skip
+    await kit.match(
+        rt,
+        goal_id,
+        item_id,
+        0.0,
+        gate="negative_term",
+        reasons=["negative term 'crypto'"],
+        components={"ungated_score": 0.95},
+    )
     quiet = await kit.item(rt, source_id, "Crypto weather")
     await kit.match(rt, goal_id, quiet, 0.0, gate="negative_term", components={"ungated_score": 0.2})
     await kit.decide_all(rt)

@@ -19,8 +19,9 @@ from infosentry import demo
 def run_demo(dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_", "DATABASE_"))}
     env |= {"DATABASE_URL": dsn, "INFOSENTRY_DATA_DIR": str(data_dir), "LOG_FORMAT": "text", "TZ": "Asia/Shanghai"}
-    return subprocess.run([sys.executable, "-m", "infosentry", "demo"], env=env, capture_output=True, text=True,
-                          timeout=90)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "infosentry", "demo"], env=env, capture_output=True, text=True, timeout=90
+    )
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from tests.test_match import (
     seed_item,
     seed_source,
     set_hot,
-)  # fmt: skip
+)
 
 MODEL = "fake-embed"  # not a known model: 256-dim fake vectors, default anchors
 
@@ -95,8 +95,10 @@ async def test_fake_server_embeddings_chat_and_scripts(openai_server: FakeOpenAI
         assert '"label"' in (await client.chat.completions.create(model="m", messages=[])).choices[0].message.content
         openai_server.chat_queue("first", {"content": "second", "prompt_tokens": 7, "completion_tokens": 3})
         openai_server.chat_handler(lambda body: f"echo {len(body['messages'])}")
-        answers = [await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-                   for _ in range(3)]  # fmt: skip
+        answers = [
+            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            for _ in range(3)
+        ]
         assert [a.choices[0].message.content for a in answers] == ["first", "second", "echo 1"]
         assert answers[1].usage.prompt_tokens == 7 and answers[1].usage.completion_tokens == 3
         openai_server.invalid_json_next(1, "content", endpoint="chat")
@@ -209,8 +211,7 @@ async def test_pipeline_accounts_usage_in_the_budget_day(fake_rt: Runtime, opena
     assert (await statuses(rt)) == {"done": 3}
 
 
-async def test_outage_keeps_items_pending_and_scored_by_keywords(fake_rt: Runtime,
-                                                                 openai_server: FakeOpenAI) -> None:  # fmt: skip
+async def test_outage_keeps_items_pending_and_scored_by_keywords(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
     rt = fake_rt
     w = await seed_world(rt)
     openai_server.down()
@@ -264,8 +265,7 @@ async def test_a_refused_input_is_isolated_and_fails_visibly(fake_rt: Runtime, o
     assert (await embed.sweep(rt))["pending"] is False  # failed is final, not retried forever
 
 
-async def test_breaker_pauses_embedding_then_resumes_after_reset(fake_rt: Runtime,
-                                                                 openai_server: FakeOpenAI) -> None:  # fmt: skip
+async def test_breaker_pauses_embedding_then_resumes_after_reset(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
     rt = fake_rt
     uid, _ = await make_user(rt, "budget@example.com")
     src = await seed_source(rt, uid)
@@ -294,16 +294,19 @@ async def test_breaker_pauses_embedding_then_resumes_after_reset(fake_rt: Runtim
         assert not (await match_row(rt, goal, item))["lexical_only"]
 
 
-async def test_model_change_re_embeds_what_matching_still_needs(settings: Settings,
-                                                                openai_server: FakeOpenAI) -> None:  # fmt: skip
+async def test_model_change_re_embeds_what_matching_still_needs(settings: Settings, openai_server: FakeOpenAI) -> None:
     async with open_runtime(fake_settings(settings, openai_server)) as rt:
         tune(rt)
         w = await seed_world(rt)
         old = await seed_item(rt, w["source"], "An old GPU story", "from last week", hours_ago=24 * 7)
         rated_old = await seed_item(rt, w["source"], "An old rated GPU story", "liked", hours_ago=24 * 7)
         await embed.run(rt)
-        await rt.pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
-                              w["goal"], rated_old, w["user"])  # fmt: skip
+        await rt.pool.execute(
+            "INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
+            w["goal"],
+            rated_old,
+            w["user"],
+        )
     async with open_runtime(fake_settings(settings, openai_server, model="fake-embed-v2")) as rt:
         tune(rt)
         sweep = await embed.sweep(rt)

@@ -34,9 +34,12 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "infosentry", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "infosentry", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -142,8 +145,11 @@ def test_a_change_reaches_api_and_worker_processes_within_2_seconds(dsn: str) ->
 
         cli = subprocess.run(
             [sys.executable, "-m", "infosentry", "config", "set", "IMMEDIATE_ENABLED", "false"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         changed_at = time.monotonic()  # the CLI exits after its transaction committed
         assert cli.returncode == 0, cli.stderr
         assert "IMMEDIATE_ENABLED = false" in cli.stdout

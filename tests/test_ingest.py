@@ -52,9 +52,13 @@ def rss(items: list[dict[str, Any]], *, title: str = "Test feed", ttl: int | Non
 
 
 def story(n: int, *, host: str = "news.example", age: timedelta = timedelta(hours=1), **extra: Any) -> dict[str, Any]:
-    return {"title": f"Story number {n} about things", "link": f"https://{host}/story/{n}",
-            "description": f"<p>Body of story {n}, with <b>markup</b> &amp; entities.</p>", "pub": NOW - age,
-            **extra}  # fmt: skip
+    return {
+        "title": f"Story number {n} about things",
+        "link": f"https://{host}/story/{n}",
+        "description": f"<p>Body of story {n}, with <b>markup</b> &amp; entities.</p>",
+        "pub": NOW - age,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -69,8 +73,16 @@ async def user(rt: Runtime) -> int:
     return user_id
 
 
-async def add(rt: Runtime, user_id: int, url: str, *, type: str = "rss", interval: int | None = None,
-              config: dict[str, Any] | None = None, name: str | None = None) -> int:  # fmt: skip
+async def add(
+    rt: Runtime,
+    user_id: int,
+    url: str,
+    *,
+    type: str = "rss",
+    interval: int | None = None,
+    config: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> int:
     spec = ingest.validate_source(type=type, url=url, interval=interval, config=config, name=name)
     row, _, _ = await ingest.add_source(rt.pool, user_id, spec)
     return int(row["id"])
@@ -203,22 +215,56 @@ async def test_backoff_doubles_is_capped_and_resets(rt: Runtime, user: int, serv
 
 async def test_same_story_from_two_feeds_is_one_item(rt: Runtime, user: int, server: FakeFeedServer) -> None:
     same_text = "The council approved the new bridge budget after a long debate on Tuesday evening."
-    server.add("/one.xml", rss([
-        {"title": "Bridge approved", "link": "https://news.example/bridge?utm_source=rss&id=7",
-         "description": same_text, "pub": NOW},
-        {"title": "Council approves bridge budget after debate", "link": "https://one.example/a/1",
-         "description": same_text, "pub": NOW},
-        {"title": "Weather today", "link": "https://one.example/weather", "description": "Sunny and warm.",
-         "pub": NOW},
-    ]))  # fmt: skip
-    server.add("/two.xml", rss([
-        {"title": "Bridge approved!", "link": "https://www.NEWS.example/bridge/?id=7&utm_medium=feed#top",
-         "description": "different words", "pub": NOW},
-        {"title": "Council approves bridge budget after debate.", "link": "https://two.example/b/9",
-         "description": same_text + " (Reuters)", "pub": NOW},
-        {"title": "Weather today", "link": "https://two.example/weather", "description": "Heavy rain expected.",
-         "pub": NOW},
-    ]))  # fmt: skip
+    server.add(
+        "/one.xml",
+        rss(
+            [
+                {
+                    "title": "Bridge approved",
+                    "link": "https://news.example/bridge?utm_source=rss&id=7",
+                    "description": same_text,
+                    "pub": NOW,
+                },
+                {
+                    "title": "Council approves bridge budget after debate",
+                    "link": "https://one.example/a/1",
+                    "description": same_text,
+                    "pub": NOW,
+                },
+                {
+                    "title": "Weather today",
+                    "link": "https://one.example/weather",
+                    "description": "Sunny and warm.",
+                    "pub": NOW,
+                },
+            ]
+        ),
+    )
+    server.add(
+        "/two.xml",
+        rss(
+            [
+                {
+                    "title": "Bridge approved!",
+                    "link": "https://www.NEWS.example/bridge/?id=7&utm_medium=feed#top",
+                    "description": "different words",
+                    "pub": NOW,
+                },
+                {
+                    "title": "Council approves bridge budget after debate.",
+                    "link": "https://two.example/b/9",
+                    "description": same_text + " (Reuters)",
+                    "pub": NOW,
+                },
+                {
+                    "title": "Weather today",
+                    "link": "https://two.example/weather",
+                    "description": "Heavy rain expected.",
+                    "pub": NOW,
+                },
+            ]
+        ),
+    )
     one = await add(rt, user, server.url("/one.xml"))
     two = await add(rt, user, server.url("/two.xml"))
 
@@ -244,11 +290,16 @@ async def test_same_story_from_two_feeds_is_one_item(rt: Runtime, user: int, ser
 
 
 async def test_titles_alone_never_merge_within_one_source(rt: Runtime, user: int, server: FakeFeedServer) -> None:
-    server.add("/same.xml", rss([
-        {"title": "Daily briefing for the whole team", "link": "https://brief.example/1", "pub": NOW},
-        {"title": "Daily briefing for the whole team", "link": "https://brief.example/2", "pub": NOW},
-        {"title": "Daily briefing for the whole team", "link": "https://brief.example/1?utm_campaign=x"},
-    ]))  # fmt: skip
+    server.add(
+        "/same.xml",
+        rss(
+            [
+                {"title": "Daily briefing for the whole team", "link": "https://brief.example/1", "pub": NOW},
+                {"title": "Daily briefing for the whole team", "link": "https://brief.example/2", "pub": NOW},
+                {"title": "Daily briefing for the whole team", "link": "https://brief.example/1?utm_campaign=x"},
+            ]
+        ),
+    )
     sid = await add(rt, user, server.url("/same.xml"))
     await ingest.run_due(rt)
     assert await rt.pool.fetchval("SELECT count(*) FROM items") == 2
@@ -257,12 +308,17 @@ async def test_titles_alone_never_merge_within_one_source(rt: Runtime, user: int
 
 
 async def test_backfill_marking(rt: Runtime, user: int, server: FakeFeedServer) -> None:
-    route = server.add("/bf.xml", rss([
-        {"title": "Old news", "link": "https://bf.example/old", "pub": NOW - timedelta(days=3)},
-        {"title": "Undated", "link": "https://bf.example/undated"},
-        {"title": "Breaking", "link": "https://bf.example/fresh", "pub": NOW - timedelta(minutes=5)},
-        {"title": "From the future", "link": "https://bf.example/future", "pub": NOW + timedelta(days=365)},
-    ]))  # fmt: skip
+    route = server.add(
+        "/bf.xml",
+        rss(
+            [
+                {"title": "Old news", "link": "https://bf.example/old", "pub": NOW - timedelta(days=3)},
+                {"title": "Undated", "link": "https://bf.example/undated"},
+                {"title": "Breaking", "link": "https://bf.example/fresh", "pub": NOW - timedelta(minutes=5)},
+                {"title": "From the future", "link": "https://bf.example/future", "pub": NOW + timedelta(days=365)},
+            ]
+        ),
+    )
     await add(rt, user, server.url("/bf.xml"))
     await ingest.run_due(rt)
     rows = {r["url"].rsplit("/", 1)[1]: r for r in await rt.pool.fetch("SELECT * FROM items")}
@@ -271,10 +327,12 @@ async def test_backfill_marking(rt: Runtime, user: int, server: FakeFeedServer) 
     assert rows["future"]["published_at"] <= datetime.now(UTC)  # clamped
 
     # later fetches: new undated items are live news; old-dated newcomers are still back catalogue
-    route.body = rss([
-        {"title": "Second undated", "link": "https://bf.example/undated2"},
-        {"title": "Archive item", "link": "https://bf.example/archive", "pub": NOW - timedelta(days=30)},
-    ]).encode()  # fmt: skip
+    route.body = rss(
+        [
+            {"title": "Second undated", "link": "https://bf.example/undated2"},
+            {"title": "Archive item", "link": "https://bf.example/archive", "pub": NOW - timedelta(days=30)},
+        ]
+    ).encode()
     await make_due(rt)
     await ingest.run_due(rt)
     rows = {r["url"].rsplit("/", 1)[1]: r for r in await rt.pool.fetch("SELECT * FROM items")}
@@ -307,8 +365,15 @@ async def test_bad_feeds_fail_alone(rt: Runtime, user: int, server: FakeFeedServ
     assert state["good"]["last_error"] is None and state["good2"]["last_error"] is None
     assert await rt.pool.fetchval("SELECT count(*) FROM items") == 6
     kinds = {name: s["last_error_kind"] for name, s in state.items() if s["last_error"]}
-    assert kinds == {"text": "parse", "page": "parse", "empty": "parse", "laughs": "parse", "gone": "http_status",
-                     "bomb": "too_large", "trunc": "parse"}  # fmt: skip
+    assert kinds == {
+        "text": "parse",
+        "page": "parse",
+        "empty": "parse",
+        "laughs": "parse",
+        "gone": "http_status",
+        "bomb": "too_large",
+        "trunc": "parse",
+    }
     assert "HTML page" in state["page"]["last_error"]
     assert "entities" in state["laughs"]["last_error"]
     for name in kinds:
@@ -353,8 +418,9 @@ async def test_only_followed_enabled_sources_are_due(rt: Runtime, user: int, ser
     assert server.hits("/b.xml") == 1 and server.hits("/c.xml") == 0 and a
 
 
-async def test_concurrent_runs_fetch_each_source_once(rt: Runtime, settings: Settings, user: int,
-                                                      server: FakeFeedServer) -> None:  # fmt: skip
+async def test_concurrent_runs_fetch_each_source_once(
+    rt: Runtime, settings: Settings, user: int, server: FakeFeedServer
+) -> None:
     n = 40
     for i in range(n):
         route = server.add(f"/f{i}.xml", rss([story(i, host=f"h{i}.example")]))
@@ -399,9 +465,13 @@ async def test_hotlist_and_site_sources(rt: Runtime, user: int, server: FakeFeed
     server.add("/list.html", (DATA / "site_list.html").read_bytes(), content_type="text/html; charset=utf-8")
     hot = await add(rt, user, server.base_url, type="hotlist", config={"source_id": "weibo"})
     assert (await source(rt, hot))["url"] == server.url("/api/s?id=weibo")
-    site = await add(rt, user, server.url("/list.html"), type="site",
-                     config={"selectors": {"item": "li.entry", "title": "h3.t", "snippet": "p.summary",
-                                           "time": "time, .when"}})  # fmt: skip
+    site = await add(
+        rt,
+        user,
+        server.url("/list.html"),
+        type="site",
+        config={"selectors": {"item": "li.entry", "title": "h3.t", "snippet": "p.summary", "time": "time, .when"}},
+    )
     summary = await ingest.run_due(rt)
     assert (summary.ok, summary.failed) == (2, 0)
     assert await rt.pool.fetchval("SELECT count(*) FROM item_sources WHERE source_id = $1", hot) >= 3
@@ -491,8 +561,9 @@ async def test_ingest_due_job_runs_in_a_worker(rt: Runtime, user: int, server: F
         await jobs.nudge(qapp, "ingest_due")
         await jobs.nudge(qapp, "ingest_due")  # collapses into the queued one
         assert await rt.pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'ingest_due'") == 1
-        await qapp.run_worker_async(queues=["ingest"], wait=False, install_signal_handlers=False,
-                                    additional_context={"rt": rt})  # fmt: skip
+        await qapp.run_worker_async(
+            queues=["ingest"], wait=False, install_signal_handlers=False, additional_context={"rt": rt}
+        )
     assert server.hits("/job.xml") == 1
     done = await rt.pool.fetch("SELECT task_name, status, queue_name FROM procrastinate_jobs ORDER BY id")
     assert (done[0]["task_name"], done[0]["status"]) == ("ingest_due", "succeeded")
@@ -507,8 +578,9 @@ async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> Non
     await ingest.run_due(rt)
     await rt.pool.execute(
         "INSERT INTO ingest_logs (source_id, started_at, duration_ms, status) "
-        "SELECT $1, now() - interval '30 days', 1, 'ok' FROM generate_series(1, 5)", sid
-    )  # fmt: skip
+        "SELECT $1, now() - interval '30 days', 1, 'ok' FROM generate_series(1, 5)",
+        sid,
+    )
     assert await ingest.prune_logs(rt) == 5
     assert len(await logs(rt, sid)) == 1
 
@@ -642,8 +714,9 @@ async def test_cancelled_run_releases_unstarted_leases(rt: Runtime, user: int, s
     assert await sources_store.due_count(rt.pool) == 4
 
 
-async def test_a_source_whose_items_cannot_be_stored_fails_alone(rt: Runtime, user: int,
-                                                                 server: FakeFeedServer) -> None:  # fmt: skip
+async def test_a_source_whose_items_cannot_be_stored_fails_alone(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
     # a database-side refusal (here a constraint) hits one source's items inside a batch of many
     await rt.pool.execute("ALTER TABLE items ADD CONSTRAINT no_poison CHECK (url NOT LIKE '%poison%')")
     ids = []

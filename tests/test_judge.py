@@ -136,9 +136,12 @@ async def test_timeouts_fall_back(lrt: Runtime, fake_llm: FakeOpenAI) -> None:
     fake_llm.hang_next(2, seconds=3, endpoint="chat")
     goal_id, _item_id = await boundary_item(lrt)
     row = await lrt.pool.fetchrow("SELECT * FROM decide_queue")
-    snapshot = {"goal": {"id": goal_id, "version": 1, "name": "g", "description": "d"},
-                "item": {"id": row["item_id"], "title": "t"}, "match": {"score": 0.9},
-                "thresholds": {"IMMEDIATE_THRESHOLD": 0.93, "BOUNDARY_LOW": 0.88}}  # fmt: skip
+    snapshot = {
+        "goal": {"id": goal_id, "version": 1, "name": "g", "description": "d"},
+        "item": {"id": row["item_id"], "title": "t"},
+        "match": {"score": 0.9},
+        "thresholds": {"IMMEDIATE_THRESHOLD": 0.93, "BOUNDARY_LOW": 0.88},
+    }
     started = time.monotonic()
     result = await judge.judge(lrt, snapshot, max_attempts=2, attempt_timeout=0.4)
     assert time.monotonic() - started < 2.5

@@ -42,8 +42,7 @@ def _in(module: str, group: set[str]) -> bool:
 
 
 def level(module: str) -> str | None:
-    for name, group in (("leaf", LEAVES), ("infrastructure", INFRASTRUCTURE), ("step", STEPS),
-                        ("entry", ENTRY_POINTS)):  # fmt: skip
+    for name, group in (("leaf", LEAVES), ("infrastructure", INFRASTRUCTURE), ("step", STEPS), ("entry", ENTRY_POINTS)):
         if _in(module, group):
             return name
     return None

@@ -42,8 +42,16 @@ async def seed_source(rt: Runtime, *subscribers: int, name: str = "Feed") -> int
     return sid
 
 
-async def seed_item(rt: Runtime, source_id: int, title: str, snippet: str = "", *, hours_ago: float = 0.0,
-                    extra_sources: tuple[int, ...] = (), backfill: bool = False) -> int:  # fmt: skip
+async def seed_item(
+    rt: Runtime,
+    source_id: int,
+    title: str,
+    snippet: str = "",
+    *,
+    hours_ago: float = 0.0,
+    extra_sources: tuple[int, ...] = (),
+    backfill: bool = False,
+) -> int:
     n = next(_seq)
     url = f"https://news.example.com/{n}"
     when = datetime.now(UTC) - timedelta(hours=hours_ago)
@@ -51,21 +59,42 @@ async def seed_item(rt: Runtime, source_id: int, title: str, snippet: str = "", 
         """INSERT INTO items (url, canonical_url, url_hash, title, snippet, published_at, ingested_at, source_id,
                               title_key, is_backfill)
            VALUES ($1, $1, $2, $3, $4, $5, $5, $6, $7, $8) RETURNING id""",
-        url, hashlib.sha256(url.encode()).hexdigest()[:32], title, snippet, when, source_id, f"k{n}", backfill,
-    )  # fmt: skip
+        url,
+        hashlib.sha256(url.encode()).hexdigest()[:32],
+        title,
+        snippet,
+        when,
+        source_id,
+        f"k{n}",
+        backfill,
+    )
     for sid in (source_id, *extra_sources):
-        await rt.pool.execute("INSERT INTO item_sources (item_id, source_id, url) VALUES ($1, $2, $3)", item_id,
-                              sid, url)  # fmt: skip
+        await rt.pool.execute(
+            "INSERT INTO item_sources (item_id, source_id, url) VALUES ($1, $2, $3)", item_id, sid, url
+        )
     return item_id
 
 
-async def seed_goal(rt: Runtime, user_id: int, name: str, description: str, *, terms: list[str] | None = None,
-                    negatives: list[str] | None = None, mode: str = "SOFT") -> int:  # fmt: skip
+async def seed_goal(
+    rt: Runtime,
+    user_id: int,
+    name: str,
+    description: str,
+    *,
+    terms: list[str] | None = None,
+    negatives: list[str] | None = None,
+    mode: str = "SOFT",
+) -> int:
     return await rt.pool.fetchval(
         """INSERT INTO goals (user_id, name, description, priority_terms, negative_terms, priority_mode)
            VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-        user_id, name, description, terms or [], negatives or [], mode,
-    )  # fmt: skip
+        user_id,
+        name,
+        description,
+        terms or [],
+        negatives or [],
+        mode,
+    )
 
 
 async def match_row(rt: Runtime, goal_id: int, item_id: int) -> dict[str, Any] | None:
@@ -105,8 +134,13 @@ def test_calibration_anchors_and_monotonicity() -> None:
 def test_score_is_bounded_monotonic_and_continuous_in_each_component() -> None:
     grid = np.linspace(0, 1, 401)
     base = {"semantic": 0.6, "hits": 1.0, "feedback": 0.0, "trust": 0.0, "fresh": 1.0}
-    ranges = {"semantic": grid, "hits": np.linspace(0, 6, 401), "feedback": np.linspace(-1, 1, 401),
-              "trust": np.linspace(-1, 1, 401), "fresh": grid}  # fmt: skip
+    ranges = {
+        "semantic": grid,
+        "hits": np.linspace(0, 6, 401),
+        "feedback": np.linspace(-1, 1, 401),
+        "trust": np.linspace(-1, 1, 401),
+        "fresh": grid,
+    }
     for name, values in ranges.items():
         scores = match.combine(**{**base, name: values})
         assert np.all((scores >= 0) & (scores <= 1)), name
@@ -124,13 +158,16 @@ def test_score_is_bounded_monotonic_and_continuous_in_each_component() -> None:
 
 
 def test_term_matching_cjk_substrings_latin_word_boundaries_case_plural() -> None:
-    texts = [match.normalise(t) for t in [
-        "我们的人工智能平台发布了新模型",
-        "OpenAI raises funding; elections in France",
-        "He said the plan was approved",
-        "AI-driven tools for C++ developers",
-        "ＯｐｅｎＡＩ全角",
-    ]]  # fmt: skip
+    texts = [
+        match.normalise(t)
+        for t in [
+            "我们的人工智能平台发布了新模型",
+            "OpenAI raises funding; elections in France",
+            "He said the plan was approved",
+            "AI-driven tools for C++ developers",
+            "ＯｐｅｎＡＩ全角",
+        ]
+    ]
     terms = ["人工智能", "openai", "AI", "election", "C++", "funding"]
     hits = match.term_hits(texts, terms)
     assert hits[0].tolist() == [True, False, False, False, False, False]
@@ -164,14 +201,38 @@ def test_context_vectors_blend_neighbours_and_skip_self() -> None:
 
 
 def test_reasons_read_like_sentences() -> None:
-    r = match.reasons_for(hits=["OpenAI", "funding"], negatives=[], blocked=False, strict_miss=False,
-                          semantic=0.9, lexical_only=False, pending="", feedback=0.5, trust=0.4, age_hours=1,
-                          backfill="")  # fmt: skip
-    assert r == ["mentions 'OpenAI' and 'funding'", "very close to your goal", "similar to items you liked",
-                 "from a source you liked"]  # fmt: skip
-    lex = match.reasons_for(hits=[], negatives=["crypto"], blocked=True, strict_miss=False, semantic=0.1,
-                            lexical_only=True, pending="embedding pending", feedback=0, trust=0, age_hours=50,
-                            backfill="")  # fmt: skip
+    r = match.reasons_for(
+        hits=["OpenAI", "funding"],
+        negatives=[],
+        blocked=False,
+        strict_miss=False,
+        semantic=0.9,
+        lexical_only=False,
+        pending="",
+        feedback=0.5,
+        trust=0.4,
+        age_hours=1,
+        backfill="",
+    )
+    assert r == [
+        "mentions 'OpenAI' and 'funding'",
+        "very close to your goal",
+        "similar to items you liked",
+        "from a source you liked",
+    ]
+    lex = match.reasons_for(
+        hits=[],
+        negatives=["crypto"],
+        blocked=True,
+        strict_miss=False,
+        semantic=0.1,
+        lexical_only=True,
+        pending="embedding pending",
+        feedback=0,
+        trust=0,
+        age_hours=50,
+        backfill="",
+    )
     assert lex[0] == "from a source you blocked for this goal" and "mentions 'crypto', which you excluded" in lex
     assert lex[-1] == "scored by keywords only: embedding pending" and "published 2 days ago" in lex
 
@@ -227,8 +288,9 @@ async def test_feedback_moves_similar_items_and_is_bounded(rt: Runtime) -> None:
     await run_until_idle(rt)
     before, before_far = await _score_of(rt, goal, probe), await _score_of(rt, goal, far)
 
-    await rt.pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
-                          goal, rated, uid)  # fmt: skip
+    await rt.pool.execute(
+        "INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')", goal, rated, uid
+    )
     liked = await _score_of(rt, goal, probe)
     comps = (await match_row(rt, goal, probe))["components"]
     assert liked > before + 0.02 and comps["feedback"] > 0.1
@@ -252,8 +314,9 @@ async def test_negative_term_and_blocked_source_gates(rt: Runtime) -> None:
     rumour = await seed_item(rt, good, "Rumour: Nvidia to launch a new AI GPU", "Unconfirmed report on the chip.")
     plain = await seed_item(rt, src, *AI_ITEM)
     both = await seed_item(rt, src, *AI_ITEM_2, extra_sources=(good,))
-    await rt.pool.execute("INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)", goal, src,
-                          uid)  # fmt: skip
+    await rt.pool.execute(
+        "INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)", goal, src, uid
+    )
     await run_until_idle(rt)
 
     neg = await match_row(rt, goal, rumour)
@@ -308,8 +371,9 @@ async def test_new_and_edited_goals_are_backfilled_never_immediate(rt: Runtime) 
 
     # editing the scored text: new version, new vector, recent items re-scored
     computed = row["computed_at"]
-    await rt.pool.execute("UPDATE goals SET description = 'GPUs for AI training', version = version + 1 WHERE id = $1",
-                          goal)  # fmt: skip
+    await rt.pool.execute(
+        "UPDATE goals SET description = 'GPUs for AI training', version = version + 1 WHERE id = $1", goal
+    )
     report = await run_until_idle(rt)
     assert report.goals_embedded == 1 and report.goals_backfilled == 1
     assert (await match_row(rt, goal, recent))["computed_at"] > computed
@@ -327,8 +391,9 @@ async def test_source_trust_is_learned_from_likes_and_clicks(rt: Runtime) -> Non
     rated = [await seed_item(rt, liked_src, f"Chip story {i}", "About farming equipment prices.") for i in range(3)]
     await run_until_idle(rt)
     for item in rated[:2]:
-        await rt.pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
-                              goal, item, uid)  # fmt: skip
+        await rt.pool.execute(
+            "INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')", goal, item, uid
+        )
     await rt.pool.execute("INSERT INTO clicks (item_id, goal_id, channel) VALUES ($1, $2, 'email')", rated[2], goal)
     from_liked = await seed_item(rt, liked_src, *AI_ITEM)
     from_plain = await seed_item(rt, plain_src, *AI_ITEM)

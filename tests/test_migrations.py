@@ -31,8 +31,12 @@ def schema_dump(dsn: str) -> str:
     uri, env = backup.libpq_env(dsn)
     out = subprocess.run(
         [tools("pg_dump"), "--schema-only", "--no-owner", "--no-privileges", f"--dbname={uri}"],
-        env=env, capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     lines = [
         ln
         for ln in out.splitlines()
@@ -145,8 +149,9 @@ def test_roles_refuse_a_schema_that_is_behind(dsn: str, role: list[str], tmp_pat
     asyncio.run(_step(dsn, down=1))
     env = {**os.environ, "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING", "INFOSENTRY_DATA_DIR": str(tmp_path)}
     args = [*role, "--port", str(_free_port())] if role[0] == "serve" else role
-    proc = subprocess.run([sys.executable, "-m", "infosentry", *args], env=env, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "infosentry", *args], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "listening on" not in ln]
     assert lines == [

@@ -74,29 +74,51 @@ def test_unsafe_or_foreign_documents_are_refused(document: str, message: str) ->
 
 def test_billion_laughs_is_not_expanded() -> None:
     entities = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
-    doc = f'<?xml version="1.0"?><!DOCTYPE opml [<!ENTITY l0 "lol">{entities}]><opml><body>' \
-          '<outline text="&l9;" xmlUrl="https://x.example/"/></body></opml>'  # fmt: skip
+    doc = (
+        f'<?xml version="1.0"?><!DOCTYPE opml [<!ENTITY l0 "lol">{entities}]><opml><body>'
+        '<outline text="&l9;" xmlUrl="https://x.example/"/></body></opml>'
+    )
     with pytest.raises(ValueError, match="DTD"):
         parse_opml(doc)
 
 
 def test_deep_nesting_does_not_exhaust_the_stack() -> None:
     depth = 5000
-    doc = "<opml><body>" + '<outline text="f">' * depth + '<outline text="x" xmlUrl="https://deep.example/"/>' \
-        + "</outline>" * depth + "</body></opml>"  # fmt: skip
+    doc = (
+        "<opml><body>"
+        + '<outline text="f">' * depth
+        + '<outline text="x" xmlUrl="https://deep.example/"/>'
+        + "</outline>" * depth
+        + "</body></opml>"
+    )
     (entry,) = parse_opml(doc).entries
     assert entry.url == "https://deep.example/" and entry.category.count("/") == depth - 1
 
 
 def test_round_trip_keeps_types_settings_and_odd_characters() -> None:
     sources = [
-        {"type": "rss", "url": "https://a.example/rss?x=1&y=2", "name": 'Quotes " & <angles> 中文',
-         "fetch_interval_sec": 900, "config": {}},
-        {"type": "site", "url": "https://s.example/list", "name": "Site", "fetch_interval_sec": 7200,
-         "config": {"selectors": {"item": "li > a", "title": "a"}, "headers": {"X-Key": "v  w"}}},
-        {"type": "hotlist", "url": "https://n.example/api/s?id=weibo", "name": "Weibo\x01",
-         "fetch_interval_sec": 600, "config": {"base_url": "https://n.example", "source_id": "weibo"}},
-    ]  # fmt: skip
+        {
+            "type": "rss",
+            "url": "https://a.example/rss?x=1&y=2",
+            "name": 'Quotes " & <angles> 中文',
+            "fetch_interval_sec": 900,
+            "config": {},
+        },
+        {
+            "type": "site",
+            "url": "https://s.example/list",
+            "name": "Site",
+            "fetch_interval_sec": 7200,
+            "config": {"selectors": {"item": "li > a", "title": "a"}, "headers": {"X-Key": "v  w"}},
+        },
+        {
+            "type": "hotlist",
+            "url": "https://n.example/api/s?id=weibo",
+            "name": "Weibo\x01",
+            "fetch_interval_sec": 600,
+            "config": {"base_url": "https://n.example", "source_id": "weibo"},
+        },
+    ]
     text = emit_opml(sources, now=datetime(2024, 5, 1, tzinfo=UTC))
     assert "Wed, 01 May 2024 00:00:00 GMT" in text and '<outline text="Quotes' in text
     doc = parse_opml(text.encode())

@@ -33,17 +33,27 @@ from tests.fakes.feeds import FakeFeedServer
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.smtp import SmtpSink
 
-MATCHING = ("NASA launches rocket carrying new Mars rover",
-            "NASA launched a rocket on Saturday carrying its new Mars rover, the agency's most ambitious mission to "
-            "Mars yet; astronauts on the International Space Station watched the launch.")  # fmt: skip
+MATCHING = (
+    "NASA launches rocket carrying new Mars rover",
+    "NASA launched a rocket on Saturday carrying its new Mars rover, the agency's most ambitious mission to "
+    "Mars yet; astronauts on the International Space Station watched the launch.",
+)
 OTHER = [
-    ("Pacers Hang Tough Minus Suspended Players", "Using a makeshift roster a night after brawling with fans, the "
-     "Indiana Pacers pressed the Orlando Magic until the very end."),
-    ("ECB Rates Unchanged", "European Central Bank President Jean-Claude Trichet kept up his anti-inflation rhetoric "
-     "on Thursday, warning of short-term risks."),
-    ("Aides Seeking Arafat Burial in West Bank", "Palestinian officials asked Israel for permission to bury him in "
-     "Ramallah."),
-]  # fmt: skip
+    (
+        "Pacers Hang Tough Minus Suspended Players",
+        "Using a makeshift roster a night after brawling with fans, the "
+        "Indiana Pacers pressed the Orlando Magic until the very end.",
+    ),
+    (
+        "ECB Rates Unchanged",
+        "European Central Bank President Jean-Claude Trichet kept up his anti-inflation rhetoric "
+        "on Thursday, warning of short-term risks.",
+    ),
+    (
+        "Aides Seeking Arafat Burial in West Bank",
+        "Palestinian officials asked Israel for permission to bury him in Ramallah.",
+    ),
+]
 SPACE_GOAL = {
     "name": "Space exploration",
     "description": "NASA and other space agencies: rocket launches, Mars rovers, the International Space Station, "
@@ -88,16 +98,22 @@ async def worker(rt: Runtime, queues: list[str] | tuple[str, ...] = jobs.QUEUES)
 
 
 @pytest.mark.slow
-async def test_feed_to_email_through_the_real_jobs(settings: Settings, smtp_sink: SmtpSink,
-                                                   openai_server: FakeOpenAI) -> None:  # fmt: skip
+async def test_feed_to_email_through_the_real_jobs(
+    settings: Settings, smtp_sink: SmtpSink, openai_server: FakeOpenAI
+) -> None:
     # the judge (for a boundary score) says IMMEDIATE; embeddings are the local model's
     openai_server.chat_handler(
         lambda body: json.dumps(
             {"label": "IMMEDIATE", "confidence": 0.9, "reason": "'NASA' and 'Mars rover' in the title"}
         )
     )
-    cfg = replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False,
-                  **openai_server.settings_overrides(provider="local"))  # fmt: skip
+    cfg = replace(
+        settings,
+        smtp_host=smtp_sink.host,
+        smtp_port=smtp_sink.port,
+        smtp_tls=False,
+        **openai_server.settings_overrides(provider="local"),
+    )
     async with FakeFeedServer() as feeds, open_runtime(cfg) as rt:
         await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
         feeds.add("/news.xml", rss(OTHER))
@@ -109,8 +125,11 @@ async def test_feed_to_email_through_the_real_jobs(settings: Settings, smtp_sink
         async with worker(rt) as qapp:
             await jobs.nudge(qapp, "ingest_due")
             # the first fetch: nothing relevant, nothing pushed, every item scored
-            await until(lambda: rt.pool.fetchval("SELECT count(*) = 3 FROM items WHERE matched_at IS NOT NULL"), 30,
-                        "the first items to be matched")  # fmt: skip
+            await until(
+                lambda: rt.pool.fetchval("SELECT count(*) = 3 FROM items WHERE matched_at IS NOT NULL"),
+                30,
+                "the first items to be matched",
+            )
             # the story breaks: the feed carries it, the source is due again
             feeds.add("/news.xml", rss([MATCHING, *OTHER]))
             await sources_store.make_all_due(rt.pool)
@@ -136,20 +155,37 @@ async def test_feed_to_email_through_the_real_jobs(settings: Settings, smtp_sink
 
 def _worker_env(dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SmtpSink) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_", "DATABASE_"))}
-    return env | fake.env() | sink.env() | {
-        "DATABASE_URL": dsn, "INFOSENTRY_DATA_DIR": str(data_dir), "EMBED_PROVIDER": "local", "LOG_FORMAT": "text",
-        "LOG_LEVEL": "INFO",
-    }  # fmt: skip
+    return (
+        env
+        | fake.env()
+        | sink.env()
+        | {
+            "DATABASE_URL": dsn,
+            "INFOSENTRY_DATA_DIR": str(data_dir),
+            "EMBED_PROVIDER": "local",
+            "LOG_FORMAT": "text",
+            "LOG_LEVEL": "INFO",
+        }
+    )
 
 
 @pytest.mark.slow
 async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
-    settings: Settings, dsn: str, tmp_path: Path, openai_server: FakeOpenAI, smtp_sink: SmtpSink,
+    settings: Settings,
+    dsn: str,
+    tmp_path: Path,
+    openai_server: FakeOpenAI,
+    smtp_sink: SmtpSink,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     fake = openai_server
-    cfg = replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False,
-                  **fake.settings_overrides(provider="local"))  # fmt: skip
+    cfg = replace(
+        settings,
+        smtp_host=smtp_sink.host,
+        smtp_port=smtp_sink.port,
+        smtp_tls=False,
+        **fake.settings_overrides(provider="local"),
+    )
     async with open_runtime(cfg) as rt:
         await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
         user_id, _ = await make_user(rt, "kill@example.com")
@@ -165,8 +201,10 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
         log = open(tmp_path / "worker.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "infosentry", "worker", "--queue", "agent", "--concurrency", "1"],
-            env=_worker_env(dsn, tmp_path, fake, smtp_sink), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=_worker_env(dsn, tmp_path, fake, smtp_sink),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             async with jobs.open_queue(rt.dsn) as qapp:
                 await jobs.nudge(qapp, "decide_pending")
@@ -194,8 +232,11 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
         async with worker(rt, ["agent", "email"]) as qapp:
             await qapp.configure_task(name="maintenance").defer_async(timestamp=int(time.time()))
             # the stalled job is retried and runs to completion (successful jobs are deleted)
-            await until(lambda: rt.pool.fetchval("SELECT count(*) = 0 FROM procrastinate_jobs WHERE id = $1",
-                                                 job["id"]), 30, "the stalled job to be retried")  # fmt: skip
+            await until(
+                lambda: rt.pool.fetchval("SELECT count(*) = 0 FROM procrastinate_jobs WHERE id = $1", job["id"]),
+                30,
+                "the stalled job to be retried",
+            )
             await until(
                 lambda: rt.pool.fetchval("SELECT count(*) = 0 FROM emails WHERE status IN ('pending', 'sending')"),
                 30,

@@ -71,8 +71,10 @@ async def test_immediate_coalesces_and_overflows_without_loss(srt: Runtime, smtp
     assert len(report.emails) == 2 and report.immediate == 4
     assert sorted(n["item_id"] for n in await kit.notifications(rt, goal_id)) == items
     mails = await kit.emails(rt, "immediate")
-    assert [m["subject"] for m in mails] == ["[Goal: Chip exports] 3 new high-priority items",
-                                             "[Goal: Chip exports] 1 new high-priority item"]  # fmt: skip
+    assert [m["subject"] for m in mails] == [
+        "[Goal: Chip exports] 3 new high-priority items",
+        "[Goal: Chip exports] 1 new high-priority item",
+    ]
     assert {d["status"] for d in await kit.decisions(rt, goal_id)} == {"pushed"}
     # a second flush finds nothing; the ledger holds each item once
     assert (await push.flush(rt, now + timedelta(minutes=6))).emails == []
@@ -128,8 +130,11 @@ async def test_coalesce_zero_sends_at_once_and_immediate_switch_moves_to_batch(r
 async def test_batch_window_sends_the_best_once(rt: Runtime) -> None:
     now = push.utcnow()
     tz = midday_zone(now)
-    w1, w2, w3 = hhmm(now + timedelta(minutes=20), tz), hhmm(now + timedelta(minutes=80), tz), hhmm(
-        now + timedelta(minutes=140), tz)  # fmt: skip
+    w1, w2, w3 = (
+        hhmm(now + timedelta(minutes=20), tz),
+        hhmm(now + timedelta(minutes=80), tz),
+        hhmm(now + timedelta(minutes=140), tz),
+    )
     _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[w1, w2, w3])
     await kit.set_hot(rt, BATCH_MAX_ITEMS=2, IMMEDIATE_COALESCE_MINUTES=0)
     immediate, *batch = await decided(rt, goal_id, source_id, [0.97, 0.80, 0.85, 0.78])
@@ -151,7 +156,10 @@ async def test_batch_window_sends_the_best_once(rt: Runtime) -> None:
     assert report.emails == [] and report.slots == 1
     slots = await rt.pool.fetch("SELECT slot, item_count, email_id FROM push_slots ORDER BY slot")
     assert [(s["slot"], s["item_count"], s["email_id"] is not None) for s in slots] == [
-        (w1, 2, True), (w2, 1, True), (w3, 0, False)]  # fmt: skip
+        (w1, 2, True),
+        (w2, 1, True),
+        (w3, 0, False),
+    ]
     assert len({n["item_id"] for n in await kit.notifications(rt)}) == 4 == len(await kit.notifications(rt))
 
 
@@ -185,7 +193,8 @@ def test_slots_are_dst_safe() -> None:
     assert push.due_slots(datetime(2025, 6, 1, 17, 0, tzinfo=UTC), ny, ["09:00"], not_before=made, fired=set()) == []
     late = ["23:50"]
     assert push.due_slots(datetime(2025, 6, 2, 4, 10, tzinfo=UTC), ny, late, not_before=old, fired=set()) == [
-        (date(2025, 6, 1), "23:50")]  # fmt: skip
+        (date(2025, 6, 1), "23:50")
+    ]
     assert push.due_slots(datetime(2025, 6, 2, 5, 0, tzinfo=UTC), ny, late, not_before=old, fired=set()) == []
 
 
@@ -237,8 +246,9 @@ async def test_combined_digest_is_one_email_with_a_section_per_goal(rt: Runtime)
         rt, timezone=tz, batch_windows=[], digest_time=hhmm(now - timedelta(hours=1), tz)
     )
     await rt.pool.execute("UPDATE users SET combined_digest = true, timezone = $2 WHERE id = $1", user_id, tz)
-    goal_b = await kit.goal(rt, user_id, "Batteries", timezone=tz, batch_windows=[],
-                            digest_time=hhmm(now - timedelta(hours=2), tz))  # fmt: skip
+    goal_b = await kit.goal(
+        rt, user_id, "Batteries", timezone=tz, batch_windows=[], digest_time=hhmm(now - timedelta(hours=2), tz)
+    )
     goal_c = await kit.goal(rt, user_id, "Quiet goal", timezone=tz, batch_windows=[])
     await decided(rt, goal_a, source_id, [0.7, 0.65])
     await decided(rt, goal_b, source_id, [0.7], prefix="Battery")
@@ -319,8 +329,11 @@ async def test_permanent_failures_and_exhausted_retries_are_visible(srt: Runtime
     await push.flush(rt)
     ids = [m["id"] for m in await kit.emails(rt)]
     # the second waits (a retry scheduled later) and has used all its attempts but one
-    await rt.pool.execute("UPDATE emails SET attempts = $2, next_attempt_at = now() + interval '1 hour' WHERE id = $1",
-                          ids[1], push.MAX_SEND_ATTEMPTS - 1)  # fmt: skip
+    await rt.pool.execute(
+        "UPDATE emails SET attempts = $2, next_attempt_at = now() + interval '1 hour' WHERE id = $1",
+        ids[1],
+        push.MAX_SEND_ATTEMPTS - 1,
+    )
     smtp_sink.refuse(550, at="rcpt")
     assert (await push.send_due(rt)).failed == 1
     first = (await kit.emails(rt))[0]
@@ -355,8 +368,9 @@ async def test_blocked_source_cancels_pending_and_paused_goal_pushes_nothing(rt:
     other = await kit.source(rt, user_id, "Other wire")
     blocked_items = await decided(rt, goal_id, source_id, [0.97, 0.8])
     kept = await decided(rt, goal_id, other, [0.96], prefix="Kept")
-    await rt.pool.execute("INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)",
-                          goal_id, source_id, user_id)  # fmt: skip
+    await rt.pool.execute(
+        "INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)", goal_id, source_id, user_id
+    )
     report = await push.flush(rt, now + timedelta(minutes=30))
     assert report.cancelled == 2
     assert [n["item_id"] for n in await kit.notifications(rt)] == kept

@@ -52,8 +52,9 @@ async def objects_of_a(rt: Runtime) -> dict[str, int]:
         "VALUES ('https://a.example/1', 'https://a.example/1', md5('a1'), 'A item', $1, 'a item') RETURNING id",
         source,
     )
-    await pool.execute("INSERT INTO item_sources (item_id, source_id, url) VALUES ($1, $2, 'https://a.example/1')",
-                       item, source)  # fmt: skip
+    await pool.execute(
+        "INSERT INTO item_sources (item_id, source_id, url) VALUES ($1, $2, 'https://a.example/1')", item, source
+    )
     await pool.execute(
         "INSERT INTO matches (goal_id, item_id, score, components) VALUES ($1, $2, 0.9, '{}')", goal, item
     )
@@ -77,14 +78,20 @@ async def objects_of_a(rt: Runtime) -> dict[str, int]:
         goal,
         item,
     )
-    await pool.execute("INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')",
-                       goal, item, a)  # fmt: skip
+    await pool.execute(
+        "INSERT INTO feedback (goal_id, item_id, user_id, feedback) VALUES ($1, $2, $3, 'like')", goal, item, a
+    )
     await pool.execute("INSERT INTO blocked_sources (goal_id, source_id, user_id) VALUES ($1, $2, $3)", goal, source, a)
     token = await pool.fetchval("SELECT id FROM api_tokens WHERE user_id = $1", a)
     return {
-        "user": a, "source": source, "goal": goal, "item": item, "notification": notification, "run": run,
+        "user": a,
+        "source": source,
+        "goal": goal,
+        "item": item,
+        "notification": notification,
+        "run": run,
         "token": token,
-    }  # fmt: skip
+    }
 
 
 SNAPSHOT = [

@@ -72,9 +72,14 @@ async def create_token(request: web.Request) -> web.Response:
     token = auth.new_token()
     expires = datetime.now(UTC) + timedelta(days=days) if days else None
     row = await accounts.insert_token(
-        rt(request).pool, user_id=p.user_id, token_hash=auth.hash_token(token), prefix=token[:10],
-        scopes=granted, name=name, expires_at=expires,
-    )  # fmt: skip
+        rt(request).pool,
+        user_id=p.user_id,
+        token_hash=auth.hash_token(token),
+        prefix=token[:10],
+        scopes=granted,
+        name=name,
+        expires_at=expires,
+    )
     return ok({"id": row["id"], "token": token, "scopes": granted, "expires_at": expires}, status=201)
 
 

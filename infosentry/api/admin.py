@@ -28,20 +28,34 @@ _PATTERNS = {"DEFAULT_DIGEST_TIME": f"^{_HHMM}$", "DEFAULT_BATCH_WINDOWS": rf"^ 
 
 CONFIG_ENTRY = obj(
     {
-        "key": STR, "value": ANY, "default": ANY, "builtin_default": ANY, "source": enum("table", "env", "default"),
-        "type": enum("boolean", "integer", "number", "string"), "min": null(NUM), "max": null(NUM), "help": STR,
-        "updated_at": null(TIME), "updated_by": null(STR),
+        "key": STR,
+        "value": ANY,
+        "default": ANY,
+        "builtin_default": ANY,
+        "source": enum("table", "env", "default"),
+        "type": enum("boolean", "integer", "number", "string"),
+        "min": null(NUM),
+        "max": null(NUM),
+        "help": STR,
+        "updated_at": null(TIME),
+        "updated_by": null(STR),
     }
-)  # fmt: skip
+)
 AUDIT_ENTRY = obj(
     {"id": INT, "key": STR, "old_value": ANY, "new_value": ANY, "changed_by": null(STR), "changed_at": TIME}
 )
 ALERT = obj(
     {
-        "alert": STR, "severity": enum("critical", "warning", "notice"), "subject": STR, "detail": STR,
-        "value": null(NUM), "threshold": null(NUM), "since": null(TIME), "episode_id": null(INT),
+        "alert": STR,
+        "severity": enum("critical", "warning", "notice"),
+        "subject": STR,
+        "detail": STR,
+        "value": null(NUM),
+        "threshold": null(NUM),
+        "since": null(TIME),
+        "episode_id": null(INT),
     }
-)  # fmt: skip
+)
 BUDGET = {"type": "object", "description": "budget.status(): today's spend, caps and breaker state"}
 HEALTH = obj(
     {
@@ -62,11 +76,19 @@ def config_entries(runtime: Runtime, table: dict[str, dict[str, Any]]) -> list[d
         source = "table" if row else ("env" if name in runtime.settings.hot_defaults else "default")
         entries.append(
             {
-                "key": name, "value": live[name], "default": defaults[name], "builtin_default": key.default,
-                "source": source, "type": _TYPE_NAMES[key.kind], "min": key.low, "max": key.high, "help": key.help,
-                "updated_at": row["updated_at"] if row else None, "updated_by": row["updated_by"] if row else None,
+                "key": name,
+                "value": live[name],
+                "default": defaults[name],
+                "builtin_default": key.default,
+                "source": source,
+                "type": _TYPE_NAMES[key.kind],
+                "min": key.low,
+                "max": key.high,
+                "help": key.help,
+                "updated_at": row["updated_at"] if row else None,
+                "updated_by": row["updated_by"] if row else None,
             }
-        )  # fmt: skip
+        )
     return entries
 
 

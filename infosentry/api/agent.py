@@ -21,49 +21,84 @@ STATUS = enum("SUCCESS", "FALLBACK", "ERROR")
 TRIGGERS = ("match", "immediate_flush", "batch_window", "digest", "combined_digest")
 RUN = obj(
     {
-        "id": INT, "goal_id": INT, "goal_name": STR, "item_id": null(INT), "trigger": enum(*TRIGGERS),
-        "status": STATUS, "tier": null(enum("IMMEDIATE", "BATCH", "DIGEST", "IGNORE")), "llm_used": BOOL,
-        "llm_model": null(STR), "fallback_reason": null(STR), "prompt_tokens": INT, "completion_tokens": INT,
-        "usd": NUM, "latency_ms": INT, "created_at": TIME,
+        "id": INT,
+        "goal_id": INT,
+        "goal_name": STR,
+        "item_id": null(INT),
+        "trigger": enum(*TRIGGERS),
+        "status": STATUS,
+        "tier": null(enum("IMMEDIATE", "BATCH", "DIGEST", "IGNORE")),
+        "llm_used": BOOL,
+        "llm_model": null(STR),
+        "fallback_reason": null(STR),
+        "prompt_tokens": INT,
+        "completion_tokens": INT,
+        "usd": NUM,
+        "latency_ms": INT,
+        "created_at": TIME,
     }
-)  # fmt: skip
+)
 RUN_DETAIL = {
     "allOf": [
         RUN,
         obj(
             {
-                "input": {"type": "object", "description": "the snapshot: goal, item, match, thresholds, switches, "
-                          "budget (decision runs); what a push step considered (push runs)"},
+                "input": {
+                    "type": "object",
+                    "description": "the snapshot: goal, item, match, thresholds, switches, "
+                    "budget (decision runs); what a push step considered (push runs)",
+                },
                 "output": {"type": "object", "description": "tier, status, reason, rule, fallback_reason, judge"},
                 "llm_request": {"description": "model, parameters and messages sent to the judge"},
                 "llm_response": {"description": "answer, usage, attempts (HTTP status, latency, error)"},
-                "decision": null(obj({"id": INT, "tier": STR, "status": STR, "score": NUM, "reason": STR,
-                                      "decided_at": TIME, "pushed_at": null(TIME)})),
+                "decision": null(
+                    obj(
+                        {
+                            "id": INT,
+                            "tier": STR,
+                            "status": STR,
+                            "score": NUM,
+                            "reason": STR,
+                            "decided_at": TIME,
+                            "pushed_at": null(TIME),
+                        }
+                    )
+                ),
             },
             ["input", "output"],
         ),
     ]
-}  # fmt: skip
-OUTCOME = obj({"tier": STR, "status": STR, "run_status": STATUS, "reason": STR, "fallback_reason": null(STR),
-               "prelim": STR}, [])  # fmt: skip
+}
+OUTCOME = obj(
+    {"tier": STR, "status": STR, "run_status": STATUS, "reason": STR, "fallback_reason": null(STR), "prelim": STR}, []
+)
 REPLAY = obj(
     {
-        "run_id": INT, "use_llm": BOOL, "thresholds": enum("current", "stored"),
+        "run_id": INT,
+        "use_llm": BOOL,
+        "thresholds": enum("current", "stored"),
         "policy": {"type": "object", "description": "thresholds and switches the replay used"},
         "stored_policy": {"type": "object", "description": "thresholds and switches of the original run"},
-        "original": OUTCOME, "replayed": OUTCOME,
+        "original": OUTCOME,
+        "replayed": OUTCOME,
         "llm": {"type": "object", "description": "needed, source (live, stored, none), answer"},
-        "differences": arr(obj({"field": STR, "original": {}, "replayed": {}})), "changed": BOOL,
+        "differences": arr(obj({"field": STR, "original": {}, "replayed": {}})),
+        "changed": BOOL,
     }
-)  # fmt: skip
+)
 
 
 @openapi.doc(
     "The caller's decision runs, newest first (decisions, and the push steps: flushes, windows, digests)",
-    query=[*PAGE_PARAMS, qparam("goal_id", INT, "only this goal"), qparam("item_id", INT, "only this item"),
-           qparam("status", STATUS), qparam("trigger", enum(*TRIGGERS))],
+    query=[
+        *PAGE_PARAMS,
+        qparam("goal_id", INT, "only this goal"),
+        qparam("item_id", INT, "only this item"),
+        qparam("status", STATUS),
+        qparam("trigger", enum(*TRIGGERS)),
+    ],
     response=page_of(RUN),
-)  # fmt: skip
+)
 @requires("agent:read")
 async def list_runs(request: web.Request) -> web.Response:
     pg = page(request)
@@ -79,10 +114,15 @@ async def list_runs(request: web.Request) -> web.Response:
             raise BadRequest("cursor is not valid")
         before = pg.after[0]
     rows = await store.list_runs(
-        rt(request).pool, user_id=principal(request).user_id, goal_id=query_int(request, "goal_id", None, low=1),
-        item_id=query_int(request, "item_id", None, low=1), status=status, trigger=trigger, before_id=before,
+        rt(request).pool,
+        user_id=principal(request).user_id,
+        goal_id=query_int(request, "goal_id", None, low=1),
+        item_id=query_int(request, "item_id", None, low=1),
+        status=status,
+        trigger=trigger,
+        before_id=before,
         limit=pg.limit + 1,
-    )  # fmt: skip
+    )
     return ok(paged(rows, pg, lambda r: [r["id"]]))
 
 
@@ -106,10 +146,14 @@ async def get_run(request: web.Request) -> web.Response:
     description="`use_llm` false (default) reuses the stored LLM answer; true asks the judge again (one paid "
     "call, budget-gated; not cached). `thresholds` 'current' (default) applies today's hot thresholds and "
     "switches, 'stored' the ones the run was made under. Only decision runs (trigger 'match') can be replayed.",
-    body=obj({"use_llm": {**BOOL, "default": False},
-              "thresholds": {**enum("current", "stored"), "default": "current"}}, [], extra=False),
-    body_required=False, response=REPLAY,
-)  # fmt: skip
+    body=obj(
+        {"use_llm": {**BOOL, "default": False}, "thresholds": {**enum("current", "stored"), "default": "current"}},
+        [],
+        extra=False,
+    ),
+    body_required=False,
+    response=REPLAY,
+)
 @requires("agent:write")
 async def replay_run(request: web.Request) -> web.Response:
     body = await read_json(request) if request.can_read_body else {}

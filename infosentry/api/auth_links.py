@@ -96,8 +96,9 @@ async def request_link(request: web.Request) -> web.Response:
         return _too_many(IP_WINDOW - int(datetime.now(UTC).timestamp()) % IP_WINDOW)
     detail = f"if {email} can receive mail, a login link valid {LINK_MINUTES} minutes is on its way"
     accepted = ok({"status": "accepted", "detail": detail}, status=202)
-    if await accounts.hit_rate_limit(runtime.pool, f"login_email:{email}", window_seconds=EMAIL_WINDOW,
-                                     limit=EMAIL_LIMIT):  # fmt: skip
+    if await accounts.hit_rate_limit(
+        runtime.pool, f"login_email:{email}", window_seconds=EMAIL_WINDOW, limit=EMAIL_LIMIT
+    ):
         # same answer as success: the caller cannot tell, and the older link stays valid
         log.warning("login link not sent: address over limit", extra={"action": "login_rate_limited_email"})
         return accepted
@@ -107,13 +108,23 @@ async def request_link(request: web.Request) -> web.Response:
     link = f"{runtime.settings.public_url}/api/v1/auth/consume?token={token}"
     rendered = mail.render_login_email(language, link, _local_time(expires, tz_name or runtime.settings.tz))
     async with runtime.pool.acquire() as conn, conn.transaction():
-        link_id = await logins.issue_link(conn, email=email, token_hash=auth.hash_token(token), expires_at=expires,
-                                          ip=ip)  # fmt: skip
+        link_id = await logins.issue_link(
+            conn, email=email, token_hash=auth.hash_token(token), expires_at=expires, ip=ip
+        )
         await push_store.insert_email(
-            conn, dedupe_key=f"login:{link_id}", kind="login", user_id=None, goal_id=None, to_addr=email,
-            subject=rendered.subject, body_text=rendered.text, body_html=rendered.html,
-            headers=dict(rendered.headers), status="pending", last_error=None,
-        )  # fmt: skip
+            conn,
+            dedupe_key=f"login:{link_id}",
+            kind="login",
+            user_id=None,
+            goal_id=None,
+            to_addr=email,
+            subject=rendered.subject,
+            body_text=rendered.text,
+            body_html=rendered.html,
+            headers=dict(rendered.headers),
+            status="pending",
+            last_error=None,
+        )
     await jobs.nudge(request.app[QUEUE], "send_emails")
     log.info("login link issued", extra={"action": "login_link_issued", "link_id": link_id})
     return accepted
@@ -126,18 +137,23 @@ async def request_link(request: web.Request) -> web.Response:
     tags=("auth",),
     query=[
         openapi.qparam(
-            "token", {"type": "string", "pattern": "^isl_[A-Za-z0-9_-]{43}$"}, "the token from the emailed link",
+            "token",
+            {"type": "string", "pattern": "^isl_[A-Za-z0-9_-]{43}$"},
+            "the token from the emailed link",
             required=True,
         )
     ],
     response=openapi.obj(
         {
-            "token": openapi.STR, "token_type": openapi.enum("Bearer"), "token_id": openapi.INT,
-            "expires_at": openapi.TIME, "scopes": openapi.arr(openapi.STR),
+            "token": openapi.STR,
+            "token_type": openapi.enum("Bearer"),
+            "token_id": openapi.INT,
+            "expires_at": openapi.TIME,
+            "scopes": openapi.arr(openapi.STR),
             "user": openapi.obj({"id": openapi.INT, "email": openapi.STR, "is_admin": openapi.BOOL}),
         }
     ),
-)  # fmt: skip
+)
 @requires(None)
 async def consume(request: web.Request) -> web.Response:
     token = request.query.get("token", "").strip()
@@ -154,9 +170,15 @@ async def consume(request: web.Request) -> web.Response:
         session = auth.new_token()
         expires = datetime.now(UTC) + timedelta(days=SESSION_DAYS)
         row = await accounts.insert_token(
-            conn, user_id=user["id"], token_hash=auth.hash_token(session), prefix=session[:10], scopes=scopes,
-            kind="session", name="login", expires_at=expires,
-        )  # fmt: skip
+            conn,
+            user_id=user["id"],
+            token_hash=auth.hash_token(session),
+            prefix=session[:10],
+            scopes=scopes,
+            kind="session",
+            name="login",
+            expires_at=expires,
+        )
     log.info("login", extra={"action": "login_consumed", "user_id": user["id"], "token_id": row["id"]})
     return ok(
         {
@@ -172,10 +194,18 @@ async def consume(request: web.Request) -> web.Response:
 
 def _too_many(retry_after: int) -> web.Response:
     exc = RateLimited(f"too many login requests from this address; at most {IP_LIMIT} per hour")
-    body = {"type": f"https://infosentry.dev/problems/{exc.code}", "title": exc.title, "status": exc.status,
-            "detail": exc.detail}  # fmt: skip
-    return web.json_response(body, status=exc.status, content_type="application/problem+json",
-                             headers={"Retry-After": str(max(retry_after, 1))})  # fmt: skip
+    body = {
+        "type": f"https://infosentry.dev/problems/{exc.code}",
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    return web.json_response(
+        body,
+        status=exc.status,
+        content_type="application/problem+json",
+        headers={"Retry-After": str(max(retry_after, 1))},
+    )
 
 
 async def _refusal(conn: asyncpg.Connection, token_hash: str) -> LinkRefused:

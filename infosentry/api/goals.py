@@ -35,25 +35,48 @@ from infosentry.runtime import Runtime
 from infosentry.store import goals as store
 
 MAX_GOALS_PER_USER = 100
-FIELDS = {"name", "description", "priority_terms", "negative_terms", "priority_mode", "batch_windows",
-          "digest_time", "timezone", "email", "language", "status"}  # fmt: skip
+FIELDS = {
+    "name",
+    "description",
+    "priority_terms",
+    "negative_terms",
+    "priority_mode",
+    "batch_windows",
+    "digest_time",
+    "timezone",
+    "email",
+    "language",
+    "status",
+}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 # --- schemas ---
 
 GOAL = obj(
     {
-        "id": INT, "name": STR, "description": STR, "priority_terms": arr(STR), "negative_terms": arr(STR),
-        "priority_mode": enum("SOFT", "STRICT"), "status": enum("active", "paused", "archived"),
-        "batch_windows": arr(STR), "digest_time": STR, "timezone": STR,
+        "id": INT,
+        "name": STR,
+        "description": STR,
+        "priority_terms": arr(STR),
+        "negative_terms": arr(STR),
+        "priority_mode": enum("SOFT", "STRICT"),
+        "status": enum("active", "paused", "archived"),
+        "batch_windows": arr(STR),
+        "digest_time": STR,
+        "timezone": STR,
         "email": {**STR, "description": "where pushes go (the owner's address unless set)"},
-        "email_is_default": BOOL, "language": enum("en", "zh"), "language_is_default": BOOL,
+        "email_is_default": BOOL,
+        "language": enum("en", "zh"),
+        "language_is_default": BOOL,
         "version": {**INT, "description": "bumped when the scored text (name, description, terms, mode) changes"},
         "embedded": {**BOOL, "description": "the goal vector of the current version exists"},
         "backfilled": {**BOOL, "description": "the last 72 h of items were scored for this version"},
-        "match_count": INT, "pushed_count": INT, "created_at": TIME, "updated_at": TIME,
+        "match_count": INT,
+        "pushed_count": INT,
+        "created_at": TIME,
+        "updated_at": TIME,
     }
-)  # fmt: skip
+)
 TERMS = arr({"type": "string", "minLength": 1, "maxLength": 100}, maxItems=50)
 GOAL_BODY = obj(
     {
@@ -61,10 +84,17 @@ GOAL_BODY = obj(
         "description": {"type": "string", "minLength": 1, "maxLength": 2000},
         "priority_terms": {**TERMS, "description": "CJK terms match as substrings, others on word boundaries"},
         "negative_terms": {**TERMS, "description": "a hit means the item is never pushed for this goal"},
-        "priority_mode": {**enum("SOFT", "STRICT"), "default": "SOFT",
-                          "description": "STRICT: without a priority-term hit an item is never IMMEDIATE"},
-        "batch_windows": arr({"type": "string", "pattern": "^\\d{1,2}:\\d{2}$"}, minItems=1, maxItems=3,
-                             description="local HH:MM times, default DEFAULT_BATCH_WINDOWS"),
+        "priority_mode": {
+            **enum("SOFT", "STRICT"),
+            "default": "SOFT",
+            "description": "STRICT: without a priority-term hit an item is never IMMEDIATE",
+        },
+        "batch_windows": arr(
+            {"type": "string", "pattern": "^\\d{1,2}:\\d{2}$"},
+            minItems=1,
+            maxItems=3,
+            description="local HH:MM times, default DEFAULT_BATCH_WINDOWS",
+        ),
         "digest_time": {"type": "string", "description": "local HH:MM, default DEFAULT_DIGEST_TIME"},
         "timezone": {"type": "string", "description": "IANA name, default the user's"},
         "email": null({"type": "string", "format": "email"}),
@@ -73,19 +103,41 @@ GOAL_BODY = obj(
     },
     ["name", "description"],
     extra=False,
-)  # fmt: skip
+)
 MATCH = obj(
     {
-        "item": obj({"id": INT, "title": STR, "url": STR, "snippet": STR, "published_at": null(TIME),
-                     "ingested_at": TIME, "embedding_status": enum("pending", "done", "failed"),
-                     "source": obj({"id": INT, "name": STR})}),
-        "score": NUM, "components": {"type": "object", "description": "every scoring component (see README)"},
-        "reasons": arr(STR), "gate": null(enum("negative_term", "blocked_source", "strict_no_hit")),
-        "lexical_only": BOOL, "is_backfill": BOOL, "computed_at": TIME,
-        "decision": null(obj({"tier": enum("IMMEDIATE", "BATCH", "DIGEST", "IGNORE"), "status": STR,
-                              "reason": STR, "decided_at": TIME, "pushed_at": null(TIME)})),
+        "item": obj(
+            {
+                "id": INT,
+                "title": STR,
+                "url": STR,
+                "snippet": STR,
+                "published_at": null(TIME),
+                "ingested_at": TIME,
+                "embedding_status": enum("pending", "done", "failed"),
+                "source": obj({"id": INT, "name": STR}),
+            }
+        ),
+        "score": NUM,
+        "components": {"type": "object", "description": "every scoring component (see README)"},
+        "reasons": arr(STR),
+        "gate": null(enum("negative_term", "blocked_source", "strict_no_hit")),
+        "lexical_only": BOOL,
+        "is_backfill": BOOL,
+        "computed_at": TIME,
+        "decision": null(
+            obj(
+                {
+                    "tier": enum("IMMEDIATE", "BATCH", "DIGEST", "IGNORE"),
+                    "status": STR,
+                    "reason": STR,
+                    "decided_at": TIME,
+                    "pushed_at": null(TIME),
+                }
+            )
+        ),
     }
-)  # fmt: skip
+)
 
 
 def _goal(row: asyncpg.Record) -> dict[str, Any]:
@@ -150,9 +202,11 @@ def _nudge(request: web.Request) -> Any:
 
 
 @openapi.doc(
-    "The caller's goals", tags=("goals",), response=page_of(GOAL),
+    "The caller's goals",
+    tags=("goals",),
+    response=page_of(GOAL),
     query=[*PAGE_PARAMS, qparam("status", enum("active", "paused", "archived"), "only this status")],
-)  # fmt: skip
+)
 @requires("goals:read")
 async def list_goals(request: web.Request) -> web.Response:
     pg = page(request)
@@ -162,15 +216,19 @@ async def list_goals(request: web.Request) -> web.Response:
     if pg.after is not None and (len(pg.after) != 1 or not isinstance(pg.after[0], int)):
         raise BadRequest("cursor is not valid")
     after = pg.after[0] if pg.after else 0
-    rows = await store.list_goals(rt(request).pool, principal(request).user_id, limit=pg.limit + 1, after_id=after,
-                                  status=status)  # fmt: skip
+    rows = await store.list_goals(
+        rt(request).pool, principal(request).user_id, limit=pg.limit + 1, after_id=after, status=status
+    )
     return ok(paged([_goal(r) for r in rows], pg, lambda r: [r["id"]]))
 
 
 @openapi.doc(
     "Create a goal; it is embedded and scored against the last 72 h of items in the background",
-    tags=("goals",), body=GOAL_BODY, response=GOAL, status=201,
-)  # fmt: skip
+    tags=("goals",),
+    body=GOAL_BODY,
+    response=GOAL,
+    status=201,
+)
 @requires("goals:write")
 async def create_goal(request: web.Request) -> web.Response:
     p = principal(request)
@@ -207,8 +265,10 @@ async def get_goal(request: web.Request) -> web.Response:
 @openapi.doc(
     "Change a goal (only the fields given); changing the scored text (name, description, terms, mode) bumps "
     "its version, re-embeds it and re-scores the last 72 h of items",
-    tags=("goals",), body=obj(GOAL_BODY["properties"], [], extra=False), response=GOAL,
-)  # fmt: skip
+    tags=("goals",),
+    body=obj(GOAL_BODY["properties"], [], extra=False),
+    response=GOAL,
+)
 @requires("goals:write")
 async def put_goal(request: web.Request) -> web.Response:
     changes = validate(await read_json(request), creating=False)
@@ -235,15 +295,17 @@ async def delete_goal(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@openapi.doc("Pause a goal: nothing is scored or pushed for it until it is resumed", tags=("goals",),
-             response=GOAL)  # fmt: skip
+@openapi.doc("Pause a goal: nothing is scored or pushed for it until it is resumed", tags=("goals",), response=GOAL)
 @requires("goals:write")
 async def pause_goal(request: web.Request) -> web.Response:
     return await _update(request, {"status": "paused"})
 
 
-@openapi.doc("Resume a goal; the items of the last 72 h are scored for it (never as instant alerts)",
-             tags=("goals",), response=GOAL)  # fmt: skip
+@openapi.doc(
+    "Resume a goal; the items of the last 72 h are scored for it (never as instant alerts)",
+    tags=("goals",),
+    response=GOAL,
+)
 @requires("goals:write")
 async def resume_goal(request: web.Request) -> web.Response:
     return await _update(request, {"status": "active"})
@@ -251,10 +313,17 @@ async def resume_goal(request: web.Request) -> web.Response:
 
 @openapi.doc(
     "The goal's scored items, best first, with score components, reasons and the decision when there is one",
-    tags=("goals",), response=page_of(MATCH),
-    query=[*PAGE_PARAMS, qparam("min_score", {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-                                "only items scoring at least this")],
-)  # fmt: skip
+    tags=("goals",),
+    response=page_of(MATCH),
+    query=[
+        *PAGE_PARAMS,
+        qparam(
+            "min_score",
+            {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+            "only items scoring at least this",
+        ),
+    ],
+)
 @requires("goals:read")
 async def goal_matches(request: web.Request) -> web.Response:
     runtime = rt(request)
@@ -268,8 +337,7 @@ async def goal_matches(request: web.Request) -> web.Response:
         if len(pg.after) != 2 or not isinstance(pg.after[0], (int, float)) or not isinstance(pg.after[1], int):
             raise BadRequest("cursor is not valid")
         after = (float(pg.after[0]), int(pg.after[1]))
-    rows = await store.goal_matches(runtime.pool, goal_id, min_score=min_score or 0.0, limit=pg.limit + 1,
-                                    after=after)  # fmt: skip
+    rows = await store.goal_matches(runtime.pool, goal_id, min_score=min_score or 0.0, limit=pg.limit + 1, after=after)
     items = [_match(r) for r in rows]
     return ok(paged(items, pg, lambda m: [m["score"], m["item"]["id"]]))
 
@@ -277,17 +345,33 @@ async def goal_matches(request: web.Request) -> web.Response:
 def _match(r: asyncpg.Record) -> dict[str, Any]:
     decision = None
     if r["tier"] is not None:
-        decision = {"tier": r["tier"], "status": r["decision_status"], "reason": r["decision_reason"],
-                    "decided_at": r["decided_at"], "pushed_at": r["pushed_at"]}  # fmt: skip
+        decision = {
+            "tier": r["tier"],
+            "status": r["decision_status"],
+            "reason": r["decision_reason"],
+            "decided_at": r["decided_at"],
+            "pushed_at": r["pushed_at"],
+        }
     return {
-        "item": {"id": r["item_id"], "title": r["title"], "url": r["url"], "snippet": r["snippet"],
-                 "published_at": r["published_at"], "ingested_at": r["ingested_at"],
-                 "embedding_status": r["embedding_status"],
-                 "source": {"id": r["source_id"], "name": r["source_name"]}},
-        "score": r["score"], "components": r["components"], "reasons": r["reasons"], "gate": r["gate"],
-        "lexical_only": r["lexical_only"], "is_backfill": r["is_backfill"], "computed_at": r["computed_at"],
+        "item": {
+            "id": r["item_id"],
+            "title": r["title"],
+            "url": r["url"],
+            "snippet": r["snippet"],
+            "published_at": r["published_at"],
+            "ingested_at": r["ingested_at"],
+            "embedding_status": r["embedding_status"],
+            "source": {"id": r["source_id"], "name": r["source_name"]},
+        },
+        "score": r["score"],
+        "components": r["components"],
+        "reasons": r["reasons"],
+        "gate": r["gate"],
+        "lexical_only": r["lexical_only"],
+        "is_backfill": r["is_backfill"],
+        "computed_at": r["computed_at"],
         "decision": decision,
-    }  # fmt: skip
+    }
 
 
 ROUTES = [

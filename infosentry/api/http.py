@@ -141,8 +141,17 @@ class Fields:
     def has(self, name: str) -> bool:
         return name in self.body
 
-    def str(self, name: str, *, required: bool = False, default: Any = None, max_len: int = 1000,
-            min_len: int = 0, choices: tuple[str, ...] | None = None, nullable: bool = False) -> Any:  # fmt: skip
+    def str(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        default: Any = None,
+        max_len: int = 1000,
+        min_len: int = 0,
+        choices: tuple[str, ...] | None = None,
+        nullable: bool = False,
+    ) -> Any:
         value = self.body.get(name, _MISSING)
         if value is _MISSING:
             if required:
@@ -166,8 +175,9 @@ class Fields:
             self._bad(name, f"must be at most {max_len} characters")
         return value
 
-    def int(self, name: str, *, required: bool = False, default: Any = None, low: int | None = None,
-            high: int | None = None) -> Any:  # fmt: skip
+    def int(
+        self, name: str, *, required: bool = False, default: Any = None, low: int | None = None, high: int | None = None
+    ) -> Any:
         value = self.body.get(name, _MISSING)
         if value is _MISSING:
             if required:
@@ -244,8 +254,9 @@ def path_id(request: web.Request, name: str = "id") -> int:
     return int(raw)
 
 
-def query_int(request: web.Request, name: str, default: int | None = None, *, low: int = 0,
-              high: int = 2**62) -> int | None:  # fmt: skip
+def query_int(
+    request: web.Request, name: str, default: int | None = None, *, low: int = 0, high: int = 2**62
+) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -257,8 +268,9 @@ def query_int(request: web.Request, name: str, default: int | None = None, *, lo
     return value
 
 
-def query_float(request: web.Request, name: str, default: float | None = None, *, low: float = 0.0,
-                high: float = 1.0) -> float | None:  # fmt: skip
+def query_float(
+    request: web.Request, name: str, default: float | None = None, *, low: float = 0.0, high: float = 1.0
+) -> float | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default

@@ -26,41 +26,81 @@ from infosentry.urls import is_http_url
 
 TIER = enum("IMMEDIATE", "BATCH", "DIGEST")
 ITEM_BRIEF = obj(
-    {"id": INT, "title": STR, "url": STR, "snippet": STR, "source_id": INT, "source_name": STR,
-     "published_at": null(TIME)}
-)  # fmt: skip
+    {
+        "id": INT,
+        "title": STR,
+        "url": STR,
+        "snippet": STR,
+        "source_id": INT,
+        "source_name": STR,
+        "published_at": null(TIME),
+    }
+)
 NOTIFICATION = obj(
     {
-        "id": INT, "goal_id": INT, "goal_name": STR, "item": ITEM_BRIEF, "tier": TIER, "score": NUM,
-        "reason": STR, "created_at": TIME, "read_at": null(TIME), "email_id": null(INT),
+        "id": INT,
+        "goal_id": INT,
+        "goal_name": STR,
+        "item": ITEM_BRIEF,
+        "tier": TIER,
+        "score": NUM,
+        "reason": STR,
+        "created_at": TIME,
+        "read_at": null(TIME),
+        "email_id": null(INT),
         "feedback": null(enum("like", "dislike")),
         "click_url": {**STR, "description": "tracked link to the item (channel=inbox)"},
     }
-)  # fmt: skip
+)
 ITEM_GOAL = obj(
     {
-        "goal_id": INT, "goal_name": STR, "score": null(NUM), "reasons": {}, "tier": null(STR),
-        "decision_status": null(enum("pending", "pushed", "skipped", "cancelled")), "reason": null(STR),
-        "notification_id": null(INT), "feedback": null(enum("like", "dislike")), "source_blocked": BOOL,
+        "goal_id": INT,
+        "goal_name": STR,
+        "score": null(NUM),
+        "reasons": {},
+        "tier": null(STR),
+        "decision_status": null(enum("pending", "pushed", "skipped", "cancelled")),
+        "reason": null(STR),
+        "notification_id": null(INT),
+        "feedback": null(enum("like", "dislike")),
+        "source_blocked": BOOL,
     }
-)  # fmt: skip
+)
 ITEM = obj(
     {
-        "id": INT, "title": STR, "url": STR, "canonical_url": STR, "snippet": STR, "author": null(STR),
-        "tags": arr(STR), "published_at": null(TIME), "ingested_at": TIME, "source_id": INT, "source_name": STR,
-        "source_type": STR, "goals": arr(ITEM_GOAL),
+        "id": INT,
+        "title": STR,
+        "url": STR,
+        "canonical_url": STR,
+        "snippet": STR,
+        "author": null(STR),
+        "tags": arr(STR),
+        "published_at": null(TIME),
+        "ingested_at": TIME,
+        "source_id": INT,
+        "source_name": STR,
+        "source_type": STR,
+        "goals": arr(ITEM_GOAL),
     }
-)  # fmt: skip
+)
 FEEDBACK_BODY = obj(
-    {"goal_id": INT, "feedback": enum("like", "dislike"),
-     "block_source": {**BOOL, "default": False, "description": "stop this item's source for the goal at once"}},
-    ["goal_id"], extra=False,
-)  # fmt: skip
+    {
+        "goal_id": INT,
+        "feedback": enum("like", "dislike"),
+        "block_source": {**BOOL, "default": False, "description": "stop this item's source for the goal at once"},
+    },
+    ["goal_id"],
+    extra=False,
+)
 FEEDBACK = obj(
-    {"goal_id": INT, "item_id": INT, "feedback": null(enum("like", "dislike")),
-     "blocked_source": null(obj({"source_id": INT, "source_name": STR})),
-     "cancelled": {**INT, "description": "pending pushes of the blocked source cancelled for this goal"}}
-)  # fmt: skip
+    {
+        "goal_id": INT,
+        "item_id": INT,
+        "feedback": null(enum("like", "dislike")),
+        "blocked_source": null(obj({"source_id": INT, "source_name": STR})),
+        "cancelled": {**INT, "description": "pending pushes of the blocked source cancelled for this goal"},
+    }
+)
 BLOCKED = obj({"source_id": INT, "source_name": STR, "source_url": STR, "source_type": STR, "created_at": TIME})
 HTML_PAGE = {"type": "string", "description": "an HTML page"}
 
@@ -121,7 +161,7 @@ async def _my_goal(request: web.Request, goal_id: int) -> asyncpg.Record:
     description="Ignored items never appear here. Filter by goal and by read state.",
     query=[*PAGE_PARAMS, qparam("goal_id", INT, "only this goal"), qparam("status", enum("unread", "read"))],
     response=page_of(NOTIFICATION),
-)  # fmt: skip
+)
 @requires("notifications:read")
 async def list_notifications(request: web.Request) -> web.Response:
     pg = page(request)
@@ -131,9 +171,13 @@ async def list_notifications(request: web.Request) -> web.Response:
         raise BadRequest("query parameter status must be unread or read")
     runtime = rt(request)
     rows = await store.list_notifications(
-        runtime.pool, user_id=principal(request).user_id, goal_id=goal_id, status=status,
-        before_id=_cursor_id(pg.after), limit=pg.limit + 1,
-    )  # fmt: skip
+        runtime.pool,
+        user_id=principal(request).user_id,
+        goal_id=goal_id,
+        status=status,
+        before_id=_cursor_id(pg.after),
+        limit=pg.limit + 1,
+    )
     items = [_notification(runtime.settings.public_url, r) for r in rows]
     return ok(paged(items, pg, lambda r: [r["id"]]))
 
@@ -153,8 +197,9 @@ async def read_notification(request: web.Request) -> web.Response:
 
 @openapi.doc(
     "One item, if it reached one of the caller's goals or comes from a source the caller follows; with its "
-    "score, decision and feedback per goal", response=ITEM,
-)  # fmt: skip
+    "score, decision and feedback per goal",
+    response=ITEM,
+)
 @requires("notifications:read")
 async def get_item(request: web.Request) -> web.Response:
     item_id = path_id(request)
@@ -172,8 +217,9 @@ async def get_item(request: web.Request) -> web.Response:
 @openapi.doc(
     "Feedback on an item for one goal: like/dislike (changes later scores of similar items), and/or block the "
     "item's source for that goal (stops its pushes at once, including pending ones)",
-    body=FEEDBACK_BODY, response=FEEDBACK,
-)  # fmt: skip
+    body=FEEDBACK_BODY,
+    response=FEEDBACK,
+)
 @requires("notifications:write")
 async def post_feedback(request: web.Request) -> web.Response:
     item_id = path_id(request)
@@ -214,8 +260,9 @@ async def post_feedback(request: web.Request) -> web.Response:
 
 @openapi.doc(
     "Undo the like/dislike of an item for a goal (204; 404 when there was none)",
-    query=[qparam("goal_id", INT, "the goal", required=True)], status=204,
-)  # fmt: skip
+    query=[qparam("goal_id", INT, "the goal", required=True)],
+    status=204,
+)
 @requires("notifications:write")
 async def delete_feedback(request: web.Request) -> web.Response:
     item_id = path_id(request)
@@ -235,15 +282,16 @@ async def list_blocked(request: web.Request) -> web.Response:
     await _my_goal(request, goal_id)
     pg = page(request)
     after = _cursor_id(pg.after)
-    rows = await store.blocked_sources(rt(request).pool, goal_id=goal_id, before=(None, after) if after else None,
-                                       limit=pg.limit + 1)  # fmt: skip
+    rows = await store.blocked_sources(
+        rt(request).pool, goal_id=goal_id, before=(None, after) if after else None, limit=pg.limit + 1
+    )
     return ok(paged([dict(r) for r in rows], pg, lambda r: [r["source_id"]]))
 
 
 @openapi.doc(
     "Unblock a source for a goal (204); its new items can be pushed again (cancelled ones stay cancelled)",
     status=204,
-)  # fmt: skip
+)
 @requires("goals:write")
 async def unblock(request: web.Request) -> web.Response:
     goal_id = path_id(request)
@@ -260,8 +308,9 @@ async def unblock(request: web.Request) -> web.Response:
 @openapi.doc(
     "Record a click, then 302 to the item's own URL (no auth; the target is never taken from the request)",
     query=[qparam("goal_id", INT, "the goal the link was sent for"), qparam("channel", enum(*CHANNELS))],
-    status=302, responses={302: ("redirect to the item's URL", None, "text/plain")},
-)  # fmt: skip
+    status=302,
+    responses={302: ("redirect to the item's URL", None, "text/plain")},
+)
 @requires(None)
 async def click(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
@@ -276,8 +325,15 @@ async def click(request: web.Request) -> web.Response:
     except ValueError:
         ip = None
     scanner = is_scanner(request.method, agent)
-    url = await store.record_click(rt(request).pool, item_id=item_id, goal_id=goal_id, channel=channel,
-                                   user_agent=agent or None, ip=ip, is_scanner=scanner)  # fmt: skip
+    url = await store.record_click(
+        rt(request).pool,
+        item_id=item_id,
+        goal_id=goal_id,
+        channel=channel,
+        user_agent=agent or None,
+        ip=ip,
+        is_scanner=scanner,
+    )
     if url is None:
         raise NotFound("no such item")
     if not is_http_url(url):
@@ -311,14 +367,18 @@ async def _checked(request: web.Request, kind: str) -> int:
 
 def _form(request: web.Request, label: str) -> str:
     action = html.escape(request.path_qs, quote=True)
-    return (f"<form method=\"post\" action=\"{action}\"><button type=\"submit\" style=\"font-size:1.1em\">"
-            f"{html.escape(label)}</button></form>")  # fmt: skip
+    return (
+        f'<form method="post" action="{action}"><button type="submit" style="font-size:1.1em">'
+        f"{html.escape(label)}</button></form>"
+    )
 
 
 @openapi.doc(
     "Confirmation page of an email's pause link (changes nothing; the button POSTs)",
-    query=[qparam("token", STR, "the link's token", required=True)], response=HTML_PAGE, response_type="text/html",
-)  # fmt: skip
+    query=[qparam("token", STR, "the link's token", required=True)],
+    response=HTML_PAGE,
+    response_type="text/html",
+)
 @requires(None)
 async def goal_unsubscribe_page(request: web.Request) -> web.Response:
     goal_id = await _checked(request, "goal")
@@ -327,16 +387,22 @@ async def goal_unsubscribe_page(request: web.Request) -> web.Response:
         raise NotFound("no such goal")
     name = html.escape(goal["name"])
     if goal["status"] != "active":
-        return _page("Goal already paused", f"<p>The goal “{name}” is {html.escape(goal['status'])}: "
-                     "it sends no emails.</p>")  # fmt: skip
-    return _page("Pause this goal?", f"<p>Pausing “{name}” stops its emails and inbox pushes until you resume "
-                 "it.</p>" + _form(request, "Pause the goal"))  # fmt: skip
+        return _page(
+            "Goal already paused", f"<p>The goal “{name}” is {html.escape(goal['status'])}: it sends no emails.</p>"
+        )
+    return _page(
+        "Pause this goal?",
+        f"<p>Pausing “{name}” stops its emails and inbox pushes until you resume "
+        "it.</p>" + _form(request, "Pause the goal"),
+    )
 
 
 @openapi.doc(
     "Pause the goal of an email's pause link (RFC 8058 one-click unsubscribe: POST, no login)",
-    query=[qparam("token", STR, "the link's token", required=True)], response=HTML_PAGE, response_type="text/html",
-)  # fmt: skip
+    query=[qparam("token", STR, "the link's token", required=True)],
+    response=HTML_PAGE,
+    response_type="text/html",
+)
 @requires(None)
 async def goal_unsubscribe(request: web.Request) -> web.Response:
     goal_id = await _checked(request, "goal")
@@ -344,25 +410,35 @@ async def goal_unsubscribe(request: web.Request) -> web.Response:
     if goal is None:
         raise NotFound("no such goal")
     await store.cancel_inactive(rt(request).pool)
-    return _page("Goal paused", f"<p>The goal “{html.escape(goal['name'])}” is paused: no more emails. "
-                 f"Resume it with <code>POST /api/v1/goals/{goal_id}/resume</code>.</p>")  # fmt: skip
+    return _page(
+        "Goal paused",
+        f"<p>The goal “{html.escape(goal['name'])}” is paused: no more emails. "
+        f"Resume it with <code>POST /api/v1/goals/{goal_id}/resume</code>.</p>",
+    )
 
 
 @openapi.doc(
     "Confirmation page of a combined digest's pause link (changes nothing; the button POSTs)",
-    query=[qparam("token", STR, "the link's token", required=True)], response=HTML_PAGE, response_type="text/html",
-)  # fmt: skip
+    query=[qparam("token", STR, "the link's token", required=True)],
+    response=HTML_PAGE,
+    response_type="text/html",
+)
 @requires(None)
 async def user_unsubscribe_page(request: web.Request) -> web.Response:
     await _checked(request, "user")
-    return _page("Pause these emails?", "<p>This pauses every active goal of your account: no more emails or "
-                 "inbox pushes until you resume them.</p>" + _form(request, "Pause all my goals"))  # fmt: skip
+    return _page(
+        "Pause these emails?",
+        "<p>This pauses every active goal of your account: no more emails or "
+        "inbox pushes until you resume them.</p>" + _form(request, "Pause all my goals"),
+    )
 
 
 @openapi.doc(
     "Pause every active goal of the user of a combined digest's pause link (RFC 8058 one-click, no login)",
-    query=[qparam("token", STR, "the link's token", required=True)], response=HTML_PAGE, response_type="text/html",
-)  # fmt: skip
+    query=[qparam("token", STR, "the link's token", required=True)],
+    response=HTML_PAGE,
+    response_type="text/html",
+)
 @requires(None)
 async def user_unsubscribe(request: web.Request) -> web.Response:
     user_id = await _checked(request, "user")

@@ -33,37 +33,76 @@ MAX_OPML_BYTES = 1024 * 1024  # the app-wide body limit applies first; this is t
 TYPE = enum("rss", "site", "hotlist")
 SOURCE = obj(
     {
-        "id": INT, "type": TYPE, "url": STR, "name": STR, "config": {"type": "object"},
+        "id": INT,
+        "type": TYPE,
+        "url": STR,
+        "name": STR,
+        "config": {"type": "object"},
         "enabled": {**BOOL, "description": "the caller's subscription"},
         "source_enabled": {**BOOL, "description": "the source itself (operators can switch a source off)"},
-        "fetch_interval_sec": INT, "current_interval_sec": null(INT), "created_at": TIME, "updated_at": TIME,
-        "subscribed_at": TIME, "last_fetch_at": null(TIME), "next_fetch_at": TIME, "last_success_at": null(TIME),
-        "error_streak": INT, "last_error": null(STR),
-        "last_error_kind": null(enum("dns", "tls", "timeout", "connection", "http_status", "too_large",
-                                     "too_many_redirects", "blocked_address", "invalid_url", "parse", "config",
-                                     "internal")),
+        "fetch_interval_sec": INT,
+        "current_interval_sec": null(INT),
+        "created_at": TIME,
+        "updated_at": TIME,
+        "subscribed_at": TIME,
+        "last_fetch_at": null(TIME),
+        "next_fetch_at": TIME,
+        "last_success_at": null(TIME),
+        "error_streak": INT,
+        "last_error": null(STR),
+        "last_error_kind": null(
+            enum(
+                "dns",
+                "tls",
+                "timeout",
+                "connection",
+                "http_status",
+                "too_large",
+                "too_many_redirects",
+                "blocked_address",
+                "invalid_url",
+                "parse",
+                "config",
+                "internal",
+            )
+        ),
     }
-)  # fmt: skip
+)
 FETCH_LOG = obj(
     {
-        "started_at": TIME, "duration_ms": INT, "status": enum("ok", "not_modified", "error"),
-        "http_status": null(INT), "fetched": INT, "new": INT, "duplicate": INT, "error_kind": null(STR),
+        "started_at": TIME,
+        "duration_ms": INT,
+        "status": enum("ok", "not_modified", "error"),
+        "http_status": null(INT),
+        "fetched": INT,
+        "new": INT,
+        "duplicate": INT,
+        "error_kind": null(STR),
         "error": null(STR),
     }
-)  # fmt: skip
+)
 SOURCE_DETAIL = {"allOf": [SOURCE, obj({"items_24h": INT, "recent_fetches": arr(FETCH_LOG)})]}
 SOURCE_BODY = obj(
     {
-        "type": {**TYPE, "default": "rss"}, "url": {"type": "string", "format": "uri", "maxLength": 2048},
+        "type": {**TYPE, "default": "rss"},
+        "url": {"type": "string", "format": "uri", "maxLength": 2048},
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "fetch_interval_sec": {"type": "integer", "minimum": 60, "maximum": 86400,
-                               "description": "default 900 (rss), 1800 (site, hotlist)"},
-        "config": {"type": "object", "description": "site: {selectors: {item, title, link?, snippet?, time?}, "
-                   "headers?, timezone?}; hotlist: {base_url?, source_id}; rss: {headers?}"},
+        "fetch_interval_sec": {
+            "type": "integer",
+            "minimum": 60,
+            "maximum": 86400,
+            "description": "default 900 (rss), 1800 (site, hotlist)",
+        },
+        "config": {
+            "type": "object",
+            "description": "site: {selectors: {item, title, link?, snippet?, time?}, "
+            "headers?, timezone?}; hotlist: {base_url?, source_id}; rss: {headers?}",
+        },
         "enabled": {**BOOL, "default": True},
     },
-    ["url"], extra=False,
-)  # fmt: skip
+    ["url"],
+    extra=False,
+)
 REPORT_ENTRY = obj({"url": STR, "name": STR, "id": INT, "type": TYPE, "new_source": BOOL, "reason": STR}, ["url"])
 REPORT = obj({"added": arr(REPORT_ENTRY), "skipped": arr(REPORT_ENTRY), "invalid": arr(REPORT_ENTRY)})
 
@@ -116,9 +155,13 @@ async def list_sources(request: web.Request) -> web.Response:
         after = pg.after[0]
     user_id = principal(request).user_id
     rows = await sources_store.user_sources(
-        rt(request).pool, user_id, limit=pg.limit + 1, after_id=after, type=kind,
+        rt(request).pool,
+        user_id,
+        limit=pg.limit + 1,
+        after_id=after,
+        type=kind,
         enabled=None if enabled_raw is None else enabled_raw == "true",
-    )  # fmt: skip
+    )
     return ok(paged([public(r, user_id) for r in rows], pg, lambda r: [r["id"]]))
 
 
@@ -126,17 +169,24 @@ async def list_sources(request: web.Request) -> web.Response:
     "Follow a source: 201 when it is new, 200 when it already existed (the caller is subscribed to it)",
     description="No network access here: a URL that is a web page rather than a feed shows up as a parse error in "
     "the source's health after its first fetch (use `infosentry source add` for feed discovery).",
-    body=SOURCE_BODY, response=SOURCE, status=201, responses={200: ("already existed; now followed", SOURCE,
-                                                                     "application/json")},
-)  # fmt: skip
+    body=SOURCE_BODY,
+    response=SOURCE,
+    status=201,
+    responses={200: ("already existed; now followed", SOURCE, "application/json")},
+)
 @requires("sources:write")
 async def create_source(request: web.Request) -> web.Response:
     body = await read_json(request)
     f = Fields(body, FIELDS)
     enabled = f.bool("enabled", default=True)
     f.done()  # unknown fields and a bad `enabled`; validate_source checks the rest
-    spec = ingest.validate_source(type=body.get("type"), url=body.get("url"), name=body.get("name"),
-                                  interval=body.get("fetch_interval_sec"), config=body.get("config"))  # fmt: skip
+    spec = ingest.validate_source(
+        type=body.get("type"),
+        url=body.get("url"),
+        name=body.get("name"),
+        interval=body.get("fetch_interval_sec"),
+        config=body.get("config"),
+    )
     user_id = principal(request).user_id
     row, created, _ = await ingest.add_source(rt(request).pool, user_id, spec, enabled=enabled)
     if enabled:
@@ -158,9 +208,10 @@ async def get_source(request: web.Request) -> web.Response:
 
 @openapi.doc(
     "Change a source (url, name, interval, config: its creator, an admin, or its only subscriber) or the "
-    "caller's subscription (enabled)", body=obj({k: v for k, v in SOURCE_BODY["properties"].items() if k != "type"},
-                                                [], extra=False), response=SOURCE,
-)  # fmt: skip
+    "caller's subscription (enabled)",
+    body=obj({k: v for k, v in SOURCE_BODY["properties"].items() if k != "type"}, [], extra=False),
+    response=SOURCE,
+)
 @requires("sources:write")
 async def update_source(request: web.Request) -> web.Response:
     source_id = path_id(request)
@@ -178,23 +229,31 @@ async def update_source(request: web.Request) -> web.Response:
         shared = await sources_store.subscriber_count(pool, source_id) > 1
         if shared and not p.is_admin and {"url", "config"} & shared_change:
             # other followers chose this feed: repointing it would change what their goals receive
-            raise Conflict("this source is shared with other subscribers: add the new url as a new source (and "
-                           "unsubscribe from this one) instead of changing its url or config")  # fmt: skip
+            raise Conflict(
+                "this source is shared with other subscribers: add the new url as a new source (and "
+                "unsubscribe from this one) instead of changing its url or config"
+            )
         if shared and not (p.is_admin or row["created_by"] == p.user_id):
-            raise Conflict("this source is shared with other subscribers: only the user who added it (or an admin) "
-                           "can change its name or interval")  # fmt: skip
+            raise Conflict(
+                "this source is shared with other subscribers: only the user who added it (or an admin) "
+                "can change its name or interval"
+            )
         spec = ingest.validate_source(
-            type=row["type"], url=body.get("url", row["url"]), name=body.get("name", row["name"]),
+            type=row["type"],
+            url=body.get("url", row["url"]),
+            name=body.get("name", row["name"]),
             interval=body.get("fetch_interval_sec", row["fetch_interval_sec"]),
             config=body["config"] if "config" in body else row["config"],
-        )  # fmt: skip
+        )
         try:
             await sources_store.update_source(
-                pool, source_id, name=spec.name if "name" in body else None,
+                pool,
+                source_id,
+                name=spec.name if "name" in body else None,
                 url=spec.url if spec.url != row["url"] else None,
                 config=spec.config if "config" in body and spec.config != row["config"] else None,
                 fetch_interval_sec=spec.fetch_interval_sec if "fetch_interval_sec" in body else None,
-            )  # fmt: skip
+            )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"another {row['type']} source already has this url; subscribe to it instead") from None
     if enabled is not None:
@@ -236,8 +295,10 @@ async def disable_source(request: web.Request) -> web.Response:
 
 @openapi.doc(
     "Import an OPML document (nested folders are flattened; feeds already followed are skipped)",
-    body={"type": "string"}, body_type="text/x-opml", response=REPORT,
-)  # fmt: skip
+    body={"type": "string"},
+    body_type="text/x-opml",
+    response=REPORT,
+)
 @requires("sources:write")
 async def import_sources(request: web.Request) -> web.Response:
     raw = await request.read()

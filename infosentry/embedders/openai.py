@@ -88,9 +88,18 @@ class RateLimiter:
 class OpenAIEmbedder:
     """Embedder for an OpenAI-compatible /v1/embeddings endpoint (see the module docstring)."""
 
-    def __init__(self, settings: Settings, *, batch_size: int = BATCH_SIZE, timeout: float = 20.0,
-                 max_attempts: int = 4, backoff_base: float = 0.5, backoff_cap: float = 20.0,
-                 max_retry_after: float = 60.0, client: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        batch_size: int = BATCH_SIZE,
+        timeout: float = 20.0,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 20.0,
+        max_retry_after: float = 60.0,
+        client: Any = None,
+    ) -> None:
         self.model = settings.openai_embed_model
         self.name = f"openai:{self.model}"
         self.dim = KNOWN_DIMS.get(self.model, 0)
@@ -220,8 +229,13 @@ class OpenAIEmbedder:
         if self.dim and dim != self.dim:
             # the server is the authority on its model (e.g. a `dimensions` default); vectors are only ever
             # compared with vectors of the same model name, so follow it and say so once
-            log.warning("model %s answers with %d dimensions, not %d", self.model, dim, self.dim,
-                        extra={"action": "embed_dimension_changed"})  # fmt: skip
+            log.warning(
+                "model %s answers with %d dimensions, not %d",
+                self.model,
+                dim,
+                self.dim,
+                extra={"action": "embed_dimension_changed"},
+            )
         self.dim = dim
         usage = body.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)

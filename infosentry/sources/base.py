@@ -212,18 +212,33 @@ def decode_body(body: bytes, content_type: str | None, *, sniff_meta: bool = Fal
 ValidateFn = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 
-async def fetch_source(fetcher: Fetcher, url: str, config: Mapping[str, Any], etag: str | None = None,
-                       last_modified: str | None = None, *, validate: ValidateFn, parse: ParseFn, accept: str,
-                       parse_runner: ParseRunner | None = None,
-                       target: Callable[[dict[str, Any]], str] | None = None) -> FetchOutcome:  # fmt: skip
+async def fetch_source(
+    fetcher: Fetcher,
+    url: str,
+    config: Mapping[str, Any],
+    etag: str | None = None,
+    last_modified: str | None = None,
+    *,
+    validate: ValidateFn,
+    parse: ParseFn,
+    accept: str,
+    parse_runner: ParseRunner | None = None,
+    target: Callable[[dict[str, Any]], str] | None = None,
+) -> FetchOutcome:
     """The body of every type's `fetch`: validate the config, GET the target (the source URL unless the type
     derives one) with the type's Accept and the config's extra headers, then parse."""
     clean = validate(url, config)
     headers = {"Accept": accept, **clean.get("headers", {})}
     return await fetch_and_parse(
-        fetcher, target(clean) if target else url, parse, clean, etag=etag, last_modified=last_modified,
-        headers=headers, parse_runner=parse_runner,
-    )  # fmt: skip
+        fetcher,
+        target(clean) if target else url,
+        parse,
+        clean,
+        etag=etag,
+        last_modified=last_modified,
+        headers=headers,
+        parse_runner=parse_runner,
+    )
 
 
 async def fetch_and_parse(

@@ -9,8 +9,9 @@ import asyncpg
 from infosentry.errors import Conflict, NotFound
 
 
-async def create_user(conn: asyncpg.Pool | asyncpg.Connection, email: str, *, is_admin: bool = False,
-                      display_name: str = "") -> asyncpg.Record:  # fmt: skip
+async def create_user(
+    conn: asyncpg.Pool | asyncpg.Connection, email: str, *, is_admin: bool = False, display_name: str = ""
+) -> asyncpg.Record:
     row = await conn.fetchrow(
         """INSERT INTO users (email, is_admin, display_name) VALUES ($1, $2, $3)
            ON CONFLICT (email) DO NOTHING RETURNING *""",
@@ -41,9 +42,17 @@ async def get_or_create_user(conn: asyncpg.Pool | asyncpg.Connection, email: str
     return row
 
 
-async def insert_token(conn: asyncpg.Pool | asyncpg.Connection, *, user_id: int, token_hash: str, prefix: str,
-                       scopes: list[str], kind: str = "api", name: str = "",
-                       expires_at: datetime | None = None) -> asyncpg.Record:  # fmt: skip
+async def insert_token(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    *,
+    user_id: int,
+    token_hash: str,
+    prefix: str,
+    scopes: list[str],
+    kind: str = "api",
+    name: str = "",
+    expires_at: datetime | None = None,
+) -> asyncpg.Record:
     row = await conn.fetchrow(
         """INSERT INTO api_tokens (user_id, token_hash, prefix, scopes, kind, name, expires_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
@@ -81,8 +90,7 @@ async def token_owner(conn: asyncpg.Pool | asyncpg.Connection, token_hash: str) 
     )
 
 
-async def revoke_token(conn: asyncpg.Pool | asyncpg.Connection, token_id: int,
-                       user_id: int | None = None) -> bool:  # fmt: skip
+async def revoke_token(conn: asyncpg.Pool | asyncpg.Connection, token_id: int, user_id: int | None = None) -> bool:
     status = await conn.execute(
         """UPDATE api_tokens SET revoked_at = now()
            WHERE id = $1 AND revoked_at IS NULL AND ($2::bigint IS NULL OR user_id = $2)""",
@@ -100,8 +108,7 @@ async def list_tokens(conn: asyncpg.Pool | asyncpg.Connection, user_id: int) -> 
     )
 
 
-async def hit_rate_limit(conn: asyncpg.Pool | asyncpg.Connection, key: str, *, window_seconds: int,
-                         limit: int) -> bool:  # fmt: skip
+async def hit_rate_limit(conn: asyncpg.Pool | asyncpg.Connection, key: str, *, window_seconds: int, limit: int) -> bool:
     """Count one hit in the current fixed window; True when the limit is exceeded."""
     hits = await conn.fetchval(
         """INSERT INTO rate_limits (key, window_start, hits)

@@ -13,9 +13,19 @@ async def get_day(conn: Conn, day: date) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM budget_days WHERE day = $1", day)
 
 
-async def add(conn: Conn, day: date, tz: str, *, embed_requests: int = 0, embed_tokens: int = 0,
-              embed_usd: float = 0.0, llm_calls: int = 0, llm_prompt_tokens: int = 0,
-              llm_completion_tokens: int = 0, llm_usd: float = 0.0) -> asyncpg.Record:  # fmt: skip
+async def add(
+    conn: Conn,
+    day: date,
+    tz: str,
+    *,
+    embed_requests: int = 0,
+    embed_tokens: int = 0,
+    embed_usd: float = 0.0,
+    llm_calls: int = 0,
+    llm_prompt_tokens: int = 0,
+    llm_completion_tokens: int = 0,
+    llm_usd: float = 0.0,
+) -> asyncpg.Record:
     """Add to the day's counters in one atomic upsert; returns the new row."""
     row = await conn.fetchrow(
         """INSERT INTO budget_days AS b (day, tz, embed_requests, embed_tokens, embed_usd, llm_calls,
@@ -32,9 +42,16 @@ async def add(conn: Conn, day: date, tz: str, *, embed_requests: int = 0, embed_
                llm_usd = b.llm_usd + EXCLUDED.llm_usd,
                updated_at = now()
            RETURNING *""",
-        day, tz, embed_requests, embed_tokens, embed_usd, llm_calls, llm_prompt_tokens, llm_completion_tokens,
+        day,
+        tz,
+        embed_requests,
+        embed_tokens,
+        embed_usd,
+        llm_calls,
+        llm_prompt_tokens,
+        llm_completion_tokens,
         llm_usd,
-    )  # fmt: skip
+    )
     assert row is not None
     return row
 
@@ -92,8 +109,9 @@ async def reset(conn: Conn, day: date, tz: str) -> asyncpg.Record:
     return row
 
 
-async def record_call(conn: Conn, kind: str, *, ok: bool, http_status: int | None, error: str | None,
-                      latency_ms: int) -> None:  # fmt: skip
+async def record_call(
+    conn: Conn, kind: str, *, ok: bool, http_status: int | None, error: str | None, latency_ms: int
+) -> None:
     await conn.execute(
         "INSERT INTO external_calls (kind, ok, http_status, error, latency_ms) VALUES ($1, $2, $3, $4, $5)",
         kind,

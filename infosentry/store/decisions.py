@@ -152,8 +152,7 @@ async def judge_depth(conn: Conn) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM judge_queue"))
 
 
-async def undecided_items(conn: Conn, *, since: datetime, settle: datetime, digest_min: float,
-                          limit: int) -> list[int]:  # fmt: skip
+async def undecided_items(conn: Conn, *, since: datetime, settle: datetime, digest_min: float, limit: int) -> list[int]:
     """Reconciliation: recent items with a match that needs a decision but is not queued (should not happen:
     the queue is filled by triggers in the matcher's transaction; this proves it)."""
     rows = await conn.fetch(
@@ -186,11 +185,28 @@ async def write(conn: Conn, rows: list[dict[str, Any]]) -> list[asyncpg.Record]:
     cols = {
         name: [r[name] for r in rows]
         for name in (
-            "goal_id", "item_id", "trigger", "run_status", "input", "output", "llm_used", "llm_model",
-            "llm_request", "llm_response", "fallback_reason", "prompt_tokens", "completion_tokens", "usd",
-            "latency_ms", "tier", "status", "score", "reason", "match_computed_at",
+            "goal_id",
+            "item_id",
+            "trigger",
+            "run_status",
+            "input",
+            "output",
+            "llm_used",
+            "llm_model",
+            "llm_request",
+            "llm_response",
+            "fallback_reason",
+            "prompt_tokens",
+            "completion_tokens",
+            "usd",
+            "latency_ms",
+            "tier",
+            "status",
+            "score",
+            "reason",
+            "match_computed_at",
         )
-    }  # fmt: skip
+    }
     return await conn.fetch(
         """
         WITH v AS (
@@ -240,8 +256,9 @@ async def cached_judgment(conn: Conn, item_id: int, goal_id: int, goal_version: 
     )
 
 
-async def cache_judgment(conn: Conn, item_id: int, goal_id: int, goal_version: int, label: str, confidence: float,
-                         reason: str, model: str) -> None:  # fmt: skip
+async def cache_judgment(
+    conn: Conn, item_id: int, goal_id: int, goal_version: int, label: str, confidence: float, reason: str, model: str
+) -> None:
     await conn.execute(
         """INSERT INTO judge_cache (item_id, goal_id, goal_version, label, confidence, reason, model)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
@@ -262,8 +279,17 @@ RUN_SUMMARY = """r.id, r.goal_id, r.item_id, r.trigger, r.status, r.output ->> '
                  r.created_at"""
 
 
-async def insert_run(conn: Conn, *, goal_id: int | None, item_id: int | None, trigger: str, status: str,
-                     input: dict[str, Any], output: dict[str, Any], latency_ms: int = 0) -> int:  # fmt: skip
+async def insert_run(
+    conn: Conn,
+    *,
+    goal_id: int | None,
+    item_id: int | None,
+    trigger: str,
+    status: str,
+    input: dict[str, Any],
+    output: dict[str, Any],
+    latency_ms: int = 0,
+) -> int:
     """A run of a push step (an email flush, a batch window, a digest): what it considered and what it sent."""
     return await conn.fetchval(
         """INSERT INTO agent_runs (goal_id, item_id, trigger, status, input, output, latency_ms)
@@ -278,8 +304,17 @@ async def insert_run(conn: Conn, *, goal_id: int | None, item_id: int | None, tr
     )
 
 
-async def list_runs(conn: Conn, *, user_id: int, goal_id: int | None, item_id: int | None, status: str | None,
-                    trigger: str | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:  # fmt: skip
+async def list_runs(
+    conn: Conn,
+    *,
+    user_id: int,
+    goal_id: int | None,
+    item_id: int | None,
+    status: str | None,
+    trigger: str | None,
+    before_id: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"""SELECT {RUN_SUMMARY}, g.name AS goal_name
             FROM agent_runs r JOIN goals g ON g.id = r.goal_id

@@ -34,8 +34,9 @@ async def get(conn: Conn, user_id: int, goal_id: int) -> asyncpg.Record | None:
     )
 
 
-async def list_goals(conn: Conn, user_id: int, *, limit: int, after_id: int = 0,
-                     status: str | None = None) -> list[asyncpg.Record]:  # fmt: skip
+async def list_goals(
+    conn: Conn, user_id: int, *, limit: int, after_id: int = 0, status: str | None = None
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"""SELECT {_COLUMNS} FROM goals g JOIN users u ON u.id = g.user_id
             WHERE g.user_id = $1 AND g.id > $2 AND ($3::text IS NULL OR g.status = $3)
@@ -60,8 +61,9 @@ async def create(conn: Conn, user_id: int, fields: dict[str, Any]) -> asyncpg.Re
     return row
 
 
-async def update(conn: asyncpg.Connection, user_id: int, goal_id: int,
-                 changes: dict[str, Any]) -> asyncpg.Record | None:  # fmt: skip
+async def update(
+    conn: asyncpg.Connection, user_id: int, goal_id: int, changes: dict[str, Any]
+) -> asyncpg.Record | None:
     """Apply changes (in a transaction); the version bumps when the scored text changed, and a goal that
     becomes active again is due for a backfill. None when the goal is not the user's."""
     async with conn.transaction():
@@ -91,8 +93,9 @@ async def delete(conn: Conn, user_id: int, goal_id: int) -> bool:
     return status.endswith(" 1")
 
 
-async def goal_matches(conn: Conn, goal_id: int, *, min_score: float, limit: int,
-                       after: tuple[float, int] | None) -> list[asyncpg.Record]:  # fmt: skip
+async def goal_matches(
+    conn: Conn, goal_id: int, *, min_score: float, limit: int, after: tuple[float, int] | None
+) -> list[asyncpg.Record]:
     """The goal's scored items, best first, with the item, its source and the decision when there is one."""
     return await conn.fetch(
         """SELECT m.item_id, m.score, m.components, m.reasons, m.gate, m.lexical_only, m.is_backfill,

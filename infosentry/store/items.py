@@ -46,8 +46,9 @@ async def title_candidates(conn: Conn, keys: Iterable[str], *, hours: int = 72) 
            WHERE i.title_key = ANY($1::text[]) AND i.ingested_at > now() - make_interval(hours => $2)
            GROUP BY i.id
            ORDER BY i.id""",
-        keys, hours,
-    )  # fmt: skip
+        keys,
+        hours,
+    )
 
 
 async def insert_items(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -71,10 +72,20 @@ async def insert_items(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, 
                      title_key, is_backfill)
            ON CONFLICT (url_hash) DO NOTHING
            RETURNING url_hash, id""",
-        col("url"), col("canonical_url"), col("url_hash"), col("guid"), col("title"), col("snippet"),
-        col("author"), [TAG_SEPARATOR.join(r["tags"]) for r in rows], col("published_at"), col("source_id"),
-        col("title_key"), col("is_backfill"), TAG_SEPARATOR,
-    )  # fmt: skip
+        col("url"),
+        col("canonical_url"),
+        col("url_hash"),
+        col("guid"),
+        col("title"),
+        col("snippet"),
+        col("author"),
+        [TAG_SEPARATOR.join(r["tags"]) for r in rows],
+        col("published_at"),
+        col("source_id"),
+        col("title_key"),
+        col("is_backfill"),
+        TAG_SEPARATOR,
+    )
     return {r["url_hash"]: r["id"] for r in inserted}
 
 
@@ -87,9 +98,11 @@ async def link_sources(conn: Conn, links: Sequence[tuple[int, int, str, str | No
         """INSERT INTO item_sources (item_id, source_id, url, url_hash)
            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
            ON CONFLICT (item_id, source_id) DO NOTHING""",
-        [link[0] for link in links], [link[1] for link in links], [link[2] for link in links],
+        [link[0] for link in links],
+        [link[1] for link in links],
+        [link[2] for link in links],
         [link[3] for link in links],
-    )  # fmt: skip
+    )
     return int(status.split()[-1])
 
 

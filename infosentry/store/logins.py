@@ -9,8 +9,9 @@ import asyncpg
 Conn = asyncpg.Pool | asyncpg.Connection
 
 
-async def issue_link(conn: asyncpg.Connection, *, email: str, token_hash: str, expires_at: datetime,
-                     ip: str | None) -> int:  # fmt: skip
+async def issue_link(
+    conn: asyncpg.Connection, *, email: str, token_hash: str, expires_at: datetime, ip: str | None
+) -> int:
     """Void every unused link of `email`, then store the new one (hash only). Run inside a transaction."""
     await conn.execute(
         "UPDATE login_links SET voided_at = now() WHERE email = $1 AND used_at IS NULL AND voided_at IS NULL",

@@ -28,8 +28,9 @@ async def claim_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Re
     )
 
 
-async def store_embeddings(conn: Conn, ids: list[int], vectors: list[np.ndarray], contexts: list[np.ndarray],
-                           model: str) -> None:  # fmt: skip
+async def store_embeddings(
+    conn: Conn, ids: list[int], vectors: list[np.ndarray], contexts: list[np.ndarray], model: str
+) -> None:
     """Vector, context vector, model and status of many items in one UPDATE; matched_at is cleared so a lost
     matching step is redone by the sweep."""
     if not ids:
@@ -93,8 +94,7 @@ async def requeue_other_model(conn: Conn, model: str, *, hours: int, limit: int)
     return int(status.split()[-1])
 
 
-async def pool_vectors(conn: Conn, model: str, *, after_id: int, hours: int,
-                       limit: int) -> list[asyncpg.Record]:  # fmt: skip
+async def pool_vectors(conn: Conn, model: str, *, after_id: int, hours: int, limit: int) -> list[asyncpg.Record]:
     """Raw vectors of recent embedded items of `model` with id > after_id, newest first (the context pool)."""
     return await conn.fetch(
         """SELECT id, embedding, extract(epoch FROM ingested_at) AS ts FROM items
@@ -142,8 +142,9 @@ async def goals_to_embed(conn: Conn, model: str, limit: int) -> list[asyncpg.Rec
     )
 
 
-async def store_goal_vectors(conn: Conn, ids: list[int], versions: list[int], vectors: list[np.ndarray],
-                             model: str) -> None:  # fmt: skip
+async def store_goal_vectors(
+    conn: Conn, ids: list[int], versions: list[int], vectors: list[np.ndarray], model: str
+) -> None:
     """Store goal vectors for the version they were computed from (a goal edited meanwhile keeps waiting) and
     make the goal's recent items due for re-scoring with it."""
     await conn.execute(
@@ -167,8 +168,7 @@ async def goals_to_backfill(conn: Conn, limit: int) -> list[asyncpg.Record]:
     )
 
 
-async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int,
-                               limit: int) -> list[int]:  # fmt: skip
+async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int, limit: int) -> list[int]:
     """Ids of recent items from sources the user subscribes to (enabled), ascending from after_id."""
     rows = await conn.fetch(
         """SELECT i.id FROM items i
@@ -308,10 +308,19 @@ async def feedback_stamps(conn: Conn, goal_ids: list[int]) -> list[asyncpg.Recor
     )
 
 
-async def upsert_matches(conn: asyncpg.Connection, goal_ids: list[int], item_ids: list[int], scores: list[float],
-                         components: list[dict[str, Any]], reasons: list[list[str]], gates: list[str | None],
-                         lexical_only: list[bool], is_backfill: list[bool], *,
-                         matched_item_ids: list[int]) -> None:  # fmt: skip
+async def upsert_matches(
+    conn: asyncpg.Connection,
+    goal_ids: list[int],
+    item_ids: list[int],
+    scores: list[float],
+    components: list[dict[str, Any]],
+    reasons: list[list[str]],
+    gates: list[str | None],
+    lexical_only: list[bool],
+    is_backfill: list[bool],
+    *,
+    matched_item_ids: list[int],
+) -> None:
     """Insert or re-score match rows in one statement (computed_at bumped; is_backfill sticky), then mark the
     items matched. Pairs whose goal or item vanished meanwhile are skipped."""
     if goal_ids:

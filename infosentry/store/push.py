@@ -47,8 +47,9 @@ async def try_lock_user(conn: asyncpg.Connection, user_id: int) -> bool:
     return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2::int)", USER_LOCK, user_id % 2**31)
 
 
-async def pending_items(conn: asyncpg.Connection, goal_id: int, *, tiers: list[str], since: datetime,
-                        min_score: float, limit: int) -> list[asyncpg.Record]:  # fmt: skip
+async def pending_items(
+    conn: asyncpg.Connection, goal_id: int, *, tiers: list[str], since: datetime, min_score: float, limit: int
+) -> list[asyncpg.Record]:
     """Pending, not yet pushed, not blocked decisions of a goal, best first, locked for this transaction."""
     return await conn.fetch(_PENDING, goal_id, tiers, since, min_score, limit)
 
@@ -150,9 +151,21 @@ async def expire_stale(conn: Conn, *, older_than: datetime) -> int:
 # --- writing a push ----------------------------------------------------------------------------------------
 
 
-async def insert_email(conn: asyncpg.Connection, *, dedupe_key: str, kind: str, user_id: int,
-                       goal_id: int | None, to_addr: str, subject: str, body_text: str, body_html: str,
-                       headers: dict[str, str], status: str, last_error: str | None) -> int | None:  # fmt: skip
+async def insert_email(
+    conn: asyncpg.Connection,
+    *,
+    dedupe_key: str,
+    kind: str,
+    user_id: int,
+    goal_id: int | None,
+    to_addr: str,
+    subject: str,
+    body_text: str,
+    body_html: str,
+    headers: dict[str, str],
+    status: str,
+    last_error: str | None,
+) -> int | None:
     return await conn.fetchval(
         """INSERT INTO emails (dedupe_key, kind, user_id, goal_id, to_addr, subject, body_text, body_html, headers,
                                status, last_error)
@@ -172,8 +185,9 @@ async def insert_email(conn: asyncpg.Connection, *, dedupe_key: str, kind: str, 
     )
 
 
-async def record_push(conn: asyncpg.Connection, *, user_id: int, goal_id: int, rows: list[asyncpg.Record],
-                      email_id: int | None) -> list[int]:  # fmt: skip
+async def record_push(
+    conn: asyncpg.Connection, *, user_id: int, goal_id: int, rows: list[asyncpg.Record], email_id: int | None
+) -> list[int]:
     """Inbox rows (the ledger) for the pushed decisions, and the decisions marked pushed. Returns item ids."""
     inserted = await conn.fetch(
         """INSERT INTO notifications (user_id, goal_id, item_id, decision_id, tier, score, reason, email_id)
@@ -212,8 +226,15 @@ async def claim_slot(conn: asyncpg.Connection, kind: str, owner_id: int, local_d
     )
 
 
-async def finish_slot(conn: asyncpg.Connection, kind: str, owner_id: int, local_date: date, slot: str,
-                      email_id: int | None, item_count: int) -> None:  # fmt: skip
+async def finish_slot(
+    conn: asyncpg.Connection,
+    kind: str,
+    owner_id: int,
+    local_date: date,
+    slot: str,
+    email_id: int | None,
+    item_count: int,
+) -> None:
     await conn.execute(
         """UPDATE push_slots SET email_id = $5, item_count = $6
            WHERE kind = $1 AND owner_id = $2 AND local_date = $3 AND slot = $4""",
@@ -356,8 +377,9 @@ LEFT JOIN feedback f ON f.goal_id = n.goal_id AND f.item_id = n.item_id
 """
 
 
-async def list_notifications(conn: Conn, *, user_id: int, goal_id: int | None, status: str | None,
-                             before_id: int | None, limit: int) -> list[asyncpg.Record]:  # fmt: skip
+async def list_notifications(
+    conn: Conn, *, user_id: int, goal_id: int | None, status: str | None, before_id: int | None, limit: int
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         _NOTIFICATION
         + """WHERE n.user_id = $1 AND ($2::bigint IS NULL OR n.goal_id = $2)
@@ -466,8 +488,9 @@ async def unblock_source(conn: Conn, *, goal_id: int, source_id: int) -> bool:
     return status != "DELETE 0"
 
 
-async def blocked_sources(conn: Conn, *, goal_id: int, before: tuple[datetime, int] | None,
-                          limit: int) -> list[asyncpg.Record]:  # fmt: skip
+async def blocked_sources(
+    conn: Conn, *, goal_id: int, before: tuple[datetime, int] | None, limit: int
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT b.source_id, s.name AS source_name, s.url AS source_url, s.type AS source_type, b.created_at
            FROM blocked_sources b JOIN sources s ON s.id = b.source_id
@@ -479,8 +502,16 @@ async def blocked_sources(conn: Conn, *, goal_id: int, before: tuple[datetime, i
     )
 
 
-async def record_click(conn: Conn, *, item_id: int, goal_id: int | None, channel: str, user_agent: str | None,
-                       ip: str | None, is_scanner: bool) -> str | None:  # fmt: skip
+async def record_click(
+    conn: Conn,
+    *,
+    item_id: int,
+    goal_id: int | None,
+    channel: str,
+    user_agent: str | None,
+    ip: str | None,
+    is_scanner: bool,
+) -> str | None:
     """Record a click and return the item's own URL (None: no such item). An unknown or unrelated goal id is
     stored as NULL rather than trusted."""
     return await conn.fetchval(

@@ -23,15 +23,28 @@ _USER_COLUMNS = """s.id, s.type, s.url, s.name, s.config, sub.enabled, s.enabled
 # --- sources and subscriptions ------------------------------------------------------------------------------
 
 
-async def insert_source(conn: Conn, *, type: str, url: str, name: str, config: dict[str, Any],
-                        fetch_interval_sec: int, created_by: int | None) -> tuple[asyncpg.Record, bool]:  # fmt: skip
+async def insert_source(
+    conn: Conn,
+    *,
+    type: str,
+    url: str,
+    name: str,
+    config: dict[str, Any],
+    fetch_interval_sec: int,
+    created_by: int | None,
+) -> tuple[asyncpg.Record, bool]:
     """Insert a source, or return the existing one with the same (type, url); the flag says if it is new."""
     row = await conn.fetchrow(
         """INSERT INTO sources (type, url, name, config, fetch_interval_sec, created_by)
            VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (type, url) DO NOTHING RETURNING *""",
-        type, url, name, config, fetch_interval_sec, created_by,
-    )  # fmt: skip
+        type,
+        url,
+        name,
+        config,
+        fetch_interval_sec,
+        created_by,
+    )
     if row is not None:
         return row, True
     existing = await conn.fetchrow("SELECT * FROM sources WHERE type = $1 AND url = $2", type, url)
@@ -54,8 +67,10 @@ async def subscribe(conn: Conn, user_id: int, source_id: int, *, enabled: bool =
     status = await conn.execute(
         """INSERT INTO subscriptions (user_id, source_id, enabled) VALUES ($1, $2, $3)
            ON CONFLICT (user_id, source_id) DO NOTHING""",
-        user_id, source_id, enabled,
-    )  # fmt: skip
+        user_id,
+        source_id,
+        enabled,
+    )
     return status.endswith(" 1")
 
 
@@ -66,8 +81,9 @@ async def _wake_if_unfollowed(conn: Conn, user_id: int, source_id: int) -> None:
         """UPDATE sources s SET next_fetch_at = LEAST(s.next_fetch_at, now())
            WHERE s.id = $2 AND NOT EXISTS (SELECT 1 FROM subscriptions x
                                            WHERE x.source_id = s.id AND x.enabled AND x.user_id <> $1)""",
-        user_id, source_id,
-    )  # fmt: skip
+        user_id,
+        source_id,
+    )
 
 
 async def unsubscribe(conn: Conn, user_id: int, source_id: int) -> bool:
@@ -93,20 +109,26 @@ async def user_source(conn: Conn, user_id: int, source_id: int) -> asyncpg.Recor
     return await conn.fetchrow(
         f"""SELECT {_USER_COLUMNS} FROM subscriptions sub JOIN sources s ON s.id = sub.source_id
             WHERE sub.user_id = $1 AND sub.source_id = $2""",
-        user_id, source_id,
-    )  # fmt: skip
+        user_id,
+        source_id,
+    )
 
 
-async def user_sources(conn: Conn, user_id: int, *, limit: int, after_id: int = 0, type: str | None = None,
-                       enabled: bool | None = None) -> list[asyncpg.Record]:  # fmt: skip
+async def user_sources(
+    conn: Conn, user_id: int, *, limit: int, after_id: int = 0, type: str | None = None, enabled: bool | None = None
+) -> list[asyncpg.Record]:
     """The sources a user subscribes to, by id (keyset pagination)."""
     return await conn.fetch(
         f"""SELECT {_USER_COLUMNS} FROM subscriptions sub JOIN sources s ON s.id = sub.source_id
             WHERE sub.user_id = $1 AND s.id > $2 AND ($3::text IS NULL OR s.type = $3)
               AND ($4::boolean IS NULL OR sub.enabled = $4)
             ORDER BY s.id LIMIT $5""",
-        user_id, after_id, type, enabled, limit,
-    )  # fmt: skip
+        user_id,
+        after_id,
+        type,
+        enabled,
+        limit,
+    )
 
 
 async def subscribed_keys(conn: Conn, user_id: int) -> set[tuple[str, str]]:
@@ -117,9 +139,15 @@ async def subscribed_keys(conn: Conn, user_id: int) -> set[tuple[str, str]]:
     return {(r["type"], r["url"]) for r in rows}
 
 
-async def update_source(conn: Conn, source_id: int, *, name: str | None = None, url: str | None = None,
-                        config: dict[str, Any] | None = None,
-                        fetch_interval_sec: int | None = None) -> asyncpg.Record | None:  # fmt: skip
+async def update_source(
+    conn: Conn,
+    source_id: int,
+    *,
+    name: str | None = None,
+    url: str | None = None,
+    config: dict[str, Any] | None = None,
+    fetch_interval_sec: int | None = None,
+) -> asyncpg.Record | None:
     """Change what a source fetches or how often. A new URL or config forgets the validators and the error
     streak and makes the source due at once; a new interval reschedules it no later than one interval away."""
     return await conn.fetchrow(
@@ -138,16 +166,21 @@ async def update_source(conn: Conn, source_id: int, *, name: str | None = None, 
                    ELSE next_fetch_at END,
                updated_at = now()
            WHERE id = $1 RETURNING *""",
-        source_id, name, url, config, fetch_interval_sec,
-    )  # fmt: skip
+        source_id,
+        name,
+        url,
+        config,
+        fetch_interval_sec,
+    )
 
 
 async def recent_logs(conn: Conn, source_id: int, limit: int = 10) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT started_at, duration_ms, status, http_status, fetched, new, duplicate, error_kind, error
            FROM ingest_logs WHERE source_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2""",
-        source_id, limit,
-    )  # fmt: skip
+        source_id,
+        limit,
+    )
 
 
 async def items_since(conn: Conn, source_id: int, hours: int = 24) -> int:
@@ -199,8 +232,9 @@ async def claim_due(conn: Conn, *, limit: int, lease_seconds: int) -> list[async
                                 next_fetch_at = now() + make_interval(secs => $2)
            FROM due WHERE s.id = due.id
            RETURNING s.*""",
-        limit, lease_seconds,
-    )  # fmt: skip
+        limit,
+        lease_seconds,
+    )
 
 
 async def park_unfollowed(conn: Conn, *, hours: int = 24) -> int:
@@ -227,8 +261,9 @@ async def claim_one(conn: Conn, source_id: int, *, lease_seconds: int) -> tuple[
                                 next_fetch_at = GREATEST(s.next_fetch_at, now() + make_interval(secs => $2))
            FROM one WHERE s.id = one.id
            RETURNING s.*""",
-        source_id, lease_seconds,
-    )  # fmt: skip
+        source_id,
+        lease_seconds,
+    )
     if row is not None:
         return row, ""
     exists = await conn.fetchval("SELECT true FROM sources WHERE id = $1", source_id)
@@ -291,18 +326,34 @@ async def record_results(conn: Conn, results: Sequence[dict[str, Any]]) -> None:
                 AS u(source_id, ok, started_at, error, error_kind, etag, last_modified, interval, next_fetch_at,
                      title, placeholder)
            WHERE s.id = u.source_id""",
-        col("source_id"), col("ok"), col("started_at"), col("error"), col("error_kind"), col("etag"),
-        col("last_modified"), col("interval"), col("next_fetch_at"), col("title"), col("placeholder_name"),
-    )  # fmt: skip
+        col("source_id"),
+        col("ok"),
+        col("started_at"),
+        col("error"),
+        col("error_kind"),
+        col("etag"),
+        col("last_modified"),
+        col("interval"),
+        col("next_fetch_at"),
+        col("title"),
+        col("placeholder_name"),
+    )
     await conn.execute(
         """INSERT INTO ingest_logs (source_id, started_at, duration_ms, status, http_status, fetched, new,
                                     duplicate, error_kind, error)
            SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::int[], $4::text[], $5::int[], $6::int[],
                                 $7::int[], $8::int[], $9::text[], $10::text[])""",
-        col("source_id"), col("started_at"), col("duration_ms"),
+        col("source_id"),
+        col("started_at"),
+        col("duration_ms"),
         [("not_modified" if r["not_modified"] else "ok") if r["ok"] else "error" for r in results],
-        col("http_status"), col("fetched"), col("new"), col("duplicate"), col("error_kind"), col("error"),
-    )  # fmt: skip
+        col("http_status"),
+        col("fetched"),
+        col("new"),
+        col("duplicate"),
+        col("error_kind"),
+        col("error"),
+    )
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> Any:
@@ -319,8 +370,9 @@ async def prune_logs(conn: Conn, *, older_than_days: int, batch: int = 20000) ->
         status = await conn.execute(
             """DELETE FROM ingest_logs WHERE id IN (
                    SELECT id FROM ingest_logs WHERE started_at < now() - make_interval(days => $1) LIMIT $2)""",
-            older_than_days, batch,
-        )  # fmt: skip
+            older_than_days,
+            batch,
+        )
         deleted = int(status.split()[-1])
         total += deleted
         if deleted < batch:

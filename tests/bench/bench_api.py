@@ -40,8 +40,9 @@ def free_port() -> int:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "infosentry", *args], env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "infosentry", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     if out.returncode != 0:
         raise SystemExit(f"infosentry {' '.join(args)} failed: {out.stderr}")
     return out.stdout.strip()
@@ -181,8 +182,10 @@ def main() -> None:
     # the embedded server lives as long as a process uses it: start the API first, then seed through it
     server = subprocess.Popen(
         [sys.executable, "-m", "infosentry", "serve", "--role", "api", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     results: dict[str, Any] = {}
     try:
@@ -212,8 +215,11 @@ def main() -> None:
             server.kill()
             server.wait(10)
         shutil.rmtree(data_dir, ignore_errors=True)
-    print(json.dumps({"concurrency": args.concurrency, "seconds": args.seconds, "log_level": args.log_level,
-                      "results": results}))  # fmt: skip
+    print(
+        json.dumps(
+            {"concurrency": args.concurrency, "seconds": args.seconds, "log_level": args.log_level, "results": results}
+        )
+    )
 
 
 if __name__ == "__main__":

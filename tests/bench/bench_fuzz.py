@@ -124,8 +124,10 @@ def main() -> None:
     log = log_path.open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "infosentry", "serve", "--role", "api", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     code = 1
     try:
         wait_healthy(port)
@@ -133,12 +135,25 @@ def main() -> None:
 
         def command(bearer: str) -> list[str]:
             cmd = [
-                str(exe), "run", f"http://127.0.0.1:{port}/api/v1/openapi.json",
-                "--header", f"Authorization: Bearer {bearer}",
-                "--checks", args.checks, "--phases", args.phases,
-                "--max-examples", str(args.examples), "--workers", "2",
-                "--request-timeout", "10", "--max-redirects", "0", "--no-color",
-            ]  # fmt: skip
+                str(exe),
+                "run",
+                f"http://127.0.0.1:{port}/api/v1/openapi.json",
+                "--header",
+                f"Authorization: Bearer {bearer}",
+                "--checks",
+                args.checks,
+                "--phases",
+                args.phases,
+                "--max-examples",
+                str(args.examples),
+                "--workers",
+                "2",
+                "--request-timeout",
+                "10",
+                "--max-redirects",
+                "0",
+                "--no-color",
+            ]
             return cmd + (["--seed", str(args.seed)] if args.seed is not None else [])
 
         started = time.monotonic()
@@ -161,9 +176,10 @@ def main() -> None:
         log.close()
         # aiohttp's HTTP parser logs the 400 it answers to a malformed request (a NUL in a header) as an error
         errors = [
-            line for line in log_path.read_text().splitlines()
+            line
+            for line in log_path.read_text().splitlines()
             if '"level": "error"' in line and "BadHttpMessage" not in line
-        ]  # fmt: skip
+        ]
         causes: dict[str, int] = {}
         for line in errors:
             record = json.loads(line)

@@ -150,17 +150,22 @@ class Meter:
         return me, workers
 
 
-def report(label: str, before: dict[str, float], after: dict[str, float], items: int, meter: Meter,
-           target: float) -> None:  # fmt: skip
+def report(
+    label: str, before: dict[str, float], after: dict[str, float], items: int, meter: Meter, target: float
+) -> None:
     wall = after["wall"] - before["wall"]
     ours = sum(after[k] - before[k] for k in ("self", "children", "workers"))
     rss_self, rss_workers = meter.peak_rss_mib()
     verdict = "ok" if wall <= target else "MISSED"
-    print(f"{label}: {wall:.2f} s (target ≤ {target:g} s: {verdict}), {items} items stored, "
-          f"{items / wall if wall else 0:.0f} items/s")  # fmt: skip
-    print(f"  CPU s: ingest {ours:.2f} (main {after['self'] - before['self']:.2f}, parse workers "
-          f"{after['workers'] - before['workers']:.2f}), postgres {after['postgres'] - before['postgres']:.2f}, "
-          f"feed server {after['feed_server'] - before['feed_server']:.2f}")  # fmt: skip
+    print(
+        f"{label}: {wall:.2f} s (target ≤ {target:g} s: {verdict}), {items} items stored, "
+        f"{items / wall if wall else 0:.0f} items/s"
+    )
+    print(
+        f"  CPU s: ingest {ours:.2f} (main {after['self'] - before['self']:.2f}, parse workers "
+        f"{after['workers'] - before['workers']:.2f}), postgres {after['postgres'] - before['postgres']:.2f}, "
+        f"feed server {after['feed_server'] - before['feed_server']:.2f}"
+    )
     print(f"  peak RSS MiB: main {rss_self:.0f}, largest parse worker {rss_workers:.0f}")
 
 
@@ -182,13 +187,21 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
     try:
         info = parent.recv()
         ports = info["ports"]
-        print(f"{feeds} feeds × {items} items, {info['avg_bytes'] / 1024:.1f} KiB each, on {len(HOSTS)} loopback "
-              f"addresses; {os.cpu_count()} CPUs")  # fmt: skip
+        print(
+            f"{feeds} feeds × {items} items, {info['avg_bytes'] / 1024:.1f} KiB each, on {len(HOSTS)} loopback "
+            f"addresses; {os.cpu_count()} CPUs"
+        )
         dsn = db.embedded_server_uri(data_dir)
         async with db.plain_connection(dsn) as conn:
             await migrate.upgrade(conn)
-        settings = replace(load_settings({}), database_url=dsn, data_dir=data_dir,
-                           fetch_allow_networks=("127.0.0.0/8",), log_format="text", log_level="WARNING")  # fmt: skip
+        settings = replace(
+            load_settings({}),
+            database_url=dsn,
+            data_dir=data_dir,
+            fetch_allow_networks=("127.0.0.0/8",),
+            log_format="text",
+            log_level="WARNING",
+        )
         async with open_runtime(settings, live_config=False) as rt:
             user = await accounts.create_user(rt.pool, "bench@example.com", is_admin=True)
             for n in range(feeds):
@@ -207,17 +220,17 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
             report("first pass", before, after, stored, meter, 16)
             failed = await rt.pool.fetchval("SELECT count(*) FROM sources WHERE error_streak > 0")
             if failed:
-                print(f"  {failed} sources failed: " + str(await rt.pool.fetchval(
-                    "SELECT last_error FROM sources WHERE error_streak > 0 LIMIT 1")))  # fmt: skip
+                print(
+                    f"  {failed} sources failed: "
+                    + str(await rt.pool.fetchval("SELECT last_error FROM sources WHERE error_streak > 0 LIMIT 1"))
+                )
 
             await sources_store.make_all_due(rt.pool)
             before = meter.snapshot()
             while await sources_store.due_count(rt.pool):
                 await ingest.run_due(rt)
             after = meter.snapshot()
-            not_modified = await rt.pool.fetchval(
-                "SELECT count(*) FROM ingest_logs WHERE status = 'not_modified'"
-            )  # fmt: skip
+            not_modified = await rt.pool.fetchval("SELECT count(*) FROM ingest_logs WHERE status = 'not_modified'")
             report("second pass (304)", before, after, 0, meter, 1)
             print(f"  {not_modified} of {feeds} answered 304")
             ingest.PARSE_POOL.shutdown()

@@ -71,17 +71,22 @@ class Meter:
 
     def snap(self) -> dict[str, float]:
         me = resource.getrusage(resource.RUSAGE_SELF)
-        return {"wall": time.perf_counter(), "self": me.ru_utime + me.ru_stime,
-                "postgres": sum(proc_cpu(p) for p in postgres_pids(self.pgdata)),
-                "fake": proc_cpu(self.fake_pid) if self.fake_pid else 0.0}  # fmt: skip
+        return {
+            "wall": time.perf_counter(),
+            "self": me.ru_utime + me.ru_stime,
+            "postgres": sum(proc_cpu(p) for p in postgres_pids(self.pgdata)),
+            "fake": proc_cpu(self.fake_pid) if self.fake_pid else 0.0,
+        }
 
     def line(self, label: str, before: dict[str, float], items: int, extra: str = "") -> float:
         after = self.snap()
         wall = after["wall"] - before["wall"]
         cpu = {k: after[k] - before[k] for k in ("self", "postgres", "fake")}
-        print(f"  {label}: {wall:.2f} s, {items / wall if wall else 0:.0f} items/s{extra}; CPU s: ours "
-              f"{cpu['self']:.1f}, postgres {cpu['postgres']:.1f}, fake server {cpu['fake']:.1f}; "
-              f"peak RSS {rss_mib():.0f} MiB")  # fmt: skip
+        print(
+            f"  {label}: {wall:.2f} s, {items / wall if wall else 0:.0f} items/s{extra}; CPU s: ours "
+            f"{cpu['self']:.1f}, postgres {cpu['postgres']:.1f}, fake server {cpu['fake']:.1f}; "
+            f"peak RSS {rss_mib():.0f} MiB"
+        )
         return wall
 
 
@@ -90,9 +95,14 @@ async def seed(rt: Any, n_items: int, rng: random.Random) -> None:
 
     with DATA.open(encoding="utf-8") as fh:
         texts = [r["text"] for r in csv.DictReader(fh)]
-    source_ids = [await rt.pool.fetchval(
-        "INSERT INTO sources (type, url, name, fetch_interval_sec) VALUES ('rss', $1, $2, 900) RETURNING id",
-        f"http://127.0.0.1:9/bench{s}.xml", f"bench source {s}") for s in range(SOURCES)]  # fmt: skip
+    source_ids = [
+        await rt.pool.fetchval(
+            "INSERT INTO sources (type, url, name, fetch_interval_sec) VALUES ('rss', $1, $2, 900) RETURNING id",
+            f"http://127.0.0.1:9/bench{s}.xml",
+            f"bench source {s}",
+        )
+        for s in range(SOURCES)
+    ]
     subs, goals = [], []
     for u in range(USERS):
         user = await accounts.create_user(rt.pool, f"user{u}@bench.example")
@@ -135,8 +145,12 @@ async def run_pipeline(rt: Any, meter: Meter, label: str, n_items: int) -> None:
         if not report.more:
             break
     goals = await rt.pool.fetchval("SELECT count(*) FROM goals WHERE status = 'active'")
-    meter.line(f"{label}: embed + context + match of {embedded} items vs {goals} goals", before, n_items,
-               f", {stored} matches stored")  # fmt: skip
+    meter.line(
+        f"{label}: embed + context + match of {embedded} items vs {goals} goals",
+        before,
+        n_items,
+        f", {stored} matches stored",
+    )
 
 
 async def match_alone(rt: Any, meter: Meter, n_goals: int, batch: int) -> None:
@@ -152,8 +166,12 @@ async def match_alone(rt: Any, meter: Meter, n_goals: int, batch: int) -> None:
     stats = match.MatchStats()
     for start in range(0, len(ids), batch):
         stats.add(await match.match_items(rt, ids[start : start + batch], model=model))
-    meter.line(f"match alone, {n_goals} active goals (batches of {batch})", before, len(ids),
-               f", {stats.pairs} pairs scored, {stats.stored} stored")  # fmt: skip
+    meter.line(
+        f"match alone, {n_goals} active goals (batches of {batch})",
+        before,
+        len(ids),
+        f", {stats.pairs} pairs scored, {stats.stored} stored",
+    )
     if n_goals >= 1000:
         await decide_after(rt, meter, len(ids), before)
 
@@ -190,15 +208,29 @@ async def bench(args: argparse.Namespace) -> None:
         async with db.plain_connection(dsn) as conn:
             await migrate.upgrade(conn)
         base = replace(load_settings({}), database_url=dsn, data_dir=data_dir, log_format="text", log_level="WARNING")
-        fake_settings = replace(base, openai_base_url=f"http://127.0.0.1:{port}/v1", openai_api_key="sk-fake",
-                                embed_provider="openai", openai_embed_model="text-embedding-3-small")  # fmt: skip
+        fake_settings = replace(
+            base,
+            openai_base_url=f"http://127.0.0.1:{port}/v1",
+            openai_api_key="sk-fake",
+            embed_provider="openai",
+            openai_embed_model="text-embedding-3-small",
+        )
         meter = Meter(data_dir / "pg", fake.pid)
-        print(f"{os.cpu_count()} CPUs; {USERS} users x {GOALS_PER_USER} goals, {SOURCES} sources, "
-              f"{SUBS_PER_USER} subscriptions per user")  # fmt: skip
+        print(
+            f"{os.cpu_count()} CPUs; {USERS} users x {GOALS_PER_USER} goals, {SOURCES} sources, "
+            f"{SUBS_PER_USER} subscriptions per user"
+        )
         async with open_runtime(fake_settings, live_config=False) as rt:
-            await config_store.set_values(rt.pool, {"EMBED_BATCH_SIZE": args.batch, "EMBED_PER_MIN": 100000,
-                                                    "DAILY_USD_BUDGET": 100, "JUDGE_PER_DAY": 1_000_000},
-                                              who="bench")  # fmt: skip
+            await config_store.set_values(
+                rt.pool,
+                {
+                    "EMBED_BATCH_SIZE": args.batch,
+                    "EMBED_PER_MIN": 100000,
+                    "DAILY_USD_BUDGET": 100,
+                    "JUDGE_PER_DAY": 1_000_000,
+                },
+                who="bench",
+            )
             rt.hot.apply_rows(await config_store.rows(rt.pool))
             await seed(rt, args.items, rng)
             print(f"fake OpenAI (text-embedding-3-small, 1536 dims), {args.items} items:")
@@ -215,8 +247,10 @@ async def bench(args: argparse.Namespace) -> None:
             async with open_runtime(base, live_config=False) as rt:
                 await rt.pool.execute("TRUNCATE matches, decisions, agent_runs CASCADE")
                 await rt.pool.execute("DELETE FROM items WHERE id > $1", args.local_items)
-                await rt.pool.execute("UPDATE items SET embedding_status = 'pending', matched_at = NULL, "
-                                      "embedding = NULL, context_embedding = NULL, embedding_model = NULL")  # fmt: skip
+                await rt.pool.execute(
+                    "UPDATE items SET embedding_status = 'pending', matched_at = NULL, "
+                    "embedding = NULL, context_embedding = NULL, embedding_model = NULL"
+                )
                 emb = embed.embedder(rt)
                 texts = [r["t"] for r in await rt.pool.fetch("SELECT title || '. ' || snippet AS t FROM items")]
                 before = meter.snap()

@@ -91,8 +91,10 @@ def pct(values: list[float], p: float) -> float:
 def line(name: str, values: list[float]) -> str:
     if not values:
         return f"  {name:<34} (no data)"
-    return (f"  {name:<34} p50 {pct(values, 50):6.2f} s   p95 {pct(values, 95):6.2f} s   p99 {pct(values, 99):6.2f} s"
-            f"   max {max(values):6.2f} s   (n={len(values)})")  # fmt: skip
+    return (
+        f"  {name:<34} p50 {pct(values, 50):6.2f} s   p95 {pct(values, 95):6.2f} s   p99 {pct(values, 99):6.2f} s"
+        f"   max {max(values):6.2f} s   (n={len(values)})"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -125,12 +127,20 @@ async def main(args: argparse.Namespace) -> None:
         server.add_handler(f"/feed{n}.xml", route(n))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_"))}
-    env |= fake.env() | sink.env() | {
-        "DATABASE_URL": dsn, "INFOSENTRY_DATA_DIR": str(tmp), "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
-        "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", "EMBED_PROVIDER": "local" if args.local else "openai",
-        # the real model's size (1536 floats per item from the fake server); --embed-model bench-256 for less
-        "OPENAI_EMBED_MODEL": args.embed_model,
-    }  # fmt: skip
+    env |= (
+        fake.env()
+        | sink.env()
+        | {
+            "DATABASE_URL": dsn,
+            "INFOSENTRY_DATA_DIR": str(tmp),
+            "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "text",
+            "EMBED_PROVIDER": "local" if args.local else "openai",
+            # the real model's size (1536 floats per item from the fake server); --embed-model bench-256 for less
+            "OPENAI_EMBED_MODEL": args.embed_model,
+        }
+    )
     settings = replace(load_settings(env), data_dir=tmp)
     log = open(tmp / "worker.log", "w")
     proc: subprocess.Popen[bytes] | None = None
@@ -138,38 +148,58 @@ async def main(args: argparse.Namespace) -> None:
         async with open_runtime(settings) as rt:
             await config_store.set_values(
                 rt.pool,
-                {"IMMEDIATE_COALESCE_MINUTES": 0, "LLM_ENABLED": False, "DIGEST_MIN_SCORE": 0.3,
-                 "BATCH_THRESHOLD": 0.35, "BOUNDARY_LOW": 0.4, "IMMEDIATE_THRESHOLD": 0.4, "EMBED_PER_MIN": 100000,
-                 "DAILY_USD_BUDGET": 1000, "IMMEDIATE_MAX_ITEMS": 10},
+                {
+                    "IMMEDIATE_COALESCE_MINUTES": 0,
+                    "LLM_ENABLED": False,
+                    "DIGEST_MIN_SCORE": 0.3,
+                    "BATCH_THRESHOLD": 0.35,
+                    "BOUNDARY_LOW": 0.4,
+                    "IMMEDIATE_THRESHOLD": 0.4,
+                    "EMBED_PER_MIN": 100000,
+                    "DAILY_USD_BUDGET": 1000,
+                    "IMMEDIATE_MAX_ITEMS": 10,
+                },
                 who="bench",
-            )  # fmt: skip
+            )
             await rt.hot.reload()
             goal_ids = []
             for g in range(args.goals):
                 user = await accounts.get_or_create_user(rt.pool, f"bench{g}@example.com")
-                goal = await goals_store.create(rt.pool, user["id"], {
-                    "name": f"Space {g}", "description": "NASA rocket launches, the Mars rover and the space station",
-                    "priority_terms": ["NASA", "Mars", "rocket"], "batch_windows": [], "timezone": "UTC",
-                })  # fmt: skip
+                goal = await goals_store.create(
+                    rt.pool,
+                    user["id"],
+                    {
+                        "name": f"Space {g}",
+                        "description": "NASA rocket launches, the Mars rover and the space station",
+                        "priority_terms": ["NASA", "Mars", "rocket"],
+                        "batch_windows": [],
+                        "timezone": "UTC",
+                    },
+                )
                 goal_ids.append(goal["id"])
                 for n in range(args.feeds):
-                    spec = ingest.validate_source(type="rss", url=server.url(f"/feed{n}.xml"), name=f"Bench {n}",
-                                                  interval=None, config=None)  # fmt: skip
+                    spec = ingest.validate_source(
+                        type="rss", url=server.url(f"/feed{n}.xml"), name=f"Bench {n}", interval=None, config=None
+                    )
                     await ingest.add_source(rt.pool, user["id"], spec)
             await embed.run(rt)  # goal vectors before the first item
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             proc = subprocess.Popen(
                 [sys.executable, *profile, "-m", "infosentry", "worker", "--concurrency", str(args.concurrency)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             deadline = time.time() + 60
             while not await rt.pool.fetchval("SELECT count(*) FROM worker_heartbeats WHERE role = 'worker'"):
                 if time.time() > deadline or proc.poll() is not None:
                     raise SystemExit(f"the worker did not start; see {tmp / 'worker.log'}")
                 await asyncio.sleep(0.2)
             source = "local model" if args.local else f"fake OpenAI server ({args.embed_model})"
-            print(f"worker up; publishing {args.rate} items/s for {args.seconds} s on {args.feeds} feeds, "
-                  f"{args.goals} goals, embeddings: {source}")  # fmt: skip
+            print(
+                f"worker up; publishing {args.rate} items/s for {args.seconds} s on {args.feeds} feeds, "
+                f"{args.goals} goals, embeddings: {source}"
+            )
 
             arrivals: dict[tuple[int, int], float] = {}  # (db item id, goal id) -> wall time in the sink
             seen = 0
@@ -240,23 +270,31 @@ async def main(args: argparse.Namespace) -> None:
         from_fetch.append(at - feeds.first_fetch[k])
         from_publish.append(at - feeds.published[k])
     delivered_in_window = sum(1 for at in arrivals.values() if at <= publish_end)
-    print(f"\n{len(arrivals)} of {expected} (goal, item) pushes delivered by email ({emails} emails); "
-          f"all delivered {drained - publish_end:.1f} s after publishing stopped" if len(arrivals) == expected else
-          f"\nONLY {len(arrivals)} of {expected} pushes delivered within {args.drain} s of the end")  # fmt: skip
+    print(
+        f"\n{len(arrivals)} of {expected} (goal, item) pushes delivered by email ({emails} emails); "
+        f"all delivered {drained - publish_end:.1f} s after publishing stopped"
+        if len(arrivals) == expected
+        else f"\nONLY {len(arrivals)} of {expected} pushes delivered within {args.drain} s of the end"
+    )
     print(line("fetch -> email in the sink", from_fetch))
     print(line("publish -> email in the sink", from_publish))
     if stages:
         f = lambda a, b: [float(r[b]) - float(r[a]) for r in stages if r[a] is not None and r[b] is not None]  # noqa: E731
         print("  stages (database clocks):")
-        for a, b, name in [("ingested", "embedded", "ingested -> embedded"), ("embedded", "decided", "embedded -> "
-                           "matched + decided"), ("decided", "pushed", "decided -> pushed (inbox + outbox)"),
-                           ("pushed", "sent", "pushed -> sent by SMTP")]:  # fmt: skip
+        for a, b, name in [
+            ("ingested", "embedded", "ingested -> embedded"),
+            ("embedded", "decided", "embedded -> matched + decided"),
+            ("decided", "pushed", "decided -> pushed (inbox + outbox)"),
+            ("pushed", "sent", "pushed -> sent by SMTP"),
+        ]:
             print("  " + line(name, f(a, b)))
     duration = publish_end - started
     mean = statistics.mean(from_fetch) if from_fetch else 0.0
     delivered_rate = delivered_in_window / args.goals / duration
-    print(f"  published {total / duration:.1f} items/s; delivered {delivered_rate:.1f} items/s "
-          f"(x{args.goals} goals) while publishing; mean fetch -> email {mean:.2f} s")  # fmt: skip
+    print(
+        f"  published {total / duration:.1f} items/s; delivered {delivered_rate:.1f} items/s "
+        f"(x{args.goals} goals) while publishing; mean fetch -> email {mean:.2f} s"
+    )
     ok = len(arrivals) == expected and pct(from_fetch, 95) < 3.0
     print(f"target p95 < 3 s after the fetch at {args.rate} items/s: {'MET' if ok else 'NOT MET'}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -125,21 +125,34 @@ def goal_vectors(emb: Any) -> np.ndarray:
 # --- scoring with the production scorer ---------------------------------------------------------------------
 
 
-def score(texts: list[str], vectors: np.ndarray | None, gvec: np.ndarray | None, model: str,
-          rated: match.Rated | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def score(
+    texts: list[str], vectors: np.ndarray | None, gvec: np.ndarray | None, model: str, rated: match.Rated | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(n, 4) scores and raw cosines from match.score_batch (every item visible to every goal, fresh)."""
     n, m = len(texts), len(GOALS)
     items = match.Items(
-        ids=np.arange(n), texts=texts, sources=np.zeros((n, 1), dtype=np.int64), vectors=vectors,
-        has_vector=np.full(n, vectors is not None), age_hours=np.zeros(n), is_backfill=np.zeros(n, bool),
-        pending_reason=[""] * n, goal_backfill=np.zeros(n, bool),
-    )  # fmt: skip
+        ids=np.arange(n),
+        texts=texts,
+        sources=np.zeros((n, 1), dtype=np.int64),
+        vectors=vectors,
+        has_vector=np.full(n, vectors is not None),
+        age_hours=np.zeros(n),
+        is_backfill=np.zeros(n, bool),
+        pending_reason=[""] * n,
+        goal_backfill=np.zeros(n, bool),
+    )
     goals = match.Goals(
-        ids=np.arange(m), texts=[match.goal_text(*g) for g in GOALS.values()],
-        priority_terms=[g[2] for g in GOALS.values()], negative_terms=[[] for _ in GOALS],
-        strict=np.zeros(m, bool), vectors=gvec, has_vector=np.full(m, gvec is not None),
-        visible=np.ones((m, 1), bool), blocked=np.zeros((m, 1), bool), trust=np.zeros((m, 1)),
-    )  # fmt: skip
+        ids=np.arange(m),
+        texts=[match.goal_text(*g) for g in GOALS.values()],
+        priority_terms=[g[2] for g in GOALS.values()],
+        negative_terms=[[] for _ in GOALS],
+        strict=np.zeros(m, bool),
+        vectors=gvec,
+        has_vector=np.full(m, gvec is not None),
+        visible=np.ones((m, 1), bool),
+        blocked=np.zeros((m, 1), bool),
+        trust=np.zeros((m, 1)),
+    )
     s = match.score_batch(items, goals, rated, model)
     out = np.zeros((n, m))
     raw = np.zeros((n, m))
@@ -154,8 +167,9 @@ def anchors(raw: np.ndarray, labels: np.ndarray, mask: np.ndarray, same_topic_pc
     return float(lo), float(hi)
 
 
-def metrics(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-            exclude: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+def metrics(
+    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, exclude: np.ndarray | None = None
+) -> dict[str, Any]:
     per: dict[str, Any] = {}
     for j, name in enumerate(LABELS):
         m = mask & (~exclude[:, j] if exclude is not None else True)
@@ -183,8 +197,9 @@ def metrics(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     return per
 
 
-def simulate_feedback(texts: list[str], ctx: np.ndarray, gvec: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                      model: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def simulate_feedback(
+    texts: list[str], ctx: np.ndarray, gvec: np.ndarray, labels: np.ndarray, mask: np.ndarray, model: str
+) -> tuple[np.ndarray, np.ndarray]:
     """20 answers per goal from the top-scored unrated items (rounds of 5); returns (scores, rated mask)."""
     rated = np.zeros((len(texts), len(GOALS)), bool)
     pool = np.nonzero(mask)[0]
@@ -207,8 +222,11 @@ def _rated(answers: list[tuple[int, int, float]], ctx: np.ndarray) -> match.Rate
     if not answers:
         return None
     answers = sorted(answers)
-    return match.Rated(vectors=ctx[[a[1] for a in answers]], labels=np.array([a[2] for a in answers]),
-                       goal_pos=np.array([a[0] for a in answers]))  # fmt: skip
+    return match.Rated(
+        vectors=ctx[[a[1] for a in answers]],
+        labels=np.array([a[2] for a in answers]),
+        goal_pos=np.array([a[0] for a in answers]),
+    )
 
 
 # --- TF-IDF baseline -----------------------------------------------------------------------------------------
@@ -244,8 +262,10 @@ def tfidf_cosines(texts: list[str], queries: list[str], fit_mask: np.ndarray) ->
 def row(name: str, m: dict[str, Any]) -> str:
     mm = m["macro"]
     per = " ".join(f"{g}={m[g]['auc']:.3f}" for g in LABELS)
-    return (f"{name:<34} AUC {mm['auc']:.3f} ({per})  push P {mm['push_precision']:.3f} R {mm['push_recall']:.3f}"
-            f" n={mm['pushed']}  digest10 P {mm['digest10_precision']:.2f}")  # fmt: skip
+    return (
+        f"{name:<34} AUC {mm['auc']:.3f} ({per})  push P {mm['push_precision']:.3f} R {mm['push_recall']:.3f}"
+        f" n={mm['pushed']}  digest10 P {mm['digest10_precision']:.2f}"
+    )
 
 
 def main() -> None:
@@ -278,16 +298,18 @@ def main() -> None:
     used = match.anchors_for(model)
     results["anchors"] = {"measured_on_tuning_half": measured, "in_code": [used.unrelated, used.same_topic]}
     plain_raw = raw_vectors @ gvec.T
-    results["plain_cosine_auc_heldout"] = float(np.mean([auc(plain_raw[held, j], labels[held] == j)
-                                                         for j in range(len(GOALS))]))  # fmt: skip
+    results["plain_cosine_auc_heldout"] = float(
+        np.mean([auc(plain_raw[held, j], labels[held] == j) for j in range(len(GOALS))])
+    )
     results["scorer_tuning"] = metrics(scores, labels, tune)
     results["scorer_heldout"] = metrics(scores, labels, held)
 
     fb_scores, rated = simulate_feedback(texts, ctx, gvec, labels, held, model)
     results["scorer_heldout_after_feedback"] = metrics(fb_scores, labels, held, exclude=rated)
-    results["feedback_answers"] = {g: {"likes": int((rated[:, j] & (labels == j)).sum()),
-                                       "dislikes": int((rated[:, j] & (labels != j)).sum())}
-                                   for j, g in enumerate(LABELS)}  # fmt: skip
+    results["feedback_answers"] = {
+        g: {"likes": int((rated[:, j] & (labels == j)).sum()), "dislikes": int((rated[:, j] & (labels != j)).sum())}
+        for j, g in enumerate(LABELS)
+    }
 
     tf = tfidf_cosines(texts, [match.goal_text(*g) for g in GOALS.values()], tune)
     tf_anchor = match.Anchors(*anchors(tf, labels, tune))
@@ -322,11 +344,13 @@ def main() -> None:
     for g in LABELS:
         b, f = results["scorer_heldout"][g], results["scorer_heldout_after_feedback"][g]
         fa = results["feedback_answers"][g]
-        print(f"  {g:<9} AUC {b['auc']:.3f} -> {f['auc']:.3f}  push P {b['push_precision']:.3f} R "
-              f"{b['push_recall']:.3f} (n={b['pushed']}) -> P {f['push_precision']:.3f} R {f['push_recall']:.3f} "
-              f"(n={f['pushed']})  immediate n={b['immediate']} -> {f['immediate']}  digest10 P "
-              f"{b['digest10_precision']:.1f} -> {f['digest10_precision']:.1f}  "
-              f"(answers: {fa['likes']} likes, {fa['dislikes']} dislikes)")  # fmt: skip
+        print(
+            f"  {g:<9} AUC {b['auc']:.3f} -> {f['auc']:.3f}  push P {b['push_precision']:.3f} R "
+            f"{b['push_recall']:.3f} (n={b['pushed']}) -> P {f['push_precision']:.3f} R {f['push_recall']:.3f} "
+            f"(n={f['pushed']})  immediate n={b['immediate']} -> {f['immediate']}  digest10 P "
+            f"{b['digest10_precision']:.1f} -> {f['digest10_precision']:.1f}  "
+            f"(answers: {fa['likes']} likes, {fa['dislikes']} dislikes)"
+        )
     micro = results["scorer_heldout"]["macro"]["push_precision_micro"]
     print(
         f"held-out push precision over all goals (micro): {micro:.3f}; after feedback: "

@@ -206,8 +206,15 @@ class FakeOpenAI:
 
     # --- scripting -----------------------------------------------------------------------------------------
 
-    def fail_next(self, n: int = 1, status: int = 500, *, retry_after: float | None = None,
-                  retry_after_ms: int | None = None, endpoint: str | None = None) -> None:  # fmt: skip
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 500,
+        *,
+        retry_after: float | None = None,
+        retry_after_ms: int | None = None,
+        endpoint: str | None = None,
+    ) -> None:
         self._add(_Script("fail", n, endpoint, status=status, retry_after=retry_after, retry_after_ms=retry_after_ms))
 
     def hang_next(self, n: int = 1, seconds: float = 5.0, *, endpoint: str | None = None) -> None:
@@ -317,8 +324,14 @@ class FakeOpenAI:
         with self._lock:
             self.served["embeddings"] += 1
             self.texts_embedded += len(texts)
-        return web.json_response({"object": "list", "data": data, "model": body.get("model", "fake"),
-                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", "fake"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def _chat(self, request: web.Request) -> web.Response:
         body, early = await self._prelude(request, "chat")
@@ -342,22 +355,32 @@ class FakeOpenAI:
 
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
     kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
-    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": kind}},
-                             status=status, headers=headers)  # fmt: skip
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "param": None, "code": kind}}, status=status, headers=headers
+    )
 
 
-def _chat_response(body: dict[str, Any], content: str, prompt_tokens: int | None,
-                   completion_tokens: int | None) -> web.Response:  # fmt: skip
+def _chat_response(
+    body: dict[str, Any], content: str, prompt_tokens: int | None, completion_tokens: int | None
+) -> web.Response:
     if prompt_tokens is None:
         prompt_tokens = fake_tokens(json.dumps(body.get("messages", [])))
     if completion_tokens is None:
         completion_tokens = fake_tokens(content)
-    return web.json_response({
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    })  # fmt: skip
+    return web.json_response(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
 
 
 def running() -> Iterator[FakeOpenAI]:
