@@ -18,8 +18,8 @@ import aiohttp
 from infosentry import budget, mail, metrics
 from infosentry.fetch import FetchError, GuardedResolver
 from infosentry.runtime import Runtime
-from infosentry.store import monitoring as store
-from infosentry.store import push as push_store
+from infosentry.store import emails as emails_store
+from infosentry.store import monitoring as monitoring_store
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def worst(alerts: list[dict[str, Any]]) -> str | None:
 
 async def active(rt: Runtime) -> list[dict[str, Any]]:
     """Every active alert now (with the start of its episode when one is open)."""
-    return await store.active_alerts(rt.pool)
+    return await monitoring_store.active_alerts(rt.pool)
 
 
 async def budget_status(rt: Runtime) -> dict[str, Any]:
@@ -64,11 +64,11 @@ async def tick(rt: Runtime) -> TickResult:
     """Open/close episodes for the alerts active now and notify new episodes (safe in many processes)."""
     result = TickResult()
     async with rt.pool.acquire() as conn:
-        if not await store.try_alerts_lock(conn):
+        if not await monitoring_store.try_alerts_lock(conn):
             result.skipped = True
             return result
         try:
-            changes = await store.sync_episodes(conn, flap_minutes=FLAP_MINUTES)
+            changes = await monitoring_store.sync_episodes(conn, flap_minutes=FLAP_MINUTES)
             result.opened, result.reopened, result.closed = changes["opened"], changes["reopened"], changes["closed"]
             for e in result.opened:
                 log.warning(
@@ -86,11 +86,11 @@ async def tick(rt: Runtime) -> TickResult:
             for e in result.closed:
                 extra = {"action": "alert_closed", "alert": e["alert"], "subject": e["subject"], "episode_id": e["id"]}
                 log.info("alert cleared: %s %s", e["alert"], e["subject"], extra=extra)
-            pending = await store.episodes_to_notify(conn, max_attempts=MAX_NOTIFY_ATTEMPTS)
+            pending = await monitoring_store.episodes_to_notify(conn, max_attempts=MAX_NOTIFY_ATTEMPTS)
             if pending:
                 await _notify(rt, conn, pending, result)
         finally:
-            await store.release_alerts_lock(conn)
+            await monitoring_store.release_alerts_lock(conn)
     return result
 
 
@@ -112,7 +112,7 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
     if settings.admin_email and fresh:
         rendered = mail.render_alert_email([_for_humans(e) for e in fresh], settings.public_url)
         key = "alert:" + hashlib.sha256(",".join(str(e["id"]) for e in fresh).encode()).hexdigest()[:24]
-        await push_store.insert_email(
+        await emails_store.insert_email(
             conn,
             dedupe_key=key,
             kind="alert",
@@ -129,7 +129,7 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
         result.emailed = [e["id"] for e in fresh]
         metrics.ALERT_NOTIFICATIONS.labels("email", "queued").inc()
     if not settings.alert_webhook_url:
-        await store.mark_notified(conn, ids)
+        await monitoring_store.mark_notified(conn, ids)
         return
     payload = {
         "source": "infosentry",
@@ -153,11 +153,11 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
         log.warning("alert webhook failed: %s", exc, extra={"action": "alert_webhook_failed", "kind": exc.kind})
         result.errors.append(str(exc))
         metrics.ALERT_NOTIFICATIONS.labels("webhook", "failed").inc()
-        await store.mark_notify_failed(conn, ids, f"{exc.kind}: {exc}")
+        await monitoring_store.mark_notify_failed(conn, ids, f"{exc.kind}: {exc}")
         return
     result.webhooked = ids
     metrics.ALERT_NOTIFICATIONS.labels("webhook", "delivered").inc()
-    await store.mark_notified(conn, ids)
+    await monitoring_store.mark_notified(conn, ids)
 
 
 async def post_webhook(rt: Runtime, url: str, payload: dict[str, Any]) -> None:

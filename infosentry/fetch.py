@@ -13,8 +13,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -22,6 +21,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from infosentry import retry
 
 DEFAULT_USER_AGENT = "infosentry/0.1 (self-hosted feed reader)"
 DEFAULT_MAX_BYTES = 15 * 1024 * 1024
@@ -47,8 +48,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
-# Far-future Retry-After values are clamped so the datetime arithmetic can never overflow.
-_MAX_RETRY_AFTER = timedelta(days=30)
 # Credentials a caller configured for one origin must not follow a redirect to another.
 _ORIGIN_BOUND_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
 # Host spellings that socket.inet_aton reads as IPv4: decimal (2130706433), octal (0177.0.0.1),
@@ -281,47 +280,6 @@ class GuardedResolver(AbstractResolver):
 
 
 # ---- header parsing -----------------------------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> datetime | None:
-    """Absolute UTC time from a Retry-After header (delta-seconds or HTTP-date); None if absent/invalid."""
-    if not value:
-        return None
-    now = now or datetime.now(UTC)
-    value = value.strip()
-    if value.isdigit():
-        return now + min(timedelta(seconds=int(value[:12])), _MAX_RETRY_AFTER)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(when.astimezone(UTC), now), now + _MAX_RETRY_AFTER)
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds the server asked us to wait: retry-after-ms, else Retry-After (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def parse_max_age(cache_control: str | None) -> int | None:
@@ -572,7 +530,7 @@ class Fetcher:
         hops: list[str],
     ) -> Response:
         status = resp.status
-        retry_after_at = parse_retry_after(resp.headers.get("Retry-After"))
+        retry_after_at = retry.parse_retry_after(resp.headers.get("Retry-After"))
         if status == 304:
             body = b""
         elif 200 <= status < 300:

@@ -16,7 +16,8 @@ from typing import Any
 
 from infosentry import alerts
 from infosentry.runtime import Runtime
-from infosentry.store import monitoring as store
+from infosentry.store import monitoring as monitoring_store
+from infosentry.store import workers as workers_store
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ async def report(rt: Runtime) -> dict[str, Any]:
     checked_at = datetime.now(UTC)
     try:
         async with asyncio.timeout(5):
-            latency = await store.ping(rt.pool)
+            latency = await monitoring_store.ping(rt.pool)
     except Exception as exc:  # unreachable database: nothing else can be known
         log.warning("health: database unreachable: %s", exc, extra={"action": "health_db_down"})
         return {
@@ -62,12 +63,12 @@ async def report(rt: Runtime) -> dict[str, Any]:
             ],
         }
     pool = rt.pool
-    queues = await store.queue_depth(pool)
-    workers = await store.workers(pool)
-    failing_total, failing = await store.failing_sources(pool)
-    smtp = await store.smtp_state(pool)
-    outbox = await store.outbox_counts(pool)
-    llm = await store.llm_last_hour(pool)
+    queues = await monitoring_store.queue_depth(pool)
+    workers = await workers_store.workers(pool)
+    failing_total, failing = await monitoring_store.failing_sources(pool)
+    smtp = await monitoring_store.smtp_state(pool)
+    outbox = await monitoring_store.outbox_counts(pool)
+    llm = await monitoring_store.llm_last_hour(pool)
     budget = await alerts.budget_status(rt)
     active = await alerts.active(rt)
 

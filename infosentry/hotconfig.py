@@ -3,7 +3,7 @@
 Every process holds one HotConfig. It learns of changes through LISTEN/NOTIFY on the
 `infosentry_config` channel (a trigger on the table notifies) and re-reads the table every
 second as a safety net, so a change is seen everywhere within 2 s without restart.
-Imports errors only; SQL for writes lives in store/config.py.
+Imports errors only; the rows are read through the callable given to start() (store.config.values).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +158,7 @@ class HotConfig:
         self._defaults = defaults(env_defaults)
         self._values = dict(self._defaults)
         self._dsn: str | None = None
-        self._pool: asyncpg.Pool | None = None
+        self._read: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -190,14 +190,16 @@ class HotConfig:
             log.info("config changed: %s", changed, extra={"action": "config_changed", "changed": changed})
 
     async def reload(self) -> None:
-        assert self._pool is not None
-        rows = await self._pool.fetch("SELECT key, value FROM config")
-        self.apply_rows({r["key"]: r["value"] for r in rows})
+        assert self._read is not None
+        self.apply_rows(await self._read())
 
-    async def start(self, pool: asyncpg.Pool, dsn: str) -> None:
-        self._pool, self._dsn = pool, dsn
+    async def start(self, read: Callable[[], Awaitable[Mapping[str, Any]]], dsn: str, *, live: bool = True) -> None:
+        """Read the rows now (`read` returns key -> value), then, when live, again on every NOTIFY
+        infosentry_config and at least every RELOAD_SECONDS."""
+        self._read, self._dsn = read, dsn
         await self.reload()
-        self._task = asyncio.create_task(self._run(), name="hotconfig")
+        if live:
+            self._task = asyncio.create_task(self._run(), name="hotconfig")
 
     async def stop(self) -> None:
         if self._task:

@@ -14,25 +14,21 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import procrastinate
-from procrastinate import exceptions as pexc
-from procrastinate.psycopg_connector import PsycopgConnector
 
-from infosentry import alerts, decide, embed, ingest, metrics, push
+from infosentry import alerts, decide, embed, metrics, push, queue
+from infosentry.ingest import run as ingest
 from infosentry.runtime import Runtime
-from infosentry.store import logins
-from infosentry.store import ops as ops_store
+from infosentry.store import logins as logins_store
+from infosentry.store import workers as workers_store
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("ingest", "embed", "agent", "email")
 HEARTBEAT_SECONDS = 10.0
-
-# Tasks are registered on this app; each process binds it to its database with open_queue().
-app = procrastinate.App(connector=PsycopgConnector())
+app = queue.app
 
 
 class Stats:
@@ -42,25 +38,11 @@ class Stats:
     jobs_failed = 0
 
 
-@contextlib.asynccontextmanager
-async def open_queue(dsn: str, *, max_size: int = 10) -> AsyncIterator[procrastinate.App]:
-    """Bind the task app to this process's database for the duration of the block (one per process)."""
-    with app.replace_connector(PsycopgConnector(conninfo=dsn, min_size=1, max_size=max_size)) as bound:
-        async with bound.open_async():
-            yield bound
-
-
 def _rt(context: procrastinate.JobContext) -> Runtime:
     assert context.additional_context is not None
     rt = context.additional_context["rt"]
     assert isinstance(rt, Runtime)
     return rt
-
-
-async def nudge(qapp: procrastinate.App, task: str, *, lock: str | None = None, **kwargs: Any) -> None:
-    """Defer `task` unless one is already queued (queueing lock): many nudges collapse into one job."""
-    with contextlib.suppress(pexc.AlreadyEnqueued):
-        await qapp.configure_task(name=task, queueing_lock=lock or task).defer_async(**kwargs)
 
 
 def step(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -95,7 +77,7 @@ async def maintenance(context: procrastinate.JobContext, timestamp: int) -> None
         log.warning("retrying stalled job", extra={"action": "job_stalled_retry", "job_id": job.id})
         await jm.retry_job(job)
     await jm.delete_old_jobs(nb_hours=24, include_failed=False)
-    await ops_store.prune_heartbeats(_rt(context).pool, older_than_hours=24)
+    await workers_store.prune_heartbeats(_rt(context).pool, older_than_hours=24)
 
 
 # --- ingest (fetch due sources) -----------------------------------------------------------------------------
@@ -109,7 +91,7 @@ async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = 
     overlap and a crashed run's sources come back after the lease); nudge embedding when items are new."""
     summary = await ingest.run_due(_rt(context))
     if summary.new_items:
-        await nudge(context.app, "embed_pending")
+        await queue.nudge(context.app, "embed_pending")
 
 
 @app.periodic(cron="17 * * * *", periodic_id="prune_ingest_logs")
@@ -132,9 +114,9 @@ async def embed_pending(context: procrastinate.JobContext) -> None:
     backfills first. Bounded per job: re-nudges itself while work remains; nudges the decide step."""
     report = await embed.run(_rt(context))
     if report.match.stored:
-        await nudge(context.app, "decide_pending")
+        await queue.nudge(context.app, "decide_pending")
     if report.more:
-        await nudge(context.app, "embed_pending")
+        await queue.nudge(context.app, "embed_pending")
 
 
 @app.periodic(cron="* * * * *", periodic_id="embed_sweep")
@@ -144,7 +126,7 @@ async def embed_sweep(context: procrastinate.JobContext, timestamp: int | None =
     """Safety net for lost nudges: pending or unmatched items, goals to embed or backfill, items of an old
     embedding model still needed for matching -> one embed_pending job."""
     if (await embed.sweep(_rt(context)))["work"]:
-        await nudge(context.app, "embed_pending")
+        await queue.nudge(context.app, "embed_pending")
 
 
 # --- end embed and match ---
@@ -157,11 +139,11 @@ async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     report = await decide.decide_pending(rt)
     if qapp is not None:
         if report.pushable:
-            await nudge(qapp, "flush_push")
+            await queue.nudge(qapp, "flush_push")
         if report.to_judge:
-            await nudge(qapp, "judge_pending")
+            await queue.nudge(qapp, "judge_pending")
         if report.busy:
-            await nudge(qapp, "decide_pending")
+            await queue.nudge(qapp, "decide_pending")
     return report
 
 
@@ -169,16 +151,16 @@ async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     report = await decide.judge_pending(rt)
     if qapp is not None:
         if report.pushable:
-            await nudge(qapp, "flush_push")
+            await queue.nudge(qapp, "flush_push")
         if report.more:
-            await nudge(qapp, "judge_pending")
+            await queue.nudge(qapp, "judge_pending")
     return report
 
 
 async def flush_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     report = await push.flush(rt)
     if qapp is not None and report.sendable:
-        await nudge(qapp, "send_emails")
+        await queue.nudge(qapp, "send_emails")
     return report
 
 
@@ -212,7 +194,7 @@ async def flush_push(context: procrastinate.JobContext, timestamp: int | None = 
 async def send_emails(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Send due outbox rows (push, login and alert emails) with retries and backoff."""
     if (await push.send_due(_rt(context))).more:
-        await nudge(context.app, "send_emails")
+        await queue.nudge(context.app, "send_emails")
 
 
 @app.periodic(cron="* * * * *", periodic_id="reconcile_push", queueing_lock="reconcile_push")
@@ -224,15 +206,15 @@ async def reconcile_push(context: procrastinate.JobContext, timestamp: int | Non
     rt = _rt(context)
     report = await push.reconcile(rt)
     if report.overdue_immediate:
-        await nudge(context.app, "flush_push")
+        await queue.nudge(context.app, "flush_push")
     if report.due_emails or report.released_emails:
-        await nudge(context.app, "send_emails")
+        await queue.nudge(context.app, "send_emails")
     if timestamp is None or (timestamp // 60) % 10 == 0:
         await decide.requeue_lost(rt)
     if await decide.queued_items(rt):
-        await nudge(context.app, "decide_pending")
+        await queue.nudge(context.app, "decide_pending")
     if await decide.judge_queue_depth(rt):
-        await nudge(context.app, "judge_pending")
+        await queue.nudge(context.app, "judge_pending")
 
 
 # --- end decide and push ---
@@ -245,7 +227,7 @@ ALERTS_SECONDS = 30.0
 async def _alerts_tick(rt: Runtime, qapp: procrastinate.App | None) -> None:
     result = await alerts.tick(rt)
     if result.emailed and qapp is not None:
-        await nudge(qapp, "send_emails")
+        await queue.nudge(qapp, "send_emails")
 
 
 @app.periodic(cron="* * * * * */30", periodic_id="alerts_tick")
@@ -261,7 +243,7 @@ async def alerts_tick(context: procrastinate.JobContext, timestamp: int) -> None
 @step
 async def prune_logins(context: procrastinate.JobContext, timestamp: int) -> None:
     """Forget login links and rate-limit windows older than a day."""
-    await logins.prune(_rt(context).pool)
+    await logins_store.prune(_rt(context).pool)
 
 
 async def alerts_loop(rt: Runtime, qapp: procrastinate.App | None) -> None:
@@ -285,16 +267,23 @@ async def alerts_loop(rt: Runtime, qapp: procrastinate.App | None) -> None:
 
 
 async def heartbeat_loop(rt: Runtime, queues: Iterable[str]) -> None:
-    """Write this process's heartbeat row every ~10 s until cancelled (database outages are survived)."""
+    """Write this process's heartbeat row every ~10 s until cancelled (database outages are survived); the row
+    is removed when the loop is cancelled, so a clean stop is not mistaken for a dead worker."""
     queues = list(queues)
-    while True:
+    try:
+        while True:
+            try:
+                await workers_store.heartbeat(rt, queues=queues, jobs_done=Stats.jobs_done)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+    finally:
         try:
-            await ops_store.heartbeat(rt, queues=queues, jobs_done=Stats.jobs_done)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
-        await asyncio.sleep(HEARTBEAT_SECONDS)
+            await workers_store.remove_heartbeat(rt)
+        except Exception as exc:  # the database may be the reason we stop
+            log.debug("heartbeat cleanup failed: %s", exc)
 
 
 async def run_worker(

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import re
 import string
 import time
@@ -22,10 +21,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from infosentry import budget
-from infosentry.fetch import retry_after_seconds
+from infosentry import budget, retry
 from infosentry.runtime import Runtime
-from infosentry.store import decisions as store
+from infosentry.store import decisions as decisions_store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,6 @@ LABELS = ("IMMEDIATE", "BATCH")
 REASON_MAX = 120
 MAX_ATTEMPTS = 3
 ATTEMPT_TIMEOUT = 20.0  # seconds per HTTP attempt
-RETRY_AFTER_CAP = 20.0  # a server asking us to wait longer than this gets a fallback instead
 MAX_TOKENS = 200
 _SNIPPET_MAX = 600
 _DESCRIPTION_MAX = 1200
@@ -217,11 +214,7 @@ def cites_evidence(reason: str, snapshot: dict[str, Any]) -> bool:
 
 
 def _retry_after(exc: Any) -> float | None:
-    return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
-
-
-def _backoff(attempt: int) -> float:
-    return min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.8 + 0.4 * random.random())
+    return retry.retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
 
 
 def usd_of(rt: Runtime, prompt_tokens: int, completion_tokens: int) -> float:
@@ -245,7 +238,7 @@ async def judge(
     result = Judgment(model=model)
     try:
         if use_cache:
-            cached = await store.cached_judgment(rt.pool, item["id"], goal["id"], goal["version"])
+            cached = await decisions_store.cached_judgment(rt.pool, item["id"], goal["id"], goal["version"])
             if cached is not None:
                 result.label, result.confidence, result.reason = cached["label"], cached["confidence"], cached["reason"]
                 result.cached, result.model = True, cached["model"]
@@ -263,7 +256,7 @@ async def judge(
             return result
         await _call(rt, snapshot, result, max_attempts=max_attempts, attempt_timeout=attempt_timeout)
         if result.ok and write_cache:
-            await store.cache_judgment(
+            await decisions_store.cache_judgment(
                 rt.pool,
                 item["id"],
                 goal["id"],
@@ -312,7 +305,7 @@ async def _call(
         except openai.APIStatusError as exc:
             status = exc.status_code
             error = f"HTTP {status}: {_clip(exc.message, 200)}"
-            if status == 429 or status >= 500:
+            if retry.retryable_status(status):
                 wait = _retry_after(exc)
         except openai.APITimeoutError:
             error = f"timeout after {attempt_timeout:g} s"
@@ -333,7 +326,7 @@ async def _call(
         result.attempts.append(record)
         if response is None:
             await budget.record_call(rt, "judge", ok=False, http_status=status, error=error, latency_ms=latency)
-            retryable = status is None or status == 429 or status >= 500
+            retryable = retry.retryable_status(status)
             result.response = {"attempts": result.attempts}
             if not retryable:
                 result.fallback_reason = f"LLM error: {error}"
@@ -341,8 +334,8 @@ async def _call(
             if attempt == max_attempts:
                 result.fallback_reason = f"LLM error after {attempt} attempts: {error}"
                 return
-            delay = wait if wait is not None else _backoff(attempt)
-            if delay > RETRY_AFTER_CAP:
+            delay = retry.JUDGE.delay(attempt, retry_after=wait)
+            if delay > retry.JUDGE_MAX_WAIT:
                 result.fallback_reason = f"LLM asked to retry after {delay:.0f} s: {error}"
                 return
             await asyncio.sleep(delay)

@@ -1,5 +1,5 @@
 """Email: renders push/login/alert mail from templates/email/, builds MIME, sends via aiosmtplib or a file sink.
-Level 1: imports only the stdlib and aiosmtplib (never infosentry.db/store); callers pass plain data.
+Level 1: imports only the stdlib, aiosmtplib, retry and urls (never infosentry.db/store); callers pass plain data.
 File sink: `SmtpConfig(host="file:<dir>")` (SMTP_HOST=file:./outbox) writes <dir>/<UTC stamp>-<dedupe key>.eml."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import aiosmtplib
 
+from infosentry import retry
 from infosentry.urls import is_http_url
 
 logger = logging.getLogger(__name__)
@@ -458,10 +459,8 @@ class SmtpPermanentError(SmtpError):
 
 
 def _by_code(code: int, message: str) -> SmtpError:
-    if 500 <= code < 600:
-        return SmtpPermanentError(code, message)
-    # 4xx, and garbled codes too: a retry is cheap and the caller's retry budget caps it.
-    return SmtpTemporaryError(code, message)
+    # 4xx, and garbled codes too, are retried: a retry is cheap and the caller's retry budget caps it
+    return SmtpTemporaryError(code, message) if retry.retryable_smtp(code) else SmtpPermanentError(code, message)
 
 
 def _classify(exc: BaseException) -> SmtpError:

@@ -53,7 +53,9 @@ import numpy as np
 
 from infosentry.embedders.lexical import _terms as lexical_terms  # the tokenizer behind lexical_similarity
 from infosentry.embedders.lexical import has_cjk
-from infosentry.store import matches as store
+from infosentry.store import goals as goals_store
+from infosentry.store import items as items_store
+from infosentry.store import matches as matches_store
 
 if TYPE_CHECKING:
     import asyncpg
@@ -260,12 +262,6 @@ def term_hits(texts: list[str], terms: list[str]) -> np.ndarray:
             if norm in text and (rx is None or _found(text, rx)):  # cheap substring test first
                 out[i, j] = True
     return out
-
-
-def hits_of(text: str, terms: list[str]) -> list[str]:
-    """The terms found in one text (for display)."""
-    row = term_hits([normalise(text)], terms)[0]
-    return [t for t, hit in zip(terms, row, strict=True) if hit]
 
 
 # --- lexical similarity, vectorised ------------------------------------------------------------------------
@@ -628,13 +624,13 @@ async def match_items(
         return stats
     now = now or datetime.now(UTC)
     reader = conn or rt.pool
-    data = await store.load_batch(reader, item_ids, goal_ids)
+    data = await matches_store.load_batch(reader, item_ids, goal_ids)
     if not data.items:
         return stats
     stats.items = len(data.items)
     if not data.goals:
         if backfill_before is None:
-            await store.mark_matched(conn or rt.pool, [r["id"] for r in data.items])
+            await items_store.mark_matched(conn or rt.pool, [r["id"] for r in data.items])
         return stats
 
     vectors = await _goal_vectors(rt, reader, data.goals)
@@ -655,10 +651,10 @@ async def match_items(
     stats.max_score = float(scored.score.max(initial=0.0))
     ids = [] if backfill_before is not None else [int(i) for i in items.ids]
     if conn is not None:
-        await store.upsert_matches(conn, *rows, matched_item_ids=ids)
+        await matches_store.upsert_matches(conn, *rows, matched_item_ids=ids)
     else:
         async with rt.pool.acquire() as c, c.transaction():
-            await store.upsert_matches(c, *rows, matched_item_ids=ids)
+            await matches_store.upsert_matches(c, *rows, matched_item_ids=ids)
     return stats
 
 
@@ -669,13 +665,13 @@ async def _goal_vectors(rt: Runtime, reader: Any, goals: list[Any]) -> list[np.n
     key = {int(g["id"]): (g["embedded_version"], g["embedding_model"]) for g in goals}
     missing = [gid for gid, k in key.items() if gid not in cache or cache[gid][:2] != k]
     if missing:
-        for r in await store.goal_vectors(reader, missing):
+        for r in await goals_store.goal_vectors(reader, missing):
             cache[int(r["id"])] = (r["embedded_version"], r["embedding_model"], _vec(r["embedding"]))
     return [cache[gid][2] if gid in cache and cache[gid][:2] == key[gid] else None for gid in key]
 
 
 def _build(
-    data: store.Batch,
+    data: matches_store.Batch,
     goal_vecs: list[np.ndarray | None],
     model: str | None,
     now: datetime,
@@ -780,12 +776,12 @@ async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, i
     cache: dict[int, tuple[Any, list[tuple[float, np.ndarray]]]] = rt.extras.setdefault("rated", {})
     stamps = {
         int(r["goal_id"]): (model, r["n"], r["changed"], r["signed"])
-        for r in await store.feedback_stamps(reader, [int(g) for g in goals.ids])
+        for r in await matches_store.feedback_stamps(reader, [int(g) for g in goals.ids])
     }
     stale = [gid for gid, stamp in stamps.items() if gid not in cache or cache[gid][0] != stamp]
     if stale:
         fresh: dict[int, list[tuple[float, np.ndarray]]] = {gid: [] for gid in stale}
-        for r in await store.rated_items(reader, stale, model, per_goal=FEEDBACK_MAX_RATED):
+        for r in await matches_store.rated_items(reader, stale, model, per_goal=FEEDBACK_MAX_RATED):
             if r["vector"] is not None:
                 fresh[int(r["goal_id"])].append((1.0 if r["feedback"] == "like" else -1.0, _vec(r["vector"])))
         for gid in stale:
@@ -805,7 +801,7 @@ async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, i
 
 
 def _rows(scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: str | None) -> tuple[list[Any], ...]:
-    """Columns for store.upsert_matches: goal ids, item ids, scores, components, reasons, gates, lexical_only,
+    """Columns for matches_store.upsert_matches: goal ids, item ids, scores, components, reasons, gates, lexical_only,
     is_backfill (only the kept pairs; strings are built here and nowhere on the hot path)."""
     goal_ids, item_ids, scores, comps, reasons, gates, lex, bf = [], [], [], [], [], [], [], []
     tpos = {t: k for k, t in enumerate(scored.terms)}

@@ -4,7 +4,7 @@ or combined per user), the inbox ledger, the email outbox and its sender, and re
 Every scheduling function takes `now` (tests drive the clock); slots that must fire once live in push_slots,
 and notifications UNIQUE (goal_id, item_id) guarantees an item reaches a goal at most once, whatever the tier.
 Emails are rendered when they are created (outbox rows), then sent by `send_due` with retries.
-Imports mail and store.push / store.decisions (for the runs of push steps).
+Imports mail and the store modules it writes (decisions, emails, goals, notifications, slots, keys).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import random
 import re
 import time
 from collections.abc import Sequence
@@ -25,14 +24,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from infosentry import mail, metrics
+from infosentry import mail, metrics, retry
 from infosentry.runtime import Runtime
 from infosentry.settings import Settings
-from infosentry.store import decisions as runs_store
-from infosentry.store import push as store
+from infosentry.store import decisions as decisions_store
+from infosentry.store import emails as emails_store
+from infosentry.store import goals as goals_store
+from infosentry.store import keys as keys_store
+from infosentry.store import notifications as notifications_store
+from infosentry.store import slots as slots_store
 
 log = logging.getLogger(__name__)
 
+PUSH_KINDS = ("immediate", "batch", "digest")  # email kinds that carry pushes (login and alert mail do not)
 LOOKBACK = timedelta(hours=24)  # batch windows and digests choose among items decided in the last 24 h
 EXPIRE_AFTER = timedelta(hours=48)  # BATCH/DIGEST decisions never chosen are closed after this
 MISSED_SLOT_GRACE = timedelta(minutes=30)  # a slot of yesterday (e.g. 23:50) still fires this long after
@@ -108,7 +112,7 @@ def local_time(when: datetime | None, tz: ZoneInfo) -> str:
 async def _link_key(rt: Runtime) -> str:
     key = rt.extras.get("push_link_key")
     if key is None:
-        key = await store.link_key(rt.pool)
+        key = await keys_store.link_key(rt.pool)
         rt.extras["push_link_key"] = key
     return key
 
@@ -187,7 +191,9 @@ async def _push_goal_email(
     )
     if email_id is None:
         return None, []
-    pushed = await store.record_push(conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows, email_id=email_id)
+    pushed = await notifications_store.record_push(
+        conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows, email_id=email_id
+    )
     report.emails.append(email_id)
     report.items += len(pushed)
     return email_id, pushed
@@ -218,7 +224,7 @@ async def _create_email(
         day=day,
     )
     status, note = _initial_status(rt)
-    email_id = await store.insert_email(
+    email_id = await emails_store.insert_email(
         conn,
         dedupe_key=dedupe_key,
         kind=kind,
@@ -262,10 +268,10 @@ async def flush(rt: Runtime, now: datetime | None = None) -> FlushReport:
     now = now or utcnow()
     report = FlushReport()
     if not rt.hot["IMMEDIATE_ENABLED"]:
-        report.moved_to_batch = await store.immediate_to_batch(rt.pool)
-    report.cancelled = await store.cancel_blocked(rt.pool) + await store.cancel_inactive(rt.pool)
+        report.moved_to_batch = await decisions_store.immediate_to_batch(rt.pool)
+    report.cancelled = await decisions_store.cancel_blocked(rt.pool) + await decisions_store.cancel_inactive(rt.pool)
     await flush_immediate(rt, now, report)
-    goals = await store.active_goals(rt.pool)
+    goals = await goals_store.active_goals(rt.pool)
     await flush_windows(rt, now, report, goals=goals)
     await flush_digests(rt, now, report, goals=goals)
     if report.emails or report.items:
@@ -288,7 +294,7 @@ async def flush_immediate(rt: Runtime, now: datetime, report: FlushReport | None
     out now, in emails of at most IMMEDIATE_MAX_ITEMS (the overflow in the next email, right after)."""
     report = report or FlushReport()
     coalesce = float(rt.hot["IMMEDIATE_COALESCE_MINUTES"]) * 60
-    for goal_id in await store.due_immediate_goals(rt.pool, now=now, coalesce_seconds=coalesce):
+    for goal_id in await decisions_store.due_immediate_goals(rt.pool, now=now, coalesce_seconds=coalesce):
         await _flush_goal_immediate(rt, goal_id, now, coalesce, report)
     return report
 
@@ -297,15 +303,17 @@ async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coales
     started = time.perf_counter()
     max_items = int(rt.hot["IMMEDIATE_MAX_ITEMS"])
     async with rt.pool.acquire() as conn, conn.transaction():
-        if not await store.try_lock_goal(conn, goal_id):
+        if not await slots_store.try_lock_goal(conn, goal_id):
             return  # another process is pushing this goal right now
-        first = await store.oldest_pending_immediate(conn, goal_id)
+        first = await decisions_store.oldest_pending_immediate(conn, goal_id)
         if first is None or first + timedelta(seconds=coalesce) > now:
             return
-        goal = await store.delivery(conn, goal_id)
+        goal = await goals_store.delivery(conn, goal_id)
         if goal is None or goal["status"] != "active":
             return
-        rows = await store.pending_items(conn, goal_id, tiers=["IMMEDIATE"], since=_EPOCH, min_score=0.0, limit=10_000)
+        rows = await decisions_store.pending_items(
+            conn, goal_id, tiers=["IMMEDIATE"], since=_EPOCH, min_score=0.0, limit=10_000
+        )
         if not rows:
             return
         tz = zone(goal["timezone"], rt.settings.tz)
@@ -320,7 +328,7 @@ async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coales
                 continue
             report.immediate += len(pushed)
             sent.append({"email_id": email_id, "dedupe_key": key, "item_ids": pushed})
-        await runs_store.insert_run(
+        await decisions_store.insert_run(
             conn,
             goal_id=goal_id,
             item_id=None,
@@ -346,10 +354,10 @@ async def flush_windows(
     """Batch windows: at each window of each active goal, one email with the best BATCH_MAX_ITEMS BATCH items
     not yet pushed (decided in the last 24 h); nothing when there is nothing. The slot fires exactly once."""
     report = report or FlushReport()
-    goals = await store.active_goals(rt.pool) if goals is None else goals
+    goals = await goals_store.active_goals(rt.pool) if goals is None else goals
     if not goals:
         return report
-    fired = await store.fired_slots(rt.pool, ["batch"], (now - timedelta(days=3)).date())
+    fired = await slots_store.fired_slots(rt.pool, ["batch"], (now - timedelta(days=3)).date())
     for goal in goals:
         tz = zone(goal["timezone"], rt.settings.tz)
         mine = {(d, s) for k, o, d, s in fired if o == goal["goal_id"]}
@@ -369,13 +377,13 @@ async def _fire_batch(
     local_date, slot = slots[-1]
     max_items = int(rt.hot["BATCH_MAX_ITEMS"])
     async with rt.pool.acquire() as conn, conn.transaction():
-        await store.lock_goal(conn, goal_id)
-        if not await store.claim_slot(conn, "batch", goal_id, local_date, slot):
+        await slots_store.lock_goal(conn, goal_id)
+        if not await slots_store.claim_slot(conn, "batch", goal_id, local_date, slot):
             return
         for d, s in slots[:-1]:
-            await store.claim_slot(conn, "batch", goal_id, d, s)
+            await slots_store.claim_slot(conn, "batch", goal_id, d, s)
         report.slots += 1
-        rows = await store.pending_items(
+        rows = await decisions_store.pending_items(
             conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0, limit=max_items
         )
         email_id: int | None = None
@@ -394,8 +402,8 @@ async def _fire_batch(
                 dedupe_key=f"batch:{goal_id}:{local_date.isoformat()}:{slot}",
             )
             report.batch += len(pushed)
-        await store.finish_slot(conn, "batch", goal_id, local_date, slot, email_id, len(pushed))
-        await runs_store.insert_run(
+        await slots_store.finish_slot(conn, "batch", goal_id, local_date, slot, email_id, len(pushed))
+        await decisions_store.insert_run(
             conn,
             goal_id=goal_id,
             item_id=None,
@@ -420,10 +428,10 @@ async def flush_digests(
     """Daily digests: per goal at its digest_time (goal time zone), or one combined email per user
     (combined_digest=true) at the earliest digest_time of the user's active goals (user time zone)."""
     report = report or FlushReport()
-    goals = await store.active_goals(rt.pool) if goals is None else goals
+    goals = await goals_store.active_goals(rt.pool) if goals is None else goals
     if not goals:
         return report
-    fired = await store.fired_slots(rt.pool, ["digest", "combined_digest"], (now - timedelta(days=3)).date())
+    fired = await slots_store.fired_slots(rt.pool, ["digest", "combined_digest"], (now - timedelta(days=3)).date())
     per_user: dict[int, list[asyncpg.Record]] = {}
     for goal in goals:
         if goal["combined_digest"]:
@@ -446,7 +454,7 @@ async def flush_digests(
 
 async def _digest_rows(conn: asyncpg.Connection, rt: Runtime, goal_id: int, now: datetime) -> list[asyncpg.Record]:
     # DIGEST items, and BATCH items no window has taken yet: "not pushed by any tier"
-    return await store.pending_items(
+    return await decisions_store.pending_items(
         conn,
         goal_id,
         tiers=["DIGEST", "BATCH"],
@@ -462,8 +470,8 @@ async def _fire_goal_digest(
     started = time.perf_counter()
     goal_id, (local_date, at) = goal["goal_id"], slot
     async with rt.pool.acquire() as conn, conn.transaction():
-        await store.lock_goal(conn, goal_id)
-        if not await store.claim_slot(conn, "digest", goal_id, local_date, at):
+        await slots_store.lock_goal(conn, goal_id)
+        if not await slots_store.claim_slot(conn, "digest", goal_id, local_date, at):
             return
         report.slots += 1
         rows = await _digest_rows(conn, rt, goal_id, now)
@@ -483,8 +491,8 @@ async def _fire_goal_digest(
                 dedupe_key=f"digest:{goal_id}:{local_date.isoformat()}",
             )
             report.digest += len(pushed)
-        await store.finish_slot(conn, "digest", goal_id, local_date, at, email_id, len(pushed))
-        await runs_store.insert_run(
+        await slots_store.finish_slot(conn, "digest", goal_id, local_date, at, email_id, len(pushed))
+        await decisions_store.insert_run(
             conn,
             goal_id=goal_id,
             item_id=None,
@@ -515,17 +523,17 @@ async def _fire_combined_digest(
     started = time.perf_counter()
     local_date, at = slot
     async with rt.pool.acquire() as conn, conn.transaction():
-        if not await store.try_lock_user(conn, user_id):
+        if not await slots_store.try_lock_user(conn, user_id):
             return
-        if not await store.claim_slot(conn, "combined_digest", user_id, local_date, at):
+        if not await slots_store.claim_slot(conn, "combined_digest", user_id, local_date, at):
             return
         report.slots += 1
         picked: list[tuple[asyncpg.Record, list[asyncpg.Record]]] = []
         for goal in goals:
-            await store.lock_goal(conn, goal["goal_id"])
+            await slots_store.lock_goal(conn, goal["goal_id"])
             # a goal whose own digest already went out today (the setting changed during the day) is left out
             goal_date = now.astimezone(zone(goal["timezone"], rt.settings.tz)).date()
-            if await store.slot_fired_on(conn, "digest", goal["goal_id"], goal_date):
+            if await slots_store.slot_fired_on(conn, "digest", goal["goal_id"], goal_date):
                 continue
             rows = await _digest_rows(conn, rt, goal["goal_id"], now)
             if rows:
@@ -555,16 +563,16 @@ async def _fire_combined_digest(
             if email_id is not None:
                 report.emails.append(email_id)
                 for g, rows in picked:
-                    pushed = await store.record_push(
+                    pushed = await notifications_store.record_push(
                         conn, user_id=user_id, goal_id=g["goal_id"], rows=rows, email_id=email_id
                     )
                     items_by_goal[g["goal_id"]] = pushed
                     pushed_total += len(pushed)
                 report.items += pushed_total
                 report.digest += pushed_total
-        await store.finish_slot(conn, "combined_digest", user_id, local_date, at, email_id, pushed_total)
+        await slots_store.finish_slot(conn, "combined_digest", user_id, local_date, at, email_id, pushed_total)
         for goal in goals:
-            await runs_store.insert_run(
+            await decisions_store.insert_run(
                 conn,
                 goal_id=goal["goal_id"],
                 item_id=None,
@@ -604,11 +612,6 @@ def _message_id_domain(settings: Settings) -> str:
     return domain if re.fullmatch(r"[a-z0-9.-]+", domain or "") else "infosentry.local"
 
 
-def retry_delay(attempts: int) -> float:
-    """Exponential backoff after the n-th failed attempt: 30 s, 1 min, 2 min, ... capped at 1 h, ±10 %."""
-    return min(3600.0, 30.0 * 2 ** max(0, attempts - 1)) * (0.9 + 0.2 * random.random())
-
-
 @dataclass
 class SendReport:
     claimed: int = 0
@@ -631,18 +634,18 @@ async def send_due(
     for _ in range(max_rounds):
         now = fixed_now or utcnow()
         if not rt.hot["EMAIL_ENABLED"]:
-            report.suppressed += await store.suppress_due(
-                rt.pool, now=now, kinds=list(store.PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
+            report.suppressed += await emails_store.suppress_due(
+                rt.pool, now=now, kinds=list(PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
             )
         if cfg is None:
-            report.suppressed += await store.suppress_due(
+            report.suppressed += await emails_store.suppress_due(
                 rt.pool,
                 now=now,
                 kinds=["immediate", "batch", "digest", "login", "alert"],
                 reason="SMTP_HOST is not set",
             )
             return report
-        rows = await store.claim_due(rt.pool, now=now, limit=limit, lease_seconds=LEASE_SECONDS)
+        rows = await emails_store.claim_due(rt.pool, now=now, limit=limit, lease_seconds=LEASE_SECONDS)
         if not rows:
             break
         report.claimed += len(rows)
@@ -663,8 +666,8 @@ async def _send_gated(
 
 
 async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime, report: SendReport) -> None:
-    if row["kind"] in store.PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
-        await store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
+    if row["kind"] in PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
+        await emails_store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
         report.suppressed += 1
         metrics.EMAILS.labels(row["kind"], "suppressed").inc()
         return
@@ -681,33 +684,35 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
         )
         await mail.send_message(cfg, message)
     except (mail.SmtpPermanentError, ValueError) as exc:
-        await store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
-        await store.smtp_result(rt.pool, ok=False, error=str(exc))
+        await emails_store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
+        await emails_store.smtp_result(rt.pool, ok=False, error=str(exc))
         report.failed += 1
         metrics.EMAILS.labels(row["kind"], "failed").inc()
         log.warning("email %s failed permanently: %s", row["id"], exc, extra={"action": "email_failed"})
         return
     except Exception as exc:  # SmtpTemporaryError, and anything else (a file sink's disk): retry later
         error = str(exc) or type(exc).__name__
-        await store.smtp_result(rt.pool, ok=False, error=error)
+        await emails_store.smtp_result(rt.pool, ok=False, error=error)
         if row["attempts"] >= MAX_SEND_ATTEMPTS:
-            await store.mark_failed(rt.pool, row["id"], error=f"gave up after {row['attempts']} attempts: {error}")
+            await emails_store.mark_failed(
+                rt.pool, row["id"], error=f"gave up after {row['attempts']} attempts: {error}"
+            )
             report.failed += 1
             metrics.EMAILS.labels(row["kind"], "failed").inc()
             log.warning(
                 "email %s failed after %d attempts", row["id"], row["attempts"], extra={"action": "email_failed"}
             )
         else:
-            at = now + timedelta(seconds=retry_delay(row["attempts"]))
-            await store.mark_retry(rt.pool, row["id"], at=at, error=error)
+            at = now + timedelta(seconds=retry.EMAIL.delay(row["attempts"]))
+            await emails_store.mark_retry(rt.pool, row["id"], at=at, error=error)
             report.retrying += 1
             metrics.EMAILS.labels(row["kind"], "retry").inc()
             log.info(
                 "email %s will be retried at %s: %s", row["id"], at.isoformat(), error, extra={"action": "email_retry"}
             )
         return
-    await store.mark_sent(rt.pool, row["id"])
-    await store.smtp_result(rt.pool, ok=True)
+    await emails_store.mark_sent(rt.pool, row["id"])
+    await emails_store.smtp_result(rt.pool, ok=True)
     report.sent += 1
     metrics.EMAILS.labels(row["kind"], "sent").inc()
 
@@ -733,15 +738,15 @@ async def reconcile(rt: Runtime, now: datetime | None = None) -> ReconcileReport
     and the counts of overdue IMMEDIATE decisions and due emails tell the job what to nudge."""
     now = now or utcnow()
     report = ReconcileReport()
-    report.released_emails = await store.release_stuck(rt.pool, now=now)
-    report.cancelled = await store.cancel_blocked(rt.pool) + await store.cancel_inactive(rt.pool)
-    report.cancelled += await store.close_already_pushed(rt.pool)
-    report.expired = await store.expire_stale(rt.pool, older_than=now - EXPIRE_AFTER)
+    report.released_emails = await emails_store.release_stuck(rt.pool, now=now)
+    report.cancelled = await decisions_store.cancel_blocked(rt.pool) + await decisions_store.cancel_inactive(rt.pool)
+    report.cancelled += await decisions_store.close_already_pushed(rt.pool)
+    report.expired = await decisions_store.expire_stale(rt.pool, older_than=now - EXPIRE_AFTER)
     coalesce = float(rt.hot["IMMEDIATE_COALESCE_MINUTES"]) * 60
-    report.overdue_immediate = await store.overdue_immediate(
+    report.overdue_immediate = await decisions_store.overdue_immediate(
         rt.pool, now=now, coalesce_seconds=coalesce, grace_seconds=60
     )
-    report.due_emails = await store.due_email_count(rt.pool, now=now)
+    report.due_emails = await emails_store.due_email_count(rt.pool, now=now)
     if report.released_emails or report.overdue_immediate:
         log.warning("reconcile found stuck work", extra={"action": "push_reconcile", **report.as_dict()})
     return report

@@ -1,12 +1,13 @@
 """Runtime: what one process opens once and hands to every step (settings, pool, hot config, clients).
 
-`open_runtime` opens and closes them in one place; the fetcher, the embedder and the LLM client
-are created on first use. Steps take `rt: Runtime` as their first parameter.
-Imports settings, db, migrate, hotconfig, errors, and the infrastructure clients lazily.
+`open_runtime` opens and closes them in one place; the fetcher, the embedder, the LLM client and the
+job queue binding are created on first use. Steps and domain actions take `rt: Runtime` first.
+Imports settings, db, migrate, hotconfig, queue, store.config, and the infrastructure clients lazily.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,10 +18,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import procrastinate
 
-from infosentry import db, migrate
+from infosentry import db, migrate, queue
 from infosentry.hotconfig import HotConfig
 from infosentry.settings import Settings
+from infosentry.store import config as config_store
 
 if TYPE_CHECKING:
     from infosentry.embedders.base import Embedder
@@ -42,6 +45,9 @@ class Runtime:
     _fetcher: Fetcher | None = None
     _embedder: Embedder | None = None
     _llm: Any = None
+    _queue: procrastinate.App | None = None
+    _queue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     extras: dict[str, Any] = field(default_factory=dict)  # per-process caches owned by steps
 
     @property
@@ -80,7 +86,24 @@ class Runtime:
             )
         return self._llm
 
+    async def queue(self, *, max_size: int = 2) -> procrastinate.App:
+        """The task app bound to this process's database (bound on first use, unbound by aclose)."""
+        async with self._queue_lock:
+            if self._queue is None:
+                self._queue = await self._exits.enter_async_context(queue.open_queue(self.dsn, max_size=max_size))
+        return self._queue
+
+    async def nudge(self, task: str) -> None:
+        """Ask for `task` to run soon. Best effort: the periodic sweeps find the work in its tables anyway, so
+        a queue that is down only delays it."""
+        try:
+            await queue.nudge(await self.queue(), task)
+        except Exception as exc:
+            log.warning("could not nudge %s: %s", task, exc, extra={"action": "nudge_failed", "task": task})
+
     async def aclose(self) -> None:
+        await self._exits.aclose()
+        self._queue = None
         if self._fetcher is not None:
             await self._fetcher.close()
             self._fetcher = None
@@ -103,10 +126,7 @@ async def open_runtime(
     hot = HotConfig(settings.hot_defaults)
     rt = Runtime(settings=settings, dsn=dsn, pool=pool, hot=hot, role=role)
     try:
-        if live_config:
-            await hot.start(pool, dsn)
-        else:
-            hot.apply_rows({r["key"]: r["value"] for r in await pool.fetch("SELECT key, value FROM config")})
+        await hot.start(lambda: config_store.values(pool), dsn, live=live_config)
         yield rt
     finally:
         await hot.stop()

@@ -1,4 +1,4 @@
-"""URL canonicalisation, url_hash and title_key: the fingerprints deduplication uses (pure).
+"""URL canonicalisation, url_hash and title_key (the fingerprints deduplication uses), source URL spellings (pure).
 May import: the standard library only.
 """
 
@@ -78,3 +78,19 @@ def is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def placeholder_name(url: str) -> str:
+    """The name a source gets when none is given (replaced by the feed's own title at the first fetch)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or url).removeprefix("www.")
+    path = parts.path.rstrip("/")
+    return (host + path)[:200] or url[:200]
+
+
+def normalise_source_url(url: str) -> str:
+    """Light normalisation so trivially different spellings are one source: lowercase scheme and host, no
+    fragment. Path and query are kept as they are (feeds depend on them), and so is any user info."""
+    parts = urlsplit(url.strip())
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme.lower(), f"{userinfo}{at}{hostport.lower()}", parts.path, parts.query, ""))

@@ -14,14 +14,17 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from infosentry import auth, db, migrate
+from infosentry.domain import Actor, sources
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings, load_settings
-from infosentry.store import accounts
+from infosentry.store import tokens as tokens_store
+from infosentry.store import users as users_store
 
 pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.smtp"]
 
@@ -96,9 +99,9 @@ async def make_user(
     rt: Runtime, email: str, *, admin: bool = False, scopes: list[str] | None = None
 ) -> tuple[int, str]:
     """Create a user and a token; returns (user_id, token)."""
-    row = await accounts.create_user(rt.pool, email, is_admin=admin)
+    row = await users_store.create_user(rt.pool, email, is_admin=admin)
     token = auth.new_token()
-    await accounts.insert_token(
+    await tokens_store.insert_token(
         rt.pool,
         user_id=row["id"],
         token_hash=auth.hash_token(token),
@@ -110,3 +113,41 @@ async def make_user(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def follow(
+    rt: Runtime,
+    user_id: int,
+    url: str,
+    *,
+    type: str = "rss",
+    interval: int | None = None,
+    config: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> int:
+    """Subscribe a user to a source the way the API does (no discovery); returns the source id."""
+    body = {"url": url, "type": type, "fetch_interval_sec": interval, "config": config, "name": name}
+    followed = await sources.follow(rt, Actor(user_id=user_id, email=""), {k: v for k, v in body.items() if v})
+    return int(followed.source["id"])
+
+
+async def source_row(rt: Runtime, source_id: int) -> dict[str, Any]:
+    row = await rt.pool.fetchrow("SELECT * FROM sources WHERE id = $1", source_id)
+    assert row is not None
+    return dict(row)
+
+
+async def due_count(rt: Runtime) -> int:
+    """Sources due now that somebody follows (what the next ingest run would fetch)."""
+    return int(
+        await rt.pool.fetchval(
+            """SELECT count(*) FROM sources s
+               WHERE s.enabled AND s.next_fetch_at <= now()
+                 AND EXISTS (SELECT 1 FROM subscriptions sub WHERE sub.source_id = s.id AND sub.enabled)"""
+        )
+    )
+
+
+async def make_all_due(rt: Runtime) -> None:
+    """Every source due now (a time jump for tests and benchmarks); leases are kept."""
+    await rt.pool.execute("UPDATE sources SET next_fetch_at = now() WHERE lease_until IS NULL")

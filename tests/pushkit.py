@@ -10,8 +10,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from infosentry import decide
+from infosentry.domain import admin
 from infosentry.runtime import Runtime
-from infosentry.store import config as config_store
 
 _seq = itertools.count(1)
 
@@ -37,7 +37,7 @@ async def decide_all(rt: Runtime) -> decide.DecideReport:
 
 
 async def set_hot(rt: Runtime, **values: Any) -> None:
-    await config_store.set_values(rt.pool, values, who="test")
+    await admin.set_config(rt, values, who="test")
     await rt.hot.reload()
 
 

@@ -86,7 +86,6 @@ async def test_validation_lists_every_bad_field(api: Any) -> None:
     assert resp.status == 422 and resp.content_type == "application/problem+json"
     fields = {e["field"] for e in (await resp.json())["errors"]}
     assert fields == {
-        "name",
         "description",
         "priority_mode",
         "batch_windows",
@@ -98,8 +97,11 @@ async def test_validation_lists_every_bad_field(api: Any) -> None:
     }
     too_many = await post_goal(api, token, batch_windows=["08:00", "12:00", "16:00", "20:00"])
     assert too_many.status == 422
-    empty = await post_goal(api, token, name="  ")
-    assert empty.status == 422 and (await empty.json())["errors"][0]["field"] == "name"
+    derived = await post_goal(api, token, name="  ", description="Chip export rules. And the fabs behind them")
+    assert derived.status == 201 and (await derived.json())["name"] == "Chip export rules"
+    goal_id = (await derived.json())["id"]
+    emptied = await api.put(f"/api/v1/goals/{goal_id}", json={"name": " "}, headers=bearer(token))
+    assert emptied.status == 422 and (await emptied.json())["errors"][0]["field"] == "name"
     long_desc = await post_goal(api, token, description="x" * 2001)
     assert long_desc.status == 422
     assert (await api.post("/api/v1/goals", data=b"{oops", headers=bearer(token))).status == 400
@@ -241,7 +243,7 @@ def test_cli_goal_add_and_list(dsn: str, tmp_path: Any, monkeypatch: Any) -> Non
         "strict",
     )
     assert out.exit_code == 0, out.output
-    assert out.stdout.startswith("goal 1 added: EVs (STRICT, cli@example.com)")
+    assert out.stdout.startswith("goal 1 added: EVs (active, STRICT, cli@example.com)")
     bad = cli("goal", "add", "--email", "cli@example.com", "--name", "x", "--description", " ")
     assert bad.exit_code == 1 and "description" in bad.stderr
     rows = json.loads(cli("goal", "list", "--json").stdout)

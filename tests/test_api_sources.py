@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infosentry import ingest
 from infosentry.api.http import RT
+from infosentry.ingest import run as ingest
 from tests.conftest import bearer, make_user
 from tests.fakes.feeds import FakeFeedServer
 

@@ -19,11 +19,13 @@ import asyncpg
 import psycopg
 import pytest
 
-from infosentry import backup, db
+from infosentry import db
+from infosentry.domain import admin
 from infosentry.errors import Conflict, Invalid, Unavailable
+from infosentry.ops import backup
 from infosentry.runtime import Runtime
 from infosentry.settings import Settings
-from infosentry.store import config as config_store
+from infosentry.store import catalog as catalog_store
 from tests.conftest import make_user
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ async def populate(rt: Runtime) -> None:
     """A little of everything: goals, sources, items with embeddings, matches, decisions, the push ledger,
     config overrides, budget and heartbeats (SQL, so this test does not depend on the pipeline's modules)."""
     uid, _ = await make_user(rt, "owner@example.com", admin=True)
-    await config_store.set_values(rt.pool, {"LLM_ENABLED": False, "IMMEDIATE_THRESHOLD": 0.95}, who="test")
+    await admin.set_config(rt, {"LLM_ENABLED": False, "IMMEDIATE_THRESHOLD": 0.95}, who="test")
     async with rt.pool.acquire() as conn, conn.transaction():
         src = await conn.fetchval(
             """INSERT INTO sources (type, url, name, fetch_interval_sec, config)
@@ -110,7 +112,7 @@ async def fingerprint(dsn: str) -> dict[str, str]:
     conn = await asyncpg.connect(dsn)
     try:
         prints = {}
-        for table in await backup.list_tables(conn):
+        for table in await catalog_store.list_tables(conn):
             prints[table] = await conn.fetchval(
                 f"SELECT count(*) || ':' || md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '')) "
                 f'FROM public."{table}" r'
@@ -257,7 +259,7 @@ def test_tool_choice() -> None:
     assert backup.pick_tools(embedded=False, server_major=16).major >= 16
     with pytest.raises(Unavailable, match="older than the database server"):
         backup.pick_tools(embedded=False, server_major=99)
-    uri, env = backup.libpq_env("postgresql://app:s%40cret@127.0.0.1:5432/infosentry?sslmode=disable")
+    uri, env = db.libpq_env("postgresql://app:s%40cret@127.0.0.1:5432/infosentry?sslmode=disable")
     assert "s%40cret" not in uri and "secret" not in uri and env["PGPASSWORD"] == "s@cret"
     assert uri == "postgresql://app@127.0.0.1:5432/infosentry?sslmode=disable"
 

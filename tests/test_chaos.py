@@ -22,8 +22,12 @@ from typing import Any
 import psutil
 import pytest
 
-from infosentry import budget, chaos, db, jobs
+from infosentry import budget, db, queue
 from infosentry.errors import Conflict
+from infosentry.ops import db_drill as db_drills
+from infosentry.ops import drills as chaos
+from infosentry.ops import faults as fault_state
+from infosentry.ops import worker_drill
 from infosentry.runtime import Runtime
 from infosentry.settings import Settings
 from infosentry.store import config as config_store
@@ -80,9 +84,9 @@ def system(settings: Settings, tmp_path: Path) -> Iterator[System]:
     yield sys_
     sys_.stop()
     # nothing the drills started may outlive the test
-    for fault in chaos.load_state(settings)["faults"]:
+    for fault in fault_state.load_state(settings)["faults"]:
         for entry in fault["processes"]:
-            chaos.stop(entry, kill=True)
+            fault_state.stop(entry, kill=True)
 
 
 async def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.2) -> Any:
@@ -99,22 +103,22 @@ async def live(rt: Runtime, queue: str, n: int = 1) -> None:
     """Wait until n processes serving `queue` have written a heartbeat."""
 
     async def ok() -> bool:
-        workers = await chaos.live_workers(rt.pool)
+        workers = await fault_state.live_workers(rt.pool)
         return sum(queue in w["queues"] for w in workers) >= n
 
     await wait_until(ok, 30)
 
 
 async def nudge(rt: Runtime, *tasks: str) -> None:
-    async with jobs.open_queue(rt.dsn, max_size=1) as qapp:
+    async with queue.open_queue(rt.dsn, max_size=1) as qapp:
         for task in tasks:
-            await jobs.nudge(qapp, task)
+            await queue.nudge(qapp, task)
 
 
 async def inject(settings: Settings, drill: str) -> None:
     """Wait until the running drill has recorded its fault (and, for worker drills, its worker is up)."""
     for _ in range(300):
-        faults = chaos.load_state(settings)["faults"]
+        faults = fault_state.load_state(settings)["faults"]
         if faults and (drill == "budget" or faults[0]["processes"]):
             return
         await asyncio.sleep(0.05)
@@ -150,7 +154,7 @@ async def test_worker_killed_mid_job_is_retried_by_another_worker(
 ) -> None:
     system.start("worker", "--queue", "agent")  # runs `maintenance`, the stalled-job recovery
     await live(rt, "agent")
-    report = await chaos.drill_worker(settings, seconds=2, fast=True, timeout=30)
+    report = await worker_drill.drill_worker(settings, seconds=2, fast=True, timeout=30)
     assert report.ok, report.lines()
     log = report.data["probe_log"]
     starts = [r for r in log if r["event"] == "start"]
@@ -159,7 +163,7 @@ async def test_worker_killed_mid_job_is_retried_by_another_worker(
     assert [r["attempts"] for r in starts] == [0, 1]  # the retry is procrastinate's own
     assert len(done) == 1 and done[0]["pid"] == starts[1]["pid"]  # completed once, by B
     assert report.timings["kill_to_done"] < 15
-    assert not chaos.state_path(settings).exists()
+    assert not fault_state.state_path(settings).exists()
     assert not any(
         psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE for r in starts
     )
@@ -196,12 +200,12 @@ async def test_budget_breaker_forced_open_then_recovered(rt: Runtime, settings: 
 
     undone = await chaos.recover(settings, timeout=5)
     assert undone.ok, undone.lines()
-    assert (await config_store.rows(rt.pool))["DAILY_USD_BUDGET"] == 0.5
+    assert (await config_store.values(rt.pool))["DAILY_USD_BUDGET"] == 0.5
     await rt.hot.reload()
     assert (await budget.status(rt))["breaker_open"] is False
     who = [r["changed_by"] for r in await config_store.audit(rt.pool)]
     assert who[:2] == ["chaos:recover", "chaos:budget"]
-    assert not chaos.state_path(settings).exists()
+    assert not fault_state.state_path(settings).exists()
     assert (await chaos.recover(settings, timeout=1)).notes == ["nothing injected"]
 
 
@@ -374,7 +378,7 @@ async def test_db_drill_on_an_external_server_cuts_every_connection(
     await wait_until(lambda: asyncio.to_thread(_healthy, port), 30)
     await wait_until(lambda: rt.pool.fetchval("SELECT count(*) FROM worker_heartbeats WHERE role = 'api'"), 30)
     before = await rt.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-    report = await chaos.drill_db(settings, timeout=20, api_url=f"http://127.0.0.1:{port}/health")
+    report = await db_drills.drill_db(settings, timeout=20, api_url=f"http://127.0.0.1:{port}/health")
     assert report.ok, report.lines()
     assert report.data["mode"] == "terminate" and "terminated" in report.injected[0]
     assert int(report.injected[0].split()[1]) >= min(2, before - 1)  # the API's pool and listener, ours

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from click.testing import CliRunner
 
+from infosentry import push
 from infosentry.cli import main
+from infosentry.runtime import open_runtime
+from tests import pushkit as kit
 
 
 @pytest.fixture
@@ -74,3 +78,65 @@ def test_migrate_commands(cli) -> None:
 
 def test_db_uri(cli, dsn: str) -> None:
     assert cli("db", "uri").output.strip() == dsn
+
+
+def test_a_users_actions_on_goals_inbox_and_feedback(cli, settings) -> None:
+    """The user actions the CLI shares with the API: goal add/edit/pause/resume/delete, matches, inbox, feedback."""
+    assert cli("user", "create", "--email", "me@example.com", "--admin").exit_code == 0
+    added = cli(
+        "goal", "add", "--description", "Chip export rules. And the fabs behind them", "--term", "chip", "--json"
+    )
+    goal = json.loads(added.stdout)
+    assert goal["name"] == "Chip export rules" and goal["priority_terms"] == ["chip"]  # the name is derived
+    gid = str(goal["id"])
+    edited = json.loads(cli("goal", "edit", gid, "--name", "Chips", "--window", "8:00", "--json").stdout)
+    assert (edited["name"], edited["batch_windows"], edited["version"]) == ("Chips", ["08:00"], goal["version"] + 1)
+    assert edited["description"] == goal["description"] and edited["priority_terms"] == ["chip"]  # untouched
+    cleared = json.loads(cli("goal", "edit", gid, "--term", "-", "--json").stdout)
+    assert cleared["priority_terms"] == []
+    bad = cli("goal", "edit", gid, "--window", "25:00")
+    assert bad.exit_code == 1 and "batch_windows" in bad.stderr
+    assert "paused" in cli("goal", "pause", gid).stdout
+    assert "active" in cli("goal", "resume", gid).stdout
+
+    async def pushed_item() -> int:
+        async with open_runtime(settings) as rt:
+            user_id = await rt.pool.fetchval("SELECT id FROM users WHERE email = 'me@example.com'")
+            item = await kit.item(rt, await kit.source(rt, user_id), "Chip export ban widened")
+            await kit.match(rt, goal["id"], item, 0.97, reasons=["mentions 'chip'"])
+            await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
+            await kit.decide_all(rt)
+            await push.flush(rt)
+            return item
+
+    item_id = str(asyncio.run(pushed_item()))
+    matches = cli("goal", "matches", gid)
+    assert "Chip export ban widened" in matches.stdout and "IMMEDIATE" in matches.stdout
+    assert "mentions 'chip'" in matches.stdout
+    inbox = json.loads(cli("inbox", "--unread", "--json").stdout)
+    assert [n["item"]["id"] for n in inbox] == [int(item_id)]
+    assert json.loads(cli("inbox", "--read", str(inbox[0]["id"]), "--unread", "--json").stdout) == []
+    liked = cli("feedback", item_id, "--goal", gid, "like")
+    assert liked.exit_code == 0 and "like" in liked.stdout
+    blocked = json.loads(cli("feedback", item_id, "--goal", gid, "--block-source", "--json").stdout)
+    assert blocked["blocked_source"]["source_id"] and blocked["feedback"] is None
+    assert cli("feedback", item_id, "--goal", gid, "undo").exit_code == 0
+    again = cli("feedback", item_id, "--goal", gid, "undo")
+    assert again.exit_code == 1 and "no feedback" in again.stderr
+    assert cli("goal", "delete", gid, "--yes").exit_code == 0
+    assert json.loads(cli("goal", "list", "--json").stdout) == []
+    gone = cli("goal", "pause", gid)
+    assert gone.exit_code == 1 and "no such goal" in gone.stderr
+
+
+def test_config_unset_goes_back_to_the_default(cli) -> None:
+    assert cli("config", "set", "BATCH_MAX_ITEMS", "5").exit_code == 0
+    result = cli("config", "unset", "batch_max_items", "DIGEST_MAX_ITEMS")
+    assert result.exit_code == 0
+    assert (
+        "BATCH_MAX_ITEMS: back to its default" in result.stdout
+        and "DIGEST_MAX_ITEMS: had no table value" in result.stdout
+    )
+    assert cli("config", "get", "BATCH_MAX_ITEMS").stdout.strip() == "8"
+    audit = json.loads(cli("config", "audit", "--json").stdout)
+    assert [(a["key"], a["new_value"]) for a in audit[:2]] == [("BATCH_MAX_ITEMS", None), ("BATCH_MAX_ITEMS", 5)]

@@ -17,7 +17,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from infosentry import budget, embed, match
-from infosentry.embedders.openai import CallRecord, EmbedError, OpenAIEmbedder, RateLimiter, retry_after_seconds
+from infosentry.embedders.openai import CallRecord, EmbedError, OpenAIEmbedder, RateLimiter
+from infosentry.retry import Backoff, retry_after_seconds
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from tests.conftest import make_user
@@ -36,6 +37,8 @@ from tests.test_match import (
 
 MODEL = "fake-embed"  # not a known model: 256-dim fake vectors, default anchors
 
+FAST_RETRY = Backoff(base=0.01, cap=0.05, max_retry_after=60.0)
+
 
 def fake_settings(settings: Settings, fake: FakeOpenAI, model: str = MODEL) -> Settings:
     return replace(settings, **fake.settings_overrides(), openai_embed_model=model)
@@ -45,7 +48,7 @@ def tune(rt: Runtime) -> OpenAIEmbedder:
     """Short timeouts and backoff, so failure paths take milliseconds."""
     emb = embed.embedder(rt)
     assert isinstance(emb, OpenAIEmbedder)
-    emb.timeout, emb.backoff_base = 0.5, 0.01
+    emb.timeout, emb.backoff = 0.5, FAST_RETRY
     return emb
 
 
@@ -128,7 +131,7 @@ def recording(emb: OpenAIEmbedder) -> list[CallRecord]:
 
 
 async def test_429_retry_after_is_honoured(settings: Settings, openai_server: FakeOpenAI) -> None:
-    emb = OpenAIEmbedder(fake_settings(settings, openai_server), timeout=2, backoff_base=0.01)
+    emb = OpenAIEmbedder(fake_settings(settings, openai_server), timeout=2, backoff=FAST_RETRY)
     calls = recording(emb)
     openai_server.fail_next(1, 429, retry_after=1)
     started = time.monotonic()
@@ -144,7 +147,7 @@ async def test_429_retry_after_is_honoured(settings: Settings, openai_server: Fa
 
 
 async def test_5xx_and_timeouts_are_retried_then_given_up(settings: Settings, openai_server: FakeOpenAI) -> None:
-    emb = OpenAIEmbedder(fake_settings(settings, openai_server), timeout=0.3, backoff_base=0.01, max_attempts=3)
+    emb = OpenAIEmbedder(fake_settings(settings, openai_server), timeout=0.3, backoff=FAST_RETRY, max_attempts=3)
     calls = recording(emb)
     openai_server.fail_next(2, 500)
     assert len((await emb.embed(["a", "b"])).vectors) == 2

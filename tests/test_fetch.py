@@ -30,8 +30,8 @@ from infosentry.fetch import (
     GuardedResolver,
     literal_ip,
     parse_max_age,
-    parse_retry_after,
 )
+from infosentry.retry import parse_retry_after
 from tests.fakes.feeds import FakeFeedServer, StubResolver, make_bomb
 
 RSS = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'

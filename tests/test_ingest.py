@@ -19,15 +19,17 @@ from xml.sax.saxutils import escape
 import pytest
 from click.testing import CliRunner
 
-from infosentry import ingest, jobs
+from infosentry import jobs, queue
 from infosentry.cli import main
 from infosentry.errors import Invalid, NotFound
 from infosentry.fetch import FetchError
+from infosentry.ingest import dedupe, parsing, schedule
+from infosentry.ingest import run as ingest
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.sources.rss import parse as rss_parse
 from infosentry.store import sources as sources_store
-from tests.conftest import make_user
+from tests.conftest import due_count, follow, make_user, source_row
 from tests.fakes.feeds import FakeFeedServer
 
 DATA = Path(__file__).parent / "data" / "feeds"
@@ -83,15 +85,11 @@ async def add(
     config: dict[str, Any] | None = None,
     name: str | None = None,
 ) -> int:
-    spec = ingest.validate_source(type=type, url=url, interval=interval, config=config, name=name)
-    row, _, _ = await ingest.add_source(rt.pool, user_id, spec)
-    return int(row["id"])
+    return await follow(rt, user_id, url, type=type, interval=interval, config=config, name=name)
 
 
 async def source(rt: Runtime, source_id: int) -> dict[str, Any]:
-    row = await sources_store.source_by_id(rt.pool, source_id)
-    assert row is not None
-    return dict(row)
+    return await source_row(rt, source_id)
 
 
 async def make_due(rt: Runtime) -> None:
@@ -125,7 +123,7 @@ async def test_first_fetch_stores_items_health_and_log(rt: Runtime, user: int, s
     assert src["error_streak"] == 0 and src["last_error"] is None and src["lease_until"] is None
     assert src["etag"] == '"v1"' and src["last_modified"] == "Wed, 01 May 2024 10:00:00 GMT"
     assert src["last_success_at"] == src["last_fetch_at"]
-    lo, hi = ingest.interval_bounds(900)
+    lo, hi = schedule.interval_bounds(900)
     assert lo * 0.9 - 1 <= delay_of(src) <= hi * 1.1 + 1
     rows = await rt.pool.fetch("SELECT * FROM items ORDER BY url")
     assert [r["url"] for r in rows] == [f"https://news.example/story/{n}" for n in (1, 2, 3)]
@@ -453,8 +451,9 @@ async def test_refresh_source_now(rt: Runtime, user: int, server: FakeFeedServer
     sid = await add(rt, user, server.url("/r.xml"))
     await sources_store.set_subscription_enabled(rt.pool, user, sid, False)  # refresh ignores the schedule
     result = await ingest.refresh_source(rt, sid)
-    assert (result["status"], result["fetched"], result["new"], result["http_status"]) == ("ok", 2, 2, 200)
-    assert result["next_fetch_at"] > datetime.now(UTC)
+    assert result is not None
+    assert (result.status, result.fetched, result.new, result.http_status) == ("ok", 2, 2, 200)
+    assert result.next_fetch_at > datetime.now(UTC)
     assert (await source(rt, sid))["lease_until"] is None
     with pytest.raises(NotFound):
         await ingest.refresh_source(rt, 999999)
@@ -485,41 +484,41 @@ async def test_hotlist_and_site_sources(rt: Runtime, user: int, server: FakeFeed
 
 def test_learn_interval() -> None:
     now = datetime(2024, 5, 1, tzinfo=UTC)
-    assert ingest.learn_interval(900, [], now) is None
-    assert ingest.learn_interval(900, [None, None], now) is None
+    assert schedule.learn_interval(900, [], now) is None
+    assert schedule.learn_interval(900, [None, None], now) is None
     # 20 items over the last 24 h: about one every 72 min -> poll every 36 min
     busy = [now - timedelta(hours=24 * i / 20) for i in range(1, 21)]
-    assert ingest.learn_interval(900, busy, now) == 2160
+    assert schedule.learn_interval(900, busy, now) == 2160
     # very busy feed: the lower bound (5 min for a 15 min base)
     flood = [now - timedelta(seconds=30 * i) for i in range(1, 21)]
-    assert ingest.learn_interval(900, flood, now) == 300
+    assert schedule.learn_interval(900, flood, now) == 300
     # nothing this week: slow down to 4x the base
-    assert ingest.learn_interval(900, [now - timedelta(days=30)], now) == 3600
+    assert schedule.learn_interval(900, [now - timedelta(days=30)], now) == 3600
     # a user's 2 min base is never sped past, a 12 h base never slowed past 24 h
-    assert ingest.learn_interval(120, flood, now) == 120
-    assert ingest.learn_interval(43200, [now - timedelta(days=30)], now) == 86400
-    assert ingest.interval_bounds(86400) == (21600, 86400)
+    assert schedule.learn_interval(120, flood, now) == 120
+    assert schedule.learn_interval(43200, [now - timedelta(days=30)], now) == 86400
+    assert schedule.interval_bounds(86400) == (21600, 86400)
 
 
 def test_backoff_and_jitter() -> None:
-    assert [ingest.backoff_delay(900, s) for s in (1, 2, 3, 4)] == [900, 1800, 3600, 7200]
-    assert ingest.backoff_delay(900, 50) == 86400
+    assert [schedule.backoff_delay(900, s) for s in (1, 2, 3, 4)] == [900, 1800, 3600, 7200]
+    assert schedule.backoff_delay(900, 50) == 86400
     rng = random.Random(1)
-    values = [ingest.jittered(1000, rng) for _ in range(500)]
+    values = [schedule.jittered(1000, rng) for _ in range(500)]
     assert 900 <= min(values) < 920 and 1080 < max(values) <= 1100
     now = datetime(2024, 5, 1, tzinfo=UTC)
     late = now + timedelta(days=10)
-    assert ingest.next_after_failure(900, 1, now, late) == now + timedelta(days=1)  # Retry-After capped at 24 h
+    assert schedule.next_after_failure(900, 1, now, late) == now + timedelta(days=1)  # Retry-After capped at 24 h
 
 
 def test_same_story_text() -> None:
     text = "The council approved the new bridge budget after a long debate on Tuesday evening."
-    assert ingest.same_story_text(text, text + " (AP)", "Bridge")
-    assert ingest.same_story_text(text, text[:60] + "…", "Bridge")
-    assert not ingest.same_story_text(text, "Completely unrelated words about the weather and rain.", "Bridge")
-    assert ingest.same_story_text("", "", "A sufficiently long headline")
-    assert not ingest.same_story_text("", "", "Update")
-    assert ingest.same_story_text("", "", "北京今日发布暴雨红色预警信号")
+    assert dedupe.same_story_text(text, text + " (AP)", "Bridge")
+    assert dedupe.same_story_text(text, text[:60] + "…", "Bridge")
+    assert not dedupe.same_story_text(text, "Completely unrelated words about the weather and rain.", "Bridge")
+    assert dedupe.same_story_text("", "", "A sufficiently long headline")
+    assert not dedupe.same_story_text("", "", "Update")
+    assert dedupe.same_story_text("", "", "北京今日发布暴雨红色预警信号")
 
 
 # --- parse pool ----------------------------------------------------------------------------------------------
@@ -534,7 +533,7 @@ def _hang(*_: object) -> None:
 
 
 async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
-    pool = ingest.ParsePool(workers=1, timeout=2)
+    pool = parsing.ParsePool(workers=1, timeout=2)
     body = rss([story(1)]).encode()
     try:
         feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
@@ -557,9 +556,9 @@ async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
 async def test_ingest_due_job_runs_in_a_worker(rt: Runtime, user: int, server: FakeFeedServer) -> None:
     server.add("/job.xml", rss([story(1)]))
     await add(rt, user, server.url("/job.xml"))
-    async with jobs.open_queue(rt.dsn) as qapp:
-        await jobs.nudge(qapp, "ingest_due")
-        await jobs.nudge(qapp, "ingest_due")  # collapses into the queued one
+    async with queue.open_queue(rt.dsn) as qapp:
+        await queue.nudge(qapp, "ingest_due")
+        await queue.nudge(qapp, "ingest_due")  # collapses into the queued one
         assert await rt.pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'ingest_due'") == 1
         await qapp.run_worker_async(
             queues=["ingest"], wait=False, install_signal_handlers=False, additional_context={"rt": rt}
@@ -711,7 +710,7 @@ async def test_cancelled_run_releases_unstarted_leases(rt: Runtime, user: int, s
         await task
     leased = await rt.pool.fetchval("SELECT count(*) FROM sources WHERE lease_until IS NOT NULL")
     assert leased == 2  # the two in flight keep their lease; the four waiting are due again at once
-    assert await sources_store.due_count(rt.pool) == 4
+    assert await due_count(rt) == 4
 
 
 async def test_a_source_whose_items_cannot_be_stored_fails_alone(

@@ -250,3 +250,21 @@ async def test_rule_decisions_never_wait_for_the_judge(lrt: Runtime, fake_llm: F
     # the judge answered BATCH for the older version of the match: it never replaces the newer decision
     assert (await kit.tiers(lrt, goal_id))[boundary] == "IMMEDIATE"
     assert await decide.judge_queue_depth(lrt) == 0
+
+
+@pytest.mark.parametrize("status", [408, 409, 425])
+async def test_the_judge_retries_what_embeddings_retry(lrt: Runtime, fake_llm: FakeOpenAI, status: int) -> None:
+    """One definition of a retryable failure (infosentry.retry): a 408/409/425 is retried by the judge too."""
+    fake_llm.fail_next(1, status=status, retry_after=0, endpoint="chat")
+    fake_llm.chat_queue(answer("IMMEDIATE"))
+    goal_id, item_id = await boundary_item(lrt)
+    await kit.decide_all(lrt)
+    assert await kit.tiers(lrt, goal_id) == {item_id: "IMMEDIATE"}
+    assert [(c["ok"], c["http_status"]) for c in await calls(lrt)] == [(False, status), (True, 200)]
+
+
+async def test_a_refused_request_is_not_retried(lrt: Runtime, fake_llm: FakeOpenAI) -> None:
+    fake_llm.fail_next(1, status=400, endpoint="chat")
+    goal_id, item_id = await boundary_item(lrt)
+    await kit.decide_all(lrt)
+    assert await kit.tiers(lrt, goal_id) == {item_id: "BATCH"} and fake_llm.requests["chat"] == 1

@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from infosentry import backup, db, migrate
+from infosentry import db, migrate
 from infosentry.cli import main
+from infosentry.ops import backup
 
 _VOLATILE = re.compile(r"^(\\restrict|\\unrestrict|-- Dumped (from|by))")
 # 0001's down part keeps the vector extension on purpose (it may predate us, and only a superuser can create
@@ -28,7 +29,7 @@ _EXTENSION = re.compile(r"^(CREATE EXTENSION|COMMENT ON EXTENSION|-- Name: (vect
 def schema_dump(dsn: str) -> str:
     """The catalog as text: tables, columns, defaults, constraints, indexes, views, functions, triggers, types."""
     tools = backup.pick_tools(embedded=True, server_major=0)
-    uri, env = backup.libpq_env(dsn)
+    uri, env = db.libpq_env(dsn)
     out = subprocess.run(
         [tools("pg_dump"), "--schema-only", "--no-owner", "--no-privileges", f"--dbname={uri}"],
         env=env,

@@ -22,13 +22,12 @@ from typing import Any
 
 import pytest
 
-from infosentry import embed, ingest, jobs
+from infosentry import embed, jobs, queue
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.store import goals as goals_store
-from infosentry.store import sources as sources_store
 from tests import pushkit as kit
-from tests.conftest import make_user
+from tests.conftest import follow, make_all_due, make_user
 from tests.fakes.feeds import FakeFeedServer
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.smtp import SmtpSink
@@ -84,9 +83,9 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) 
 
 
 @contextlib.asynccontextmanager
-async def worker(rt: Runtime, queues: list[str] | tuple[str, ...] = jobs.QUEUES) -> AsyncIterator[Any]:
+async def worker(rt: Runtime, queues: list[str] | tuple[str, ...] = queue.QUEUES) -> AsyncIterator[Any]:
     """A real worker in this process (every queue, periodic tasks included), drained on exit."""
-    async with jobs.open_queue(rt.dsn) as qapp:
+    async with queue.open_queue(rt.dsn) as qapp:
         task = asyncio.create_task(
             jobs.run_worker(rt, qapp, list(queues), concurrency=4, install_signal_handlers=False)
         )
@@ -120,10 +119,9 @@ async def test_feed_to_email_through_the_real_jobs(
         user_id, _ = await make_user(rt, "e2e@example.com")
         goal = await goals_store.create(rt.pool, user_id, {**SPACE_GOAL, "timezone": "UTC"})
         await embed.run(rt)  # the goal's vector (a goal created through the API gets it from the embed job)
-        spec = ingest.validate_source(type="rss", url=feeds.url("/news.xml"), name="E2E", interval=None, config=None)
-        source, _, _ = await ingest.add_source(rt.pool, user_id, spec)
+        source_id = await follow(rt, user_id, feeds.url("/news.xml"), name="E2E")
         async with worker(rt) as qapp:
-            await jobs.nudge(qapp, "ingest_due")
+            await queue.nudge(qapp, "ingest_due")
             # the first fetch: nothing relevant, nothing pushed, every item scored
             await until(
                 lambda: rt.pool.fetchval("SELECT count(*) = 3 FROM items WHERE matched_at IS NOT NULL"),
@@ -132,9 +130,9 @@ async def test_feed_to_email_through_the_real_jobs(
             )
             # the story breaks: the feed carries it, the source is due again
             feeds.add("/news.xml", rss([MATCHING, *OTHER]))
-            await sources_store.make_all_due(rt.pool)
+            await make_all_due(rt)
             started = time.monotonic()
-            await jobs.nudge(qapp, "ingest_due")
+            await queue.nudge(qapp, "ingest_due")
             received = await smtp_sink.wait_for(1, timeout=30)
             latency = time.monotonic() - started
             await asyncio.sleep(1.0)  # nothing else follows
@@ -149,7 +147,7 @@ async def test_feed_to_email_through_the_real_jobs(
         title = await check.pool.fetchval("SELECT title FROM items WHERE id = $1", rows[0]["item_id"])
         assert title == MATCHING[0]
         assert await check.pool.fetchval("SELECT count(*) FROM decisions WHERE tier <> 'IGNORE'") == 1
-        assert source["id"]
+        assert source_id
     assert latency < 15, f"breaking story took {latency:.1f} s from the fetch nudge to the mailbox"
 
 
@@ -206,8 +204,8 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
             stderr=subprocess.STDOUT,
         )
         try:
-            async with jobs.open_queue(rt.dsn) as qapp:
-                await jobs.nudge(qapp, "decide_pending")
+            async with queue.open_queue(rt.dsn) as qapp:
+                await queue.nudge(qapp, "decide_pending")
                 await until(lambda: asyncio.sleep(0, fake.requests["chat"] >= 1), 30, "the worker to call the judge")
                 job = await rt.pool.fetchrow(
                     "SELECT id, worker_id, status FROM procrastinate_jobs WHERE task_name = 'judge_pending' "

@@ -392,7 +392,7 @@ async def test_reconcile_releases_stuck_sends_and_expires_stale(srt: Runtime, sm
     await decided(rt, goal_id, source_id, [0.97])
     await push.flush(rt)
     # a sender claimed the email and died before finishing
-    claimed = await push.store.claim_due(rt.pool, now=push.utcnow(), limit=10, lease_seconds=push.LEASE_SECONDS)
+    claimed = await push.emails_store.claim_due(rt.pool, now=push.utcnow(), limit=10, lease_seconds=push.LEASE_SECONDS)
     assert len(claimed) == 1
     assert (await push.send_due(rt)).claimed == 0  # leased: nobody else sends it meanwhile
     later = push.utcnow() + timedelta(seconds=push.LEASE_SECONDS + 1)

@@ -19,12 +19,12 @@ from aiohttp import web
 
 from infosentry import auth, jobs, metrics
 from infosentry.api import account, admin, agent, auth_links, goals, health, inbox, sources
-from infosentry.api.http import PRINCIPAL, QUEUE, RT, Handler, Principal, dumps
-from infosentry.errors import Forbidden, InfosentryError, Unauthorized, Unavailable
+from infosentry.api.http import PRINCIPAL, RT, Handler, dumps
+from infosentry.domain import accounts
+from infosentry.errors import Forbidden, InfosentryError, RateLimited, Unauthorized, Unavailable
+from infosentry.queue import QUEUES
 from infosentry.runtime import open_runtime
 from infosentry.settings import Settings
-from infosentry.store import accounts
-from infosentry.store import ops as ops_store
 
 log = logging.getLogger("infosentry.http")
 
@@ -54,6 +54,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
     except InfosentryError as exc:
         response = problem(exc.status, exc.title, exc.detail, code=exc.code, errors=exc.errors)
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            response.headers["Retry-After"] = str(exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,23 +106,12 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <token>'")
-    row = await accounts.token_owner(request.app[RT].pool, auth.hash_token(token.strip()))
-    if row is None:
+    actor = await accounts.actor_for_token(request.app[RT], token.strip())
+    if actor is None:
         raise Unauthorized("token is unknown, expired or revoked")
-    scopes = list(row["scopes"])
-    if not row["is_admin"]:
-        scopes = [s for s in scopes if not s.startswith("admin:")]  # a demoted admin keeps no admin power
-    if not auth.has_scope(scopes, scope):
+    if not auth.has_scope(actor.scopes, scope):
         raise Forbidden(f"this route needs the {scope} scope")
-    request[PRINCIPAL] = Principal(
-        user_id=row["user_id"],
-        email=row["email"],
-        is_admin=row["is_admin"],
-        scopes=scopes,
-        token_id=row["token_id"],
-        timezone=row["timezone"],
-        language=row["language"],
-    )
+    request[PRINCIPAL] = actor
     return await handler(request)
 
 
@@ -131,31 +122,28 @@ def create_app(settings: Settings, *, role: str = "api", concurrency: int = 8) -
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, role=role) as rt:
-            async with jobs.open_queue(rt.dsn) as qapp:
-                app[RT] = rt
-                app[QUEUE] = qapp
-                queues = list(jobs.QUEUES) if role == "all" else []
-                tasks = [
-                    asyncio.create_task(jobs.heartbeat_loop(rt, queues), name="heartbeat"),
-                    # alerts must fire even when every worker is dead (then no alerts_tick job runs)
-                    asyncio.create_task(jobs.alerts_loop(rt, qapp), name="alerts"),
-                ]
-                if role == "all":
-                    tasks.append(
-                        asyncio.create_task(
-                            jobs.run_worker(rt, qapp, queues, concurrency=concurrency, install_signal_handlers=False),
-                            name="worker",
-                        )
+            app[RT] = rt
+            qapp = await rt.queue(max_size=10)
+            queues = list(QUEUES) if role == "all" else []
+            tasks = [
+                asyncio.create_task(jobs.heartbeat_loop(rt, queues), name="heartbeat"),
+                # alerts must fire even when every worker is dead (then no alerts_tick job runs)
+                asyncio.create_task(jobs.alerts_loop(rt, qapp), name="alerts"),
+            ]
+            if role == "all":
+                tasks.append(
+                    asyncio.create_task(
+                        jobs.run_worker(rt, qapp, queues, concurrency=concurrency, install_signal_handlers=False),
+                        name="worker",
                     )
-                try:
-                    yield
-                finally:
-                    for task in reversed(tasks):  # the worker first: it drains in-flight jobs
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await task
-                    with contextlib.suppress(Exception):
-                        await ops_store.remove_heartbeat(rt)
+                )
+            try:
+                yield
+            finally:
+                for task in reversed(tasks):  # the worker first: it drains in-flight jobs
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     app.cleanup_ctx.append(lifecycle)
     return app

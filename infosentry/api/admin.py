@@ -14,15 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from infosentry import alerts, auth, budget, health, hotconfig, metrics, openapi
+from infosentry import auth, hotconfig, metrics, openapi
 from infosentry.api.http import ok, page, paged, principal, read_json, requires, rt
-from infosentry.errors import BadRequest, Forbidden, Invalid, Unauthorized
+from infosentry.domain import accounts, admin
+from infosentry.domain.admin import TYPE_NAMES
+from infosentry.errors import BadRequest, Forbidden, Unauthorized
 from infosentry.openapi import ANY, INT, NUM, PAGE_PARAMS, STR, TIME, arr, enum, null, obj, page_of
-from infosentry.runtime import Runtime
-from infosentry.store import accounts, monitoring
-from infosentry.store import config as config_store
 
-_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 _HHMM = r"([01]?[0-9]|2[0-3]):[0-5][0-9]"
 _PATTERNS = {"DEFAULT_DIGEST_TIME": f"^{_HHMM}$", "DEFAULT_BATCH_WINDOWS": rf"^ *{_HHMM}( *, *{_HHMM}){{0,2}} *$"}
 
@@ -67,38 +65,12 @@ HEALTH = obj(
 )
 
 
-def config_entries(runtime: Runtime, table: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every key: the live value of this process, its default (env or built in), where it comes from."""
-    live, defaults = runtime.hot.snapshot(), runtime.hot.defaults
-    entries = []
-    for name, key in hotconfig.KEYS.items():
-        row = table.get(name)
-        source = "table" if row else ("env" if name in runtime.settings.hot_defaults else "default")
-        entries.append(
-            {
-                "key": name,
-                "value": live[name],
-                "default": defaults[name],
-                "builtin_default": key.default,
-                "source": source,
-                "type": _TYPE_NAMES[key.kind],
-                "min": key.low,
-                "max": key.high,
-                "help": key.help,
-                "updated_at": row["updated_at"] if row else None,
-                "updated_by": row["updated_by"] if row else None,
-            }
-        )
-    return entries
-
-
 @openapi.doc(
     "Switches and tunables: live value, default, source and help", tags=("admin",), response=page_of(CONFIG_ENTRY)
 )
 @requires("admin:read")
 async def get_config(request: web.Request) -> web.Response:
-    runtime = rt(request)
-    return ok({"items": config_entries(runtime, await monitoring.config_rows(runtime.pool)), "next_cursor": None})
+    return ok({"items": await admin.config_entries(rt(request)), "next_cursor": None})
 
 
 @openapi.doc(
@@ -112,7 +84,7 @@ async def get_config(request: web.Request) -> web.Response:
         "minProperties": 1,
         "additionalProperties": False,
         "properties": {
-            name: {"type": _TYPE_NAMES[k.kind], "description": k.help}
+            name: {"type": TYPE_NAMES[k.kind], "description": k.help}
             | ({"minimum": k.low, "maximum": k.high} if k.low is not None else {})
             | ({"pattern": _PATTERNS[name]} if name in _PATTERNS else {})
             for name, k in hotconfig.KEYS.items()
@@ -122,25 +94,9 @@ async def get_config(request: web.Request) -> web.Response:
 )
 @requires("admin:write")
 async def post_config(request: web.Request) -> web.Response:
-    runtime, who = rt(request), principal(request).email
-    body = await read_json(request)
-    if not body:
-        raise Invalid("send a JSON object of KEY: value pairs", errors=[{"field": "(body)", "message": "is empty"}])
-    changes, errors = {}, []
-    for raw_name, value in body.items():
-        name = raw_name.strip().upper()
-        try:
-            changes[name] = hotconfig.parse_value(name, value)
-        except Invalid as exc:
-            errors.extend({**e, "field": raw_name} for e in exc.errors or [{"message": exc.detail}])
-    if errors:
-        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
-    before = runtime.hot.snapshot()
-    written = await config_store.set_values(runtime.pool, changes, who=who)
-    await runtime.hot.reload()  # this process answers with the new values at once; others follow within 2 s
-    changed = [{"key": k, "old": before[k], "new": v} for k, v in written.items()]
-    entries = config_entries(runtime, await monitoring.config_rows(runtime.pool))
-    return ok({"changed": changed, "items": entries})
+    runtime = rt(request)
+    changed = await admin.set_config(runtime, await read_json(request), who=principal(request).email)
+    return ok({"changed": changed, "items": await admin.config_entries(runtime)})
 
 
 @openapi.doc(
@@ -150,7 +106,7 @@ async def post_config(request: web.Request) -> web.Response:
 async def config_audit(request: web.Request) -> web.Response:
     pg = page(request)
     before = _cursor_id(pg.after)
-    rows = await monitoring.config_audit(rt(request).pool, limit=pg.limit + 1, before_id=before)
+    rows = await admin.config_audit(rt(request), limit=pg.limit + 1, before_id=before)
     return ok(paged(rows, pg, lambda r: [r["id"]]))
 
 
@@ -165,7 +121,7 @@ def _cursor_id(after: list[Any] | None) -> int | None:
 @openapi.doc("Live budget: today's spend, caps and breaker state", tags=("admin",), response=BUDGET)
 @requires("admin:read")
 async def get_budget(request: web.Request) -> web.Response:
-    return ok(await budget.status(rt(request)))
+    return ok(await admin.budget_status(rt(request)))
 
 
 @openapi.doc(
@@ -175,9 +131,7 @@ async def get_budget(request: web.Request) -> web.Response:
 )
 @requires("admin:write")
 async def reset_budget(request: web.Request) -> web.Response:
-    runtime = rt(request)
-    await budget.reset(runtime, principal(request).email)
-    return ok(await budget.status(runtime))
+    return ok(await admin.reset_budget(rt(request), who=principal(request).email))
 
 
 @openapi.doc(
@@ -188,13 +142,13 @@ async def reset_budget(request: web.Request) -> web.Response:
 )
 @requires("admin:read")
 async def get_health(request: web.Request) -> web.Response:
-    return ok(await health.report(rt(request)))
+    return ok(await admin.health_report(rt(request)))
 
 
 @openapi.doc("Active alerts (CONTRACT §7), most severe first", tags=("admin",), response=page_of(ALERT))
 @requires("admin:read")
 async def get_alerts(request: web.Request) -> web.Response:
-    return ok({"items": await alerts.active(rt(request)), "next_cursor": None})
+    return ok({"items": await admin.active_alerts(rt(request)), "next_cursor": None})
 
 
 @openapi.doc("This API's OpenAPI 3.1 description", tags=("meta",), response={"type": "object"})
@@ -225,14 +179,14 @@ async def get_metrics(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization", "")
     if header:
         kind, _, token = header.partition(" ")
-        row = await accounts.token_owner(rt(request).pool, auth.hash_token(token.strip())) if token.strip() else None
-        if kind.lower() != "bearer" or row is None:
+        actor = await accounts.actor_for_token(rt(request), token.strip())
+        if kind.lower() != "bearer" or actor is None:
             raise Unauthorized("token is unknown, expired or revoked")
-        if not (row["is_admin"] and auth.has_scope(list(row["scopes"]), "admin:read")):
+        if not auth.has_scope(actor.scopes, "admin:read"):
             raise Forbidden("/metrics needs the admin:read scope")
     elif not _is_trusted_local(request):
         raise Unauthorized("send an admin token; only local requests without proxy headers may omit it")
-    report = await health.report(rt(request))
+    report = await admin.health_report(rt(request))
     return web.Response(body=metrics.render(report), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

@@ -4,21 +4,21 @@ A run's `input` is the full snapshot the decision was made on (goal, item, match
 budget); replay re-decides from it — with the stored LLM answer, or a live call when `use_llm` is true — under
 the current thresholds (default) or the stored ones, and returns the differences without changing anything.
 A live replay is the one handler that calls an external service itself: one attempt, 15 s timeout, budget-gated
-(the caller asked for exactly that call and waits for its answer). Imports decide, store.decisions, api.http.
+(the caller asked for exactly that call and waits for its answer). Imports domain.runs, api.http.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from infosentry import decide, openapi
-from infosentry.api.http import Fields, ok, page, paged, path_id, principal, query_int, read_json, requires, rt
-from infosentry.errors import BadRequest, NotFound
+from infosentry import openapi
+from infosentry.api.http import ok, page, paged, path_id, principal, query_int, read_json, requires, rt
+from infosentry.domain import runs
+from infosentry.domain.runs import TRIGGERS
+from infosentry.errors import BadRequest
 from infosentry.openapi import BOOL, INT, NUM, PAGE_PARAMS, STR, TIME, arr, enum, null, obj, page_of, qparam
-from infosentry.store import decisions as store
 
 STATUS = enum("SUCCESS", "FALLBACK", "ERROR")
-TRIGGERS = ("match", "immediate_flush", "batch_window", "digest", "combined_digest")
 RUN = obj(
     {
         "id": INT,
@@ -102,43 +102,28 @@ REPLAY = obj(
 @requires("agent:read")
 async def list_runs(request: web.Request) -> web.Response:
     pg = page(request)
-    status = request.query.get("status") or None
-    if status not in (None, "SUCCESS", "FALLBACK", "ERROR"):
-        raise BadRequest("query parameter status must be SUCCESS, FALLBACK or ERROR")
-    trigger = request.query.get("trigger") or None
-    if trigger not in (None, *TRIGGERS):
-        raise BadRequest(f"query parameter trigger must be one of {', '.join(TRIGGERS)}")
     before = None
     if pg.after is not None:
         if len(pg.after) != 1 or not isinstance(pg.after[0], int):
             raise BadRequest("cursor is not valid")
         before = pg.after[0]
-    rows = await store.list_runs(
-        rt(request).pool,
-        user_id=principal(request).user_id,
+    rows = await runs.runs(
+        rt(request),
+        principal(request),
         goal_id=query_int(request, "goal_id", None, low=1),
         item_id=query_int(request, "item_id", None, low=1),
-        status=status,
-        trigger=trigger,
+        status=request.query.get("status") or None,
+        trigger=request.query.get("trigger") or None,
         before_id=before,
         limit=pg.limit + 1,
     )
     return ok(paged(rows, pg, lambda r: [r["id"]]))
 
 
-async def _run(request: web.Request) -> dict:
-    run = await store.get_run(rt(request).pool, user_id=principal(request).user_id, run_id=path_id(request))
-    if run is None:
-        raise NotFound("no such run")
-    return run
-
-
 @openapi.doc("One run in full: input snapshot, output, LLM request and response, decision", response=RUN_DETAIL)
 @requires("agent:read")
 async def get_run(request: web.Request) -> web.Response:
-    run = await _run(request)
-    run["tier"] = (run.get("output") or {}).get("tier")
-    return ok(run)
+    return ok(await runs.run(rt(request), principal(request), path_id(request)))
 
 
 @openapi.doc(
@@ -157,12 +142,7 @@ async def get_run(request: web.Request) -> web.Response:
 @requires("agent:write")
 async def replay_run(request: web.Request) -> web.Response:
     body = await read_json(request) if request.can_read_body else {}
-    f = Fields(body, {"use_llm", "thresholds"})
-    use_llm = f.bool("use_llm", default=False)
-    thresholds = f.str("thresholds", default="current", choices=("current", "stored"))
-    f.done()
-    run = await _run(request)
-    return ok(await decide.replay(rt(request), run, use_llm=use_llm, thresholds=thresholds))
+    return ok(await runs.replay(rt(request), principal(request), path_id(request), body))
 
 
 ROUTES: list[web.RouteDef] = [

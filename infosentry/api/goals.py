@@ -1,54 +1,18 @@
 """Routes of /api/v1/goals: the caller's goals (CRUD, pause/resume) and each goal's scored items.
 
-Another user's goal is a 404. Handlers never embed: a new or edited goal is stored and the embed job is
-nudged (goal vector, then a backfill over the last 72 h of items). Imports store.goals, hotconfig, jobs,
-openapi, api.http.
+Handlers translate HTTP to the domain (infosentry.domain.goals) and back. Imports domain.goals, openapi,
+api.http.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
-import asyncpg
 from aiohttp import web
 
-from infosentry import hotconfig, jobs, openapi
-from infosentry.api.account import valid_timezone
-from infosentry.api.http import (
-    QUEUE,
-    Fields,
-    Principal,
-    ok,
-    page,
-    paged,
-    path_id,
-    principal,
-    query_float,
-    read_json,
-    requires,
-    rt,
-)
-from infosentry.errors import BadRequest, Conflict, Invalid, NotFound
+from infosentry import openapi
+from infosentry.api.http import ok, page, paged, path_id, principal, query_float, read_json, requires, rt
+from infosentry.domain import goals
+from infosentry.errors import BadRequest
 from infosentry.openapi import BOOL, INT, NUM, PAGE_PARAMS, STR, TIME, arr, enum, null, obj, page_of, qparam
-from infosentry.runtime import Runtime
-from infosentry.store import goals as store
-
-MAX_GOALS_PER_USER = 100
-FIELDS = {
-    "name",
-    "description",
-    "priority_terms",
-    "negative_terms",
-    "priority_mode",
-    "batch_windows",
-    "digest_time",
-    "timezone",
-    "email",
-    "language",
-    "status",
-}
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 # --- schemas ---
 
@@ -80,7 +44,7 @@ GOAL = obj(
 TERMS = arr({"type": "string", "minLength": 1, "maxLength": 100}, maxItems=50)
 GOAL_BODY = obj(
     {
-        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "name": {"type": "string", "maxLength": 100, "description": "derived from the description when empty"},
         "description": {"type": "string", "minLength": 1, "maxLength": 2000},
         "priority_terms": {**TERMS, "description": "CJK terms match as substrings, others on word boundaries"},
         "negative_terms": {**TERMS, "description": "a hit means the item is never pushed for this goal"},
@@ -101,7 +65,7 @@ GOAL_BODY = obj(
         "language": null(enum("en", "zh")),
         "status": enum("active", "paused", "archived"),
     },
-    ["name", "description"],
+    ["description"],
     extra=False,
 )
 MATCH = obj(
@@ -140,67 +104,6 @@ MATCH = obj(
 )
 
 
-def _goal(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row)
-    out.pop("user_id", None)
-    out.pop("embedding_model", None)
-    return out
-
-
-def validate(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
-    """The changes a body asks for, validated and normalised (every error reported at once, as one 422)."""
-    f = Fields(body, FIELDS)
-    out: dict[str, Any] = {}
-    values = {
-        "name": f.str("name", required=creating, max_len=100, min_len=1),
-        "description": f.str("description", required=creating, max_len=2000, min_len=1),
-        "priority_terms": f.str_list("priority_terms", max_items=50, max_len=100),
-        "negative_terms": f.str_list("negative_terms", max_items=50, max_len=100),
-        "priority_mode": f.str("priority_mode", choices=("SOFT", "STRICT")),
-        "timezone": f.str("timezone", max_len=64, min_len=1),
-        "email": f.str("email", max_len=254, nullable=True),
-        "language": f.str("language", choices=("en", "zh"), nullable=True),
-        "status": f.str("status", choices=("active", "paused", "archived")),
-        "digest_time": f.str("digest_time", max_len=5),
-    }
-    windows = f.str_list("batch_windows", max_items=3, max_len=5)
-    if windows is not None:
-        try:
-            values["batch_windows"] = hotconfig.parse_hhmm_list(",".join(windows))
-        except Invalid as exc:
-            f.check(False, "batch_windows", exc.detail)
-    if values["digest_time"] is not None:
-        try:
-            values["digest_time"] = hotconfig.normalise_hhmm(values["digest_time"])
-        except Invalid as exc:
-            f.check(False, "digest_time", exc.detail)
-    if values["timezone"] is not None:
-        f.check(valid_timezone(values["timezone"]), "timezone", "must be an IANA time zone such as Asia/Shanghai")
-    if values["email"]:
-        values["email"] = values["email"].lower()
-        f.check(bool(_EMAIL.match(values["email"])), "email", "must be an email address")
-    f.done()
-    for key, value in values.items():
-        if f.has(key):
-            out[key] = value or None if key in ("email", "language") else value
-    return out
-
-
-def _check_recipient(fields: dict[str, Any], p: Principal) -> None:
-    """Pushes go to the owner's own (proven) address: otherwise anyone could make the service mail a third party.
-    An admin may direct a goal elsewhere (a team list, for instance)."""
-    email = fields.get("email")
-    if email and not p.is_admin and email != p.email.lower():
-        raise Invalid(
-            "email: must be your own address (only an admin can send a goal's pushes elsewhere)",
-            errors=[{"field": "email", "message": "must be your own address"}],
-        )
-
-
-def _nudge(request: web.Request) -> Any:
-    return jobs.nudge(request.app[QUEUE], "embed_pending")
-
-
 @openapi.doc(
     "The caller's goals",
     tags=("goals",),
@@ -210,20 +113,21 @@ def _nudge(request: web.Request) -> Any:
 @requires("goals:read")
 async def list_goals(request: web.Request) -> web.Response:
     pg = page(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in ("active", "paused", "archived"):
-        raise BadRequest("status must be active, paused or archived")
     if pg.after is not None and (len(pg.after) != 1 or not isinstance(pg.after[0], int)):
         raise BadRequest("cursor is not valid")
-    after = pg.after[0] if pg.after else 0
-    rows = await store.list_goals(
-        rt(request).pool, principal(request).user_id, limit=pg.limit + 1, after_id=after, status=status
+    rows = await goals.list_goals(
+        rt(request),
+        principal(request),
+        status=request.query.get("status") or None,
+        limit=pg.limit + 1,
+        after_id=pg.after[0] if pg.after else 0,
     )
-    return ok(paged([_goal(r) for r in rows], pg, lambda r: [r["id"]]))
+    return ok(paged(rows, pg, lambda r: [r["id"]]))
 
 
 @openapi.doc(
-    "Create a goal; it is embedded and scored against the last 72 h of items in the background",
+    "Create a goal (only the description is required: the name is derived from it when missing); it is "
+    "embedded and scored against the last 72 h of items in the background",
     tags=("goals",),
     body=GOAL_BODY,
     response=GOAL,
@@ -231,35 +135,13 @@ async def list_goals(request: web.Request) -> web.Response:
 )
 @requires("goals:write")
 async def create_goal(request: web.Request) -> web.Response:
-    p = principal(request)
-    fields = validate(await read_json(request), creating=True)
-    _check_recipient(fields, p)
-    row = await create(rt(request), p.user_id, p.timezone, fields)
-    await _nudge(request)
-    return ok(_goal(row), status=201)
-
-
-async def create(runtime: Runtime, user_id: int, user_timezone: str, fields: dict[str, Any]) -> asyncpg.Record:
-    """Store a validated goal with the defaults (the user's time zone, DEFAULT_BATCH_WINDOWS and
-    DEFAULT_DIGEST_TIME), at most MAX_GOALS_PER_USER per user (also used by `infosentry goal add`)."""
-    fields = dict(fields)
-    fields.setdefault("timezone", user_timezone)
-    fields.setdefault("batch_windows", hotconfig.parse_hhmm_list(runtime.hot["DEFAULT_BATCH_WINDOWS"]))
-    fields.setdefault("digest_time", runtime.hot["DEFAULT_DIGEST_TIME"])
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('goals'), $1::int)", user_id % 2**31)
-        if await store.count(conn, user_id) >= MAX_GOALS_PER_USER:
-            raise Conflict(f"at most {MAX_GOALS_PER_USER} goals per user; archive or delete one first")
-        return await store.create(conn, user_id, fields)
+    return ok(await goals.create(rt(request), principal(request), await read_json(request)), status=201)
 
 
 @openapi.doc("One goal", tags=("goals",), response=GOAL)
 @requires("goals:read")
 async def get_goal(request: web.Request) -> web.Response:
-    row = await store.get(rt(request).pool, principal(request).user_id, path_id(request))
-    if row is None:
-        raise NotFound("no such goal")
-    return ok(_goal(row))
+    return ok(await goals.get(rt(request), principal(request), path_id(request)))
 
 
 @openapi.doc(
@@ -271,34 +153,25 @@ async def get_goal(request: web.Request) -> web.Response:
 )
 @requires("goals:write")
 async def put_goal(request: web.Request) -> web.Response:
-    changes = validate(await read_json(request), creating=False)
-    _check_recipient(changes, principal(request))
-    return await _update(request, changes)
-
-
-async def _update(request: web.Request, changes: dict[str, Any]) -> web.Response:
-    runtime = rt(request)
-    async with runtime.pool.acquire() as conn:
-        row = await store.update(conn, principal(request).user_id, path_id(request), changes)
-    if row is None:
-        raise NotFound("no such goal")
-    if not row["embedded"] or not row["backfilled"]:
-        await _nudge(request)
-    return ok(_goal(row))
+    body = await read_json(request)
+    return ok(await goals.update(rt(request), principal(request), path_id(request), body))
 
 
 @openapi.doc("Delete a goal with its matches, decisions and inbox entries", tags=("goals",), status=204)
 @requires("goals:write")
 async def delete_goal(request: web.Request) -> web.Response:
-    if not await store.delete(rt(request).pool, principal(request).user_id, path_id(request)):
-        raise NotFound("no such goal")
+    await goals.delete(rt(request), principal(request), path_id(request))
     return web.Response(status=204)
 
 
-@openapi.doc("Pause a goal: nothing is scored or pushed for it until it is resumed", tags=("goals",), response=GOAL)
+@openapi.doc(
+    "Pause a goal: nothing is scored or pushed for it until it is resumed (pending pushes are cancelled)",
+    tags=("goals",),
+    response=GOAL,
+)
 @requires("goals:write")
 async def pause_goal(request: web.Request) -> web.Response:
-    return await _update(request, {"status": "paused"})
+    return ok(await goals.pause(rt(request), principal(request).user_id, path_id(request)))
 
 
 @openapi.doc(
@@ -308,7 +181,7 @@ async def pause_goal(request: web.Request) -> web.Response:
 )
 @requires("goals:write")
 async def resume_goal(request: web.Request) -> web.Response:
-    return await _update(request, {"status": "active"})
+    return ok(await goals.resume(rt(request), principal(request).user_id, path_id(request)))
 
 
 @openapi.doc(
@@ -326,52 +199,21 @@ async def resume_goal(request: web.Request) -> web.Response:
 )
 @requires("goals:read")
 async def goal_matches(request: web.Request) -> web.Response:
-    runtime = rt(request)
-    goal_id = path_id(request)
-    if await store.get(runtime.pool, principal(request).user_id, goal_id) is None:
-        raise NotFound("no such goal")
-    min_score = query_float(request, "min_score", 0.0)
     pg = page(request)
     after = None
     if pg.after is not None:
         if len(pg.after) != 2 or not isinstance(pg.after[0], (int, float)) or not isinstance(pg.after[1], int):
             raise BadRequest("cursor is not valid")
         after = (float(pg.after[0]), int(pg.after[1]))
-    rows = await store.goal_matches(runtime.pool, goal_id, min_score=min_score or 0.0, limit=pg.limit + 1, after=after)
-    items = [_match(r) for r in rows]
-    return ok(paged(items, pg, lambda m: [m["score"], m["item"]["id"]]))
-
-
-def _match(r: asyncpg.Record) -> dict[str, Any]:
-    decision = None
-    if r["tier"] is not None:
-        decision = {
-            "tier": r["tier"],
-            "status": r["decision_status"],
-            "reason": r["decision_reason"],
-            "decided_at": r["decided_at"],
-            "pushed_at": r["pushed_at"],
-        }
-    return {
-        "item": {
-            "id": r["item_id"],
-            "title": r["title"],
-            "url": r["url"],
-            "snippet": r["snippet"],
-            "published_at": r["published_at"],
-            "ingested_at": r["ingested_at"],
-            "embedding_status": r["embedding_status"],
-            "source": {"id": r["source_id"], "name": r["source_name"]},
-        },
-        "score": r["score"],
-        "components": r["components"],
-        "reasons": r["reasons"],
-        "gate": r["gate"],
-        "lexical_only": r["lexical_only"],
-        "is_backfill": r["is_backfill"],
-        "computed_at": r["computed_at"],
-        "decision": decision,
-    }
+    rows = await goals.matches(
+        rt(request),
+        principal(request),
+        path_id(request),
+        min_score=query_float(request, "min_score", 0.0) or 0.0,
+        limit=pg.limit + 1,
+        after=after,
+    )
+    return ok(paged(rows, pg, lambda m: [m["score"], m["item"]["id"]]))
 
 
 ROUTES = [

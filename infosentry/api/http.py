@@ -1,11 +1,13 @@
-"""HTTP plumbing shared by every handler: app keys, scope marks, JSON bodies and validation, pagination.
+"""HTTP plumbing shared by every handler: app keys, scope marks, JSON bodies, path and query parameters,
+pagination. Validation of field values is the domain's (domain.fields).
 
-Imports errors, auth, runtime.
+Imports errors, domain (Actor), runtime.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import math
 import re
@@ -16,30 +18,18 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-import procrastinate
 from aiohttp import web
 
-from infosentry.errors import BadRequest, Invalid, NotFound
+from infosentry.domain import Actor
+from infosentry.errors import BadRequest, NotFound
 from infosentry.runtime import Runtime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 RT = web.AppKey("rt", Runtime)
-QUEUE = web.AppKey("queue", procrastinate.App)
 
 
-@dataclass(frozen=True)
-class Principal:
-    user_id: int
-    email: str
-    is_admin: bool
-    scopes: list[str]
-    token_id: int
-    timezone: str
-    language: str
-
-
-PRINCIPAL = web.RequestKey("principal", Principal)
+PRINCIPAL = web.RequestKey("principal", Actor)
 
 
 def requires(scope: str | None) -> Callable[[Handler], Handler]:
@@ -52,13 +42,32 @@ def requires(scope: str | None) -> Callable[[Handler], Handler]:
     return mark
 
 
+def client_ip(request: web.Request) -> str | None:
+    """The caller's address. X-Forwarded-For is believed only from a loopback peer (our own reverse proxy,
+    which overwrites the header); from anyone else it could be forged to dodge the per-IP limit."""
+    peer = request.remote
+    try:
+        peer_ip = ipaddress.ip_address(peer) if peer else None
+    except ValueError:
+        peer_ip = None
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if peer_ip is not None and peer_ip.is_loopback and forwarded:
+        last = forwarded.split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            pass
+    return str(peer_ip) if peer_ip else None
+
+
 def rt(request: web.Request) -> Runtime:
     return request.app[RT]
 
 
-def principal(request: web.Request) -> Principal:
+def principal(request: web.Request) -> Actor:
+    """The authenticated caller of a handler marked with @requires(scope)."""
     p = request.get(PRINCIPAL)
-    assert isinstance(p, Principal), "handler without @requires(scope)"
+    assert isinstance(p, Actor), "handler without @requires(scope)"
     return p
 
 
@@ -86,8 +95,8 @@ def dumps(data: Any) -> str:
     return dumps_bytes(data).decode()
 
 
-def ok(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps_bytes(data), status=status, content_type="application/json")
+def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps_bytes(data), status=status, content_type="application/json", headers=headers)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -121,130 +130,6 @@ def _storable(value: Any) -> bool:
     if isinstance(value, list):
         return all(_storable(v) for v in value)
     return True
-
-
-_MISSING = object()
-
-
-class Fields:
-    """Validates a JSON object field by field, collecting every error before raising one 422."""
-
-    def __init__(self, body: dict[str, Any], allowed: set[str]) -> None:
-        self.body = body
-        self.errors: list[dict[str, str]] = []
-        for key in sorted(set(body) - allowed):
-            self.errors.append({"field": key, "message": "unknown field"})
-
-    def _bad(self, name: str, message: str) -> None:
-        self.errors.append({"field": name, "message": message})
-
-    def has(self, name: str) -> bool:
-        return name in self.body
-
-    def str(
-        self,
-        name: str,
-        *,
-        required: bool = False,
-        default: Any = None,
-        max_len: int = 1000,
-        min_len: int = 0,
-        choices: tuple[str, ...] | None = None,
-        nullable: bool = False,
-    ) -> Any:
-        value = self.body.get(name, _MISSING)
-        if value is _MISSING:
-            if required:
-                self._bad(name, "is required")
-            return default
-        if value is None and nullable:
-            return None
-        if not isinstance(value, str):
-            self._bad(name, "must be a string")
-            return default
-        value = value.strip()
-        if choices is not None:
-            folded = {c.lower(): c for c in choices}
-            if value.lower() not in folded:
-                self._bad(name, f"must be one of {', '.join(choices)}")
-                return default
-            return folded[value.lower()]
-        if len(value) < min_len:
-            self._bad(name, "must not be empty" if min_len == 1 else f"must be at least {min_len} characters")
-        elif len(value) > max_len:
-            self._bad(name, f"must be at most {max_len} characters")
-        return value
-
-    def int(
-        self, name: str, *, required: bool = False, default: Any = None, low: int | None = None, high: int | None = None
-    ) -> Any:
-        value = self.body.get(name, _MISSING)
-        if value is _MISSING:
-            if required:
-                self._bad(name, "is required")
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self._bad(name, "must be an integer")
-            return default
-        if (low is not None and value < low) or (high is not None and value > high):
-            self._bad(name, f"must be between {low} and {high}")
-        return value
-
-    def float(self, name: str, *, default: Any = None, low: float = -math.inf, high: float = math.inf) -> Any:
-        value = self.body.get(name, _MISSING)
-        if value is _MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self._bad(name, "must be a number")
-            return default
-        if not low <= value <= high:
-            self._bad(name, f"must be between {low:g} and {high:g}")
-        return float(value)
-
-    def bool(self, name: str, *, default: Any = None) -> Any:
-        value = self.body.get(name, _MISSING)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, bool):
-            self._bad(name, "must be true or false")
-            return default
-        return value
-
-    def str_list(self, name: str, *, default: Any = None, max_items: int = 50, max_len: int = 100) -> Any:
-        value = self.body.get(name, _MISSING)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self._bad(name, "must be a list of strings")
-            return default
-        cleaned = []
-        for v in value:
-            v = v.strip()
-            if v and v not in cleaned:
-                cleaned.append(v)
-        if len(cleaned) > max_items:
-            self._bad(name, f"must have at most {max_items} entries")
-        if any(len(v) > max_len for v in cleaned):
-            self._bad(name, f"entries must be at most {max_len} characters")
-        return cleaned
-
-    def dict(self, name: str, *, default: Any = None) -> Any:
-        value = self.body.get(name, _MISSING)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, dict):
-            self._bad(name, "must be a JSON object")
-            return default
-        return value
-
-    def check(self, condition: bool, name: str, message: str) -> None:
-        if not condition:
-            self._bad(name, message)
-
-    def done(self) -> None:
-        if self.errors:
-            summary = "; ".join(f"{e['field']}: {e['message']}" for e in self.errors)
-            raise Invalid(summary, errors=self.errors)
 
 
 def path_id(request: web.Request, name: str = "id") -> int:

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from infosentry import retry
 from infosentry.embedders.base import EmbedResult
-from infosentry.fetch import retry_after_seconds
 from infosentry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "t
 BATCH_SIZE = 64
 # Inputs are cut to this many characters (~2k tokens) so a single huge text can never exceed the model limit.
 MAX_INPUT_CHARS = 8000
-RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # 400/413/422 mean the input itself is refused: retrying the same text cannot help.
 INPUT_FAULT = frozenset({400, 413, 422})
 
@@ -95,9 +93,7 @@ class OpenAIEmbedder:
         batch_size: int = BATCH_SIZE,
         timeout: float = 20.0,
         max_attempts: int = 4,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 20.0,
-        max_retry_after: float = 60.0,
+        backoff: retry.Backoff = retry.EMBEDDINGS,
         client: Any = None,
     ) -> None:
         self.model = settings.openai_embed_model
@@ -106,9 +102,7 @@ class OpenAIEmbedder:
         self.batch_size = max(1, batch_size)
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.max_retry_after = max_retry_after
+        self.backoff = backoff
         self.per_minute: Callable[[], int] = lambda: 300
         self.on_call: Callable[[CallRecord], Awaitable[None]] | None = None
         self._settings = settings
@@ -185,9 +179,9 @@ class OpenAIEmbedder:
                 await self._record(CallRecord(False, status, last, _ms(started)))
                 if status in INPUT_FAULT:
                     raise EmbedError(last, status=status, input_fault=True) from None
-                if status not in RETRYABLE:
+                if not retry.retryable_status(status):
                     raise EmbedError(last, status=status) from None
-                wait_hint = retry_after_seconds(exc.response.headers if exc.response is not None else None)
+                wait_hint = retry.retry_after_seconds(exc.response.headers if exc.response is not None else None)
             except openai.APITimeoutError:
                 status, last = None, f"timeout after {self.timeout:g}s"
                 await self._record(CallRecord(False, None, last, _ms(started)))
@@ -205,9 +199,8 @@ class OpenAIEmbedder:
         raise EmbedError(f"embedding failed after {self.max_attempts} attempts: {last}", status=status)
 
     def _delay(self, attempt: int, hint: float | None) -> float:
-        if hint:  # the server said how long: wait exactly that (capped), not our guess
-            return min(self.max_retry_after, hint)
-        return min(self.backoff_cap, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
+        # the server said how long: wait exactly that (capped), not our guess
+        return self.backoff.delay(attempt + 1, retry_after=hint or None)
 
     def _parse(self, body: Any, chunk: list[str]) -> tuple[list[np.ndarray], int]:
         """Vectors (unit length, input order) and billed tokens from an /embeddings JSON body."""

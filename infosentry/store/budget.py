@@ -6,7 +6,7 @@ from datetime import date
 
 import asyncpg
 
-Conn = asyncpg.Pool | asyncpg.Connection
+from infosentry.store import Conn
 
 
 async def get_day(conn: Conn, day: date) -> asyncpg.Record | None:

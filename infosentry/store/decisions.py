@@ -1,6 +1,8 @@
-"""SQL for decisions, decision runs (agent_runs) and the judge cache.
+"""SQL for decisions (one per goal and item), the decide and judge queues, the judge cache, decision
+runs (agent_runs), and the status transitions of pending pushes (coalescing, cancelling, expiring).
 
 Decisions and their runs are written in bulk (unnest of arrays): one statement per batch, whatever its size.
+Scheduling comparisons take `now` as a parameter so tests can drive the clock.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-Conn = asyncpg.Connection | asyncpg.Pool
+from infosentry.store import Conn
 
 # The decision sweep holds this session advisory lock: decisions are made by one job at a time (the set-based
 # batches are fast; serialising them means no two jobs judge or write the same pair or claim the same item).
@@ -346,5 +348,138 @@ async def get_run(conn: Conn, *, user_id: int, run_id: int) -> dict[str, Any] | 
     return dict(row) if row else None
 
 
-async def decision_of(conn: Conn, goal_id: int, item_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM decisions WHERE goal_id = $1 AND item_id = $2", goal_id, item_id)
+_PENDING = """
+SELECT d.id AS decision_id, d.goal_id, d.item_id, d.tier, d.score, d.reason, d.decided_at,
+       i.title, i.url, i.snippet, i.published_at, i.ingested_at, i.source_id, s.name AS source_name
+FROM decisions d
+JOIN items i ON i.id = d.item_id
+JOIN sources s ON s.id = i.source_id
+WHERE d.goal_id = $1 AND d.status = 'pending' AND d.tier = ANY($2::text[])
+  AND d.decided_at >= $3 AND d.score >= $4
+  AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.goal_id = d.goal_id AND n.item_id = d.item_id)
+  AND NOT EXISTS (SELECT 1 FROM blocked_sources b WHERE b.goal_id = d.goal_id AND b.source_id = i.source_id)
+ORDER BY d.score DESC, d.id
+LIMIT $5
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+
+async def pending_items(
+    conn: asyncpg.Connection, goal_id: int, *, tiers: list[str], since: datetime, min_score: float, limit: int
+) -> list[asyncpg.Record]:
+    """Pending, not yet pushed, not blocked decisions of a goal, best first, locked for this transaction."""
+    return await conn.fetch(_PENDING, goal_id, tiers, since, min_score, limit)
+
+
+async def due_immediate_goals(conn: Conn, *, now: datetime, coalesce_seconds: float) -> list[int]:
+    """Active goals whose oldest pending IMMEDIATE decision has waited out the coalescing window."""
+    rows = await conn.fetch(
+        """SELECT d.goal_id FROM decisions d JOIN goals g ON g.id = d.goal_id AND g.status = 'active'
+           WHERE d.status = 'pending' AND d.tier = 'IMMEDIATE'
+           GROUP BY d.goal_id
+           HAVING min(d.decided_at) + make_interval(secs => $2::float8) <= $1
+           ORDER BY min(d.decided_at)""",
+        now,
+        coalesce_seconds,
+    )
+    return [r["goal_id"] for r in rows]
+
+
+async def oldest_pending_immediate(conn: asyncpg.Connection, goal_id: int) -> datetime | None:
+    return await conn.fetchval(
+        "SELECT min(decided_at) FROM decisions WHERE goal_id = $1 AND status = 'pending' AND tier = 'IMMEDIATE'",
+        goal_id,
+    )
+
+
+async def immediate_to_batch(conn: Conn) -> int:
+    """IMMEDIATE_ENABLED=false: what waits in a coalescing window becomes BATCH."""
+    status = await conn.execute(
+        """UPDATE decisions SET tier = 'BATCH',
+                  reason = left(reason || ' [IMMEDIATE_ENABLED=false: moved to BATCH]', 500)
+           WHERE status = 'pending' AND tier = 'IMMEDIATE'"""
+    )
+    return int(status.split()[-1])
+
+
+async def cancel_inactive(conn: Conn, goal_id: int | None = None) -> int:
+    """Pending decisions of paused or archived goals (all, or just `goal_id`) are cancelled: a paused goal
+    pushes nothing, and resuming it starts fresh instead of flushing stale items."""
+    status = await conn.execute(
+        """UPDATE decisions d SET status = 'cancelled', reason = left(d.reason || ' [goal ' || g.status || ']', 500)
+           FROM goals g
+           WHERE g.id = d.goal_id AND d.status = 'pending' AND g.status <> 'active'
+             AND ($1::bigint IS NULL OR d.goal_id = $1)""",
+        goal_id,
+    )
+    return int(status.split()[-1])
+
+
+async def cancel_blocked(conn: Conn, goal_id: int | None = None) -> int:
+    """Pending decisions whose item's source is blocked for the goal are cancelled (never pushed)."""
+    status = await conn.execute(
+        """UPDATE decisions d SET status = 'cancelled', reason = left(d.reason || ' [source blocked]', 500)
+           FROM items i, blocked_sources b
+           WHERE i.id = d.item_id AND b.goal_id = d.goal_id AND b.source_id = i.source_id
+             AND d.status = 'pending' AND ($1::bigint IS NULL OR d.goal_id = $1)""",
+        goal_id,
+    )
+    return int(status.split()[-1])
+
+
+async def close_already_pushed(conn: Conn) -> int:
+    """A pending decision whose item already reached the goal (the ledger says so) is closed, not re-sent."""
+    status = await conn.execute(
+        """UPDATE decisions d SET status = 'skipped', reason = left(d.reason || ' [already pushed]', 500)
+           FROM notifications n
+           WHERE n.goal_id = d.goal_id AND n.item_id = d.item_id AND d.status = 'pending'"""
+    )
+    return int(status.split()[-1])
+
+
+async def expire_stale(conn: Conn, *, older_than: datetime) -> int:
+    """BATCH/DIGEST decisions outranked in every window and digest for too long are closed (skipped)."""
+    status = await conn.execute(
+        """UPDATE decisions SET status = 'skipped',
+                  reason = left(reason || ' [not among the best in any window or digest; expired]', 500)
+           WHERE status = 'pending' AND tier IN ('BATCH', 'DIGEST') AND decided_at < $1""",
+        older_than,
+    )
+    return int(status.split()[-1])
+
+
+async def overdue_immediate(conn: Conn, *, now: datetime, coalesce_seconds: float, grace_seconds: float) -> int:
+    return await conn.fetchval(
+        """SELECT count(*) FROM decisions d JOIN goals g ON g.id = d.goal_id AND g.status = 'active'
+           WHERE d.status = 'pending' AND d.tier = 'IMMEDIATE'
+             AND d.decided_at + make_interval(secs => $2::float8 + $3::float8) <= $1""",
+        now,
+        coalesce_seconds,
+        grace_seconds,
+    )
+
+
+async def pending_for_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
+    """Decisions still waiting for their window or digest, best first per goal."""
+    rows = await conn.fetch(
+        """SELECT g.name AS goal, d.tier, d.score, i.title, d.reason FROM decisions d
+           JOIN goals g ON g.id = d.goal_id JOIN items i ON i.id = d.item_id
+           WHERE g.user_id = $1 AND d.status = 'pending' ORDER BY g.id, d.score DESC""",
+        user_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def count_tier(conn: Conn, goal_ids: list[int], tier: str) -> int:
+    return int(
+        await conn.fetchval("SELECT count(*) FROM decisions WHERE goal_id = ANY($1) AND tier = $2", goal_ids, tier)
+    )
+
+
+async def try_session_lock(conn: asyncpg.Connection, key: int) -> bool:
+    """A session advisory lock (DECIDE_LOCK, JUDGE_LOCK): held until unlocked or the connection ends."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+
+
+async def session_unlock(conn: asyncpg.Connection, key: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -1,12 +1,15 @@
-"""SQL for goals (always scoped to their owner: another user's goal is simply not found) and a goal's matches."""
+"""SQL for goals: CRUD scoped to their owner (another user's goal is simply not found), pausing, the
+delivery settings the push step reads, and the goal vectors and backfill state of the embed step."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
+import numpy as np
+from pgvector import Vector
 
-Conn = asyncpg.Pool | asyncpg.Connection
+from infosentry.store import Conn
 
 # The text that is scored: changing any of these bumps goals.version (new vector, re-scoring, backfill).
 SCORED_FIELDS = ("name", "description", "priority_terms", "negative_terms", "priority_mode")
@@ -20,6 +23,11 @@ _COLUMNS = """g.id, g.user_id, g.name, g.description, g.priority_terms, g.negati
     (g.matched_version = g.version) IS TRUE AS backfilled, g.created_at, g.updated_at,
     (SELECT count(*) FROM matches m WHERE m.goal_id = g.id) AS match_count,
     (SELECT count(*) FROM notifications n WHERE n.goal_id = g.id) AS pushed_count"""
+
+
+async def lock_owner(conn: asyncpg.Connection, user_id: int) -> None:
+    """Serialise goal creation per user (inside a transaction), so the per-user cap holds under concurrency."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('goals'), $1::int)", user_id % 2**31)
 
 
 async def count(conn: Conn, user_id: int) -> int:
@@ -93,26 +101,82 @@ async def delete(conn: Conn, user_id: int, goal_id: int) -> bool:
     return status.endswith(" 1")
 
 
-async def goal_matches(
-    conn: Conn, goal_id: int, *, min_score: float, limit: int, after: tuple[float, int] | None
-) -> list[asyncpg.Record]:
-    """The goal's scored items, best first, with the item, its source and the decision when there is one."""
+_DELIVERY = """
+SELECT g.id AS goal_id, g.user_id, g.name, g.status, g.timezone, g.batch_windows, g.digest_time,
+       g.created_at, COALESCE(g.email, u.email) AS to_addr, COALESCE(g.language, u.language) AS language,
+       u.email AS user_email, u.language AS user_language, u.timezone AS user_timezone,
+       u.combined_digest
+FROM goals g JOIN users u ON u.id = g.user_id
+"""
+
+
+async def delivery(conn: Conn, goal_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(_DELIVERY + " WHERE g.id = $1", goal_id)
+
+
+async def active_goals(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(_DELIVERY + " WHERE g.status = 'active' ORDER BY g.id")
+
+
+async def by_id(conn: Conn, goal_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, name, status, user_id FROM goals WHERE id = $1", goal_id)
+
+
+async def goals_to_embed(conn: Conn, model: str, limit: int) -> list[asyncpg.Record]:
+    """Active goals whose vector is missing, stale (text changed: version) or of another model."""
     return await conn.fetch(
-        """SELECT m.item_id, m.score, m.components, m.reasons, m.gate, m.lexical_only, m.is_backfill,
-                  m.computed_at, i.title, i.url, i.snippet, i.published_at, i.ingested_at, i.embedding_status,
-                  s.id AS source_id, s.name AS source_name,
-                  d.tier, d.status AS decision_status, d.reason AS decision_reason, d.decided_at, d.pushed_at
-           FROM matches m
-           JOIN items i ON i.id = m.item_id
-           JOIN sources s ON s.id = i.source_id
-           LEFT JOIN decisions d ON d.goal_id = m.goal_id AND d.item_id = m.item_id
-           WHERE m.goal_id = $1 AND m.score >= $2
-             AND ($3::real IS NULL OR (m.score, m.item_id) < ($3::real, $4::bigint))
-           ORDER BY m.score DESC, m.item_id DESC
-           LIMIT $5""",
-        goal_id,
-        min_score,
-        after[0] if after else None,
-        after[1] if after else 0,
+        """SELECT id, name, description, priority_terms, version FROM goals
+           WHERE status = 'active'
+             AND (embedded_version IS DISTINCT FROM version OR embedding_model IS DISTINCT FROM $1)
+           ORDER BY updated_at LIMIT $2""",
+        model,
         limit,
+    )
+
+
+async def store_goal_vectors(
+    conn: Conn, ids: list[int], versions: list[int], vectors: list[np.ndarray], model: str
+) -> None:
+    """Store goal vectors for the version they were computed from (a goal edited meanwhile keeps waiting) and
+    make the goal's recent items due for re-scoring with it."""
+    await conn.execute(
+        """UPDATE goals SET embedding = v.e, embedding_model = $4, embedded_version = v.version,
+               matched_version = NULL
+           FROM unnest($1::bigint[], $2::int[], $3::vector[]) AS v(id, version, e)
+           WHERE goals.id = v.id AND goals.version = v.version""",
+        ids,
+        versions,
+        [Vector(np.asarray(v, dtype=np.float32)) for v in vectors],
+        model,
+    )
+
+
+async def goals_to_backfill(conn: Conn, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT id, user_id, version, updated_at FROM goals
+           WHERE status = 'active' AND matched_version IS DISTINCT FROM version
+           ORDER BY updated_at LIMIT $1""",
+        limit,
+    )
+
+
+async def set_matched_version(conn: Conn, goal_id: int, version: int) -> bool:
+    status = await conn.execute(
+        "UPDATE goals SET matched_version = $2 WHERE id = $1 AND version = $2", goal_id, version
+    )
+    return status.endswith(" 1")
+
+
+async def goal_vectors(conn: Conn, goal_ids: list[int]) -> list[asyncpg.Record]:
+    """Stored vectors of goals (with the version and model they were computed for)."""
+    return await conn.fetch(
+        "SELECT id, embedding, embedded_version, embedding_model FROM goals WHERE id = ANY($1::bigint[])",
+        goal_ids,
+    )
+
+
+async def schedules(conn: Conn, goal_ids: list[int]) -> list[asyncpg.Record]:
+    """When these goals push: batch windows, digest time, time zone."""
+    return await conn.fetch(
+        "SELECT id, name, batch_windows, digest_time, timezone FROM goals WHERE id = ANY($1)", goal_ids
     )

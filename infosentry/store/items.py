@@ -1,7 +1,7 @@
-"""SQL for items (one row per story) and item_sources (every source a story was seen in).
+"""SQL for items (one row per story), item_sources (every source a story was seen in), their embedding
+state and the item views of the inbox.
 
-Set-based: lookups take arrays, inserts unnest arrays, so a batch of fetched items costs a few statements.
-Imports nothing of ours.
+Set-based: lookups take arrays, inserts and updates unnest arrays, so a batch costs a few statements.
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
+import numpy as np
+from pgvector import Vector
 
-Conn = asyncpg.Pool | asyncpg.Connection
+from infosentry.models import NewItem
+from infosentry.store import Conn
 
 # Tags travel as one string per item joined by the ASCII unit separator (unnest cannot carry ragged arrays);
 # clean tag text never contains control characters.
@@ -51,14 +54,14 @@ async def title_candidates(conn: Conn, keys: Iterable[str], *, hours: int = 72) 
     )
 
 
-async def insert_items(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+async def insert_items(conn: Conn, rows: Sequence[NewItem]) -> dict[str, int]:
     """Insert new items; returns {url_hash: id} of the rows actually inserted (a concurrent writer may
     have inserted the same story first: ON CONFLICT leaves that one in place)."""
     if not rows:
         return {}
 
     def col(name: str) -> list[Any]:
-        return [r[name] for r in rows]
+        return [getattr(r, name) for r in rows]
 
     inserted = await conn.fetch(
         """INSERT INTO items (url, canonical_url, url_hash, guid, title, snippet, author, tags, published_at,
@@ -79,7 +82,7 @@ async def insert_items(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, 
         col("title"),
         col("snippet"),
         col("author"),
-        [TAG_SEPARATOR.join(r["tags"]) for r in rows],
+        [TAG_SEPARATOR.join(r.tags) for r in rows],
         col("published_at"),
         col("source_id"),
         col("title_key"),
@@ -106,13 +109,177 @@ async def link_sources(conn: Conn, links: Sequence[tuple[int, int, str, str | No
     return int(status.split()[-1])
 
 
-async def item_with_sources(conn: Conn, item_id: int) -> asyncpg.Record | None:
+async def item_for_user(conn: Conn, *, user_id: int, item_id: int) -> asyncpg.Record | None:
+    """The item, if it reached one of the user's goals (scored or pushed) or the user follows one of its sources."""
     return await conn.fetchrow(
-        """SELECT i.id, i.url, i.canonical_url, i.title, i.snippet, i.published_at, i.ingested_at, i.source_id,
-                  i.is_backfill, i.tags, i.author,
-                  coalesce(array_agg(x.source_id ORDER BY x.first_seen_at) FILTER (WHERE x.source_id IS NOT NULL),
-                           '{}') AS source_ids
-           FROM items i LEFT JOIN item_sources x ON x.item_id = i.id
-           WHERE i.id = $1 GROUP BY i.id""",
+        """SELECT i.id, i.title, i.url, i.canonical_url, i.snippet, i.author, i.tags, i.published_at, i.ingested_at,
+                  i.source_id, s.name AS source_name, s.type AS source_type
+           FROM items i JOIN sources s ON s.id = i.source_id
+           WHERE i.id = $2 AND (
+               EXISTS (SELECT 1 FROM matches m JOIN goals g ON g.id = m.goal_id
+                       WHERE m.item_id = i.id AND g.user_id = $1)
+               OR EXISTS (SELECT 1 FROM notifications n WHERE n.item_id = i.id AND n.user_id = $1)
+               OR EXISTS (SELECT 1 FROM item_sources x JOIN subscriptions sub ON sub.source_id = x.source_id
+                          WHERE x.item_id = i.id AND sub.user_id = $1)
+               OR EXISTS (SELECT 1 FROM subscriptions sub WHERE sub.source_id = i.source_id AND sub.user_id = $1))""",
+        user_id,
         item_id,
+    )
+
+
+async def item_goals(conn: Conn, *, user_id: int, item_id: int) -> list[asyncpg.Record]:
+    """Per goal of the user: the item's score, decision and feedback."""
+    return await conn.fetch(
+        """SELECT g.id AS goal_id, g.name AS goal_name, m.score, m.reasons, d.tier, d.status AS decision_status,
+                  d.reason, n.id AS notification_id, f.feedback,
+                  EXISTS (SELECT 1 FROM blocked_sources b JOIN items i ON i.id = $2
+                          WHERE b.goal_id = g.id AND b.source_id = i.source_id) AS source_blocked
+           FROM goals g
+           LEFT JOIN matches m ON m.goal_id = g.id AND m.item_id = $2
+           LEFT JOIN decisions d ON d.goal_id = g.id AND d.item_id = $2
+           LEFT JOIN notifications n ON n.goal_id = g.id AND n.item_id = $2
+           LEFT JOIN feedback f ON f.goal_id = g.id AND f.item_id = $2
+           WHERE g.user_id = $1 AND (m.item_id IS NOT NULL OR n.id IS NOT NULL OR f.item_id IS NOT NULL)
+           ORDER BY g.id""",
+        user_id,
+        item_id,
+    )
+
+
+async def claim_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Lock up to `limit` items waiting for an embedding, newest first (fresh news matters most); other workers
+    skip them. Call inside a transaction held until the vectors are stored."""
+    return await conn.fetch(
+        """SELECT id, title, snippet, embed_attempts FROM items
+           WHERE embedding_status = 'pending'
+           ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+
+
+async def store_embeddings(
+    conn: Conn, ids: list[int], vectors: list[np.ndarray], contexts: list[np.ndarray], model: str
+) -> None:
+    """Vector, context vector, model and status of many items in one UPDATE; matched_at is cleared so a lost
+    matching step is redone by the sweep."""
+    if not ids:
+        return
+    await conn.execute(
+        """UPDATE items SET embedding = v.e, context_embedding = v.c, embedding_model = $4,
+               embedding_status = 'done', embedded_at = now(), embed_attempts = items.embed_attempts + 1,
+               matched_at = NULL
+           FROM unnest($1::bigint[], $2::vector[], $3::vector[]) AS v(id, e, c)
+           WHERE items.id = v.id""",
+        ids,
+        [Vector(np.asarray(v, dtype=np.float32)) for v in vectors],
+        [Vector(np.asarray(v, dtype=np.float32)) for v in contexts],
+        model,
+    )
+
+
+async def record_embed_failure(conn: Conn, ids: list[int], *, max_attempts: int) -> list[int]:
+    """Count a refused attempt for these items; those that reached max_attempts become 'failed' (visible,
+    still scored lexically). Returns the ids that failed for good."""
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        """UPDATE items SET embed_attempts = embed_attempts + 1,
+               embedding_status = CASE WHEN embed_attempts + 1 >= $2 THEN 'failed' ELSE embedding_status END
+           WHERE id = ANY($1::bigint[]) RETURNING id, embedding_status""",
+        ids,
+        max_attempts,
+    )
+    return [r["id"] for r in rows if r["embedding_status"] == "failed"]
+
+
+async def claim_unmatched(conn: asyncpg.Connection, limit: int, *, include_pending: bool) -> list[int]:
+    """Lock items never scored against the goals (a lost nudge, a crash after embedding, items kept pending
+    while embedding is paused when include_pending), newest first."""
+    rows = await conn.fetch(
+        """SELECT id FROM items
+           WHERE matched_at IS NULL AND ($2 OR embedding_status <> 'pending')
+           ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+        include_pending,
+    )
+    return [r["id"] for r in rows]
+
+
+async def requeue_other_model(conn: Conn, model: str, *, hours: int, limit: int) -> int:
+    """Items still needed for matching (recent, or rated by a goal) embedded with another model go back to
+    pending, so a provider/model change re-embeds them; their old vectors stay until replaced."""
+    status = await conn.execute(
+        """UPDATE items SET embedding_status = 'pending', embed_attempts = 0
+           WHERE id IN (
+               SELECT id FROM items i
+               WHERE i.embedding_status = 'done' AND i.embedding_model IS DISTINCT FROM $1
+                 AND (i.ingested_at > now() - make_interval(hours => $2)
+                      OR EXISTS (SELECT 1 FROM feedback f WHERE f.item_id = i.id))
+               LIMIT $3)""",
+        model,
+        hours,
+        limit,
+    )
+    return int(status.split()[-1])
+
+
+async def pool_vectors(conn: Conn, model: str, *, after_id: int, hours: int, limit: int) -> list[asyncpg.Record]:
+    """Raw vectors of recent embedded items of `model` with id > after_id, newest first (the context pool)."""
+    return await conn.fetch(
+        """SELECT id, embedding, extract(epoch FROM ingested_at) AS ts FROM items
+           WHERE embedding_status = 'done' AND embedding_model = $1 AND id > $2
+             AND ingested_at > now() - make_interval(hours => $3)
+           ORDER BY id DESC LIMIT $4""",
+        model,
+        after_id,
+        hours,
+        limit,
+    )
+
+
+async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
+    """Is there anything for the embed/match job (cheap EXISTS probes for the periodic sweep)?"""
+    row = await conn.fetchrow(
+        """SELECT EXISTS (SELECT 1 FROM items WHERE embedding_status = 'pending') AS pending,
+                  EXISTS (SELECT 1 FROM items WHERE matched_at IS NULL) AS unmatched,
+                  EXISTS (SELECT 1 FROM goals WHERE status = 'active'
+                          AND (embedded_version IS DISTINCT FROM version
+                               OR embedding_model IS DISTINCT FROM $1
+                               OR matched_version IS DISTINCT FROM version)) AS goals""",
+        model,
+    )
+    return dict(row)
+
+
+async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int, limit: int) -> list[int]:
+    """Ids of recent items from sources the user subscribes to (enabled), ascending from after_id."""
+    rows = await conn.fetch(
+        """SELECT i.id FROM items i
+           WHERE i.ingested_at > now() - make_interval(hours => $2) AND i.id > $3
+             AND (EXISTS (SELECT 1 FROM item_sources s JOIN subscriptions sub
+                              ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
+                          WHERE s.item_id = i.id)
+                  OR EXISTS (SELECT 1 FROM subscriptions sub
+                             WHERE sub.source_id = i.source_id AND sub.user_id = $1 AND sub.enabled))
+           ORDER BY i.id LIMIT $4""",
+        user_id,
+        hours,
+        after_id,
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def mark_matched(conn: Conn, item_ids: list[int]) -> None:
+    await conn.execute("UPDATE items SET matched_at = now() WHERE id = ANY($1::bigint[])", item_ids)
+
+
+async def count_visible(conn: Conn, user_id: int) -> int:
+    """Items seen in any source the user follows."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(DISTINCT item_id) FROM item_sources x JOIN subscriptions s ON s.source_id = x.source_id "
+            "WHERE s.user_id = $1",
+            user_id,
+        )
     )

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
-Conn = asyncpg.Pool | asyncpg.Connection
+from infosentry.store import Conn
 
 
 async def issue_link(
@@ -45,25 +45,20 @@ async def link_state(conn: Conn, token_hash: str) -> asyncpg.Record | None:
     )
 
 
-async def user_for_login(conn: asyncpg.Connection, email: str) -> asyncpg.Record:
-    """The user of `email`, created on first successful login; last_login_at is set."""
-    row = await conn.fetchrow(
-        """INSERT INTO users (email, last_login_at) VALUES ($1, now())
-           ON CONFLICT (email) DO UPDATE SET last_login_at = now()
-           RETURNING id, email, is_admin, language, timezone""",
-        email,
-    )
-    assert row is not None
-    return row
-
-
-async def user_language(conn: Conn, email: str) -> tuple[str, str]:
-    """(language, time zone) of the user with `email`, or the defaults for a new address."""
-    row = await conn.fetchrow("SELECT language, timezone FROM users WHERE email = $1", email)
-    return (row["language"], row["timezone"]) if row else ("en", "")
-
-
 async def prune(conn: Conn) -> None:
     """Forget links and rate-limit windows older than a day."""
     await conn.execute("DELETE FROM login_links WHERE created_at < now() - interval '1 day'")
     await conn.execute("DELETE FROM rate_limits WHERE window_start < now() - interval '1 day'")
+
+
+async def hit_rate_limit(conn: asyncpg.Pool | asyncpg.Connection, key: str, *, window_seconds: int, limit: int) -> bool:
+    """Count one hit in the current fixed window; True when the limit is exceeded."""
+    hits = await conn.fetchval(
+        """INSERT INTO rate_limits (key, window_start, hits)
+           VALUES ($1, to_timestamp(floor(extract(epoch FROM now()) / $2) * $2), 1)
+           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1
+           RETURNING hits""",
+        key,
+        window_seconds,
+    )
+    return int(hits) > limit

@@ -1,5 +1,5 @@
-"""SQL for embedding state and matching: claiming pending/unmatched items, storing item and goal vectors,
-the data one matching batch needs, and the bulk upsert of match rows. Every write is set-based (unnest)."""
+"""SQL for matches (one scored row per goal and item): the data one matching batch needs, the bulk
+upsert, feedback neighbours, and a goal's matches best first. Every write is set-based (unnest)."""
 
 from __future__ import annotations
 
@@ -8,193 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import numpy as np
-from pgvector import Vector
 
-Conn = asyncpg.Pool | asyncpg.Connection
-
-
-# --- items: embedding ---------------------------------------------------------------------------------------
-
-
-async def claim_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Lock up to `limit` items waiting for an embedding, newest first (fresh news matters most); other workers
-    skip them. Call inside a transaction held until the vectors are stored."""
-    return await conn.fetch(
-        """SELECT id, title, snippet, embed_attempts FROM items
-           WHERE embedding_status = 'pending'
-           ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
-        limit,
-    )
-
-
-async def store_embeddings(
-    conn: Conn, ids: list[int], vectors: list[np.ndarray], contexts: list[np.ndarray], model: str
-) -> None:
-    """Vector, context vector, model and status of many items in one UPDATE; matched_at is cleared so a lost
-    matching step is redone by the sweep."""
-    if not ids:
-        return
-    await conn.execute(
-        """UPDATE items SET embedding = v.e, context_embedding = v.c, embedding_model = $4,
-               embedding_status = 'done', embedded_at = now(), embed_attempts = items.embed_attempts + 1,
-               matched_at = NULL
-           FROM unnest($1::bigint[], $2::vector[], $3::vector[]) AS v(id, e, c)
-           WHERE items.id = v.id""",
-        ids,
-        [Vector(np.asarray(v, dtype=np.float32)) for v in vectors],
-        [Vector(np.asarray(v, dtype=np.float32)) for v in contexts],
-        model,
-    )
-
-
-async def record_embed_failure(conn: Conn, ids: list[int], *, max_attempts: int) -> list[int]:
-    """Count a refused attempt for these items; those that reached max_attempts become 'failed' (visible,
-    still scored lexically). Returns the ids that failed for good."""
-    if not ids:
-        return []
-    rows = await conn.fetch(
-        """UPDATE items SET embed_attempts = embed_attempts + 1,
-               embedding_status = CASE WHEN embed_attempts + 1 >= $2 THEN 'failed' ELSE embedding_status END
-           WHERE id = ANY($1::bigint[]) RETURNING id, embedding_status""",
-        ids,
-        max_attempts,
-    )
-    return [r["id"] for r in rows if r["embedding_status"] == "failed"]
-
-
-async def claim_unmatched(conn: asyncpg.Connection, limit: int, *, include_pending: bool) -> list[int]:
-    """Lock items never scored against the goals (a lost nudge, a crash after embedding, items kept pending
-    while embedding is paused when include_pending), newest first."""
-    rows = await conn.fetch(
-        """SELECT id FROM items
-           WHERE matched_at IS NULL AND ($2 OR embedding_status <> 'pending')
-           ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
-        limit,
-        include_pending,
-    )
-    return [r["id"] for r in rows]
-
-
-async def requeue_other_model(conn: Conn, model: str, *, hours: int, limit: int) -> int:
-    """Items still needed for matching (recent, or rated by a goal) embedded with another model go back to
-    pending, so a provider/model change re-embeds them; their old vectors stay until replaced."""
-    status = await conn.execute(
-        """UPDATE items SET embedding_status = 'pending', embed_attempts = 0
-           WHERE id IN (
-               SELECT id FROM items i
-               WHERE i.embedding_status = 'done' AND i.embedding_model IS DISTINCT FROM $1
-                 AND (i.ingested_at > now() - make_interval(hours => $2)
-                      OR EXISTS (SELECT 1 FROM feedback f WHERE f.item_id = i.id))
-               LIMIT $3)""",
-        model,
-        hours,
-        limit,
-    )
-    return int(status.split()[-1])
-
-
-async def pool_vectors(conn: Conn, model: str, *, after_id: int, hours: int, limit: int) -> list[asyncpg.Record]:
-    """Raw vectors of recent embedded items of `model` with id > after_id, newest first (the context pool)."""
-    return await conn.fetch(
-        """SELECT id, embedding, extract(epoch FROM ingested_at) AS ts FROM items
-           WHERE embedding_status = 'done' AND embedding_model = $1 AND id > $2
-             AND ingested_at > now() - make_interval(hours => $3)
-           ORDER BY id DESC LIMIT $4""",
-        model,
-        after_id,
-        hours,
-        limit,
-    )
-
-
-async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
-    """Is there anything for the embed/match job (cheap EXISTS probes for the periodic sweep)?"""
-    row = await conn.fetchrow(
-        """SELECT EXISTS (SELECT 1 FROM items WHERE embedding_status = 'pending') AS pending,
-                  EXISTS (SELECT 1 FROM items WHERE matched_at IS NULL) AS unmatched,
-                  EXISTS (SELECT 1 FROM goals WHERE status = 'active'
-                          AND (embedded_version IS DISTINCT FROM version
-                               OR embedding_model IS DISTINCT FROM $1
-                               OR matched_version IS DISTINCT FROM version)) AS goals""",
-        model,
-    )
-    return dict(row)
-
-
-async def embedding_counts(conn: Conn) -> dict[str, int]:
-    rows = await conn.fetch("SELECT embedding_status AS s, count(*) AS n FROM items GROUP BY 1")
-    return {r["s"]: int(r["n"]) for r in rows}
-
-
-# --- goals: vectors and backfill ----------------------------------------------------------------------------
-
-
-async def goals_to_embed(conn: Conn, model: str, limit: int) -> list[asyncpg.Record]:
-    """Active goals whose vector is missing, stale (text changed: version) or of another model."""
-    return await conn.fetch(
-        """SELECT id, name, description, priority_terms, version FROM goals
-           WHERE status = 'active'
-             AND (embedded_version IS DISTINCT FROM version OR embedding_model IS DISTINCT FROM $1)
-           ORDER BY updated_at LIMIT $2""",
-        model,
-        limit,
-    )
-
-
-async def store_goal_vectors(
-    conn: Conn, ids: list[int], versions: list[int], vectors: list[np.ndarray], model: str
-) -> None:
-    """Store goal vectors for the version they were computed from (a goal edited meanwhile keeps waiting) and
-    make the goal's recent items due for re-scoring with it."""
-    await conn.execute(
-        """UPDATE goals SET embedding = v.e, embedding_model = $4, embedded_version = v.version,
-               matched_version = NULL
-           FROM unnest($1::bigint[], $2::int[], $3::vector[]) AS v(id, version, e)
-           WHERE goals.id = v.id AND goals.version = v.version""",
-        ids,
-        versions,
-        [Vector(np.asarray(v, dtype=np.float32)) for v in vectors],
-        model,
-    )
-
-
-async def goals_to_backfill(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """SELECT id, user_id, version, updated_at FROM goals
-           WHERE status = 'active' AND matched_version IS DISTINCT FROM version
-           ORDER BY updated_at LIMIT $1""",
-        limit,
-    )
-
-
-async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int, limit: int) -> list[int]:
-    """Ids of recent items from sources the user subscribes to (enabled), ascending from after_id."""
-    rows = await conn.fetch(
-        """SELECT i.id FROM items i
-           WHERE i.ingested_at > now() - make_interval(hours => $2) AND i.id > $3
-             AND (EXISTS (SELECT 1 FROM item_sources s JOIN subscriptions sub
-                              ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
-                          WHERE s.item_id = i.id)
-                  OR EXISTS (SELECT 1 FROM subscriptions sub
-                             WHERE sub.source_id = i.source_id AND sub.user_id = $1 AND sub.enabled))
-           ORDER BY i.id LIMIT $4""",
-        user_id,
-        hours,
-        after_id,
-        limit,
-    )
-    return [r["id"] for r in rows]
-
-
-async def set_matched_version(conn: Conn, goal_id: int, version: int) -> bool:
-    status = await conn.execute(
-        "UPDATE goals SET matched_version = $2 WHERE id = $1 AND version = $2", goal_id, version
-    )
-    return status.endswith(" 1")
-
-
-# --- one matching batch -------------------------------------------------------------------------------------
+from infosentry.store import Conn, items
 
 
 @dataclass
@@ -272,14 +87,6 @@ async def load_batch(conn: Conn, item_ids: list[int], goal_ids: list[int] | None
     return Batch(list(items), list(goals), list(trust), list(existing), list(blocked))
 
 
-async def goal_vectors(conn: Conn, goal_ids: list[int]) -> list[asyncpg.Record]:
-    """Stored vectors of goals (with the version and model they were computed for)."""
-    return await conn.fetch(
-        "SELECT id, embedding, embedded_version, embedding_model FROM goals WHERE id = ANY($1::bigint[])",
-        goal_ids,
-    )
-
-
 async def rated_items(conn: Conn, goal_ids: list[int], model: str, *, per_goal: int) -> list[asyncpg.Record]:
     """The newest `per_goal` liked/disliked items of each goal that have a vector of `model`."""
     if not goal_ids:
@@ -345,8 +152,40 @@ async def upsert_matches(
             is_backfill,
         )
     if matched_item_ids:
-        await mark_matched(conn, matched_item_ids)
+        await items.mark_matched(conn, matched_item_ids)
 
 
-async def mark_matched(conn: Conn, item_ids: list[int]) -> None:
-    await conn.execute("UPDATE items SET matched_at = now() WHERE id = ANY($1::bigint[])", item_ids)
+async def goal_matches(
+    conn: Conn, goal_id: int, *, min_score: float, limit: int, after: tuple[float, int] | None
+) -> list[asyncpg.Record]:
+    """The goal's scored items, best first, with the item, its source and the decision when there is one."""
+    return await conn.fetch(
+        """SELECT m.item_id, m.score, m.components, m.reasons, m.gate, m.lexical_only, m.is_backfill,
+                  m.computed_at, i.title, i.url, i.snippet, i.published_at, i.ingested_at, i.embedding_status,
+                  s.id AS source_id, s.name AS source_name,
+                  d.tier, d.status AS decision_status, d.reason AS decision_reason, d.decided_at, d.pushed_at
+           FROM matches m
+           JOIN items i ON i.id = m.item_id
+           JOIN sources s ON s.id = i.source_id
+           LEFT JOIN decisions d ON d.goal_id = m.goal_id AND d.item_id = m.item_id
+           WHERE m.goal_id = $1 AND m.score >= $2
+             AND ($3::real IS NULL OR (m.score, m.item_id) < ($3::real, $4::bigint))
+           ORDER BY m.score DESC, m.item_id DESC
+           LIMIT $5""",
+        goal_id,
+        min_score,
+        after[0] if after else None,
+        after[1] if after else 0,
+        limit,
+    )
+
+
+async def undecided_count(conn: Conn, goal_ids: list[int]) -> int:
+    """Matches that got no decision (they scored below every tier)."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM matches m LEFT JOIN decisions d ON d.goal_id = m.goal_id AND d.item_id = m.item_id
+               WHERE m.goal_id = ANY($1) AND d.id IS NULL""",
+            goal_ids,
+        )
+    )

@@ -1,17 +1,19 @@
-"""SQL for monitoring and operator views: queue depth, workers, failing sources, SMTP and LLM health,
-the alerts view and alert episodes, the config audit trail and account listings for admins.
+"""SQL for monitoring: the operator views (queue depth, failing sources, SMTP and LLM health), the alerts
+view and alert episodes.
 
 The thresholds of the alerts live in the `infosentry_alerts` view (sql/migrations/0005_monitoring.sql).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-Conn = asyncpg.Pool | asyncpg.Connection
+from infosentry.store import Conn
 
 ALERTS_LOCK = 0x1F05E8  # advisory lock: one alert evaluator at a time across processes
 
@@ -25,11 +27,6 @@ async def ping(conn: Conn) -> float:
 
 async def queue_depth(conn: Conn) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch("SELECT * FROM infosentry_queue_depth ORDER BY queue")]
-
-
-async def workers(conn: Conn) -> list[dict[str, Any]]:
-    rows = await conn.fetch("SELECT * FROM infosentry_workers ORDER BY role, host, pid")
-    return [dict(r) for r in rows]
 
 
 async def failing_sources(conn: Conn, *, min_streak: int = 6, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
@@ -190,30 +187,67 @@ async def episodes(conn: Conn, *, active_only: bool = False, limit: int = 100) -
     return [dict(r) for r in rows]
 
 
-# --- admin listings ---------------------------------------------------------------------------------------
+_ACTIVITY = """
+SELECT
+  (SELECT count(*) FROM items WHERE ingested_at >= $1)                              AS items_new,
+  (SELECT count(*) FROM items WHERE embedding_status = 'pending')                   AS items_pending_embedding,
+  (SELECT count(*) FROM items WHERE embedded_at >= $1)                              AS items_embedded,
+  (SELECT count(*) FROM matches WHERE computed_at >= $1)                            AS matches_new,
+  (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
+     (SELECT status, count(*) AS n FROM agent_runs WHERE created_at >= $1 GROUP BY status) r) AS runs,
+  (SELECT coalesce(jsonb_object_agg(reason, n), '{}') FROM
+     (SELECT coalesce(fallback_reason, '?') AS reason, count(*) AS n FROM agent_runs
+      WHERE created_at >= $1 AND status = 'FALLBACK' GROUP BY 1) r)                AS fallback_reasons,
+  (SELECT coalesce(jsonb_object_agg(tier, n), '{}') FROM
+     (SELECT tier, count(*) AS n FROM decisions WHERE decided_at >= $1 GROUP BY tier) d) AS decisions,
+  (SELECT count(*) FROM notifications WHERE created_at >= $1)                       AS inbox_new,
+  (SELECT count(*) FROM emails WHERE status IN ('pending', 'sending'))              AS emails_waiting,
+  (SELECT count(*) FROM emails WHERE status IN ('pending', 'sending') AND attempts > 0) AS emails_retrying,
+  (SELECT count(*) FROM emails WHERE status = 'failed')                             AS emails_failed,
+  (SELECT count(*) FROM emails WHERE sent_at >= $1)                                 AS emails_sent,
+  (SELECT count(*) FROM external_calls WHERE created_at >= $1 AND NOT ok)           AS external_errors,
+  (SELECT count(*) FROM external_calls WHERE created_at >= $1 AND ok)               AS external_ok,
+  (SELECT coalesce(bool_or(breaker_open), false) FROM budget_days
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 1)                              AS breaker_open,
+  (SELECT count(*) FROM procrastinate_events
+    WHERE type = 'failed' AND at >= $1)                                             AS jobs_failed,
+  (SELECT count(*) FROM worker_heartbeats
+    WHERE last_seen_at > now() - make_interval(secs => $2))                         AS live_processes
+"""
 
 
-async def config_audit(conn: Conn, *, limit: int, before_id: int | None = None) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT id, key, old_value, new_value, changed_by, changed_at FROM config_audit
-           WHERE ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $1""",
-        limit,
-        before_id,
+async def activity_since(conn: Conn, since: datetime, *, fresh_seconds: float) -> dict[str, Any]:
+    """What the whole system did since `since` (one snapshot, for the fault drills)."""
+    row = await conn.fetchrow(_ACTIVITY, since, fresh_seconds)
+    assert row is not None
+    return {k: (json.loads(v) if isinstance(v, str) else v) for k, v in dict(row).items()}
+
+
+async def terminate_other_connections(conn: Conn) -> int:
+    """End every other client connection to this database (what clients see of a restart)."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"""
+        )
     )
-    return [dict(r) for r in rows]
 
 
-async def config_rows(conn: Conn) -> dict[str, dict[str, Any]]:
-    rows = await conn.fetch("SELECT key, value, updated_at, updated_by FROM config")
-    return {r["key"]: dict(r) for r in rows}
-
-
-async def users(conn: Conn) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT u.id, u.email, u.display_name, u.is_admin, u.timezone, u.language, u.created_at, u.last_login_at,
-                  (SELECT count(*) FROM goals g WHERE g.user_id = u.id)::int AS goals,
-                  (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id AND t.revoked_at IS NULL
-                      AND (t.expires_at IS NULL OR t.expires_at > now()))::int AS live_tokens
-           FROM users u ORDER BY u.id"""
+async def pipeline_backlog(conn: Conn, source_ids: list[int], user_id: int) -> dict[str, int]:
+    """What still waits between these sources and this user's inbox and mail (the demo waits for zeros)."""
+    row = await conn.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM sources WHERE id = ANY($1::bigint[]) AND last_fetch_at IS NULL) AS unfetched,
+             (SELECT count(*) FROM items i JOIN item_sources x ON x.item_id = i.id
+              WHERE x.source_id = ANY($1::bigint[])
+                AND (i.embedding_status = 'pending' OR i.matched_at IS NULL)) AS unmatched,
+             (SELECT count(*) FROM decide_queue) AS undecided,
+             (SELECT count(*) FROM decisions d JOIN goals g ON g.id = d.goal_id
+              WHERE g.user_id = $2 AND d.status = 'pending' AND d.tier = 'IMMEDIATE') AS unflushed,
+             (SELECT count(*) FROM emails WHERE user_id = $2 AND status IN ('pending', 'sending')) AS unsent,
+             (SELECT count(*) FROM items i JOIN item_sources x ON x.item_id = i.id
+              WHERE x.source_id = ANY($1::bigint[])) AS items""",
+        source_ids,
+        user_id,
     )
-    return [dict(r) for r in rows]
+    return dict(row)

@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-Conn = asyncpg.Pool | asyncpg.Connection
+from infosentry.models import FetchResult
+from infosentry.store import Conn
 
 # What a subscriber sees of a source: the source row, its subscription, and the source's health.
 _USER_COLUMNS = """s.id, s.type, s.url, s.name, s.config, sub.enabled, s.enabled AS source_enabled,
@@ -50,14 +51,6 @@ async def insert_source(
     existing = await conn.fetchrow("SELECT * FROM sources WHERE type = $1 AND url = $2", type, url)
     assert existing is not None  # rows are never deleted while a conflicting insert runs
     return existing, False
-
-
-async def source_by_id(conn: Conn, source_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM sources WHERE id = $1", source_id)
-
-
-async def source_by_key(conn: Conn, type: str, url: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM sources WHERE type = $1 AND url = $2", type, url)
 
 
 async def subscribe(conn: Conn, user_id: int, source_id: int, *, enabled: bool = True) -> bool:
@@ -204,10 +197,6 @@ async def health(conn: Conn, *, user_id: int | None = None) -> list[asyncpg.Reco
     )
 
 
-async def first_admin_id(conn: Conn) -> int | None:
-    return await conn.fetchval("SELECT id FROM users WHERE is_admin ORDER BY id LIMIT 1")
-
-
 # --- scheduling ---------------------------------------------------------------------------------------------
 
 
@@ -278,36 +267,17 @@ async def release(conn: Conn, source_ids: Sequence[int]) -> None:
     )
 
 
-async def due_count(conn: Conn) -> int:
-    return int(
-        await conn.fetchval(
-            """SELECT count(*) FROM sources s
-               WHERE s.enabled AND s.next_fetch_at <= now()
-                 AND EXISTS (SELECT 1 FROM subscriptions sub WHERE sub.source_id = s.id AND sub.enabled)"""
-        )
-    )
-
-
-async def make_all_due(conn: Conn) -> int:
-    """Every source due now (benchmarks, operators); leases are kept."""
-    status = await conn.execute("UPDATE sources SET next_fetch_at = now() WHERE lease_until IS NULL")
-    return int(status.split()[-1])
-
-
 # --- results ------------------------------------------------------------------------------------------------
 
 
-async def record_results(conn: Conn, results: Sequence[dict[str, Any]]) -> None:
-    """Write the outcome of many fetches at once: the sources' state and one ingest log row each.
-
-    Each result has: source_id, ok, not_modified, started_at, duration_ms, http_status, fetched, new,
-    duplicate, error_kind, error, next_fetch_at, interval (learned, or None to keep), etag, last_modified,
-    keep_validators (a failure keeps the old validators), title (feed title, to name a source still
-    carrying its placeholder name), placeholder_name.
-    """
+async def record_results(conn: Conn, results: Sequence[FetchResult]) -> None:
+    """Write the outcome of many fetches at once: the sources' state and one ingest log row each."""
     if not results:
         return
-    col = _columns(results)
+
+    def col(name: str) -> list[Any]:
+        return [getattr(r, name) for r in results]
+
     await conn.execute(
         """UPDATE sources s SET
                last_fetch_at = u.started_at,
@@ -346,7 +316,7 @@ async def record_results(conn: Conn, results: Sequence[dict[str, Any]]) -> None:
         col("source_id"),
         col("started_at"),
         col("duration_ms"),
-        [("not_modified" if r["not_modified"] else "ok") if r["ok"] else "error" for r in results],
+        col("status"),
         col("http_status"),
         col("fetched"),
         col("new"),
@@ -354,13 +324,6 @@ async def record_results(conn: Conn, results: Sequence[dict[str, Any]]) -> None:
         col("error_kind"),
         col("error"),
     )
-
-
-def _columns(rows: Sequence[dict[str, Any]]) -> Any:
-    def col(name: str) -> list[Any]:
-        return [r.get(name) for r in rows]
-
-    return col
 
 
 async def prune_logs(conn: Conn, *, older_than_days: int, batch: int = 20000) -> int:

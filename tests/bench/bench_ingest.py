@@ -128,11 +128,11 @@ class Meter:
         self.pgdata, self.server_pid = pgdata, server_pid
 
     def snapshot(self) -> dict[str, float]:
-        from infosentry import ingest
+        from infosentry.ingest import parsing
 
         me = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        workers = ingest.PARSE_POOL.worker_pids()
+        workers = parsing.PARSE_POOL.worker_pids()
         return {
             "self": me.ru_utime + me.ru_stime,
             "children": kids.ru_utime + kids.ru_stime,  # the feed server is reaped after the last snapshot
@@ -143,10 +143,10 @@ class Meter:
         }
 
     def peak_rss_mib(self) -> tuple[float, float]:
-        from infosentry import ingest
+        from infosentry.ingest import parsing
 
         me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        workers = max([proc_hwm_mib(p) for p in ingest.PARSE_POOL.worker_pids()] or [0.0])
+        workers = max([proc_hwm_mib(p) for p in parsing.PARSE_POOL.worker_pids()] or [0.0])
         return me, workers
 
 
@@ -173,11 +173,13 @@ def report(
 
 
 async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
-    from infosentry import db, ingest, migrate
+    from infosentry import db, migrate
+    from infosentry.ingest import parsing
+    from infosentry.ingest import run as ingest
     from infosentry.runtime import open_runtime
     from infosentry.settings import load_settings
-    from infosentry.store import accounts
-    from infosentry.store import sources as sources_store
+    from infosentry.store import users as users_store
+    from tests.conftest import due_count, follow, make_all_due
 
     data_dir = Path(tempfile.mkdtemp(prefix="infosentry-bench-"))
     ctx = multiprocessing.get_context("spawn")
@@ -203,17 +205,16 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
             log_level="WARNING",
         )
         async with open_runtime(settings, live_config=False) as rt:
-            user = await accounts.create_user(rt.pool, "bench@example.com", is_admin=True)
+            user = await users_store.create_user(rt.pool, "bench@example.com", is_admin=True)
             for n in range(feeds):
                 host = HOSTS[n % len(HOSTS)]
                 url = f"http://{host}:{ports[n % len(HOSTS)]}/feed/{n}.xml"
-                spec = ingest.validate_source(type="rss", url=url, name=f"feed {n}")
-                await ingest.add_source(rt.pool, user["id"], spec)
-            await ingest.PARSE_POOL.run(_warm)  # a worker's parse processes start once, not per pass
+                await follow(rt, user["id"], url, name=f"feed {n}")
+            await parsing.PARSE_POOL.run(_warm)  # a worker's parse processes start once, not per pass
             meter = Meter(data_dir / "pg", server.pid or 0)
 
             before = meter.snapshot()
-            while await sources_store.due_count(rt.pool):
+            while await due_count(rt):
                 await ingest.run_due(rt, use_pool=not threads)
             after = meter.snapshot()
             stored = await rt.pool.fetchval("SELECT count(*) FROM items")
@@ -225,15 +226,15 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
                     + str(await rt.pool.fetchval("SELECT last_error FROM sources WHERE error_streak > 0 LIMIT 1"))
                 )
 
-            await sources_store.make_all_due(rt.pool)
+            await make_all_due(rt)
             before = meter.snapshot()
-            while await sources_store.due_count(rt.pool):
+            while await due_count(rt):
                 await ingest.run_due(rt)
             after = meter.snapshot()
             not_modified = await rt.pool.fetchval("SELECT count(*) FROM ingest_logs WHERE status = 'not_modified'")
             report("second pass (304)", before, after, 0, meter, 1)
             print(f"  {not_modified} of {feeds} answered 304")
-            ingest.PARSE_POOL.shutdown()
+            parsing.PARSE_POOL.shutdown()
     finally:
         parent.send("stop")
         server.join(5)

@@ -91,7 +91,7 @@ class Meter:
 
 
 async def seed(rt: Any, n_items: int, rng: random.Random) -> None:
-    from infosentry.store import accounts
+    from infosentry.store import users as users_store
 
     with DATA.open(encoding="utf-8") as fh:
         texts = [r["text"] for r in csv.DictReader(fh)]
@@ -105,7 +105,7 @@ async def seed(rt: Any, n_items: int, rng: random.Random) -> None:
     ]
     subs, goals = [], []
     for u in range(USERS):
-        user = await accounts.create_user(rt.pool, f"user{u}@bench.example")
+        user = await users_store.create_user(rt.pool, f"user{u}@bench.example")
         subs += [(user["id"], s) for s in rng.sample(source_ids, SUBS_PER_USER)]
         for g in range(GOALS_PER_USER):
             name, desc, terms = TOPICS[(u + g * 7) % len(TOPICS)]
@@ -190,6 +190,7 @@ async def decide_after(rt: Any, meter: Meter, n_items: int, match_started: dict[
 
 async def bench(args: argparse.Namespace) -> None:
     from infosentry import db, embed, migrate
+    from infosentry.domain import admin
     from infosentry.runtime import open_runtime
     from infosentry.settings import load_settings
     from infosentry.store import config as config_store
@@ -221,8 +222,8 @@ async def bench(args: argparse.Namespace) -> None:
             f"{SUBS_PER_USER} subscriptions per user"
         )
         async with open_runtime(fake_settings, live_config=False) as rt:
-            await config_store.set_values(
-                rt.pool,
+            await admin.set_config(
+                rt,
                 {
                     "EMBED_BATCH_SIZE": args.batch,
                     "EMBED_PER_MIN": 100000,
@@ -231,7 +232,7 @@ async def bench(args: argparse.Namespace) -> None:
                 },
                 who="bench",
             )
-            rt.hot.apply_rows(await config_store.rows(rt.pool))
+            rt.hot.apply_rows(await config_store.values(rt.pool))
             await seed(rt, args.items, rng)
             print(f"fake OpenAI (text-embedding-3-small, 1536 dims), {args.items} items:")
             await set_active_goals(rt, max(goal_counts))

@@ -30,13 +30,13 @@ from typing import Any
 
 from aiohttp import web
 
-from infosentry import db, embed, ingest, jobs, migrate
+from infosentry import db, embed, migrate, queue
+from infosentry.domain import admin
 from infosentry.runtime import open_runtime
 from infosentry.settings import load_settings
-from infosentry.store import accounts
-from infosentry.store import config as config_store
 from infosentry.store import goals as goals_store
-from infosentry.store import sources as sources_store
+from infosentry.store import users as users_store
+from tests.conftest import follow, make_all_due
 from tests.fakes.feeds import FakeFeedServer
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.smtp import SmtpSink
@@ -146,8 +146,8 @@ async def main(args: argparse.Namespace) -> None:
     proc: subprocess.Popen[bytes] | None = None
     try:
         async with open_runtime(settings) as rt:
-            await config_store.set_values(
-                rt.pool,
+            await admin.set_config(
+                rt,
                 {
                     "IMMEDIATE_COALESCE_MINUTES": 0,
                     "LLM_ENABLED": False,
@@ -164,7 +164,7 @@ async def main(args: argparse.Namespace) -> None:
             await rt.hot.reload()
             goal_ids = []
             for g in range(args.goals):
-                user = await accounts.get_or_create_user(rt.pool, f"bench{g}@example.com")
+                user = await users_store.get_or_create_user(rt.pool, f"bench{g}@example.com")
                 goal = await goals_store.create(
                     rt.pool,
                     user["id"],
@@ -178,10 +178,7 @@ async def main(args: argparse.Namespace) -> None:
                 )
                 goal_ids.append(goal["id"])
                 for n in range(args.feeds):
-                    spec = ingest.validate_source(
-                        type="rss", url=server.url(f"/feed{n}.xml"), name=f"Bench {n}", interval=None, config=None
-                    )
-                    await ingest.add_source(rt.pool, user["id"], spec)
+                    await follow(rt, user["id"], server.url(f"/feed{n}.xml"), name=f"Bench {n}")
             await embed.run(rt)  # goal vectors before the first item
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             proc = subprocess.Popen(
@@ -216,12 +213,12 @@ async def main(args: argparse.Namespace) -> None:
                     seen += len(batch)
                     await asyncio.sleep(0.02)
 
-            async with jobs.open_queue(dsn) as qapp:
+            async with queue.open_queue(dsn) as qapp:
 
                 async def drive_fetches() -> None:
                     while True:
-                        await sources_store.make_all_due(rt.pool)
-                        await jobs.nudge(qapp, "ingest_due")
+                        await make_all_due(rt)
+                        await queue.nudge(qapp, "ingest_due")
                         await asyncio.sleep(0.5)
 
                 watcher = asyncio.create_task(watch_sink())

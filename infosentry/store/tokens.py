@@ -1,45 +1,10 @@
-"""SQL for users, API/session tokens, login links and rate limits."""
+"""SQL for API and session tokens (stored hashed): mint, look up on every request, revoke, list."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 import asyncpg
-
-from infosentry.errors import Conflict, NotFound
-
-
-async def create_user(
-    conn: asyncpg.Pool | asyncpg.Connection, email: str, *, is_admin: bool = False, display_name: str = ""
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        """INSERT INTO users (email, is_admin, display_name) VALUES ($1, $2, $3)
-           ON CONFLICT (email) DO NOTHING RETURNING *""",
-        email.strip().lower(),
-        is_admin,
-        display_name,
-    )
-    if row is None:
-        raise Conflict(f"user {email} already exists")
-    return row
-
-
-async def user_by_email(conn: asyncpg.Pool | asyncpg.Connection, email: str) -> asyncpg.Record:
-    row = await conn.fetchrow("SELECT * FROM users WHERE email = $1", email.strip().lower())
-    if row is None:
-        raise NotFound(f"no user with email {email}")
-    return row
-
-
-async def get_or_create_user(conn: asyncpg.Pool | asyncpg.Connection, email: str) -> asyncpg.Record:
-    email = email.strip().lower()
-    row = await conn.fetchrow(
-        """INSERT INTO users (email) VALUES ($1)
-           ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING *""",
-        email,
-    )
-    assert row is not None
-    return row
 
 
 async def insert_token(
@@ -106,16 +71,3 @@ async def list_tokens(conn: asyncpg.Pool | asyncpg.Connection, user_id: int) -> 
            FROM api_tokens WHERE user_id = $1 ORDER BY id""",
         user_id,
     )
-
-
-async def hit_rate_limit(conn: asyncpg.Pool | asyncpg.Connection, key: str, *, window_seconds: int, limit: int) -> bool:
-    """Count one hit in the current fixed window; True when the limit is exceeded."""
-    hits = await conn.fetchval(
-        """INSERT INTO rate_limits (key, window_start, hits)
-           VALUES ($1, to_timestamp(floor(extract(epoch FROM now()) / $2) * $2), 1)
-           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1
-           RETURNING hits""",
-        key,
-        window_seconds,
-    )
-    return int(hits) > limit

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -24,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from infosentry import db, migrate
 from infosentry.errors import Conflict, Invalid, Unavailable
 from infosentry.settings import Settings
+from infosentry.store import catalog as catalog_store
 
 PREFIX = "infosentry-"
 SUFFIX = ".dump"
@@ -97,20 +96,6 @@ def pick_tools(*, embedded: bool, server_major: int) -> Tools:
     return best
 
 
-def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
-    """The DSN without its password (for argv, visible in ps) and an environment carrying the password."""
-    parts = urlsplit(dsn)
-    env = dict(os.environ)
-    env.pop("PGPASSWORD", None)
-    if parts.password is not None:
-        env["PGPASSWORD"] = unquote(parts.password)
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        parts = parts._replace(netloc=f"{user}@{netloc[1]}")
-    env.setdefault("PGCONNECT_TIMEOUT", "10")
-    return parts.geturl(), env
-
-
 async def _run(argv: list[str], env: dict[str, str], what: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -128,48 +113,6 @@ def _last_error(stderr: str) -> str:
 
 
 # --- catalog helpers ---------------------------------------------------------------------------------------
-
-# our tables: every table of schema public that does not belong to an extension
-_TABLES_SQL = """
-SELECT c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY c.relname
-"""
-
-
-async def list_tables(conn: asyncpg.Connection) -> list[str]:
-    return [r["relname"] for r in await conn.fetch(_TABLES_SQL)]
-
-
-async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    """Exact row count of every table, in one statement (so in one snapshot even outside a transaction)."""
-    tables = await list_tables(conn)
-    if not tables:
-        return {}
-    query = " UNION ALL ".join(f"SELECT {_literal(t)} AS t, count(*) AS n FROM public.{_ident(t)}" for t in tables)
-    return {r["t"]: r["n"] for r in await conn.fetch(query)}
-
-
-async def nonempty_tables(conn: asyncpg.Connection) -> list[str]:
-    """Tables holding rows; schema_migrations does not count (a freshly migrated database is empty)."""
-    tables = [t for t in await list_tables(conn) if t != "schema_migrations"]
-    if not tables:
-        return []
-    query = " UNION ALL ".join(
-        f"SELECT {_literal(t)} AS t WHERE EXISTS (SELECT 1 FROM public.{_ident(t)})" for t in tables
-    )
-    return [r["t"] for r in await conn.fetch(query)]
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 async def _migration_version(conn: asyncpg.Connection) -> int:
@@ -247,7 +190,7 @@ async def backup(
         tools = pick_tools(embedded=not settings.database_url, server_major=await _server_major(conn))
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
-            tables = await table_counts(conn)
+            tables = await catalog_store.table_counts(conn)
             migration = await _migration_version(conn)
             database = await conn.fetchval("SELECT current_database()")
             server_version = await conn.fetchval("SHOW server_version")
@@ -291,7 +234,7 @@ async def backup(
 
 
 async def _pg_dump(tools: Tools, dsn: str, snapshot: str, target: Path, n_tables: int, progress: Progress) -> None:
-    uri, env = libpq_env(dsn)
+    uri, env = db.libpq_env(dsn)
     argv = [
         tools("pg_dump"),
         "--format=custom",
@@ -393,46 +336,6 @@ def prune(out_dir: Path, keep_days: int, *, now: datetime | None = None, keep: s
 
 # --- restore -----------------------------------------------------------------------------------------------
 
-# Drops every object of schema public that no extension owns (tables with their sequences, indexes, triggers;
-# views; functions; types), so that a role without the right to create extensions (pgvector is not a trusted
-# extension) can restore: the extension stays, the archive's CREATE EXTENSION IF NOT EXISTS is then a no-op.
-WIPE_SQL = r"""
-DO $wipe$
-DECLARE
-    stmt text;
-    stmts text[];
-BEGIN
-    -- each phase lists its objects before dropping any (a CASCADE may take others along: hence IF EXISTS)
-    SELECT array_agg(format('DROP %s IF EXISTS %I.%I CASCADE',
-                            CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-                                           WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
-                            n.nspname, c.relname)
-                     ORDER BY CASE c.relkind WHEN 'v' THEN 0 WHEN 'm' THEN 1 WHEN 'S' THEN 3 ELSE 2 END)
-    INTO stmts
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e');
-    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP EXECUTE stmt; END LOOP;
-
-    SELECT array_agg(format('DROP ROUTINE IF EXISTS %s CASCADE', p.oid::regprocedure)) INTO stmts
-    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    WHERE n.nspname = 'public'
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e');
-    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP EXECUTE stmt; END LOOP;
-
-    SELECT array_agg(format('DROP TYPE IF EXISTS %I.%I CASCADE', n.nspname, t.typname)) INTO stmts
-    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-    LEFT JOIN pg_class c ON c.oid = t.typrelid
-    WHERE n.nspname = 'public' AND t.typtype IN ('c', 'd', 'e', 'r', 'm')
-      AND (t.typtype <> 'c' OR c.relkind = 'c')
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e');
-    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP EXECUTE stmt; END LOOP;
-END
-$wipe$;
-"""
 
 # archive entries a non-owner cannot restore and that carry nothing of ours
 _SKIP_TOC = re.compile(r"^\d+; \d+ \d+ COMMENT - EXTENSION ")
@@ -500,35 +403,33 @@ async def restore(settings: Settings, path: Path, *, yes: bool = False, progress
     dsn = db.resolve_dsn(settings)
     async with db.plain_connection(dsn) as conn:
         tools = pick_tools(embedded=not settings.database_url, server_major=await _server_major(conn))
-        filled = await nonempty_tables(conn)
+        filled = await catalog_store.nonempty_tables(conn)
         if filled and not yes:
             shown = ", ".join(filled[:6]) + (", ..." if len(filled) > 6 else "")
             raise Conflict(
                 f"the database is not empty ({len(filled)} tables hold rows: {shown}); "
                 "run again with --yes to replace its contents"
             )
-        others = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        others = await catalog_store.other_connections(conn)
         if others:
             progress(
                 f"restore: warning: {others} other connections to this database (stop the api and "
                 "workers first; the restore waits for their locks)"
             )
-    uri, env = libpq_env(dsn)
+    uri, env = db.libpq_env(dsn)
     progress(f"restore: reading {path.name} with pg_restore {tools.major}")
     toc = await _run([tools("pg_restore"), "--list", str(path)], env, "pg_restore --list (is this a backup?)")
     with tempfile.TemporaryDirectory(prefix="infosentry-restore-") as tmp:
         listing = Path(tmp) / "toc.list"
         listing.write_text("\n".join(ln for ln in toc.splitlines() if not _SKIP_TOC.match(ln)) + "\n")
         wipe = Path(tmp) / "wipe.sql"
-        wipe.write_text(WIPE_SQL)
+        wipe.write_text(catalog_store.WIPE_SQL)
         progress(f"restore: replacing the contents of the database (one transaction) from {path.name}")
         await _restore_pipe(tools, uri, env, path, listing, wipe)
     async with db.plain_connection(dsn) as conn:
         progress("restore: analyzing and verifying")
         await conn.execute("ANALYZE")
-        tables = await table_counts(conn)
+        tables = await catalog_store.table_counts(conn)
         st = await migrate.status(conn)
     expected = manifest.get("tables") if manifest else None
     return RestoreResult(path, time.monotonic() - started, tables, expected, st.current, st.head, filled)

@@ -1,0 +1,240 @@
+"""Goals: what a user tracks. Create, edit, pause, resume, delete, list, and a goal's scored items.
+
+Changing the scored text (name, description, terms, mode) bumps the goal's version: the embed job builds the
+new goal vector and scores the last 72 h of items again. Another user's goal is NotFound, never Forbidden.
+Imports store.goals, store.matches, store.decisions, hotconfig, domain.fields.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+
+from infosentry import hotconfig
+from infosentry.domain import Actor
+from infosentry.domain.fields import Fields, valid_email, valid_timezone
+from infosentry.errors import BadRequest, Conflict, Invalid, NotFound
+from infosentry.runtime import Runtime
+from infosentry.store import decisions as decisions_store
+from infosentry.store import goals as goals_store
+from infosentry.store import matches as matches_store
+
+MAX_GOALS_PER_USER = 100
+STATUSES = ("active", "paused", "archived")
+FIELDS = {
+    "name",
+    "description",
+    "priority_terms",
+    "negative_terms",
+    "priority_mode",
+    "batch_windows",
+    "digest_time",
+    "timezone",
+    "email",
+    "language",
+    "status",
+}
+NAME_MAX = 100
+
+
+def view(row: asyncpg.Record) -> dict[str, Any]:
+    """A goal as its owner sees it (API, pages, CLI)."""
+    out = dict(row)
+    out.pop("user_id", None)
+    out.pop("embedding_model", None)
+    return out
+
+
+def derive_name(description: str) -> str:
+    """A name for a goal created with a description only: its first clause, cut at a word boundary."""
+    first = re.split(r"[.;:!?\n。；：！？]", description.strip(), maxsplit=1)[0].strip() or description.strip()
+    if len(first) <= 60:
+        return first
+    cut = first[:60]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > 30 else cut).rstrip(" ,，、") + "…"
+
+
+def validate(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    """The changes a body asks for, validated and normalised (every error reported at once, as one 422).
+
+    Creating needs only a description: the name is derived from it when missing or empty."""
+    f = Fields(body, FIELDS)
+    values = {
+        "name": f.str("name", max_len=NAME_MAX, min_len=0 if creating else 1),
+        "description": f.str("description", required=creating, max_len=2000, min_len=1),
+        "priority_terms": f.str_list("priority_terms", max_items=50, max_len=100),
+        "negative_terms": f.str_list("negative_terms", max_items=50, max_len=100),
+        "priority_mode": f.str("priority_mode", choices=("SOFT", "STRICT")),
+        "timezone": f.str("timezone", max_len=64, min_len=1),
+        "email": f.str("email", max_len=254, nullable=True),
+        "language": f.str("language", choices=("en", "zh"), nullable=True),
+        "status": f.str("status", choices=STATUSES),
+        "digest_time": f.str("digest_time", max_len=5),
+    }
+    windows = f.str_list("batch_windows", max_items=3, max_len=5)
+    if windows is not None:
+        try:
+            values["batch_windows"] = hotconfig.parse_hhmm_list(",".join(windows))
+        except Invalid as exc:
+            f.check(False, "batch_windows", exc.detail)
+    if values["digest_time"] is not None:
+        try:
+            values["digest_time"] = hotconfig.normalise_hhmm(values["digest_time"])
+        except Invalid as exc:
+            f.check(False, "digest_time", exc.detail)
+    if values["timezone"] is not None:
+        f.check(valid_timezone(values["timezone"]), "timezone", "must be an IANA time zone such as Asia/Shanghai")
+    if values["email"]:
+        values["email"] = values["email"].lower()
+        f.check(valid_email(values["email"]), "email", "must be an email address")
+    f.done()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if f.has(key):
+            out[key] = value or None if key in ("email", "language") else value
+    if creating and not out.get("name"):
+        out["name"] = derive_name(out["description"])
+    return out
+
+
+def _check_recipient(fields: dict[str, Any], actor: Actor) -> None:
+    """Pushes go to the owner's own (proven) address: otherwise anyone could make the service mail a third party.
+    An admin may direct a goal elsewhere (a team list, for instance)."""
+    email = fields.get("email")
+    if email and not actor.is_admin and email != actor.email.lower():
+        raise Invalid(
+            "email: must be your own address (only an admin can send a goal's pushes elsewhere)",
+            errors=[{"field": "email", "message": "must be your own address"}],
+        )
+
+
+async def create(rt: Runtime, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+    """Store a new goal with the defaults (the user's time zone, DEFAULT_BATCH_WINDOWS, DEFAULT_DIGEST_TIME),
+    at most MAX_GOALS_PER_USER per user; the embed job builds its vector and scores the last 72 h."""
+    fields = validate(body, creating=True)
+    _check_recipient(fields, actor)
+    fields.setdefault("timezone", actor.timezone)
+    fields.setdefault("batch_windows", hotconfig.parse_hhmm_list(rt.hot["DEFAULT_BATCH_WINDOWS"]))
+    fields.setdefault("digest_time", rt.hot["DEFAULT_DIGEST_TIME"])
+    async with rt.pool.acquire() as conn, conn.transaction():
+        await goals_store.lock_owner(conn, actor.user_id)
+        if await goals_store.count(conn, actor.user_id) >= MAX_GOALS_PER_USER:
+            raise Conflict(f"at most {MAX_GOALS_PER_USER} goals per user; archive or delete one first")
+        row = await goals_store.create(conn, actor.user_id, fields)
+    await rt.nudge("embed_pending")
+    return view(row)
+
+
+async def get(rt: Runtime, actor: Actor, goal_id: int) -> dict[str, Any]:
+    row = await goals_store.get(rt.pool, actor.user_id, goal_id)
+    if row is None:
+        raise NotFound("no such goal")
+    return view(row)
+
+
+async def list_goals(
+    rt: Runtime, actor: Actor, *, status: str | None = None, limit: int = 200, after_id: int = 0
+) -> list[dict[str, Any]]:
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be {', '.join(STATUSES[:-1])} or {STATUSES[-1]}")
+    rows = await goals_store.list_goals(rt.pool, actor.user_id, limit=limit, after_id=after_id, status=status)
+    return [view(r) for r in rows]
+
+
+async def update(rt: Runtime, actor: Actor, goal_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Change only the fields given; a new scored text re-embeds the goal and re-scores the last 72 h."""
+    changes = validate(body, creating=False)
+    _check_recipient(changes, actor)
+    return await _apply(rt, actor.user_id, goal_id, changes)
+
+
+async def _apply(rt: Runtime, user_id: int, goal_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    async with rt.pool.acquire() as conn, conn.transaction():
+        row = await goals_store.update(conn, user_id, goal_id, changes)
+        if row is None:
+            raise NotFound("no such goal")
+        if row["status"] != "active":
+            # a paused goal pushes nothing, at once: what waits for a coalescing or batch window is cancelled
+            await decisions_store.cancel_inactive(conn, goal_id)
+    if not row["embedded"] or not row["backfilled"]:
+        await rt.nudge("embed_pending")
+    return view(row)
+
+
+async def pause(rt: Runtime, user_id: int, goal_id: int) -> dict[str, Any]:
+    """Nothing is scored or pushed for the goal until it is resumed; pending pushes are cancelled. An archived
+    goal stays archived."""
+    row = await goals_store.get(rt.pool, user_id, goal_id)
+    if row is None:
+        raise NotFound("no such goal")
+    return await _apply(rt, user_id, goal_id, {"status": "paused"} if row["status"] == "active" else {})
+
+
+async def resume(rt: Runtime, user_id: int, goal_id: int) -> dict[str, Any]:
+    """Active again; the items of the last 72 h are scored for it (never as instant alerts)."""
+    return await _apply(rt, user_id, goal_id, {"status": "active"})
+
+
+async def pause_all(rt: Runtime, user_id: int) -> list[dict[str, Any]]:
+    """Pause every active goal of a user (the pause link of a combined digest)."""
+    paused = []
+    for row in await goals_store.list_goals(rt.pool, user_id, limit=10_000, status="active"):
+        paused.append(await pause(rt, user_id, row["id"]))
+    return paused
+
+
+async def delete(rt: Runtime, actor: Actor, goal_id: int) -> None:
+    """Delete a goal with its matches, decisions and inbox entries."""
+    if not await goals_store.delete(rt.pool, actor.user_id, goal_id):
+        raise NotFound("no such goal")
+
+
+async def matches(
+    rt: Runtime,
+    actor: Actor,
+    goal_id: int,
+    *,
+    min_score: float = 0.0,
+    limit: int = 50,
+    after: tuple[float, int] | None = None,
+) -> list[dict[str, Any]]:
+    """The goal's scored items, best first (keyset `after` = (score, item id) of the previous page's last)."""
+    if await goals_store.get(rt.pool, actor.user_id, goal_id) is None:
+        raise NotFound("no such goal")
+    rows = await matches_store.goal_matches(rt.pool, goal_id, min_score=min_score, limit=limit, after=after)
+    return [match_view(r) for r in rows]
+
+
+def match_view(r: asyncpg.Record) -> dict[str, Any]:
+    decision = None
+    if r["tier"] is not None:
+        decision = {
+            "tier": r["tier"],
+            "status": r["decision_status"],
+            "reason": r["decision_reason"],
+            "decided_at": r["decided_at"],
+            "pushed_at": r["pushed_at"],
+        }
+    return {
+        "item": {
+            "id": r["item_id"],
+            "title": r["title"],
+            "url": r["url"],
+            "snippet": r["snippet"],
+            "published_at": r["published_at"],
+            "ingested_at": r["ingested_at"],
+            "embedding_status": r["embedding_status"],
+            "source": {"id": r["source_id"], "name": r["source_name"]},
+        },
+        "score": r["score"],
+        "components": r["components"],
+        "reasons": r["reasons"],
+        "gate": r["gate"],
+        "lexical_only": r["lexical_only"],
+        "is_backfill": r["is_backfill"],
+        "computed_at": r["computed_at"],
+        "decision": decision,
+    }

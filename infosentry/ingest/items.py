@@ -1,0 +1,110 @@
+"""Storing the items of many fetches at once: deduplicated against the database and each other (canonical URL,
+then title fingerprint plus near-identical text across sources), new stories inserted, and every story linked
+to every source it was seen in. Set-based: five statements per batch, whatever its size.
+
+Imports ingest.dedupe, ingest.parsing (PreparedFeed), models, store.items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from infosentry.ingest.dedupe import DEDUPE_WINDOW, Candidate, find_same_story
+from infosentry.ingest.parsing import PreparedFeed
+from infosentry.models import NewItem
+from infosentry.store import items as items_store
+
+BACKFILL_GRACE = timedelta(hours=1)
+
+
+@dataclass(slots=True)
+class FeedItems:
+    """The parsed items of one fetch, with the source row they came from."""
+
+    source: Mapping[str, Any]  # id, created_at, last_success_at
+    feed: PreparedFeed
+    new: int = 0
+    duplicate: int = 0
+
+
+async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now: datetime) -> None:
+    """Insert what is new, link what is known; count new and duplicate items on each FeedItems."""
+    if not batch:
+        return
+    all_hashes = [key[1] for b in batch for key in b.feed.keys]
+    existing = await items_store.ids_by_hash(conn, all_hashes)
+    fresh_keys = {key[2] for b in batch for key in b.feed.keys if key[1] not in existing}
+    by_title: dict[str, list[Candidate]] = {}
+    for c in await items_store.title_candidates(conn, fresh_keys, hours=int(DEDUPE_WINDOW.total_seconds() // 3600)):
+        by_title.setdefault(c["title_key"], []).append(
+            Candidate(c["id"], c["snippet"], c["published_at"], set(c["source_ids"]))
+        )
+    new_items: dict[str, tuple[NewItem, FeedItems]] = {}  # url_hash -> the new item and the fetch that found it
+    # (item id or url_hash of a new item, source id, url, alias): the alias hash is stored for every link but
+    # the one that created the item, so a merged story's own URL finds its item at the next fetch
+    links: list[tuple[int | str, int, str, str | None]] = []
+    for b in batch:
+        source_id = int(b.source["id"])
+        first_fetch = b.source["last_success_at"] is None
+        cutoff = b.source["created_at"] - BACKFILL_GRACE
+        seen: set[str] = set()
+        for draft, (canon, digest, tkey) in zip(b.feed.items, b.feed.keys, strict=True):
+            if digest in seen:
+                b.duplicate += 1
+                continue
+            seen.add(digest)
+            published = min(draft.published_at, now) if draft.published_at else None
+            target: int | str | None = existing.get(digest)
+            if target is None and digest in new_items:
+                target = digest
+            if target is None:
+                cand = find_same_story(by_title.get(tkey), source_id, draft.snippet, draft.title, published)
+                if cand is not None:
+                    target = cand.target
+                    cand.source_ids.add(source_id)
+            if target is not None:
+                b.duplicate += 1
+                links.append((target, source_id, draft.url, digest))
+                continue
+            item = NewItem(
+                url=draft.url,
+                canonical_url=canon,
+                url_hash=digest,
+                guid=draft.guid,
+                title=draft.title,
+                snippet=draft.snippet,
+                author=draft.author,
+                tags=draft.tags,
+                published_at=published,
+                source_id=source_id,
+                title_key=tkey,
+                is_backfill=bool((published and published < cutoff) or (first_fetch and published is None)),
+            )
+            new_items[digest] = (item, b)
+            by_title.setdefault(tkey, []).append(Candidate(digest, draft.snippet, published, {source_id}))
+            links.append((digest, source_id, draft.url, None))
+    # sorted: concurrent writers (other worker processes) then take index locks in one order, never deadlock
+    inserted = await items_store.insert_items(conn, sorted((i for i, _ in new_items.values()), key=_by_hash))
+    lost = [h for h in new_items if h not in inserted]  # a concurrent writer stored the same story first
+    inserted_elsewhere = await items_store.ids_by_hash(conn, lost) if lost else {}
+    for digest, (_, b) in new_items.items():
+        if digest in inserted:
+            b.new += 1
+        else:
+            b.duplicate += 1
+    ids = {**inserted, **inserted_elsewhere}
+    resolved = []
+    for target, source_id, url, alias in links:
+        item_id = ids.get(target) if isinstance(target, str) else target
+        if item_id is not None:
+            resolved.append((item_id, source_id, url, alias))
+    await items_store.link_sources(conn, sorted(resolved, key=lambda link: (link[0], link[1])))
+
+
+def _by_hash(item: NewItem) -> str:
+    return item.url_hash

@@ -1,0 +1,319 @@
+"""An ingest run: claim due sources in bounded batches with a lease, fetch them concurrently (per-host caps
+live in the Fetcher), parse in the parse pool, and let one writer store the results of many fetches per
+transaction: the items (ingest.items), the sources' health and schedule, one ingest log row per fetch.
+A failing source never loses the other sources' work.
+
+Imports fetch, sources, ingest.{parsing, items, schedule}, models, metrics, store.sources, runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from infosentry import metrics
+from infosentry.errors import Invalid, NotFound
+from infosentry.fetch import FetchError
+from infosentry.ingest import schedule
+from infosentry.ingest.items import FeedItems, store_items
+from infosentry.ingest.parsing import PARSE_POOL, PreparedFeed, in_thread, nul_free, prepare
+from infosentry.models import FetchResult, RunSummary
+from infosentry.runtime import Runtime
+from infosentry.sources import SOURCE_TYPES
+from infosentry.store import sources as sources_store
+from infosentry.urls import placeholder_name
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 300  # a claimed source is someone else's again after this (crash recovery)
+FETCH_CONCURRENCY = 32  # fetches in flight per run (the Fetcher also caps each host at 2)
+RUN_BUDGET_SECONDS = 120.0  # one ingest_due job stops claiming after this; the next tick continues
+FLUSH_MAX = 64  # fetch results written per transaction
+LOG_RETENTION_DAYS = 7
+MAX_ERROR_CHARS = 1000
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One fetch of one source, before it is written."""
+
+    source: asyncpg.Record
+    started_at: datetime
+    duration_ms: int = 0
+    feed: PreparedFeed | None = None
+    not_modified: bool = False
+    http_status: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    hint: datetime | None = None  # the earliest next fetch the server asked for
+    error: FetchError | None = None
+    error_kind: str | None = None
+
+
+class Run:
+    """Fetch tasks feed a queue; one writer drains it in transactions of up to FLUSH_MAX attempts."""
+
+    def __init__(self, rt: Runtime, *, concurrency: int, use_pool: bool = True, keep_results: bool = False) -> None:
+        self.rt = rt
+        self.sem = asyncio.Semaphore(concurrency)
+        self.queue: asyncio.Queue[Attempt | None] = asyncio.Queue()
+        self.summary = RunSummary()
+        self.keep_results = keep_results
+        self.runner = PARSE_POOL.run if use_pool else in_thread
+        self.rng = random.Random()
+        self.started: set[int] = set()  # sources whose fetch began (the others can be released on cancel)
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Run:
+        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._writer is not None
+        self.queue.put_nowait(None)
+        await self._writer
+
+    async def fetch(self, source: asyncpg.Record) -> None:
+        async with self.sem:
+            self.started.add(source["id"])
+            attempt = await self._fetch(source)
+        self.queue.put_nowait(attempt)
+
+    async def _fetch(self, source: asyncpg.Record) -> Attempt:
+        attempt = Attempt(source=source, started_at=datetime.now(UTC))
+        t0 = time.monotonic()
+        try:
+            module = SOURCE_TYPES[source["type"]]
+            fetcher = await self.rt.fetcher()
+            outcome = await module.fetch(
+                fetcher,
+                source["url"],
+                source["config"] or {},
+                source["etag"],
+                source["last_modified"],
+                parse_runner=self.runner,
+            )
+        except FetchError as exc:
+            attempt.error, attempt.error_kind, attempt.http_status = exc, exc.kind, exc.status
+        except ValueError as exc:  # the stored config no longer validates (edited by hand, type module changed)
+            attempt.error = FetchError("invalid_url", f"invalid source settings: {exc}")
+            attempt.error_kind = "config"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must cost one source one fetch, never the run
+            log.exception("fetch crashed", extra={"action": "ingest_fetch_crashed", "source_id": source["id"]})
+            attempt.error = FetchError("parse", f"internal error: {type(exc).__name__}: {exc}")
+            attempt.error_kind = "internal"
+        else:
+            attempt.not_modified = outcome.not_modified
+            attempt.http_status = outcome.http_status
+            attempt.etag, attempt.last_modified = outcome.etag, outcome.last_modified
+            feed = outcome.feed
+            if feed is not None and not isinstance(feed, PreparedFeed):
+                feed = prepare(feed)  # a type that parsed without the runner
+            attempt.feed = feed
+            attempt.hint = schedule.hint_at(
+                datetime.now(UTC),
+                retry_after=outcome.retry_after_at,
+                max_age=outcome.max_age,
+                ttl=feed.ttl_seconds if feed else None,
+            )
+        attempt.duration_ms = int((time.monotonic() - t0) * 1000)
+        return attempt
+
+    # -- writing --
+
+    async def _write_loop(self) -> None:
+        done = False
+        while not done:
+            first = await self.queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < FLUSH_MAX and not self.queue.empty():
+                nxt = self.queue.get_nowait()
+                if nxt is None:
+                    done = True
+                    break
+                batch.append(nxt)
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[Attempt]) -> None:
+        try:
+            async with self.rt.pool.acquire() as conn, conn.transaction():
+                results = await self._write(conn, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("batch write failed, writing one by one: %s", exc, extra={"action": "ingest_batch_retry"})
+                for one in batch:
+                    await self._flush([one])
+                return
+            await self._write_failure(batch[0], exc)
+            return
+        self._tally(results)
+
+    async def _write(self, conn: asyncpg.Connection, batch: list[Attempt]) -> list[FetchResult]:
+        now = datetime.now(UTC)
+        parsed = {id(a): FeedItems(a.source, a.feed) for a in batch if a.feed is not None and a.feed.items}
+        await store_items(conn, list(parsed.values()), now)
+        results = [self._result(a, parsed.get(id(a)), now) for a in batch]
+        await sources_store.record_results(conn, results)
+        return results
+
+    async def _write_failure(self, attempt: Attempt, exc: Exception) -> None:
+        """The results of one source could not be stored: record that as its failure (its lease runs out if
+        even this fails, and it is fetched again)."""
+        log.error(
+            "storing fetch results failed: %s",
+            exc,
+            extra={"action": "ingest_store_failed", "source_id": attempt.source["id"]},
+        )
+        attempt.feed = None
+        attempt.error = FetchError("parse", f"internal error while storing items: {type(exc).__name__}: {exc}")
+        attempt.error_kind = "internal"
+        results = [self._result(attempt, None, datetime.now(UTC))]
+        try:
+            async with self.rt.pool.acquire() as conn, conn.transaction():
+                await sources_store.record_results(conn, results)
+        except Exception as again:
+            log.error("recording the failure failed too: %s", again, extra={"action": "ingest_record_failed"})
+            return
+        self._tally(results)
+
+    def _result(self, a: Attempt, items: FeedItems | None, now: datetime) -> FetchResult:
+        source = a.source
+        base = schedule.base_interval(source)
+        common = {
+            "source_id": source["id"],
+            "started_at": a.started_at,
+            "duration_ms": a.duration_ms,
+            "http_status": a.http_status,
+            "placeholder_name": placeholder_name(source["url"]),
+            "not_modified": a.not_modified,
+        }
+        if a.error is not None:
+            streak = source["error_streak"] + 1
+            return FetchResult(
+                **common,
+                ok=False,
+                error_kind=a.error_kind or a.error.kind,
+                error=nul_free(str(a.error), MAX_ERROR_CHARS),
+                next_fetch_at=schedule.next_after_failure(base, streak, now, a.error.retry_after, self.rng),
+            )
+        interval = source["current_interval_sec"] or base
+        learned, title = None, None
+        if a.feed is not None:
+            learned = schedule.learn_interval(base, [d.published_at for d in a.feed.items], now)
+            interval = learned or interval
+            title = nul_free(a.feed.title, 200) if a.feed.title else None
+        return FetchResult(
+            **common,
+            ok=True,
+            etag=a.etag,
+            last_modified=a.last_modified,
+            fetched=len(a.feed.items) if a.feed is not None else 0,
+            new=items.new if items else 0,
+            duplicate=items.duplicate if items else 0,
+            interval=learned,
+            title=title,
+            next_fetch_at=schedule.next_after_success(interval, now, a.hint, self.rng),
+        )
+
+    def _tally(self, results: list[FetchResult]) -> None:
+        s = self.summary
+        for r in results:
+            s.sources += 1
+            if not r.ok:
+                s.failed += 1
+            elif r.not_modified:
+                s.not_modified += 1
+            else:
+                s.ok += 1
+            metrics.FETCHES.labels(r.status if r.ok else (r.error_kind or "error")).inc()
+            metrics.ITEMS_INGESTED.inc(r.new)
+            s.fetched += r.fetched
+            s.new_items += r.new
+            s.duplicates += r.duplicate
+            if self.keep_results:
+                s.results[r.source_id] = r
+
+
+async def run_due(
+    rt: Runtime,
+    *,
+    concurrency: int = FETCH_CONCURRENCY,
+    budget: float = RUN_BUDGET_SECONDS,
+    lease_seconds: int = LEASE_SECONDS,
+    use_pool: bool = True,
+) -> RunSummary:
+    """Fetch every due source (bounded batches, bounded concurrency) until none is due or the time budget is
+    spent. Safe to run in several processes at once: claims never overlap."""
+    started = time.monotonic()
+    deadline = started + budget
+    tasks: set[asyncio.Task[None]] = set()
+    claimed: list[int] = []
+    await sources_store.park_unfollowed(rt.pool)
+    async with Run(rt, concurrency=concurrency, use_pool=use_pool) as run:
+        try:
+            while time.monotonic() < deadline:
+                # keep about two batches in hand: enough to keep every slot busy, few leases waiting
+                while len(tasks) > concurrency:
+                    _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                rows = await sources_store.claim_due(
+                    rt.pool, limit=2 * concurrency - len(tasks), lease_seconds=lease_seconds
+                )
+                if not rows:
+                    break
+                claimed.extend(row["id"] for row in rows)
+                tasks.update(asyncio.create_task(run.fetch(row)) for row in rows)
+            if tasks:
+                await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await _release_unstarted(rt, [sid for sid in claimed if sid not in run.started])
+            raise
+    run.summary.seconds = round(time.monotonic() - started, 3)
+    if run.summary.sources:
+        log.info("ingest run: %s", run.summary.as_dict(), extra={"action": "ingest_run", **run.summary.as_dict()})
+    return run.summary
+
+
+async def _release_unstarted(rt: Runtime, source_ids: list[int]) -> None:
+    """A cancelled run (worker shutdown) hands back what it never started, so those sources are not late by a
+    whole lease; the ones in flight keep their lease and come back when it runs out."""
+    if not source_ids:
+        return
+    try:
+        await asyncio.shield(sources_store.release(rt.pool, source_ids))
+    except (asyncio.CancelledError, Exception) as exc:
+        log.warning("could not release leases: %s", exc, extra={"action": "ingest_release_failed"})
+
+
+async def refresh_source(rt: Runtime, source_id: int, *, use_pool: bool = False) -> FetchResult | None:
+    """Fetch one source now (due or not, enabled or not); its result with the new schedule (None when even
+    storing the result failed).
+
+    Raises NotFound for an unknown id and Invalid when a worker is fetching it at this moment.
+    """
+    row, reason = await sources_store.claim_one(rt.pool, source_id, lease_seconds=LEASE_SECONDS)
+    if row is None:
+        if reason == "missing":
+            raise NotFound(f"no source with id {source_id}")
+        raise Invalid(f"source {source_id} is being fetched right now; try again in a minute")
+    async with Run(rt, concurrency=1, use_pool=use_pool, keep_results=True) as run:
+        await run.fetch(row)
+    return run.summary.results.get(source_id)
+
+
+async def prune_logs(rt: Runtime, *, older_than_days: int = LOG_RETENTION_DAYS) -> int:
+    return await sources_store.prune_logs(rt.pool, older_than_days=older_than_days)

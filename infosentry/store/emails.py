@@ -1,0 +1,152 @@
+"""SQL for the email outbox (rendered messages with a unique dedupe key, leased while sending) and
+the SMTP delivery state behind the smtp_failures alert. Scheduling takes `now` so tests can drive the clock."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from infosentry.store import Conn
+
+
+async def insert_email(
+    conn: asyncpg.Connection,
+    *,
+    dedupe_key: str,
+    kind: str,
+    user_id: int,
+    goal_id: int | None,
+    to_addr: str,
+    subject: str,
+    body_text: str,
+    body_html: str,
+    headers: dict[str, str],
+    status: str,
+    last_error: str | None,
+) -> int | None:
+    return await conn.fetchval(
+        """INSERT INTO emails (dedupe_key, kind, user_id, goal_id, to_addr, subject, body_text, body_html, headers,
+                               status, last_error)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
+        dedupe_key,
+        kind,
+        user_id,
+        goal_id,
+        to_addr,
+        subject,
+        body_text,
+        body_html,
+        headers,
+        status,
+        last_error,
+    )
+
+
+async def suppress_due(conn: Conn, *, now: datetime, kinds: list[str], reason: str) -> int:
+    status = await conn.execute(
+        """UPDATE emails SET status = 'suppressed', last_error = $3
+           WHERE status = 'pending' AND next_attempt_at <= $1 AND kind = ANY($2::text[])""",
+        now,
+        kinds,
+        reason,
+    )
+    return int(status.split()[-1])
+
+
+async def claim_due(conn: Conn, *, now: datetime, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
+    """Due rows (pending, or `sending` whose lease ran out: a crashed sender) move to `sending` with a lease."""
+    return await conn.fetch(
+        """UPDATE emails e SET status = 'sending', attempts = e.attempts + 1,
+                  next_attempt_at = $1 + make_interval(secs => $3::float8)
+           WHERE e.id IN (SELECT id FROM emails
+                          WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1
+                          ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+           RETURNING e.*""",
+        now,
+        limit,
+        lease_seconds,
+    )
+
+
+async def mark_sent(conn: Conn, email_id: int) -> None:
+    await conn.execute(
+        "UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL WHERE id = $1 AND status = 'sending'",
+        email_id,
+    )
+
+
+async def mark_retry(conn: Conn, email_id: int, *, at: datetime, error: str) -> None:
+    await conn.execute(
+        "UPDATE emails SET status = 'pending', next_attempt_at = $2, last_error = $3 WHERE id = $1",
+        email_id,
+        at,
+        error[:1000],
+    )
+
+
+async def mark_failed(conn: Conn, email_id: int, *, error: str) -> None:
+    await conn.execute(
+        "UPDATE emails SET status = 'failed', last_error = $2 WHERE id = $1",
+        email_id,
+        error[:1000],
+    )
+
+
+async def mark_suppressed(conn: Conn, email_id: int, *, reason: str) -> None:
+    await conn.execute("UPDATE emails SET status = 'suppressed', last_error = $2 WHERE id = $1", email_id, reason)
+
+
+async def smtp_result(conn: Conn, *, ok: bool, error: str | None = None) -> None:
+    """delivery_state('smtp'): consecutive failures for the alert, reset by a success."""
+    if ok:
+        await conn.execute(
+            """INSERT INTO delivery_state (channel, consecutive_failures, last_success_at, updated_at)
+               VALUES ('smtp', 0, now(), now())
+               ON CONFLICT (channel) DO UPDATE SET consecutive_failures = 0, last_success_at = now(),
+                                                   updated_at = now()"""
+        )
+    else:
+        await conn.execute(
+            """INSERT INTO delivery_state (channel, consecutive_failures, last_error, updated_at)
+               VALUES ('smtp', 1, $1, now())
+               ON CONFLICT (channel) DO UPDATE SET consecutive_failures = delivery_state.consecutive_failures + 1,
+                                                   last_error = $1, updated_at = now()""",
+            (error or "")[:1000],
+        )
+
+
+async def release_stuck(conn: Conn, *, now: datetime) -> int:
+    """`sending` rows whose lease ran out (the sender crashed mid-send) go back to pending."""
+    status = await conn.execute(
+        "UPDATE emails SET status = 'pending', last_error = 'sender lost (lease expired); retrying' "
+        "WHERE status = 'sending' AND next_attempt_at <= $1",
+        now,
+    )
+    return int(status.split()[-1])
+
+
+async def due_email_count(conn: Conn, *, now: datetime) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM emails WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1", now
+    )
+
+
+async def make_retries_due(conn: Conn) -> int:
+    """Emails waiting out a retry backoff become due now (after an SMTP outage is over)."""
+    return int(
+        await conn.fetchval(
+            """WITH due AS (UPDATE emails SET next_attempt_at = now()
+                            WHERE status = 'pending' AND attempts > 0 AND next_attempt_at > now() RETURNING 1)
+               SELECT count(*) FROM due"""
+        )
+    )
+
+
+async def for_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT id, kind, subject, status, dedupe_key FROM emails WHERE user_id = $1 ORDER BY id", user_id
+    )
+    return [dict(r) for r in rows]

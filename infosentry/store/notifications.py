@@ -1,0 +1,131 @@
+"""SQL for the inbox: notifications (the push ledger: UNIQUE (goal_id, item_id), an item reaches a goal
+at most once whatever the tier) and clicks on tracked links."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from infosentry.store import Conn
+
+
+async def record_push(
+    conn: asyncpg.Connection, *, user_id: int, goal_id: int, rows: list[asyncpg.Record], email_id: int | None
+) -> list[int]:
+    """Inbox rows (the ledger) for the pushed decisions, and the decisions marked pushed. Returns item ids."""
+    inserted = await conn.fetch(
+        """INSERT INTO notifications (user_id, goal_id, item_id, decision_id, tier, score, reason, email_id)
+           SELECT $1, $2, v.item_id, v.decision_id, v.tier, v.score, v.reason, $3
+           FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::real[], $8::text[])
+               AS v(item_id, decision_id, tier, score, reason)
+           ON CONFLICT (goal_id, item_id) DO NOTHING
+           RETURNING item_id""",
+        user_id,
+        goal_id,
+        email_id,
+        [r["item_id"] for r in rows],
+        [r["decision_id"] for r in rows],
+        [r["tier"] for r in rows],
+        [r["score"] for r in rows],
+        [r["reason"] for r in rows],
+    )
+    await conn.execute(
+        "UPDATE decisions SET status = 'pushed', pushed_at = now() WHERE id = ANY($1::bigint[])",
+        [r["decision_id"] for r in rows],
+    )
+    return [r["item_id"] for r in inserted]
+
+
+_NOTIFICATION = """
+SELECT n.id, n.goal_id, g.name AS goal_name, n.item_id, n.tier, n.score, n.reason, n.created_at, n.read_at,
+       n.email_id, i.title, i.url, i.snippet, i.published_at, i.source_id, s.name AS source_name,
+       f.feedback
+FROM notifications n
+JOIN goals g ON g.id = n.goal_id
+JOIN items i ON i.id = n.item_id
+JOIN sources s ON s.id = i.source_id
+LEFT JOIN feedback f ON f.goal_id = n.goal_id AND f.item_id = n.item_id
+"""
+
+
+async def list_notifications(
+    conn: Conn, *, user_id: int, goal_id: int | None, status: str | None, before_id: int | None, limit: int
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        _NOTIFICATION
+        + """WHERE n.user_id = $1 AND ($2::bigint IS NULL OR n.goal_id = $2)
+                 AND ($3::text IS NULL OR ($3 = 'unread') = (n.read_at IS NULL))
+                 AND ($4::bigint IS NULL OR n.id < $4)
+             ORDER BY n.id DESC LIMIT $5""",
+        user_id,
+        goal_id,
+        status,
+        before_id,
+        limit,
+    )
+
+
+async def mark_read(conn: Conn, *, user_id: int, notification_id: int) -> asyncpg.Record | None:
+    await conn.execute(
+        "UPDATE notifications SET read_at = now() WHERE id = $1 AND user_id = $2 AND read_at IS NULL",
+        notification_id,
+        user_id,
+    )
+    return await conn.fetchrow(_NOTIFICATION + " WHERE n.id = $1 AND n.user_id = $2", notification_id, user_id)
+
+
+async def item_reached_goal(conn: Conn, *, goal_id: int, item_id: int) -> bool:
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM matches WHERE goal_id = $1 AND item_id = $2)
+                   OR EXISTS (SELECT 1 FROM notifications WHERE goal_id = $1 AND item_id = $2)""",
+            goal_id,
+            item_id,
+        )
+    )
+
+
+async def record_click(
+    conn: Conn,
+    *,
+    item_id: int,
+    goal_id: int | None,
+    channel: str,
+    user_agent: str | None,
+    ip: str | None,
+    is_scanner: bool,
+) -> str | None:
+    """Record a click and return the item's own URL (None: no such item). An unknown or unrelated goal id is
+    stored as NULL rather than trusted."""
+    return await conn.fetchval(
+        """WITH it AS (SELECT id, url FROM items WHERE id = $1),
+                -- FOR KEY SHARE: a goal deleted while we click is seen as gone (NULL), never a broken reference
+                g AS (SELECT id AS goal_id FROM goals
+                      WHERE id = $2
+                        AND (EXISTS (SELECT 1 FROM notifications WHERE goal_id = $2 AND item_id = $1)
+                             OR EXISTS (SELECT 1 FROM matches WHERE goal_id = $2 AND item_id = $1))
+                      FOR KEY SHARE),
+                ins AS (INSERT INTO clicks (item_id, goal_id, channel, user_agent, ip, is_scanner)
+                        SELECT it.id, (SELECT goal_id FROM g), $3, $4, $5::inet, $6 FROM it)
+           SELECT url FROM it""",
+        item_id,
+        goal_id,
+        channel,
+        user_agent,
+        ip,
+        is_scanner,
+    )
+
+
+async def pushed_to_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
+    """Everything pushed to a user, by goal and tier, with the state of its email."""
+    rows = await conn.fetch(
+        """SELECT g.name AS goal, n.tier, n.score, i.title, n.reason, n.created_at, e.status AS email_status
+           FROM notifications n JOIN goals g ON g.id = n.goal_id JOIN items i ON i.id = n.item_id
+           LEFT JOIN emails e ON e.id = n.email_id
+           WHERE n.user_id = $1 ORDER BY g.id, array_position(ARRAY['IMMEDIATE','BATCH','DIGEST'], n.tier),
+                 n.score DESC""",
+        user_id,
+    )
+    return [dict(r) for r in rows]
