@@ -7,6 +7,7 @@ import asyncio
 import codecs
 import functools
 import pickle
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -148,6 +149,46 @@ def test_external_entity_is_refused_even_behind_a_comment() -> None:
 def test_entity_declarations_in_utf16_are_refused() -> None:
     utf16 = data("billion_laughs.xml").decode("utf-8").replace('<?xml version="1.0"?>', "")
     assert "DTD" in str(parse_error(codecs.BOM_UTF16_LE + utf16.encode("utf-16-le")))
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<!--" * 20_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',  # used to take ~15 s
+        b"<?" * 40_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',
+        b"<!-- -->" * 10_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',
+        b"<!---->" * 12_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',
+    ],
+)
+def test_entity_check_is_linear_in_the_prolog(body: bytes) -> None:
+    refused, seconds = _timed(rss.declares_entities, body)
+    assert refused and seconds < 1
+
+
+def test_a_prolog_not_finished_within_64_kb_is_held_to_the_blunt_rule() -> None:
+    # Past 64 KB the root element is not looked for: a DOCTYPE anywhere, then an ENTITY, refuses the document.
+    long_prolog = b"<!-- padding -->\n" * 5000
+    assert rss.declares_entities(long_prolog + b'<!DOCTYPE x [<!ENTITY a "b">]><rss/>')
+    # ... but without any declaration there is nothing to refuse, however long the prolog.
+    plain = long_prolog + b'<rss version="2.0"><channel><item><title>t</title><link>https://e.com/1</link>'
+    assert rss.parse(plain + b"</item></channel></rss>", None, BASE, {}).items[0].title == "t"
+    # Within 64 KB, a DOCTYPE after the root element is text, not a DTD.
+    cdata = b'<rss><channel><item><description><![CDATA[<!DOCTYPE x [<!ENTITY a "b">]>]]></description>'
+    assert not rss.declares_entities(b"<!-- c -->" * 100 + cdata + b"</item></channel></rss>")
+
+
+def test_html_sniffing_is_linear_in_leading_comments() -> None:
+    # Each comment could be split two ways, so a non-matching run of 26 cost ~12 s, doubling per comment.
+    error, seconds = _timed(parse_error, b"<!-- -->" * 26 + b"x", "application/rss+xml")
+    assert "no RSS, Atom or JSON Feed document found" in str(error) and seconds < 1
+    error, seconds = _timed(parse_error, b"<!-- -->" * 26 + b"<!doctype html><html></html>", None)
+    assert "HTML page" in str(error) and seconds < 1
 
 
 def test_external_dtd_without_entities_is_parsed_and_never_fetched() -> None:
