@@ -508,6 +508,29 @@ def test_parse_time(text: str | None, expected: datetime | None) -> None:
     assert parse_time(text, NOW) == expected
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["jan" * 8000, "1" * 8000, "5" * 5000 + " ago", "5" * 5000 + "分钟前", "september" * 3000, "1st " * 5000],
+)
+def test_parse_time_is_fast_on_long_hostile_text(text: str) -> None:
+    # "jan" * 8000 used to take ~5 s (the month-name patterns backtracked), "1" * 8000 ~3 s.
+    _, seconds = _timed(parse_time, text, NOW)
+    assert seconds < 1
+
+
+def test_time_patterns_are_linear_even_on_long_text() -> None:
+    # The patterns are bounded in themselves, not only by parse_time's cap on the text they see.
+    for pattern in (site._EN_MDY, site._EN_DMY, site._REL_EN, site._REL_ZH, site._YMD, site._MD, site._CLOCK):
+        for text in ("jan" * 8000, "1" * 8000, "1 " * 8000, "5" * 5000 + "天"):
+            _, seconds = _timed(pattern.search, text)
+            assert seconds < 1, (pattern.pattern, text[:10])
+
+
+def test_parse_time_reads_the_start_of_a_long_time_text() -> None:
+    assert parse_time("May 1, 2024 " + "and more words " * 500, NOW) == datetime(2024, 5, 1, tzinfo=UTC)
+    assert parse_time("\n" * 5000 + " 3小时前 ", NOW) == NOW - timedelta(hours=3)
+
+
 def test_parse_time_reads_offsetless_dates_in_the_site_timezone() -> None:
     shanghai = ZoneInfo("Asia/Shanghai")
     assert parse_time("2024-05-01 10:00", NOW, shanghai) == datetime(2024, 5, 1, 2, 0, tzinfo=UTC)
