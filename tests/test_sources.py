@@ -7,6 +7,7 @@ import asyncio
 import codecs
 import functools
 import pickle
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
@@ -107,7 +108,8 @@ def test_atom() -> None:
     assert one.guid == "tag:atom.example.net,2024:1"
     assert one.published_at == datetime(2024, 5, 3, 7, 0, tzinfo=UTC)
     assert one.author == "Linus" and one.tags == ["kernel"]
-    assert one.snippet == "A text summary with <angle> brackets that are text."  # type="text" stays text
+    # type="text" stays text: the brackets are kept, but defused so that no client can read a tag there
+    assert one.snippet == "A text summary with < angle> brackets that are text."
     assert two.url == "https://atom.example.net/blog/two"  # relative href against xml:base
     assert two.snippet == "Only content, no summary."
     assert two.published_at == datetime(2024, 5, 2, 12, 0, tzinfo=UTC)  # updated, when no published
@@ -121,7 +123,7 @@ def test_json_feed() -> None:
     assert one.published_at == datetime(2024, 5, 1, 2, 0, tzinfo=UTC)
     assert one.author == "Jason" and one.tags == ["json", "feeds"] and one.guid == "1"
     assert two.url == "https://base.example/2"
-    assert two.title == two.snippet == "A microblog post <not a tag> without title"
+    assert two.title == two.snippet == "A microblog post < not a tag> without title"
     assert two.guid == "2"
     # detected by its leading "{" even when mislabelled
     assert rss.parse(data("jsonfeed.json"), "text/plain", BASE, {}).items[0].url == one.url
@@ -135,6 +137,55 @@ def test_snippets_are_clean_and_capped() -> None:
     ).encode()
     snippet = rss.parse(xml, None, BASE, {}).items[0].snippet
     assert len(snippet) <= 500 and snippet.endswith("…") and "evil" not in snippet and "<" not in snippet
+
+
+_MARKUP = re.compile(r"<[A-Za-z/!?]")
+
+
+def test_no_markup_survives_in_titles_snippets_authors_or_tags() -> None:
+    nested_cdata = "<![CDATA[<![CDATA[<script></script>]]&gt;]]>"  # feedparser's own sanitizer case
+    items = [
+        ("1", "", f"<content:encoded>{nested_cdata}</content:encoded>"),
+        ("2", "<![CDATA[<![CDATA[<script>alert(1)</script>]]&gt;]]>", "<description>x</description>"),
+        ("3", "&lt;script&gt;alert(1)&lt;/script&gt;Title", "<description>&amp;lt;b&amp;gt;x</description>"),
+        ("4", "<![CDATA[&lt;img src=x onerror=alert(1)&gt;]]>", "<author>&lt;b&gt;me&lt;/b&gt;</author>"),
+        ("5", "a < b and x<3", "<category><![CDATA[<script>tag</script>]]></category>"),
+    ]
+    body = (
+        '<rss xmlns:content="http://purl.org/rss/1.0/modules/content/" version="2.0"><channel><title>'
+        "<![CDATA[<![CDATA[<b>Feed</b>]]&gt;]]></title>"
+        + "".join(
+            f"<item><link>https://e.com/{n}</link>" + (f"<title>{t}</title>" if t else "") + f"{rest}</item>"
+            for n, t, rest in items
+        )
+        + "</channel></rss>"
+    ).encode()
+    feed = rss.parse(body, None, BASE, {})
+    assert len(feed.items) == 5
+    for item in feed.items:
+        for text in (item.title, item.snippet, item.author or "", *item.tags):
+            assert not _MARKUP.search(text), (item.url, text)
+    assert not _MARKUP.search(feed.title or "")
+    assert feed.items[4].title == "a < b and x<3"
+    atom = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><entry><id>urn:1</id>'
+        b'<link href="https://e.com/a"/><title type="text">&lt;b&gt;Bold&lt;/b&gt; claim</title>'
+        b'<summary type="text">&lt;script&gt;alert(1)&lt;/script&gt; is how</summary></entry></feed>'
+    )
+    entry = rss.parse(atom, None, BASE, {}).items[0]
+    assert not _MARKUP.search(entry.title) and not _MARKUP.search(entry.snippet), (entry.title, entry.snippet)
+    json_feed = (
+        b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"url": "https://e.com/j",'
+        b' "title": "<![CDATA[<script>]]>", "content_text": "<script>alert(1)</script> x<y"}]}'
+    )
+    entry = rss.parse(json_feed, "application/feed+json", BASE, {}).items[0]
+    assert not _MARKUP.search(entry.title) and not _MARKUP.search(entry.snippet), (entry.title, entry.snippet)
+
+
+def test_a_url_used_as_title_carries_no_markup() -> None:
+    body = b'<rss version="2.0"><channel><item><link>https://e.com/&lt;script&gt;x</link></item></channel></rss>'
+    item = rss.parse(body, None, BASE, {}).items[0]
+    assert item.url == "https://e.com/<script>x" and not _MARKUP.search(item.title)
 
 
 def test_billion_laughs_is_refused_before_parsing() -> None:
@@ -194,7 +245,7 @@ def test_html_sniffing_is_linear_in_leading_comments() -> None:
 def test_external_dtd_without_entities_is_parsed_and_never_fetched() -> None:
     feed = rss.parse(data("rss091_netscape.xml"), "text/xml", BASE, {})
     assert feed.items[0].title == "Café opens"  # ISO-8859-1 declared and honoured
-    assert "<!ENTITY" in feed.items[0].snippet  # escaped text about entities is harmless
+    assert "< !ENTITY" in feed.items[0].snippet  # escaped text about entities is kept, defused
 
 
 def test_misdeclared_gbk_encoding_is_repaired() -> None:

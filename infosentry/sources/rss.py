@@ -26,7 +26,7 @@ from infosentry.sources.base import (
     fetch_source,
     to_utc,
 )
-from infosentry.text import clean_text, clean_title, truncate
+from infosentry.text import clean_text, clean_title, defuse_markup, truncate
 
 ACCEPT = (
     "application/rss+xml, application/atom+xml, application/feed+json, application/rdf+xml;q=0.9, "
@@ -254,7 +254,8 @@ def _entry_draft(entry: Mapping[str, Any], base_url: str, now: datetime) -> Item
         first = entry["content"][0]
         source, source_type = first.get("value"), first.get("type")
     snippet = clean_text(source, SNIPPET_LIMIT, is_html=source_type != "text/plain")
-    title = clean_title(entry.get("title")) or truncate(snippet, TITLE_FROM_TEXT_LIMIT) or url
+    # Feeds leave "<" unescaped in links; as a title the URL is text like any other.
+    title = clean_title(entry.get("title")) or truncate(snippet, TITLE_FROM_TEXT_LIMIT) or defuse_markup(url)
     published = None
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
         if published := _struct_to_datetime(entry.get(key), now):
@@ -333,7 +334,9 @@ def parse_json_feed(body: bytes, base_url: str) -> ParsedFeed:
         items.append(
             ItemDraft(
                 url=url,
-                title=clean_title(_text(item.get("title"))) or truncate(snippet, TITLE_FROM_TEXT_LIMIT) or url,
+                title=clean_title(_text(item.get("title")))
+                or truncate(snippet, TITLE_FROM_TEXT_LIMIT)
+                or defuse_markup(url),
                 snippet=snippet,
                 published_at=_iso_datetime(item.get("date_published"), now)
                 or _iso_datetime(item.get("date_modified"), now),
