@@ -48,8 +48,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
-# Credentials a caller configured for one origin must not follow a redirect to another.
-_ORIGIN_BOUND_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+# The only caller headers that follow a redirect to another origin: they say what the client can read, never
+# who it is. Any other header may be a credential under a name no list could foresee (X-Api-Key,
+# Private-Token, ...), so it stays with the origin it was configured for. The validators are the Fetcher's
+# own: they name the final resource, which is the one behind the redirect.
+_CROSS_ORIGIN_HEADERS = frozenset({"accept", "accept-language", "if-none-match", "if-modified-since"})
 # Host spellings that socket.inet_aton reads as IPv4: decimal (2130706433), octal (0177.0.0.1),
 # hex (0x7f.1) and short forms (127.1).
 _NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.IGNORECASE)
@@ -504,7 +507,7 @@ class Fetcher:
                         url=url,
                     )
                 if next_target.origin() != target.origin():
-                    for name in _ORIGIN_BOUND_HEADERS:
+                    for name in {n for n in request_headers if n.lower() not in _CROSS_ORIGIN_HEADERS}:
                         request_headers.popall(name, None)
                 target = next_target
         except FetchError:

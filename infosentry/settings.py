@@ -17,9 +17,9 @@ from infosentry.errors import Invalid
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)  # may embed the database password
     data_dir: Path = Path(".infosentry")
-    secret_key: str = ""
+    secret_key: str = field(default="", repr=False)
     public_url: str = "http://127.0.0.1:8000"
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str = ""

@@ -56,6 +56,11 @@ _MAX_INPUT_CHARS = 64 * 1024
 # Zero-width and control characters that survive str.split() and pollute titles.
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff]")
 _MARKUP_HINT = re.compile(r"<[A-Za-z!/?]|&(?:#\d+|#x[0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);?")
+# What an HTML tokenizer reads as the start of a tag, comment, CDATA or processing instruction ("<" then an
+# ASCII letter, "/", "!" or "?"); "a < b" and "x<3" are text to it.
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z!/?])")
+# Each pass peels one layer (tags, then the tags that decoding "&lt;" exposed, ...); real feeds need two.
+_MAX_STRIP_PASSES = 4
 
 
 class _TextExtractor(HTMLParser):
@@ -113,15 +118,34 @@ def truncate(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.-–—、，。；：") + ELLIPSIS
 
 
-def clean_text(html_or_text: str | None, limit: int = 500, *, is_html: bool = True) -> str:
-    """Plain, single-line text of at most ``limit`` characters.
+def defuse_markup(text: str) -> str:
+    """``text`` with every tag opener broken by a space ("<b" -> "< b"): still readable, never markup.
 
-    ``is_html=False`` is for content declared ``text/plain``: its angle brackets are text, not tags.
+    Titles and snippets go to API clients, mail and web pages; one that renders them as HTML must not
+    meet a tag, whatever the feed nested or escaped to smuggle one through.
+    """
+    return _TAG_OPEN.sub("< ", text)
+
+
+def clean_text(html_or_text: str | None, limit: int = 500, *, is_html: bool = True) -> str:
+    """Plain, single-line text of at most ``limit`` characters, with no markup left in it.
+
+    ``is_html=False`` is for content declared ``text/plain``: its angle brackets are text, not tags, so
+    they are kept, only defused. HTML is stripped again while decoding revealed new tags ("&lt;b&gt;",
+    a CDATA section the first pass left as text); whatever still looks like a tag after that is defused.
     """
     if not html_or_text:
         return ""
-    text = strip_tags(html_or_text) if is_html else html_or_text[:_MAX_INPUT_CHARS]
-    return truncate(collapse_whitespace(text), limit)
+    if is_html:
+        text = strip_tags(html_or_text)
+        for _ in range(_MAX_STRIP_PASSES - 1):
+            if not _TAG_OPEN.search(text):
+                break
+            text = strip_tags(text)
+    else:
+        text = html_or_text[:_MAX_INPUT_CHARS]
+    # After collapse_whitespace: removing a zero-width character can join "<" to a letter.
+    return truncate(defuse_markup(collapse_whitespace(text)), limit)
 
 
 def clean_title(title: str | None, limit: int = 300) -> str:

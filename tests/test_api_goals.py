@@ -68,6 +68,15 @@ async def test_create_with_defaults_get_and_list(api: Any) -> None:
     assert [g["id"] for g in rest["items"]] == [second["id"]] and rest["next_cursor"] is None
 
 
+async def test_deeply_nested_bodies_answer_400_not_500(api: Any) -> None:
+    _, token = await make_user(api.app[RT], "deep@example.com")
+    deep_valid = '{"name": ' + "[" * 900 + "]" * 900 + "}"  # parses, then the storability walk recurses
+    for body in ("[" * 100_000, '{"a": ' * 50_000, "[" * 5000 + "]" * 5000, deep_valid):
+        resp = await api.post("/api/v1/goals", data=body, headers={**bearer(token), "Content-Type": "application/json"})
+        assert resp.status == 400 and resp.content_type == "application/problem+json", (body[:20], resp.status)
+        assert "nested" in (await resp.json())["detail"]
+
+
 async def test_validation_lists_every_bad_field(api: Any) -> None:
     _, token = await make_user(api.app[RT], "v@example.com")
     resp = await api.post(

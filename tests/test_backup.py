@@ -253,6 +253,20 @@ async def test_retention_and_names(rt: Runtime, settings: Settings, tmp_path: Pa
         await backup.backup(settings, tmp_path, keep_days=-1)
 
 
+async def test_backups_are_private_whatever_the_umask(rt: Runtime, settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "backups"  # both folders are created by the backup
+    old_umask = os.umask(0)
+    try:
+        result = await backup.backup(settings, out)
+    finally:
+        os.umask(old_umask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (result.path, result.manifest_path)} == {
+        result.path.name: "0o600",
+        result.manifest_path.name: "0o600",
+    }
+    assert oct(out.stat().st_mode & 0o777) == "0o700" and oct(out.parent.stat().st_mode & 0o777) == "0o700"
+
+
 def test_tool_choice() -> None:
     bundled = backup.pick_tools(embedded=True, server_major=18)
     assert "pginstall" in str(bundled.bin_dir) and bundled.major >= 18

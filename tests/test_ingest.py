@@ -532,6 +532,11 @@ def _hang(*_: object) -> None:
     time.sleep(30)
 
 
+def _slow_parse(delay: float, *args: Any) -> Any:
+    time.sleep(delay)
+    return rss_parse(*args)
+
+
 async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
     pool = parsing.ParsePool(workers=1, timeout=2)
     body = rss([story(1)]).encode()
@@ -546,6 +551,33 @@ async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
         assert time.monotonic() - started < 10
         feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
         assert len(feed.items) == 1
+    finally:
+        pool.shutdown()
+
+
+async def test_a_hanging_or_crashing_parse_does_not_fail_concurrent_parses() -> None:
+    pool = parsing.ParsePool(workers=2, timeout=4)
+    body = rss([story(1)]).encode()
+    args = (body, "application/rss+xml", "https://x.example/", {})
+    try:
+        # Both workers up and with this module imported before the clock matters.
+        await asyncio.gather(*(pool.run(_slow_parse, 0.0, *args) for _ in range(2)))
+        started = time.monotonic()
+        hung = asyncio.create_task(pool.run(_hang, body))
+        await asyncio.sleep(2)
+        # When the hang times out (t=4 s) the first of these is mid-parse on the other worker (t=2..5 s) and
+        # the second is waiting for a worker.
+        good = [asyncio.create_task(pool.run(_slow_parse, delay, *args)) for delay in (3.0, 0.5)]
+        with pytest.raises(FetchError, match="longer than"):
+            await hung
+        feeds = await asyncio.gather(*good)
+        assert [len(f.items) for f in feeds] == [1, 1]
+        assert time.monotonic() - started < 15
+        died = asyncio.create_task(pool.run(_die, body))
+        good = [asyncio.create_task(pool.run(_slow_parse, 0.5, *args)) for _ in range(2)]
+        with pytest.raises(FetchError, match="died"):
+            await died
+        assert [len(f.items) for f in await asyncio.gather(*good)] == [1, 1]
     finally:
         pool.shutdown()
 

@@ -84,3 +84,16 @@ def test_threshold_order() -> None:
     values["BOUNDARY_LOW"] = 0.95
     with pytest.raises(Invalid, match="BOUNDARY_LOW"):
         hotconfig.check_consistency(values)
+
+
+def test_secrets_are_not_in_repr() -> None:
+    s = load_settings(
+        {
+            "DATABASE_URL": "postgresql://app:db-s3cret@db.example/app",
+            "SECRET_KEY": "key-s3cret",
+            "OPENAI_API_KEY": "sk-s3cret",
+            "SMTP_PASSWORD": "smtp-s3cret",
+        }
+    )
+    assert s.database_url.endswith("@db.example/app") and s.secret_key == "key-s3cret"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s)

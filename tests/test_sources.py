@@ -7,6 +7,8 @@ import asyncio
 import codecs
 import functools
 import pickle
+import re
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -106,7 +108,8 @@ def test_atom() -> None:
     assert one.guid == "tag:atom.example.net,2024:1"
     assert one.published_at == datetime(2024, 5, 3, 7, 0, tzinfo=UTC)
     assert one.author == "Linus" and one.tags == ["kernel"]
-    assert one.snippet == "A text summary with <angle> brackets that are text."  # type="text" stays text
+    # type="text" stays text: the brackets are kept, but defused so that no client can read a tag there
+    assert one.snippet == "A text summary with < angle> brackets that are text."
     assert two.url == "https://atom.example.net/blog/two"  # relative href against xml:base
     assert two.snippet == "Only content, no summary."
     assert two.published_at == datetime(2024, 5, 2, 12, 0, tzinfo=UTC)  # updated, when no published
@@ -120,7 +123,7 @@ def test_json_feed() -> None:
     assert one.published_at == datetime(2024, 5, 1, 2, 0, tzinfo=UTC)
     assert one.author == "Jason" and one.tags == ["json", "feeds"] and one.guid == "1"
     assert two.url == "https://base.example/2"
-    assert two.title == two.snippet == "A microblog post <not a tag> without title"
+    assert two.title == two.snippet == "A microblog post < not a tag> without title"
     assert two.guid == "2"
     # detected by its leading "{" even when mislabelled
     assert rss.parse(data("jsonfeed.json"), "text/plain", BASE, {}).items[0].url == one.url
@@ -134,6 +137,55 @@ def test_snippets_are_clean_and_capped() -> None:
     ).encode()
     snippet = rss.parse(xml, None, BASE, {}).items[0].snippet
     assert len(snippet) <= 500 and snippet.endswith("…") and "evil" not in snippet and "<" not in snippet
+
+
+_MARKUP = re.compile(r"<[A-Za-z/!?]")
+
+
+def test_no_markup_survives_in_titles_snippets_authors_or_tags() -> None:
+    nested_cdata = "<![CDATA[<![CDATA[<script></script>]]&gt;]]>"  # feedparser's own sanitizer case
+    items = [
+        ("1", "", f"<content:encoded>{nested_cdata}</content:encoded>"),
+        ("2", "<![CDATA[<![CDATA[<script>alert(1)</script>]]&gt;]]>", "<description>x</description>"),
+        ("3", "&lt;script&gt;alert(1)&lt;/script&gt;Title", "<description>&amp;lt;b&amp;gt;x</description>"),
+        ("4", "<![CDATA[&lt;img src=x onerror=alert(1)&gt;]]>", "<author>&lt;b&gt;me&lt;/b&gt;</author>"),
+        ("5", "a < b and x<3", "<category><![CDATA[<script>tag</script>]]></category>"),
+    ]
+    body = (
+        '<rss xmlns:content="http://purl.org/rss/1.0/modules/content/" version="2.0"><channel><title>'
+        "<![CDATA[<![CDATA[<b>Feed</b>]]&gt;]]></title>"
+        + "".join(
+            f"<item><link>https://e.com/{n}</link>" + (f"<title>{t}</title>" if t else "") + f"{rest}</item>"
+            for n, t, rest in items
+        )
+        + "</channel></rss>"
+    ).encode()
+    feed = rss.parse(body, None, BASE, {})
+    assert len(feed.items) == 5
+    for item in feed.items:
+        for text in (item.title, item.snippet, item.author or "", *item.tags):
+            assert not _MARKUP.search(text), (item.url, text)
+    assert not _MARKUP.search(feed.title or "")
+    assert feed.items[4].title == "a < b and x<3"
+    atom = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><entry><id>urn:1</id>'
+        b'<link href="https://e.com/a"/><title type="text">&lt;b&gt;Bold&lt;/b&gt; claim</title>'
+        b'<summary type="text">&lt;script&gt;alert(1)&lt;/script&gt; is how</summary></entry></feed>'
+    )
+    entry = rss.parse(atom, None, BASE, {}).items[0]
+    assert not _MARKUP.search(entry.title) and not _MARKUP.search(entry.snippet), (entry.title, entry.snippet)
+    json_feed = (
+        b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"url": "https://e.com/j",'
+        b' "title": "<![CDATA[<script>]]>", "content_text": "<script>alert(1)</script> x<y"}]}'
+    )
+    entry = rss.parse(json_feed, "application/feed+json", BASE, {}).items[0]
+    assert not _MARKUP.search(entry.title) and not _MARKUP.search(entry.snippet), (entry.title, entry.snippet)
+
+
+def test_a_url_used_as_title_carries_no_markup() -> None:
+    body = b'<rss version="2.0"><channel><item><link>https://e.com/&lt;script&gt;x</link></item></channel></rss>'
+    item = rss.parse(body, None, BASE, {}).items[0]
+    assert item.url == "https://e.com/<script>x" and not _MARKUP.search(item.title)
 
 
 def test_billion_laughs_is_refused_before_parsing() -> None:
@@ -150,10 +202,50 @@ def test_entity_declarations_in_utf16_are_refused() -> None:
     assert "DTD" in str(parse_error(codecs.BOM_UTF16_LE + utf16.encode("utf-16-le")))
 
 
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<!--" * 20_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',  # used to take ~15 s
+        b"<?" * 40_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',
+        b"<!-- -->" * 10_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',
+        b"<!---->" * 12_000 + b'<!DOCTYPE x [<!ENTITY a "b">]><x/>',
+    ],
+)
+def test_entity_check_is_linear_in_the_prolog(body: bytes) -> None:
+    refused, seconds = _timed(rss.declares_entities, body)
+    assert refused and seconds < 1
+
+
+def test_a_prolog_not_finished_within_64_kb_is_held_to_the_blunt_rule() -> None:
+    # Past 64 KB the root element is not looked for: a DOCTYPE anywhere, then an ENTITY, refuses the document.
+    long_prolog = b"<!-- padding -->\n" * 5000
+    assert rss.declares_entities(long_prolog + b'<!DOCTYPE x [<!ENTITY a "b">]><rss/>')
+    # ... but without any declaration there is nothing to refuse, however long the prolog.
+    plain = long_prolog + b'<rss version="2.0"><channel><item><title>t</title><link>https://e.com/1</link>'
+    assert rss.parse(plain + b"</item></channel></rss>", None, BASE, {}).items[0].title == "t"
+    # Within 64 KB, a DOCTYPE after the root element is text, not a DTD.
+    cdata = b'<rss><channel><item><description><![CDATA[<!DOCTYPE x [<!ENTITY a "b">]>]]></description>'
+    assert not rss.declares_entities(b"<!-- c -->" * 100 + cdata + b"</item></channel></rss>")
+
+
+def test_html_sniffing_is_linear_in_leading_comments() -> None:
+    # Each comment could be split two ways, so a non-matching run of 26 cost ~12 s, doubling per comment.
+    error, seconds = _timed(parse_error, b"<!-- -->" * 26 + b"x", "application/rss+xml")
+    assert "no RSS, Atom or JSON Feed document found" in str(error) and seconds < 1
+    error, seconds = _timed(parse_error, b"<!-- -->" * 26 + b"<!doctype html><html></html>", None)
+    assert "HTML page" in str(error) and seconds < 1
+
+
 def test_external_dtd_without_entities_is_parsed_and_never_fetched() -> None:
     feed = rss.parse(data("rss091_netscape.xml"), "text/xml", BASE, {})
     assert feed.items[0].title == "Café opens"  # ISO-8859-1 declared and honoured
-    assert "<!ENTITY" in feed.items[0].snippet  # escaped text about entities is harmless
+    assert "< !ENTITY" in feed.items[0].snippet  # escaped text about entities is kept, defused
 
 
 def test_misdeclared_gbk_encoding_is_repaired() -> None:
@@ -465,6 +557,29 @@ async def test_site_fetch(server: FakeFeedServer, fetcher: Fetcher) -> None:
 )
 def test_parse_time(text: str | None, expected: datetime | None) -> None:
     assert parse_time(text, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["jan" * 8000, "1" * 8000, "5" * 5000 + " ago", "5" * 5000 + "分钟前", "september" * 3000, "1st " * 5000],
+)
+def test_parse_time_is_fast_on_long_hostile_text(text: str) -> None:
+    # "jan" * 8000 used to take ~5 s (the month-name patterns backtracked), "1" * 8000 ~3 s.
+    _, seconds = _timed(parse_time, text, NOW)
+    assert seconds < 1
+
+
+def test_time_patterns_are_linear_even_on_long_text() -> None:
+    # The patterns are bounded in themselves, not only by parse_time's cap on the text they see.
+    for pattern in (site._EN_MDY, site._EN_DMY, site._REL_EN, site._REL_ZH, site._YMD, site._MD, site._CLOCK):
+        for text in ("jan" * 8000, "1" * 8000, "1 " * 8000, "5" * 5000 + "天"):
+            _, seconds = _timed(pattern.search, text)
+            assert seconds < 1, (pattern.pattern, text[:10])
+
+
+def test_parse_time_reads_the_start_of_a_long_time_text() -> None:
+    assert parse_time("May 1, 2024 " + "and more words " * 500, NOW) == datetime(2024, 5, 1, tzinfo=UTC)
+    assert parse_time("\n" * 5000 + " 3小时前 ", NOW) == NOW - timedelta(hours=3)
 
 
 def test_parse_time_reads_offsetless_dates_in_the_site_timezone() -> None:

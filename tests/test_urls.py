@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -81,8 +82,41 @@ def test_clean_text_strips_markup_scripts_and_entities() -> None:
 
 
 def test_clean_text_plain_keeps_angle_brackets() -> None:
-    assert clean_text("use <b> for bold", is_html=False) == "use <b> for bold"
+    # Kept as text, but no longer a tag opener: "<b>" in a title is markup to whoever renders it as HTML.
+    assert clean_text("use <b> for bold", is_html=False) == "use < b> for bold"
     assert clean_text("use <b> for bold") == "use for bold"
+
+
+_MARKUP = re.compile(r"<[A-Za-z/!?]")
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        "<![CDATA[<script></script>]]&gt;",  # feedparser's item_content_encoded_script_nested_cdata
+        "<![CDATA[<script>]]>",
+        "<![CDATA[<![CDATA[<script>alert(1)</script>]]>]]>",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&lt;b&gt;bold&lt;/b&gt; &lt;img src=x onerror=alert(1)&gt;",
+        "&#60;img src=x onerror=alert(1)&#62;",
+        "&lt;![CDATA[&lt;script&gt;]]&gt;",
+        "&lt;!-- c --&gt; &lt;?php x ?&gt; &lt;/p",
+        "<<script>script>alert(1)<</script>/script>",
+        "<scr<b></b>ipt>alert(1)</script>",
+        "a <b",
+        "<\u200bscript>x",
+        "&lt;&#8203;script&gt;x",
+    ],
+)
+def test_titles_and_snippets_never_carry_markup(fragment: str) -> None:
+    for text in (clean_text(fragment), clean_title(fragment), clean_text(fragment, is_html=False)):
+        assert not _MARKUP.search(text), (fragment, text)
+
+
+def test_clean_text_keeps_comparisons_readable() -> None:
+    assert clean_text("a < b, x<3 and 1 &lt; 2 &lt;3") == "a < b, x<3 and 1 < 2 <3"
+    assert clean_title("<b>x</b> &lt; y") == "x < y"
+    assert clean_text("if x<y then", is_html=False) == "if x< y then"
 
 
 def test_truncation_at_word_boundary_with_ellipsis() -> None:

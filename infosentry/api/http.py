@@ -104,13 +104,22 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw:
         raise BadRequest("request body must be a JSON object")
+    # Both the decoder and the walk below recurse once per level: "[" * 100000 exhausts the stack, and
+    # RecursionError would otherwise surface as a 500 with a stack trace.
+    too_deep = "request body is nested too deeply"
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(too_deep) from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    if not _storable(body):
+    try:
+        storable = _storable(body)
+    except RecursionError:
+        raise BadRequest(too_deep) from None
+    if not storable:
         raise BadRequest("request body contains a NUL character or an unpaired surrogate, which cannot be stored")
     return body
 

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import pickle
+import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from infosentry.fetch import FetchError
@@ -65,62 +68,146 @@ def parse_and_prepare(parse: Callable[..., ParsedFeed], *args: Any) -> PreparedF
 
 
 class ParsePool:
-    """A lazily started pool of parse processes, shared by every run of this process.
+    """Parse processes shared by every run of this process; each parse has a worker to itself.
 
     forkserver, not fork: the worker process has threads (resolver, database drivers) that a fork would copy
-    mid-lock. A document that kills or hangs a parser costs its own source a parse error; parses that were in
-    flight in the same pool are retried once on a fresh pool.
+    mid-lock. One thread per worker sends a document and waits for its result with the parse's own timeout,
+    so the clock starts when the parse does, not while it queues. A document that hangs or kills its parser
+    costs only its own source a parse error: that one process is killed and replaced, and the parses of other
+    documents in flight never notice (a process pool can only be discarded whole, failing all of them).
     """
 
     def __init__(self, workers: int = PARSE_WORKERS, timeout: float = PARSE_TIMEOUT) -> None:
         self.workers = workers
         self.timeout = timeout
-        self._executor: ProcessPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._idle: list[tuple[BaseProcess, Connection]] = []
+        self._busy: set[tuple[BaseProcess, Connection]] = set()
         self._pid = 0
 
-    def _get(self) -> ProcessPoolExecutor:
-        if self._executor is None or self._pid != os.getpid():
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            if ctx.get_start_method() == "forkserver":
-                ctx.set_forkserver_preload(["infosentry.ingest.parsing"])  # feedparser & co. imported once
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
+    def _get(self) -> ThreadPoolExecutor:
+        if self._threads is None or self._pid != os.getpid():
+            if self._pid != os.getpid():  # a forked child: the processes are the parent's, not ours
+                self._lock, self._idle, self._busy = threading.Lock(), [], set()
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="parse")
             self._pid = os.getpid()
-        return self._executor
+        return self._threads
 
-    def _discard(self, executor: ProcessPoolExecutor) -> None:
-        if self._executor is executor:
-            self._executor = None
-        processes = list((getattr(executor, "_processes", None) or {}).values())
-        executor.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:  # a hung parser ignores shutdown; nothing else stops it
-            with contextlib.suppress(Exception):
-                proc.kill()
-
-    async def run(self, fn: Callable[..., ParsedFeed], *args: Any) -> PreparedFeed:
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            executor = self._get()
+    @staticmethod
+    def _serve(conn: Connection) -> None:
+        """The worker's loop: one (fn, args) in, one (ok, result or exception) out, until EOF or None."""
+        while True:
             try:
-                future = loop.run_in_executor(executor, parse_and_prepare, fn, *args)
-                return await asyncio.wait_for(future, self.timeout)
-            except TimeoutError:
-                self._discard(executor)
-                raise FetchError("parse", f"parsing took longer than {self.timeout:g} s; document refused") from None
-            except BrokenProcessPool:
-                self._discard(executor)
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            try:
+                task = pickle.loads(data)
+                if task is None:
+                    return
+                reply: tuple[bool, Any] = (True, parse_and_prepare(task[0], *task[1]))
+            except Exception as exc:
+                reply = (False, exc)
+            try:
+                conn.send(reply)
+            except Exception as exc:  # an unpicklable exception must not leave the parent waiting forever
+                conn.send((False, RuntimeError(f"parse failed: {reply[1]!r} ({exc})")))
+
+    def _start(self) -> tuple[BaseProcess, Connection]:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            ctx.set_forkserver_preload(["infosentry.ingest.parsing"])  # feedparser & co. imported once
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=ParsePool._serve, args=(theirs,), name="infosentry-parse", daemon=True)
+        proc.start()
+        theirs.close()
+        return proc, ours
+
+    def _checkout(self) -> tuple[BaseProcess, Connection]:
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker[0].is_alive():
+                    self._busy.add(worker)
+                    return worker
+                self._stop(worker)
+        worker = self._start()
+        with self._lock:
+            self._busy.add(worker)
+        return worker
+
+    def _checkin(self, worker: tuple[BaseProcess, Connection]) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+            self._idle.append(worker)
+
+    def _kill(self, worker: tuple[BaseProcess, Connection]) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+        with contextlib.suppress(Exception):
+            worker[0].kill()  # a hung parser would ignore anything gentler
+        self._stop(worker)
+
+    @staticmethod
+    def _stop(worker: tuple[BaseProcess, Connection], grace: float = 0.0) -> None:
+        proc, conn = worker
+        with contextlib.suppress(Exception):
+            if grace and proc.is_alive():
+                conn.send(None)
+                proc.join(grace)
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+        conn.close()
+
+    def _call(self, fn: Callable[..., ParsedFeed], args: tuple[Any, ...]) -> PreparedFeed:
+        """Runs in one of the pool's threads, so at most ``workers`` parses (and processes) at a time."""
+        for attempt in (1, 2):
+            worker = self._checkout()
+            conn = worker[1]
+            try:
+                conn.send((fn, args))
+            except OSError:  # the idle worker had died (OOM killer, operator): no fault of this document
+                self._kill(worker)
+                continue
+            except BaseException:  # unpicklable arguments: nothing was sent, the worker is fine
+                self._checkin(worker)
+                raise
+            try:
+                if not conn.poll(self.timeout):
+                    self._kill(worker)
+                    raise FetchError("parse", f"parsing took longer than {self.timeout:g} s; document refused")
+                ok, value = conn.recv()
+            except (EOFError, OSError):
+                self._kill(worker)
+                # Once may be bad luck (the process was killed from outside); twice is this document.
                 if attempt == 2:
                     raise FetchError("parse", "the parser process died on this document") from None
-        raise AssertionError("unreachable")
+                continue
+            self._checkin(worker)
+            if ok:
+                return value
+            raise value
+        raise FetchError("parse", "the parser process died on this document")
+
+    async def run(self, fn: Callable[..., ParsedFeed], *args: Any) -> PreparedFeed:
+        return await asyncio.get_running_loop().run_in_executor(self._get(), self._call, fn, args)
 
     def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)  # parses in flight end (or time out) first
+            self._threads = None
+        with self._lock:
+            workers, self._idle = self._idle + list(self._busy), []
+            self._busy.clear()
+        for worker in workers:
+            self._stop(worker, grace=2.0)
 
     def worker_pids(self) -> list[int]:
-        executor = self._executor
-        return [p.pid for p in (getattr(executor, "_processes", None) or {}).values() if p.pid] if executor else []
+        with self._lock:
+            return [proc.pid for proc, _ in [*self._idle, *self._busy] if proc.pid]
 
 
 PARSE_POOL = ParsePool()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -34,6 +35,10 @@ from infosentry.store import catalog as catalog_store
 PREFIX = "infosentry-"
 SUFFIX = ".dump"
 _STAMP = "%Y%m%dT%H%M%SZ"
+# A dump holds every password hash, token digest and private feed URL: readable by its owner only, whatever
+# the umask of the cron job or shell that runs the backup.
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 _NAME_RE = re.compile(r"^infosentry-(\d{8}T\d{6}Z)(?:-(\d+))?\.dump$")
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
@@ -165,6 +170,29 @@ def _new_path(out_dir: Path, now: datetime) -> Path:
     return path
 
 
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700; a folder that already exists keeps its mode.
+
+    Not mkdir(mode=...): the umask filters that mode, and parents=True ignores it altogether.
+    """
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            continue
+        folder.chmod(PRIVATE_DIR)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # the mode given to open() is filtered by the umask
+    return fd
+
+
 def manifest_of(path: Path) -> Path:
     return path.with_suffix(".json")
 
@@ -180,7 +208,8 @@ async def backup(
     if keep_days < 0:
         raise Invalid("--keep-days must be 0 (keep everything) or more")
     out_dir = (out_dir or default_dir(settings)).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_private_dirs(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # refuses a path that exists but is no folder
     dsn = db.resolve_dsn(settings)
     started = time.monotonic()
     now = datetime.now(UTC)
@@ -199,6 +228,9 @@ async def backup(
                 f"{migration:04d}) of {database} with pg_dump {tools.major} to {path}"
             )
             try:
+                # pg_dump truncates an existing file and keeps its mode: created private first, the dump
+                # is never readable by others, not even while it is being written.
+                os.close(_open_private(partial, os.O_EXCL))
                 await _pg_dump(tools, dsn, snapshot, partial, len(tables), progress)
             except BaseException:
                 partial.unlink(missing_ok=True)
@@ -219,7 +251,8 @@ async def backup(
         "tables": tables,
     }
     manifest_path = manifest_of(path)
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with os.fdopen(_open_private(manifest_path, os.O_TRUNC), "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     removed = prune(out_dir, keep_days, now=now, keep={path})
     return BackupResult(
         path,

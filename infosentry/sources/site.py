@@ -199,12 +199,14 @@ _UNIT_SECONDS = {
 _ZH_NUMBERS = {"一": 1, "两": 2, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9, "十": 10}
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), start=1)}
 
+# Counts and month-name tails are bounded ({1,6}, {0,6}) and counts start after a non-digit, so each start
+# position costs a constant: an open "\d+" or "[a-z]*" rescanned the rest of the text from every start.
 _REL_EN = re.compile(
-    r"\b(\d+|an?|one)\s*(seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|[smhdw])\.?\s+ago\b",
+    r"\b(\d{1,6}|an?|one)\s*(seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|[smhdw])\.?\s+ago\b",
     re.IGNORECASE,
 )
 _REL_ZH = re.compile(
-    r"(\d+|半|[一两二三四五六七八九十])\s*(秒钟?|分钟|分|个?小时|个?钟头|天|日|周|个?星期|个月|月|年)\s*(?:之|以)?前"
+    r"(?<!\d)(\d{1,6}|半|[一两二三四五六七八九十])\s*(秒钟?|分钟|分|个?小时|个?钟头|天|日|周|个?星期|个月|月|年)\s*(?:之|以)?前"
 )
 _NOW_WORDS = re.compile(r"^(?:just now|now|moments? ago|a moment ago|刚刚|刚才|片刻前)$", re.IGNORECASE)
 _DAY_WORDS = (
@@ -219,7 +221,7 @@ _YMD = re.compile(
     re.IGNORECASE,
 )
 _MD = re.compile(r"(?<!\d)(\d{1,2})\s*[-/月]\s*(\d{1,2})\s*日?(?:\s+(\d{1,2}):(\d{2}))?(?!\d)")
-_MONTH_NAME = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"  # month name, full or abbreviated
+_MONTH_NAME = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]{0,6}\.?"  # month name, full or abbreviated
 _EN_MDY = re.compile(
     _MONTH_NAME + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})(?:,?\s+(?:at\s+)?(\d{1,2}):(\d{2})\s*(am|pm)?)?",
     re.IGNORECASE,
@@ -229,6 +231,10 @@ _EN_DMY = re.compile(
     re.IGNORECASE,
 )
 _EPOCH = re.compile(r"^\d{10}(?:\d{3})?$")
+# Every format above fits easily; a node whose text runs on (a whole paragraph picked by a loose selector)
+# is read from its start, and no pattern ever sees more than this.
+TIME_TEXT_LIMIT = 100
+_RAW_TIME_TEXT_LIMIT = 4096  # before whitespace is collapsed: indentation can pad a short date a lot
 
 
 def _hour(hour: int, meridiem: str | None) -> int:
@@ -319,7 +325,7 @@ def parse_time(text: str | None, now: datetime, tz: tzinfo = UTC) -> datetime | 
     """
     if not text:
         return None
-    text = " ".join(unicodedata.normalize("NFKC", text).split())
+    text = " ".join(unicodedata.normalize("NFKC", text.strip()[:_RAW_TIME_TEXT_LIMIT]).split())[:TIME_TEXT_LIMIT]
     if not text:
         return None
     if now.tzinfo is None:
