@@ -132,6 +132,10 @@ def session(name: str, args: argparse.Namespace | None = None, params: dict[str,
     started = time.perf_counter()
     try:
         yield doc
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            doc["status"] = f"failed: exit {exc.code}"[:500]
+        raise
     except BaseException as exc:
         doc["status"] = f"failed: {type(exc).__name__}: {exc}"[:500]
         raise
