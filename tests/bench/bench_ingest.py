@@ -205,7 +205,14 @@ def report_queries(key: str, counts: dict[str, list[float]], feeds: int) -> None
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-async def bench(feeds: int, items: int, keep: bool, threads: bool, queries: QueryCounter | None = None) -> None:
+async def bench(
+    feeds: int,
+    items: int,
+    keep: bool,
+    threads: bool,
+    queries: QueryCounter | None = None,
+    cprofile: str = "",
+) -> None:
     from infosentry import db, ingest, migrate
     from infosentry.runtime import open_runtime
     from infosentry.settings import load_settings
@@ -247,10 +254,12 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool, queries: Quer
 
             if queries:
                 queries.take()
+            profiler = start_profile(cprofile)
             before = meter.snapshot()
             while await sources_store.due_count(rt.pool):
                 await ingest.run_due(rt, use_pool=not threads)
             after = meter.snapshot()
+            stop_profile(profiler, cprofile)
             counted = queries.take() if queries else None
             stored = await rt.pool.fetchval("SELECT count(*) FROM items")
             report("first pass", "first_pass", before, after, stored, feeds, meter, 16)
@@ -290,6 +299,34 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool, queries: Quer
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def start_profile(path: str) -> Any:
+    """cProfile of this (the main) process over the first pass: deterministic, so it slows that pass down, but it
+    counts calls; the parse workers are not in it (py-spy --subprocesses sees them)."""
+    if not path:
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def stop_profile(profiler: Any, path: str) -> None:
+    if profiler is None:
+        return
+    import io
+    import pstats
+
+    profiler.disable()
+    profiler.dump_stats(path)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(60)
+    Path(path).with_suffix(".txt").write_text(out.getvalue())
+    print(f"  cProfile of the main process over the first pass: {path} (top functions in .txt beside it)")
+
+
 def _warm() -> Any:
     from infosentry.sources import ParsedFeed
 
@@ -305,6 +342,7 @@ def main() -> None:
     parser.add_argument(
         "--count-queries", action="store_true", help="count the statements sent per pass (adds a little CPU)"
     )
+    parser.add_argument("--cprofile", default="", metavar="PATH", help="cProfile the main process over the first pass")
     results.add_argument(parser)
     args = parser.parse_args()
     queries = None
@@ -312,7 +350,7 @@ def main() -> None:
         queries = QueryCounter()
         queries.install()
     with results.session("ingest", args):
-        asyncio.run(bench(args.feeds, args.items, args.keep, args.threads, queries))
+        asyncio.run(bench(args.feeds, args.items, args.keep, args.threads, queries, args.cprofile))
 
 
 if __name__ == "__main__":
