@@ -104,14 +104,20 @@ def postgres_cpu(pgdata: Path) -> float:
 
 
 def postgres_rss_mib(pgdata: Path) -> float:
-    """Sum of the unique set sizes of the server's processes (shared buffers counted once, in the postmaster's
-    RSS), MiB: what the server adds to the machine's memory."""
-    pids = postgres_pids(pgdata)
+    """Sum of the proportional set sizes (PSS) of the server's processes, MiB: what the server adds to the
+    machine's memory, shared buffers counted once (a plain RSS sum counts them once per backend)."""
+    return pss_mib(postgres_pids(pgdata))
+
+
+def pss_mib(pids: list[int]) -> float:
+    """Sum of the PSS of these processes, MiB (from /proc/PID/smaps_rollup: cheap enough to sample often)."""
     total = 0.0
-    for i, pid in enumerate(pids):
+    for pid in pids:
         try:
-            info = psutil.Process(pid).memory_full_info()
-        except psutil.Error:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024
+                    break
+        except OSError:
             continue
-        total += (info.rss if i == 0 else info.uss) / 2**20
     return total
