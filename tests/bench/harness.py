@@ -33,11 +33,14 @@ from tests.bench import results
 # (name, modest arguments for `all`, arguments for `all --full`, time bound in seconds)
 PLAN: list[tuple[str, list[str], list[str], int]] = [
     ("ingest", ["--feeds", "1000", "--items", "20"], [], 600),
-    ("ingest_baseline", ["--feeds", "1000", "--items", "20"], [], 600),
+    ("ingest_baseline", ["--feeds", "1000", "--items", "20"], ["--repeat", "3"], 1200),
+    ("ingest_sql", ["--items", "100000", "--logs", "300000", "--rounds", "3"], [], 900),
+    ("parse", ["--feeds", "100"], [], 300),
     ("match", ["--items", "3000", "--local-items", "500"], [], 900),
     ("pipeline", ["--rate", "100", "--seconds", "15"], [], 600),
     ("api", ["--seconds", "8", "--log-level", "WARNING"], [], 600),
     ("relevance", ["--provider", "fake"], ["--provider", "local"], 1200),
+    ("memory", ["--feeds", "25", "--idle", "5", "--breakdown-texts", "500"], [], 1800),
     ("fuzz", ["--examples", "5", "--phases", "examples"], [], 1800),
 ]
 BENCH_DIR = Path(__file__).resolve().parent
