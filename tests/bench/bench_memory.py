@@ -169,6 +169,36 @@ def postgres_backends(dsn: str) -> list[dict[str, Any]]:
     return out
 
 
+def slow_statements(log_path: Path, threshold: float) -> list[dict[str, Any]]:
+    """Statements the server logged as slower than the threshold, grouped by text: count, total and max ms."""
+    import re
+
+    pattern = re.compile(r"duration: ([\d.]+) ms\s+(?:statement|execute [^:]*|bind [^:]*|parse [^:]*): (.*)")
+    groups: dict[str, list[float]] = {}
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    entries: list[str] = []
+    for line in text.splitlines():  # a statement spans lines: continuation lines start with white space
+        if entries and line[:1] in (" ", "\t"):
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append(line)
+    for entry in entries:
+        if m := pattern.search(entry):
+            key = " ".join(m.group(2).split())[:120]
+            groups.setdefault(key, []).append(float(m.group(1)))
+    out = [
+        {"statement": k, "count": len(v), "total_ms": round(sum(v)), "max_ms": round(max(v))} for k, v in groups.items()
+    ]
+    out.sort(key=lambda r: -r["total_ms"])
+    print(f"statements slower than {threshold:g} ms (server log), by total time:")
+    for r in out[:12]:
+        print(f"  {r['count']:>5} x  total {r['total_ms']:>7} ms  max {r['max_ms']:>6} ms  {r['statement'][:90]}")
+    return out
+
+
 def progress(dsn: str) -> tuple[int, int, int]:
     import psycopg
 
@@ -271,6 +301,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of each idle phase")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on the load phase")
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--log-slow-ms", type=float, default=0, help="log statements slower than this (0: off)")
     parser.add_argument("--breakdown-texts", type=int, default=2000)
     parser.add_argument("--breakdown-only", action="store_true", help="only the step-by-step breakdown")
     results.add_argument(parser)
@@ -307,6 +338,10 @@ def run_serve(args: argparse.Namespace) -> None:
         ports = parent.recv()["ports"]
         urls = [f"http://{HOSTS[n % len(HOSTS)]}:{ports[n % len(HOSTS)]}/feed/{n}.xml" for n in range(args.feeds)]
         cli(env, "migrate")
+        if args.log_slow_ms:
+            # read when serve starts the server: every statement slower than this goes to pg/log
+            with (data_dir / "pg" / "postgresql.auto.conf").open("a") as conf:
+                conf.write(f"\nlog_min_duration_statement = {args.log_slow_ms}\n")
         port = free_port()
         log = (data_dir / "serve.log").open("w")
         server = subprocess.Popen(
@@ -345,6 +380,9 @@ def run_serve(args: argparse.Namespace) -> None:
         results.record("load.items_matched", done[2], "items", better=None)
         sampler.phase = "after"
         time.sleep(args.idle)
+        results.detail("postgres_backends_after_idle", postgres_backends(dsn))
+        if args.log_slow_ms:
+            results.detail("slow_statements", slow_statements(data_dir / "pg" / "log", args.log_slow_ms))
     finally:
         if sampler is not None:
             sampler.stop.set()
