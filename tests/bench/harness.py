@@ -41,7 +41,7 @@ PLAN: list[tuple[str, list[str], list[str], int]] = [
     ("api", ["--seconds", "8", "--log-level", "WARNING"], [], 600),
     ("relevance", ["--provider", "fake"], ["--provider", "local"], 1200),
     ("memory", ["--feeds", "25", "--idle", "5", "--breakdown-texts", "500"], [], 1800),
-    ("fuzz", ["--examples", "5", "--phases", "examples"], [], 1800),
+    ("fuzz", ["--examples", "10", "--phases", "fuzzing"], [], 1800),
 ]
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -160,6 +160,8 @@ def verdict(old: float | None, new: float | None, better: str | None, threshold:
         return "n/a", None
     if old == 0:
         return ("same" if new == 0 else "changed"), None
+    if old < 0 or new < 0:  # a derived figure that went negative: no meaningful ratio
+        return "n/a", None
     ratio = new / old
     if better is None:
         return "context", ratio
