@@ -29,6 +29,7 @@ import aiohttp
 import psycopg
 
 from infosentry import auth
+from tests.bench import results as bench_results
 
 TARGETS = {"health": 1500, "notifications": 500, "matches": 500, "me": 500}
 
@@ -172,8 +173,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the API process (INFO logs every request)")
     parser.add_argument("--routes", default="health,notifications,matches")
+    bench_results.add_argument(parser)
     args = parser.parse_args()
+    with bench_results.session("api", args):
+        run(args)
 
+
+def record_route(name: str, r: dict[str, Any]) -> None:
+    bench_results.record(f"{name}.req_per_s", r["req_per_s"], "req/s", better="higher")
+    bench_results.record(f"{name}.p50", r["p50_ms"], "ms")
+    bench_results.record(f"{name}.p99", r["p99_ms"], "ms")
+    bench_results.record(f"{name}.errors", sum(r["errors"].values()), "errors")
+
+
+def run(args: argparse.Namespace) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="infosentry-bench-"))
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(INFOSENTRY_DATA_DIR=str(data_dir), LOG_LEVEL=args.log_level, LOG_FORMAT="json")
@@ -201,6 +214,7 @@ def main() -> None:
             url, tok = routes[name]
             results[name] = load_in_subprocess(url, tok, args.seconds, args.concurrency)
             r = results[name]
+            record_route(name, r)
             verdict = "ok" if r["req_per_s"] >= TARGETS[name] and not r["errors"] else "BELOW TARGET"
             print(
                 f"{name:<14} {r['req_per_s']:>8.1f} req/s  p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  "

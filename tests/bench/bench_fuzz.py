@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg
 
 from infosentry import auth
+from tests.bench import results
 from tests.bench.bench_api import cli, free_port, wait_healthy
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
@@ -110,7 +111,15 @@ def main() -> None:
     parser.add_argument("--include-path-regex", default=None)
     parser.add_argument("--checks", default=CHECKS)
     parser.add_argument("--phases", default="examples,coverage,fuzzing")
+    results.add_argument(parser)
     args = parser.parse_args()
+    with results.session("fuzz", args):
+        code = run(args)
+        results.record("failures", 0 if code == 0 else 1, "runs failed")
+    sys.exit(code)
+
+
+def run(args: argparse.Namespace) -> int:
     exe = Path(sys.executable).with_name("schemathesis")
     if not exe.exists():
         raise SystemExit("schemathesis is not installed: .venv/bin/pip install schemathesis")
@@ -166,6 +175,8 @@ def main() -> None:
             code, generated = max(code, code2), generated + generated2
         took = time.monotonic() - started
         print(f"fuzz: {generated} generated requests in {took:.0f} s, exit {code}", flush=True)
+        results.record("generated_requests", generated, "requests", better=None)
+        results.record("requests_per_s", generated / took if took else 0, "req/s", better="higher")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -189,8 +200,9 @@ def main() -> None:
             causes[key] = causes.get(key, 0) + 1
         for cause, n in causes.items():
             print(f"server error x{n}: {cause}")
+        results.record("server_errors", len(errors), "log lines")
         shutil.rmtree(data_dir, ignore_errors=True)
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -23,8 +23,17 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+from tests.bench import results
+from tests.bench.common import (  # noqa: F401 -- postgres_pids and proc_cpu are imported from here by others
+    postgres_cpu,
+    postgres_pids,
+    proc_cpu,
+    proc_hwm_mib,
+    self_cpu,
+    self_peak_rss_mib,
+)
+
 HOSTS = [f"127.0.0.{i}" for i in range(1, 9)]
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the feeds (generated in the server process) -------------------------------------------------------------
@@ -86,41 +95,6 @@ def serve(feeds: int, items: int, conn: Any) -> None:
 # --- measuring -----------------------------------------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
-
-
-def proc_hwm_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def postgres_pids(pgdata: Path) -> list[int]:
-    try:
-        master = int((pgdata / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return []
-    pids = [master]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == master:
-                pids.append(int(entry.name))
-    return pids
-
-
 class Meter:
     """CPU seconds of this process, its parse workers and waited children; Postgres and the feed server apart."""
 
@@ -130,14 +104,13 @@ class Meter:
     def snapshot(self) -> dict[str, float]:
         from infosentry.ingest import parsing
 
-        me = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         workers = parsing.PARSE_POOL.worker_pids()
         return {
-            "self": me.ru_utime + me.ru_stime,
+            "self": self_cpu(),
             "children": kids.ru_utime + kids.ru_stime,  # the feed server is reaped after the last snapshot
             "workers": sum(proc_cpu(p) for p in workers),
-            "postgres": sum(proc_cpu(p) for p in postgres_pids(self.pgdata)),
+            "postgres": postgres_cpu(self.pgdata),
             "feed_server": proc_cpu(self.server_pid),
             "wall": time.perf_counter(),
         }
@@ -145,16 +118,25 @@ class Meter:
     def peak_rss_mib(self) -> tuple[float, float]:
         from infosentry.ingest import parsing
 
-        me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         workers = max([proc_hwm_mib(p) for p in parsing.PARSE_POOL.worker_pids()] or [0.0])
-        return me, workers
+        return self_peak_rss_mib(), workers
 
 
 def report(
-    label: str, before: dict[str, float], after: dict[str, float], items: int, meter: Meter, target: float
+    label: str,
+    key: str,
+    before: dict[str, float],
+    after: dict[str, float],
+    items: int,
+    feeds: int,
+    meter: Meter,
+    target: float,
 ) -> None:
     wall = after["wall"] - before["wall"]
-    ours = sum(after[k] - before[k] for k in ("self", "children", "workers"))
+    main_cpu = after["self"] - before["self"]
+    workers = after["workers"] - before["workers"]
+    ours = main_cpu + workers + after["children"] - before["children"]
+    pg = after["postgres"] - before["postgres"]
     rss_self, rss_workers = meter.peak_rss_mib()
     verdict = "ok" if wall <= target else "MISSED"
     print(
@@ -162,17 +144,75 @@ def report(
         f"{items / wall if wall else 0:.0f} items/s"
     )
     print(
-        f"  CPU s: ingest {ours:.2f} (main {after['self'] - before['self']:.2f}, parse workers "
-        f"{after['workers'] - before['workers']:.2f}), postgres {after['postgres'] - before['postgres']:.2f}, "
-        f"feed server {after['feed_server'] - before['feed_server']:.2f}"
+        f"  CPU s: ingest {ours:.2f} (main {main_cpu:.2f}, parse workers {workers:.2f}), postgres {pg:.2f}, "
+        f"feed server {after['feed_server'] - before['feed_server']:.2f}; "
+        f"{(ours + pg) / feeds * 1000:.2f} ms CPU per feed (app + postgres)"
     )
     print(f"  peak RSS MiB: main {rss_self:.0f}, largest parse worker {rss_workers:.0f}")
+    results.record(f"{key}.wall", wall, "s")
+    if items:
+        results.record(f"{key}.items_per_s", items / wall if wall else 0, "items/s", better="higher")
+    results.record(f"{key}.cpu_app", ours, "s")
+    results.record(f"{key}.cpu_main", main_cpu, "s")
+    results.record(f"{key}.cpu_parse_workers", workers, "s")
+    results.record(f"{key}.cpu_postgres", pg, "s")
+    results.record(f"{key}.cpu_per_feed", (ours + pg) / feeds * 1000, "ms")
+    results.record("peak_rss_main", rss_self, "MiB")
+    results.record("peak_rss_parse_worker", rss_workers, "MiB")
+
+
+class QueryCounter:
+    """Counts the statements every asyncpg connection sends (a query logger on each new connection)."""
+
+    def __init__(self) -> None:
+        self.by_query: dict[str, list[float]] = {}
+        self.enabled = False
+
+    def install(self) -> None:
+        import asyncpg.connection
+
+        original = asyncpg.connection.Connection.__init__
+        counter = self
+
+        def init(conn: Any, *args: Any, **kwargs: Any) -> None:
+            original(conn, *args, **kwargs)
+            conn.add_query_logger(counter)
+
+        asyncpg.connection.Connection.__init__ = init  # type: ignore[method-assign]
+        self.enabled = True
+
+    def __call__(self, record: Any) -> None:
+        key = " ".join(record.query.split())[:160]
+        entry = self.by_query.setdefault(key, [0, 0.0])
+        entry[0] += 1
+        entry[1] += record.elapsed
+
+    def take(self) -> dict[str, list[float]]:
+        taken, self.by_query = self.by_query, {}
+        return taken
+
+
+def report_queries(key: str, counts: dict[str, list[float]], feeds: int) -> None:
+    total = sum(int(c) for c, _ in counts.values())
+    seconds = sum(s for _, s in counts.values())
+    print(f"  {total} statements ({total / feeds:.2f} per feed), {seconds:.2f} s waiting on them in all:")
+    for query, (n, s) in sorted(counts.items(), key=lambda kv: -kv[1][0])[:12]:
+        print(f"    {int(n):>6} x {s * 1000 / n:7.2f} ms  {query[:100]}")
+    results.record(f"{key}.queries_per_feed", total / feeds, "queries")
+    results.detail(f"{key}.queries", {q: {"count": int(n), "seconds": round(s, 4)} for q, (n, s) in counts.items()})
 
 
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
+async def bench(
+    feeds: int,
+    items: int,
+    keep: bool,
+    threads: bool,
+    queries: QueryCounter | None = None,
+    cprofile: str = "",
+) -> None:
     from infosentry import db, migrate
     from infosentry.ingest import parsing
     from infosentry.ingest import run as ingest
@@ -213,12 +253,19 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
             await parsing.PARSE_POOL.run(_warm)  # a worker's parse processes start once, not per pass
             meter = Meter(data_dir / "pg", server.pid or 0)
 
+            if queries:
+                queries.take()
+            profiler = start_profile(cprofile)
             before = meter.snapshot()
             while await due_count(rt):
                 await ingest.run_due(rt, use_pool=not threads)
             after = meter.snapshot()
+            stop_profile(profiler, cprofile)
+            counted = queries.take() if queries else None
             stored = await rt.pool.fetchval("SELECT count(*) FROM items")
-            report("first pass", before, after, stored, meter, 16)
+            report("first pass", "first_pass", before, after, stored, feeds, meter, 16)
+            if counted is not None:
+                report_queries("first_pass", counted, feeds)
             failed = await rt.pool.fetchval("SELECT count(*) FROM sources WHERE error_streak > 0")
             if failed:
                 print(
@@ -227,13 +274,20 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
                 )
 
             await make_all_due(rt)
+            if queries:
+                queries.take()
             before = meter.snapshot()
             while await due_count(rt):
                 await ingest.run_due(rt)
             after = meter.snapshot()
+            counted = queries.take() if queries else None
             not_modified = await rt.pool.fetchval("SELECT count(*) FROM ingest_logs WHERE status = 'not_modified'")
-            report("second pass (304)", before, after, 0, meter, 1)
+            report("second pass (304)", "second_pass", before, after, 0, feeds, meter, 1)
             print(f"  {not_modified} of {feeds} answered 304")
+            if counted is not None:
+                report_queries("second_pass", counted, feeds)
+            results.record("items_stored", stored, "items", better=None)
+            results.record("second_pass.not_modified", not_modified, "feeds", better=None)
             parsing.PARSE_POOL.shutdown()
     finally:
         parent.send("stop")
@@ -244,6 +298,34 @@ async def bench(feeds: int, items: int, keep: bool, threads: bool) -> None:
             print(f"data dir kept: {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def start_profile(path: str) -> Any:
+    """cProfile of this (the main) process over the first pass: deterministic, so it slows that pass down, but it
+    counts calls; the parse workers are not in it (py-spy --subprocesses sees them)."""
+    if not path:
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def stop_profile(profiler: Any, path: str) -> None:
+    if profiler is None:
+        return
+    import io
+    import pstats
+
+    profiler.disable()
+    profiler.dump_stats(path)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(60)
+    Path(path).with_suffix(".txt").write_text(out.getvalue())
+    print(f"  cProfile of the main process over the first pass: {path} (top functions in .txt beside it)")
 
 
 def _warm() -> Any:
@@ -258,8 +340,18 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the data dir (inspect with psql)")
     parser.add_argument("--threads", action="store_true", help="parse in threads instead of the process pool")
+    parser.add_argument(
+        "--count-queries", action="store_true", help="count the statements sent per pass (adds a little CPU)"
+    )
+    parser.add_argument("--cprofile", default="", metavar="PATH", help="cProfile the main process over the first pass")
+    results.add_argument(parser)
     args = parser.parse_args()
-    asyncio.run(bench(args.feeds, args.items, args.keep, args.threads))
+    queries = None
+    if args.count_queries:
+        queries = QueryCounter()
+        queries.install()
+    with results.session("ingest", args):
+        asyncio.run(bench(args.feeds, args.items, args.keep, args.threads, queries, args.cprofile))
 
 
 if __name__ == "__main__":

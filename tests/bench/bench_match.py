@@ -28,9 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tests.bench.bench_ingest import postgres_pids, proc_cpu
+from tests.bench import results
+from tests.bench.common import postgres_cpu, proc_cpu, shared_data
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ag_news_tuning.csv"
+DATA = shared_data("ag_news_tuning.csv")
 TOPICS = [
     ("AI chips", "New AI accelerator chips and GPUs from Nvidia, AMD and startups", ["Nvidia", "GPU", "AMD"]),
     ("Electric cars", "Electric vehicles, batteries and their makers", ["Tesla", "battery", "EV"]),
@@ -74,11 +75,12 @@ class Meter:
         return {
             "wall": time.perf_counter(),
             "self": me.ru_utime + me.ru_stime,
-            "postgres": sum(proc_cpu(p) for p in postgres_pids(self.pgdata)),
+            "postgres": postgres_cpu(self.pgdata),
             "fake": proc_cpu(self.fake_pid) if self.fake_pid else 0.0,
         }
 
-    def line(self, label: str, before: dict[str, float], items: int, extra: str = "") -> float:
+    def line(self, label: str, before: dict[str, float], items: int, extra: str = "", key: str = "") -> float:
+        """Print one measured step; with `key`, record its figures as `key.*`."""
         after = self.snap()
         wall = after["wall"] - before["wall"]
         cpu = {k: after[k] - before[k] for k in ("self", "postgres", "fake")}
@@ -87,6 +89,12 @@ class Meter:
             f"{cpu['self']:.1f}, postgres {cpu['postgres']:.1f}, fake server {cpu['fake']:.1f}; "
             f"peak RSS {rss_mib():.0f} MiB"
         )
+        if key:
+            results.record(f"{key}.wall", wall, "s")
+            results.record(f"{key}.items_per_s", items / wall if wall else 0, "items/s", better="higher")
+            results.record(f"{key}.cpu_app", cpu["self"], "s")
+            results.record(f"{key}.cpu_postgres", cpu["postgres"], "s")
+            results.record("peak_rss", rss_mib(), "MiB")
         return wall
 
 
@@ -133,7 +141,7 @@ async def set_active_goals(rt: Any, n: int) -> None:
     await rt.pool.execute("UPDATE goals SET matched_version = version")
 
 
-async def run_pipeline(rt: Any, meter: Meter, label: str, n_items: int) -> None:
+async def run_pipeline(rt: Any, meter: Meter, label: str, n_items: int, key: str) -> None:
     from infosentry import embed
 
     before = meter.snap()
@@ -150,10 +158,11 @@ async def run_pipeline(rt: Any, meter: Meter, label: str, n_items: int) -> None:
         before,
         n_items,
         f", {stored} matches stored",
+        key=key,
     )
 
 
-async def match_alone(rt: Any, meter: Meter, n_goals: int, batch: int) -> None:
+async def match_alone(rt: Any, meter: Meter, n_goals: int, batch: int, prefix: str) -> None:
     from infosentry import embed, match
 
     await set_active_goals(rt, n_goals)
@@ -171,12 +180,13 @@ async def match_alone(rt: Any, meter: Meter, n_goals: int, batch: int) -> None:
         before,
         len(ids),
         f", {stats.pairs} pairs scored, {stats.stored} stored",
+        key=f"{prefix}.match_{n_goals}_goals",
     )
     if n_goals >= 1000:
-        await decide_after(rt, meter, len(ids), before)
+        await decide_after(rt, meter, len(ids), before, prefix)
 
 
-async def decide_after(rt: Any, meter: Meter, n_items: int, match_started: dict[str, float]) -> None:
+async def decide_after(rt: Any, meter: Meter, n_items: int, match_started: dict[str, float], prefix: str) -> None:
     try:
         from infosentry import decide
     except ImportError:
@@ -184,8 +194,10 @@ async def decide_after(rt: Any, meter: Meter, n_items: int, match_started: dict[
         return
     before = meter.snap()
     report = await decide.decide_pending(rt)
-    meter.line(f"decide ({report.written} decisions, {report.llm_calls} LLM calls)", before, n_items)
-    meter.line("match + decide together", match_started, n_items)
+    meter.line(
+        f"decide ({report.written} decisions, {report.llm_calls} LLM calls)", before, n_items, key=f"{prefix}.decide"
+    )
+    meter.line("match + decide together", match_started, n_items, key=f"{prefix}.match_decide")
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -239,9 +251,9 @@ async def bench(args: argparse.Namespace) -> None:
             # goal vectors first (not part of the item throughput)
             await embed.embed_goals(rt, embed.embedder(rt), embed.RunReport())
             await rt.pool.execute("UPDATE goals SET matched_version = version")
-            await run_pipeline(rt, meter, "pipeline", args.items)
+            await run_pipeline(rt, meter, "pipeline", args.items, "fake.pipeline")
             for n in goal_counts:
-                await match_alone(rt, meter, n, args.batch)
+                await match_alone(rt, meter, n, args.batch, "fake")
 
         if args.local_items:
             print(f"local model (all-MiniLM-L6-v2, 384 dims), {args.local_items} items:")
@@ -256,13 +268,13 @@ async def bench(args: argparse.Namespace) -> None:
                 texts = [r["t"] for r in await rt.pool.fetch("SELECT title || '. ' || snippet AS t FROM items")]
                 before = meter.snap()
                 await asyncio.to_thread(emb.embed_sync, texts)
-                meter.line("embedding alone", before, len(texts))
+                meter.line("embedding alone", before, len(texts), key="local.embed_alone")
                 await set_active_goals(rt, max(goal_counts))
                 await embed.embed_goals(rt, emb, embed.RunReport())
                 await rt.pool.execute("UPDATE goals SET matched_version = version")
-                await run_pipeline(rt, meter, "pipeline", len(texts))
+                await run_pipeline(rt, meter, "pipeline", len(texts), "local.pipeline")
                 for n in goal_counts:
-                    await match_alone(rt, meter, n, args.batch)
+                    await match_alone(rt, meter, n, args.batch, "local")
     finally:
         parent.send("stop")
         fake.join(5)
@@ -277,7 +289,10 @@ def main() -> None:
     parser.add_argument("--local-items", type=int, default=1000, help="items for the local model (0: skip)")
     parser.add_argument("--batch", type=int, default=128, help="EMBED_BATCH_SIZE")
     parser.add_argument("--keep", action="store_true", help="keep the database directory")
-    asyncio.run(bench(parser.parse_args()))
+    results.add_argument(parser)
+    args = parser.parse_args()
+    with results.session("match", args):
+        asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from infosentry.runtime import open_runtime
 from infosentry.settings import load_settings
 from infosentry.store import goals as goals_store
 from infosentry.store import users as users_store
+from tests.bench import results
 from tests.conftest import follow, make_all_due
 from tests.fakes.feeds import FakeFeedServer
 from tests.fakes.openai import FakeOpenAI
@@ -285,6 +286,8 @@ async def main(args: argparse.Namespace) -> None:
             ("pushed", "sent", "pushed -> sent by SMTP"),
         ]:
             print("  " + line(name, f(a, b)))
+            if f(a, b):
+                results.record(f"stage.{a}_to_{b}.p95", pct(f(a, b), 95), "s")
     duration = publish_end - started
     mean = statistics.mean(from_fetch) if from_fetch else 0.0
     delivered_rate = delivered_in_window / args.goals / duration
@@ -293,6 +296,15 @@ async def main(args: argparse.Namespace) -> None:
         f"(x{args.goals} goals) while publishing; mean fetch -> email {mean:.2f} s"
     )
     ok = len(arrivals) == expected and pct(from_fetch, 95) < 3.0
+    results.record("pushes_expected", expected, "pushes", better=None)
+    results.record("pushes_delivered_fraction", len(arrivals) / expected if expected else 0, "fraction", "higher")
+    results.record("emails", emails, "emails", better=None)
+    for p in (50, 95, 99):
+        results.record(f"fetch_to_email.p{p}", pct(from_fetch, p), "s")
+    results.record("publish_to_email.p95", pct(from_publish, 95), "s")
+    results.record("published_items_per_s", total / duration, "items/s", better=None)
+    results.record("delivered_items_per_s", delivered_rate, "items/s", better="higher")
+    results.record("drain_after_publishing", drained - publish_end, "s")
     print(f"target p95 < 3 s after the fetch at {args.rate} items/s: {'MET' if ok else 'NOT MET'}")
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -312,4 +324,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--profile", default="", help="write a cProfile of the worker process to this file")
     parser.add_argument("--local", action="store_true", help="embed with the local model instead of the fake API")
-    asyncio.run(main(parser.parse_args()))
+    results.add_argument(parser)
+    args = parser.parse_args()
+    with results.session("pipeline", args):
+        asyncio.run(main(args))

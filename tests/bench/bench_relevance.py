@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import re
 import sys
 import tempfile
@@ -27,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from infosentry import hotconfig, match
+from tests.bench import results as bench_results
+from tests.bench.common import shared_data
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ag_news_tuning.csv"
+DATA = shared_data("ag_news_tuning.csv")
 BATCH_THRESHOLD = hotconfig.KEYS["BATCH_THRESHOLD"].default
 IMMEDIATE_THRESHOLD = hotconfig.KEYS["IMMEDIATE_THRESHOLD"].default
 ANSWERS, ROUND = 20, 5
@@ -271,8 +272,24 @@ def row(name: str, m: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--provider", choices=["local", "fake"], default="local")
-    parser.add_argument("--json", action="store_true", help="print the full results as JSON")
+    bench_results.add_argument(parser)  # --json alone: the whole document (every figure) on stdout, no text
     args = parser.parse_args()
+    with bench_results.session("relevance", args):
+        run(args)
+
+
+def record(results: dict[str, Any]) -> None:
+    for key in ("scorer_heldout", "scorer_heldout_after_feedback", "tfidf_heldout", "lexical_heldout"):
+        m = results[key]["macro"]
+        bench_results.record(f"{key}.auc", m["auc"], "AUC", better="higher")
+        bench_results.record(f"{key}.push_precision", m["push_precision"], "fraction", better="higher")
+        bench_results.record(f"{key}.push_recall", m["push_recall"], "fraction", better="higher")
+        bench_results.record(f"{key}.digest10_precision", m["digest10_precision"], "fraction", better="higher")
+    bench_results.record("plain_cosine_heldout.auc", results["plain_cosine_auc_heldout"], "AUC", better="higher")
+    bench_results.detail("results", results)
+
+
+def run(args: argparse.Namespace) -> None:
 
     texts, labels = load()
     rng = np.random.default_rng(SEED)
@@ -321,8 +338,8 @@ def main() -> None:
     results["lexical_anchors_measured"] = anchors(lex_raw, labels, tune, same_topic_pct=95)
     results["lexical_heldout"] = metrics(lex_scores, labels, held)
 
-    if args.json:
-        print(json.dumps(results, indent=2))
+    record(results)
+    if args.json == "-":
         return
     a = results["anchors"]
     print(f"model {model}; {len(texts)} items, tuned on {int(tune.sum())}, reported on {int(held.sum())} held out")
