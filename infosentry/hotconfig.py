@@ -83,6 +83,11 @@ KEYS: dict[str, Key] = {
         Key("DEFAULT_BATCH_WINDOWS", str, "12:30,18:30", "batch windows of new goals", check=parse_hhmm_list),
         Key("DEFAULT_DIGEST_TIME", str, "09:00", "digest time of new goals", check=normalise_hhmm),
         Key("EMBED_BATCH_SIZE", int, 128, "items embedded per job", 1, 2048),
+        Key("MAX_SOURCES_PER_USER", int, 500, "sources one user may follow", 1, 100_000),
+        Key("MAX_GOALS_PER_USER", int, 100, "goals one user may have", 1, 10_000),
+        Key("MAX_TOKENS_PER_USER", int, 50, "live API tokens one user may have (sessions not counted)", 1, 10_000),
+        Key("MAX_OPML_LINES", int, 1000, "feeds one OPML import may add", 1, 100_000),
+        Key("LIVE_REPLAYS_PER_HOUR", int, 10, "live LLM replays one non-admin user may run per hour", 0, 10_000),
     )
 }
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import procrastinate
 
-from infosentry import alerts, decide, embed, metrics, push, queue
+from infosentry import alerts, decide, embed, metrics, push, queue, retention
 from infosentry.ingest import run as ingest
 from infosentry.runtime import Runtime
-from infosentry.store import logins as logins_store
 from infosentry.store import workers as workers_store
 
 log = logging.getLogger(__name__)
@@ -92,14 +91,6 @@ async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = 
     summary = await ingest.run_due(_rt(context))
     if summary.new_items:
         await queue.nudge(context.app, "embed_pending")
-
-
-@app.periodic(cron="17 * * * *", periodic_id="prune_ingest_logs")
-@app.task(name="prune_ingest_logs", queue="ingest", pass_context=True, queueing_lock="prune_ingest_logs")
-@step
-async def prune_ingest_logs(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
-    """Keep ingest logs for ingest.LOG_RETENTION_DAYS (a busy install writes about 100 rows per source a day)."""
-    await ingest.prune_logs(_rt(context))
 
 
 # --- end ingest ---
@@ -238,12 +229,12 @@ async def alerts_tick(context: procrastinate.JobContext, timestamp: int) -> None
     await _alerts_tick(_rt(context), context.app)
 
 
-@app.periodic(cron="17 * * * *", periodic_id="prune_logins")
-@app.task(name="prune_logins", queue="agent", pass_context=True)
+@app.periodic(cron="17 * * * *", periodic_id="retention")
+@app.task(name="retention", queue="agent", pass_context=True, queueing_lock="retention")
 @step
-async def prune_logins(context: procrastinate.JobContext, timestamp: int) -> None:
-    """Forget login links and rate-limit windows older than a day."""
-    await logins_store.prune(_rt(context).pool)
+async def retention_task(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Forget what is past its retention (retention.py: ingest logs, clicks, login links)."""
+    await retention.prune(_rt(context))
 
 
 async def alerts_loop(rt: Runtime, qapp: procrastinate.App | None) -> None:

@@ -26,7 +26,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiosmtplib
 
@@ -57,7 +57,8 @@ _GOAL_IN_SUBJECT_MAX = 80
 class EmailItem:
     item_id: int
     title: str
-    url: str
+    url: str  # the item's own URL (shown as a domain; never linked directly)
+    link: str  # the signed click-tracking link the email carries (infosentry.links)
     snippet: str
     source_name: str
     published_local: str  # already formatted in the goal's time zone, e.g. "2026-11-27 09:05 CST"
@@ -156,12 +157,6 @@ def _domain(url: str) -> str:
     return host.removeprefix("www.")
 
 
-def tracked_link(public_url: str, item_id: int, goal_id: int, channel: str = "email") -> str:
-    """The click-tracking link of an item (GET /r/{item_id}); emails never carry the raw item URL."""
-    base = public_url.rstrip("/")
-    return f"{base}/r/{quote(str(item_id), safe='')}?goal_id={int(goal_id)}&channel={quote(channel, safe='')}"
-
-
 # ----------------------------------------------------------------------------------------------- push emails
 
 
@@ -183,10 +178,11 @@ def _meta(item: EmailItem) -> str:
     return " · ".join(p for p in (source or domain, _one_line(item.published_local, 60)) if p)
 
 
-def _render_item(lang: str, n: int, item: EmailItem, goal_id: int, public_url: str) -> tuple[_Html, str]:
+def _render_item(lang: str, n: int, item: EmailItem) -> tuple[_Html, str]:
     title = _one_line(item.title, _TITLE_MAX) or "(untitled)"
-    # Items whose own URL is not http(s) (javascript:, data:, ...) get no link at all, not even a tracked one.
-    link = tracked_link(public_url, item.item_id, goal_id) if is_http_url(item.url) else ""
+    # Items whose own URL is not http(s) (javascript:, data:, ...) get no link at all, not even a tracked one;
+    # emails never carry the raw item URL, only the tracked link.
+    link = item.link if is_http_url(item.url) and is_http_url(item.link) else ""
     values = {
         "number": str(n),
         "meta": _meta(item),
@@ -213,6 +209,7 @@ def render_push_email(
     window: str | None = None,
     day: str | None = None,
     inbox_url: str | None = None,
+    late: str | None = None,
 ) -> RenderedEmail:
     """Render an IMMEDIATE/BATCH/DIGEST push email.
 
@@ -220,6 +217,8 @@ def render_push_email(
     per-user digest, one section per goal). Empty sections are dropped; no items at all is a ValueError (we never
     send empty emails). `window` ("12:30") is required for batch, `day` ("2026-11-27") for digest.
     `inbox_url`, when given, adds a link to a web inbox (the service itself serves only the JSON API).
+    `late` ("2026-11-27 18:30 CST"), for a window or digest sent after its time (the service was down), says so
+    in the subject and above the items.
     `unsubscribe_url` is the pause link of the footer and the
     RFC 8058 one-click target: its GET must only show a confirmation page, its POST performs the pause.
     """
@@ -254,12 +253,14 @@ def render_push_email(
         subject = _s(lang, "subject_digest_combined", n=n_items, goals=len(sections), day=day_text)
     else:
         subject = _plural(lang, "subject_digest", n_items, goal=goal, day=day_text)
+    if late:
+        subject = f"{subject} {_s(lang, 'subject_late')}"
 
     html_sections: list[str] = []
     text_sections: list[str] = []
     for section in sections:
         name = _one_line(section.goal_name, 200) or f"#{section.goal_id}"
-        rendered = [_render_item(lang, i, item, section.goal_id, public_url) for i, item in enumerate(section.items, 1)]
+        rendered = [_render_item(lang, i, item) for i, item in enumerate(section.items, 1)]
         heading = _s(lang, "section_heading", goal=name)
         html_sections.append(_html("_section.html", heading=heading, items=_Html("\n".join(h for h, _ in rendered))))
         text_sections.append(_text("_section.txt", heading=heading, items="\n\n".join(t for _, t in rendered)))
@@ -277,6 +278,10 @@ def render_push_email(
         "_footer.txt", reason_line=reason_line, links="\n".join(f"{label}: {url}" for label, url in links)
     )
 
+    if late:
+        note = _s(lang, "late_note", due=_one_line(late, 60))
+        html_sections.insert(0, str(_html("_note.html", note=note)))
+        text_sections.insert(0, note)
     values = {"window": window_text, "day": day_text}
     content_html = _html(f"{lang}/{kind}.html", sections=_Html("\n".join(html_sections)), **values)
     content_text = _text(f"{lang}/{kind}.txt", sections="\n\n".join(text_sections), **values)

@@ -62,6 +62,12 @@ LLM_TOKENS = Counter(
 LLM_USD = Counter(
     "infosentry_llm_usd_total", "Estimated spend in USD by kind (embed, judge)", ["kind"], registry=REGISTRY
 )
+REPLAYS = Counter(
+    "infosentry_replays_total",
+    "Decision replays by mode (live: a paid LLM call; stored: the recorded answer)",
+    ["mode"],
+    registry=REGISTRY,
+)
 DECISIONS = Counter(
     "infosentry_decisions_total",
     "Push decisions by tier (IMMEDIATE, BATCH, DIGEST, IGNORE)",

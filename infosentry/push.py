@@ -10,8 +10,6 @@ Imports mail and the store modules it writes (decisions, emails, goals, notifica
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -24,13 +22,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from infosentry import mail, metrics, retry
+from infosentry import links, mail, metrics, retry
 from infosentry.runtime import Runtime
 from infosentry.settings import Settings
 from infosentry.store import decisions as decisions_store
 from infosentry.store import emails as emails_store
 from infosentry.store import goals as goals_store
-from infosentry.store import keys as keys_store
 from infosentry.store import notifications as notifications_store
 from infosentry.store import slots as slots_store
 
@@ -39,11 +36,12 @@ log = logging.getLogger(__name__)
 PUSH_KINDS = ("immediate", "batch", "digest")  # email kinds that carry pushes (login and alert mail do not)
 LOOKBACK = timedelta(hours=24)  # batch windows and digests choose among items decided in the last 24 h
 EXPIRE_AFTER = timedelta(hours=48)  # BATCH/DIGEST decisions never chosen are closed after this
-MISSED_SLOT_GRACE = timedelta(minutes=30)  # a slot of yesterday (e.g. 23:50) still fires this long after
+CATCH_UP = timedelta(hours=24)  # a window or digest missed while the service was down fires up to this late
+LATE_AFTER = timedelta(minutes=10)  # ... and says so when it fires later than this
 SEND_BATCH = 20
 SEND_CONCURRENCY = 4
 MAX_SEND_ATTEMPTS = 10
-LEASE_SECONDS = 120.0  # a `sending` row older than this belongs to a dead sender
+LEASE_SECONDS = 60.0  # a `sending` row older than this belongs to a dead sender (SMTP times out at 20 s)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -79,12 +77,11 @@ def due_slots(
     *,
     not_before: datetime,
     fired: set[tuple[date, str]],
-    grace: timedelta = MISSED_SLOT_GRACE,
+    catch_up: timedelta = CATCH_UP,
 ) -> list[tuple[date, str]]:
-    """Slots (local date, HH:MM) that are due and have not fired, oldest first: today's slots whose time has
-    passed (a window missed while the service was down fires when it is back, the same local day), and
-    yesterday's within `grace` (a late-evening slot around a restart). Slots before `not_before` (the goal's
-    creation) never fire."""
+    """Slots (local date, HH:MM) that are due and have not fired, oldest first: every slot whose time passed
+    within `catch_up` (a window missed while the service was down fires when it is back, across midnight too).
+    Slots before `not_before` (the goal's creation) never fire."""
     today = now.astimezone(tz).date()
     due: list[tuple[datetime, date, str]] = []
     for day in (today - timedelta(days=1), today):
@@ -93,9 +90,7 @@ def due_slots(
                 at = slot_instant(day, hhmm, tz)
             except ValueError:
                 continue
-            if at > now or at < not_before or (day, hhmm) in fired:
-                continue
-            if day != today and now - at > grace:
+            if at > now or at < not_before or (day, hhmm) in fired or now - at > catch_up:
                 continue
             due.append((at, day, hhmm))
     due.sort()
@@ -106,42 +101,21 @@ def local_time(when: datetime | None, tz: ZoneInfo) -> str:
     return when.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if when else ""
 
 
-# --- links -------------------------------------------------------------------------------------------------
-
-
-async def _link_key(rt: Runtime) -> str:
-    key = rt.extras.get("push_link_key")
-    if key is None:
-        key = await keys_store.link_key(rt.pool)
-        rt.extras["push_link_key"] = key
-    return key
-
-
-def link_token(key: str, kind: str, owner_id: int) -> str:
-    """The unsubscribe token of a goal ('goal') or of a user's combined digest ('user')."""
-    return hmac.new(key.encode(), f"unsubscribe:{kind}:{owner_id}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-async def check_link_token(rt: Runtime, kind: str, owner_id: int, token: str) -> bool:
-    expected = link_token(await _link_key(rt), kind, owner_id)
-    # bytes: compare_digest refuses non-ASCII str, and a token is whatever a client sends
-    return bool(token) and hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
-
-
-async def unsubscribe_url(rt: Runtime, kind: str, owner_id: int) -> str:
-    path = "goals" if kind == "goal" else "users"
-    token = link_token(await _link_key(rt), kind, owner_id)
-    return f"{rt.settings.public_url}/api/v1/{path}/{owner_id}/unsubscribe?token={token}"
+def late_since(local_date: date, hhmm: str, tz: ZoneInfo, now: datetime) -> str | None:
+    """When a slot fires more than LATE_AFTER after its time: that time (local), for the email to say so."""
+    at = slot_instant(local_date, hhmm, tz)
+    return local_time(at, tz) if now - at > LATE_AFTER else None
 
 
 # --- emails ------------------------------------------------------------------------------------------------
 
 
-def _email_item(row: asyncpg.Record, tz: ZoneInfo) -> mail.EmailItem:
+def _email_item(row: asyncpg.Record, tz: ZoneInfo, signer: links.Signer, goal_id: int) -> mail.EmailItem:
     return mail.EmailItem(
         item_id=row["item_id"],
         title=row["title"],
         url=row["url"],
+        link=signer.click_url(row["item_id"], goal_id, "email"),
         snippet=row["snippet"] or "",
         source_name=row["source_name"] or "",
         published_local=local_time(row["published_at"] or row["ingested_at"], tz),
@@ -172,9 +146,11 @@ async def _push_goal_email(
     report: FlushReport,
     window: str | None = None,
     day: str | None = None,
+    late: str | None = None,
 ) -> tuple[int | None, list[int]]:
     """One email with one goal's items, and their rows in the push ledger; (email id, item ids pushed)."""
-    section = mail.Section(goal_id, goal["name"], [_email_item(r, tz) for r in rows])
+    signer = await links.signer(rt)
+    section = mail.Section(goal_id, goal["name"], [_email_item(r, tz, signer, goal_id) for r in rows])
     email_id = await _create_email(
         conn,
         rt,
@@ -185,9 +161,10 @@ async def _push_goal_email(
         to_addr=goal["to_addr"],
         language=goal["language"],
         sections=[section],
-        unsubscribe=await unsubscribe_url(rt, "goal", goal_id),
+        unsubscribe=signer.unsubscribe_url("goal", goal_id),
         window=window,
         day=day,
+        late=late,
     )
     if email_id is None:
         return None, []
@@ -213,6 +190,7 @@ async def _create_email(
     unsubscribe: str,
     window: str | None = None,
     day: str | None = None,
+    late: str | None = None,
 ) -> int | None:
     rendered = mail.render_push_email(
         kind,
@@ -222,6 +200,7 @@ async def _create_email(
         unsubscribe_url=unsubscribe,
         window=window,
         day=day,
+        late=late,
     )
     status, note = _initial_status(rt)
     email_id = await emails_store.insert_email(
@@ -376,6 +355,7 @@ async def _fire_batch(
     goal_id = goal["goal_id"]
     local_date, slot = slots[-1]
     max_items = int(rt.hot["BATCH_MAX_ITEMS"])
+    late = late_since(local_date, slot, tz, now)
     async with rt.pool.acquire() as conn, conn.transaction():
         await slots_store.lock_goal(conn, goal_id)
         if not await slots_store.claim_slot(conn, "batch", goal_id, local_date, slot):
@@ -383,8 +363,10 @@ async def _fire_batch(
         for d, s in slots[:-1]:
             await slots_store.claim_slot(conn, "batch", goal_id, d, s)
         report.slots += 1
+        # a late window chooses among what it would have chosen from (and what came since)
+        since = slot_instant(local_date, slot, tz) - LOOKBACK
         rows = await decisions_store.pending_items(
-            conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0, limit=max_items
+            conn, goal_id, tiers=["BATCH"], since=since, min_score=0.0, limit=max_items
         )
         email_id: int | None = None
         pushed: list[int] = []
@@ -400,9 +382,12 @@ async def _fire_batch(
                 report=report,
                 window=slot,
                 dedupe_key=f"batch:{goal_id}:{local_date.isoformat()}:{slot}",
+                late=late,
             )
             report.batch += len(pushed)
-        await slots_store.finish_slot(conn, "batch", goal_id, local_date, slot, email_id, len(pushed))
+        await slots_store.finish_slot(
+            conn, "batch", goal_id, local_date, slot, email_id, len(pushed), late=late is not None
+        )
         await decisions_store.insert_run(
             conn,
             goal_id=goal_id,
@@ -414,6 +399,7 @@ async def _fire_batch(
                 "local_date": local_date.isoformat(),
                 "slot": slot,
                 "closed_missed_slots": [f"{d.isoformat()} {s}" for d, s in slots[:-1]],
+                "late": late,
                 "max_items": max_items,
                 "timezone": str(tz),
             },
@@ -452,13 +438,13 @@ async def flush_digests(
     return report
 
 
-async def _digest_rows(conn: asyncpg.Connection, rt: Runtime, goal_id: int, now: datetime) -> list[asyncpg.Record]:
-    # DIGEST items, and BATCH items no window has taken yet: "not pushed by any tier"
+async def _digest_rows(conn: asyncpg.Connection, rt: Runtime, goal_id: int, due: datetime) -> list[asyncpg.Record]:
+    # DIGEST items, and BATCH items no window has taken yet: "not pushed by any tier" in the day before it was due
     return await decisions_store.pending_items(
         conn,
         goal_id,
         tiers=["DIGEST", "BATCH"],
-        since=now - LOOKBACK,
+        since=due - LOOKBACK,
         min_score=float(rt.hot["DIGEST_MIN_SCORE"]),
         limit=int(rt.hot["DIGEST_MAX_ITEMS"]),
     )
@@ -469,12 +455,13 @@ async def _fire_goal_digest(
 ) -> None:
     started = time.perf_counter()
     goal_id, (local_date, at) = goal["goal_id"], slot
+    late = late_since(local_date, at, tz, now)
     async with rt.pool.acquire() as conn, conn.transaction():
         await slots_store.lock_goal(conn, goal_id)
         if not await slots_store.claim_slot(conn, "digest", goal_id, local_date, at):
             return
         report.slots += 1
-        rows = await _digest_rows(conn, rt, goal_id, now)
+        rows = await _digest_rows(conn, rt, goal_id, slot_instant(local_date, at, tz))
         email_id: int | None = None
         pushed: list[int] = []
         if rows:
@@ -489,9 +476,12 @@ async def _fire_goal_digest(
                 report=report,
                 day=local_date.isoformat(),
                 dedupe_key=f"digest:{goal_id}:{local_date.isoformat()}",
+                late=late,
             )
             report.digest += len(pushed)
-        await slots_store.finish_slot(conn, "digest", goal_id, local_date, at, email_id, len(pushed))
+        await slots_store.finish_slot(
+            conn, "digest", goal_id, local_date, at, email_id, len(pushed), late=late is not None
+        )
         await decisions_store.insert_run(
             conn,
             goal_id=goal_id,
@@ -503,6 +493,7 @@ async def _fire_goal_digest(
                 "local_date": local_date.isoformat(),
                 "digest_time": at,
                 "timezone": str(tz),
+                "late": late,
                 "min_score": float(rt.hot["DIGEST_MIN_SCORE"]),
                 "max_items": int(rt.hot["DIGEST_MAX_ITEMS"]),
             },
@@ -522,6 +513,7 @@ async def _fire_combined_digest(
 ) -> None:
     started = time.perf_counter()
     local_date, at = slot
+    late = late_since(local_date, at, tz, now)
     async with rt.pool.acquire() as conn, conn.transaction():
         if not await slots_store.try_lock_user(conn, user_id):
             return
@@ -535,7 +527,7 @@ async def _fire_combined_digest(
             goal_date = now.astimezone(zone(goal["timezone"], rt.settings.tz)).date()
             if await slots_store.slot_fired_on(conn, "digest", goal["goal_id"], goal_date):
                 continue
-            rows = await _digest_rows(conn, rt, goal["goal_id"], now)
+            rows = await _digest_rows(conn, rt, goal["goal_id"], slot_instant(local_date, at, tz))
             if rows:
                 picked.append((goal, rows))
         email_id = None
@@ -543,8 +535,13 @@ async def _fire_combined_digest(
         items_by_goal: dict[int, list[int]] = {}
         if picked:
             first = goals[0]
+            signer = await links.signer(rt)
             sections = [
-                mail.Section(g["goal_id"], g["name"], [_email_item(r, zone(g["timezone"], str(tz))) for r in rows])
+                mail.Section(
+                    g["goal_id"],
+                    g["name"],
+                    [_email_item(r, zone(g["timezone"], str(tz)), signer, g["goal_id"]) for r in rows],
+                )
                 for g, rows in picked
             ]
             email_id = await _create_email(
@@ -557,8 +554,9 @@ async def _fire_combined_digest(
                 to_addr=first["user_email"],
                 language=first["user_language"],
                 sections=sections,
-                unsubscribe=await unsubscribe_url(rt, "user", user_id),
+                unsubscribe=signer.unsubscribe_url("user", user_id),
                 day=local_date.isoformat(),
+                late=late,
             )
             if email_id is not None:
                 report.emails.append(email_id)
@@ -570,7 +568,9 @@ async def _fire_combined_digest(
                     pushed_total += len(pushed)
                 report.items += pushed_total
                 report.digest += pushed_total
-        await slots_store.finish_slot(conn, "combined_digest", user_id, local_date, at, email_id, pushed_total)
+        await slots_store.finish_slot(
+            conn, "combined_digest", user_id, local_date, at, email_id, pushed_total, late=late is not None
+        )
         for goal in goals:
             await decisions_store.insert_run(
                 conn,
@@ -711,7 +711,8 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
                 "email %s will be retried at %s: %s", row["id"], at.isoformat(), error, extra={"action": "email_retry"}
             )
         return
-    await emails_store.mark_sent(rt.pool, row["id"])
+    # the login link in a login email is a credential: once delivered, the outbox keeps no copy of it
+    await emails_store.mark_sent(rt.pool, row["id"], forget_body=row["kind"] == "login")
     await emails_store.smtp_result(rt.pool, ok=True)
     report.sent += 1
     metrics.EMAILS.labels(row["kind"], "sent").inc()

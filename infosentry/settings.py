@@ -43,6 +43,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     fetch_allow_networks: tuple[str, ...] = ()
+    # peers whose X-Forwarded-For is believed (our reverse proxies); default loopback
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     fetch_user_agent: str = "infosentry/0.1 (+https://github.com/infosentry)"
     max_body_bytes: int = 1024 * 1024
     worker_concurrency: int = 8
@@ -129,6 +131,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=get("LOG_LEVEL", "INFO").upper(),
         log_format=get("LOG_FORMAT", "json").lower(),
         fetch_allow_networks=_networks("FETCH_ALLOW_NETWORKS", get("FETCH_ALLOW_NETWORKS", "")),
+        trusted_proxies=_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES", "127.0.0.0/8,::1/128")),
         fetch_user_agent=get("FETCH_USER_AGENT", defaults.fetch_user_agent),
         max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES", str(defaults.max_body_bytes))),
         worker_concurrency=_int("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY", "8")),
@@ -167,6 +170,7 @@ def documented_names() -> list[str]:
         "LOG_LEVEL",
         "LOG_FORMAT",
         "FETCH_ALLOW_NETWORKS",
+        "TRUSTED_PROXIES",
         "FETCH_USER_AGENT",
         "MAX_BODY_BYTES",
         "WORKER_CONCURRENCY",

@@ -7,6 +7,7 @@ Fake external servers live in tests/fakes/ (feeds, OpenAI-compatible, SMTP sink)
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import os
 import shutil
@@ -40,9 +41,20 @@ def pg_base_uri() -> Iterator[str]:
         yield existing
         return
     data_dir = Path(tempfile.mkdtemp(prefix="infosentry-test-"))
+
+    def stop() -> None:
+        # explicitly, whoever else touched the server: processes the tests SIGKILLed stay in its handle list
+        # and would keep it running after the suite (also when the run is interrupted: atexit)
+        db.stop_embedded(data_dir / "pg")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    atexit.register(stop)
     uri = db.embedded_server_uri(data_dir, database="postgres")
-    yield uri
-    shutil.rmtree(data_dir, ignore_errors=True)
+    try:
+        yield uri
+    finally:
+        stop()
+        atexit.unregister(stop)
 
 
 def _admin(uri: str) -> psycopg.Connection:

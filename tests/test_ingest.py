@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 import pytest
 from click.testing import CliRunner
 
-from infosentry import jobs, queue
+from infosentry import jobs, queue, retention
 from infosentry.cli import main
 from infosentry.errors import Invalid, NotFound
 from infosentry.fetch import FetchError
@@ -600,7 +600,7 @@ async def test_ingest_due_job_runs_in_a_worker(rt: Runtime, user: int, server: F
     assert (done[0]["task_name"], done[0]["status"]) == ("ingest_due", "succeeded")
     assert ("embed_pending", "todo") in [(r["task_name"], r["status"]) for r in done]  # new items nudge embedding
     periodic = {t.task.name for t in jobs.app.periodic_registry.periodic_tasks.values()}
-    assert {"ingest_due", "prune_ingest_logs"} <= periodic
+    assert {"ingest_due", "retention"} <= periodic
 
 
 async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> None:
@@ -612,7 +612,7 @@ async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> Non
         "SELECT $1, now() - interval '30 days', 1, 'ok' FROM generate_series(1, 5)",
         sid,
     )
-    assert await ingest.prune_logs(rt) == 5
+    assert (await retention.prune(rt)).ingest_logs == 5
     assert len(await logs(rt, sid)) == 1
 
 
@@ -776,3 +776,32 @@ async def test_unfollowed_sources_are_parked_and_woken(rt: Runtime, user: int, s
     other, _ = await make_user(rt, "second@example.com")
     await sources_store.subscribe(rt.pool, other, sid)
     assert (await ingest.run_due(rt)).sources == 0
+
+
+async def test_a_crashed_workers_sources_are_due_again_within_a_minute(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    """Leases are short and renewed while the fetch runs: a worker that dies right after claiming (kill -9)
+    holds its sources at most LEASE_SECONDS (it was 5 minutes: new items reached nobody meanwhile)."""
+    server.add("/c.xml", rss([story(1)]))
+    sid = await add(rt, user, server.url("/c.xml"))
+    claimed = await sources_store.claim_due(rt.pool, limit=10, lease_seconds=ingest.LEASE_SECONDS)
+    assert [r["id"] for r in claimed] == [sid]
+    row = await source(rt, sid)
+    assert ingest.LEASE_SECONDS <= 60
+    assert row["lease_until"] - datetime.now(UTC) <= timedelta(seconds=60)
+    assert row["next_fetch_at"] - datetime.now(UTC) <= timedelta(seconds=60)
+
+
+async def test_a_live_run_renews_its_leases_however_slow_the_fetch(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    """A fetch slower than the lease keeps its source: nobody else fetches it meanwhile."""
+    server.add("/slow.xml", rss([story(1)]), delay=4.0)
+    sid = await add(rt, user, server.url("/slow.xml"))
+    first = asyncio.create_task(ingest.run_due(rt, lease_seconds=2, use_pool=False))
+    await asyncio.sleep(3.0)  # past the first lease: only a renewal keeps it
+    assert (await source(rt, sid))["lease_until"] > datetime.now(UTC)
+    assert (await ingest.run_due(rt, lease_seconds=2, use_pool=False)).sources == 0  # a second worker
+    assert (await first).new_items == 1
+    assert server.hits("/slow.xml") == 1 and (await source(rt, sid))["lease_until"] is None

@@ -27,8 +27,8 @@ LEVELS: dict[str, set[str]] = {
     "leaf": {"", "settings", "errors", "paths", "logs", "metrics", "auth", "urls", "text", "hotconfig", "openapi"}
     | {"models", "retry"},
     "infrastructure": {"db", "migrate", "runtime", "queue", "fetch", "mail", "opml", "store.*", "sources.*"}
-    | {"embedders.*"},
-    "step": {"ingest.*", "embed", "match", "decide", "judge", "push", "budget", "alerts", "health"},
+    | {"embedders.*", "links"},
+    "step": {"ingest.*", "embed", "match", "decide", "judge", "push", "budget", "alerts", "health", "retention"},
     "jobs": {"jobs"},
     "domain": {"domain.*"},
     "entry": {"api.*", "web.*", "cli.*", "demo", "ops.*", "__main__"},

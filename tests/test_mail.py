@@ -34,11 +34,12 @@ PUBLIC = "https://sentry.example.com"
 UNSUB = "https://sentry.example.com/unsubscribe/tok123?goal_id=7"
 
 
-def item(i: int, **kw: object) -> EmailItem:
+def item(i: int, goal_id: int = 7, **kw: object) -> EmailItem:
     base: dict[str, object] = {
         "item_id": i,
         "title": f"Item {i} title",
         "url": f"https://www.news{i}.example.org/story/{i}?utm_source=x",
+        "link": f"{PUBLIC}/r/{i}?goal_id={goal_id}&channel=email&sig=s{i}",  # signed by infosentry.links
         "snippet": f"Snippet {i}.",
         "source_name": f"Source {i}",
         "published_local": "2026-11-27 09:05 CST",
@@ -50,7 +51,7 @@ def item(i: int, **kw: object) -> EmailItem:
 
 
 def section(goal_id: int, name: str, n: int, start: int = 1) -> Section:
-    return Section(goal_id, name, [item(i) for i in range(start, start + n)])
+    return Section(goal_id, name, [item(i, goal_id) for i in range(start, start + n)])
 
 
 class Links(HTMLParser):
@@ -116,7 +117,7 @@ def test_each_kind_renders_items_reasons_and_footer(kind: str, kw: dict[str, str
     r = render_push_email(kind, lang, [section(7, "Chips", 3)], public_url=PUBLIC + "/", unsubscribe_url=UNSUB, **kw)
     why = "Why:" if lang == "en" else "推荐理由："
     for i in (1, 2, 3):
-        tracked = f"{PUBLIC}/r/{i}?goal_id=7&channel=email"
+        tracked = f"{PUBLIC}/r/{i}?goal_id=7&channel=email&sig=s{i}"
         assert f'href="{tracked.replace("&", "&amp;")}"' in r.html
         assert (
             f"{i}. Item {i} title\n   {tracked}\n   Source {i} (news{i}.example.org) · 2026-11-27 09:05 CST" in r.text

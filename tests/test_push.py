@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from infosentry import push
+from infosentry.domain import accounts
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from tests import pushkit as kit
@@ -39,6 +40,8 @@ async def world(rt: Runtime, **goal_kw) -> tuple[int, int, int]:
     now = push.utcnow()
     goal_kw.setdefault("timezone", midday_zone(now))
     goal_kw.setdefault("digest_time", hhmm(now + timedelta(hours=6), goal_kw["timezone"]))
+    # created a minute ago: yesterday's windows and digest predate the goal (they would be caught up otherwise)
+    goal_kw.setdefault("created_at", now - timedelta(minutes=1))
     await kit.set_hot(rt, LLM_ENABLED=False)
     user_id, _ = await make_user(rt, "reader@example.com")
     source_id = await kit.source(rt, user_id, "Wire")
@@ -167,7 +170,9 @@ async def test_missed_windows_send_once_when_back(rt: Runtime) -> None:
     now = push.utcnow()
     tz = midday_zone(now)
     early, late = hhmm(now - timedelta(hours=3), tz), hhmm(now - timedelta(hours=1), tz)
-    _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[early, late])
+    _, source_id, goal_id = await world(
+        rt, timezone=tz, batch_windows=[early, late], created_at=now - timedelta(days=1)
+    )
     await decided(rt, goal_id, source_id, [0.8, 0.81, 0.82])
     report = await push.flush(rt, now)  # the service was down at both windows
     assert len(report.emails) == 1 and report.batch == 3
@@ -176,26 +181,58 @@ async def test_missed_windows_send_once_when_back(rt: Runtime) -> None:
     assert (await push.flush(rt, now + timedelta(minutes=5))).emails == []
 
 
+async def test_windows_and_digests_missed_across_midnight_are_sent_once_marked_late(srt: Runtime) -> None:
+    """The service was down from the evening window to the next morning: the window and the digest of the
+    evening before are sent when it is back (once, said to be late), instead of being lost at midnight."""
+    rt = srt
+    now = push.utcnow()
+    tz = "Etc/GMT-7" if 0 <= (now + timedelta(hours=7)).hour < 12 else "Etc/GMT+5"
+    local = now.astimezone(ZoneInfo(tz))
+    assert local.hour < 12 or (now + timedelta(hours=-5)).hour < 12  # morning there: yesterday evening is missed
+    evening = "22:00" if local.hour >= 1 else "23:30"
+    _, source_id, goal_id = await world(
+        rt, timezone=tz, batch_windows=[evening], digest_time=evening, created_at=now - timedelta(days=2)
+    )
+    await decided(rt, goal_id, source_id, [0.8, 0.81])  # BATCH items
+    await decided(rt, goal_id, source_id, [0.65])  # a DIGEST item
+    report = await push.flush(rt, now)
+    assert report.batch == 2 and report.digest == 1 and len(report.emails) == 2
+    slots = await rt.pool.fetch("SELECT kind, local_date, late FROM push_slots ORDER BY kind")
+    yesterday = local.date() - timedelta(days=1)
+    assert [(s["kind"], s["local_date"], s["late"]) for s in slots] == [
+        ("batch", yesterday, True),
+        ("digest", yesterday, True),
+    ]
+    for email in await kit.emails(rt):
+        assert email["subject"].endswith("(sent late)") and f"was due at {yesterday.isoformat()}" in email["body_text"]
+    assert (await push.flush(rt, now + timedelta(minutes=5))).emails == []  # once
+
+
 def test_slots_are_dst_safe() -> None:
     ny = ZoneInfo("America/New_York")
     old = datetime(2020, 1, 1, tzinfo=UTC)
     # spring forward: 02:30 does not exist on 2025-03-09; it fires once, at 03:30 EDT (07:30 UTC)
-    assert push.due_slots(datetime(2025, 3, 9, 7, 29, tzinfo=UTC), ny, ["02:30"], not_before=old, fired=set()) == []
-    due = push.due_slots(datetime(2025, 3, 9, 7, 31, tzinfo=UTC), ny, ["02:30"], not_before=old, fired=set())
+    fired = {(date(2025, 3, 8), "02:30")}  # the day before went out on time
+    assert push.due_slots(datetime(2025, 3, 9, 7, 29, tzinfo=UTC), ny, ["02:30"], not_before=old, fired=fired) == []
+    due = push.due_slots(datetime(2025, 3, 9, 7, 31, tzinfo=UTC), ny, ["02:30"], not_before=old, fired=fired)
     assert due == [(date(2025, 3, 9), "02:30")]
     # fall back: 01:30 happens twice on 2025-11-02; the slot fires at the first and never again that day
     first = datetime(2025, 11, 2, 5, 31, tzinfo=UTC)  # 01:31 EDT
-    assert push.due_slots(first, ny, ["01:30"], not_before=old, fired=set()) == [(date(2025, 11, 2), "01:30")]
+    fired = {(date(2025, 11, 1), "01:30")}
+    assert push.due_slots(first, ny, ["01:30"], not_before=old, fired=fired) == [(date(2025, 11, 2), "01:30")]
     again = datetime(2025, 11, 2, 6, 31, tzinfo=UTC)  # 01:31 EST, the second 01:30 has passed too
-    assert push.due_slots(again, ny, ["01:30"], not_before=old, fired={(date(2025, 11, 2), "01:30")}) == []
-    # a slot before the goal existed never fires; yesterday's late slot fires within the grace only
+    assert push.due_slots(again, ny, ["01:30"], not_before=old, fired={*fired, (date(2025, 11, 2), "01:30")}) == []
+    # a slot before the goal existed never fires; a missed slot fires within 24 h, across midnight too
     made = datetime(2025, 6, 1, 16, 0, tzinfo=UTC)  # 12:00 EDT
     assert push.due_slots(datetime(2025, 6, 1, 17, 0, tzinfo=UTC), ny, ["09:00"], not_before=made, fired=set()) == []
     late = ["23:50"]
     assert push.due_slots(datetime(2025, 6, 2, 4, 10, tzinfo=UTC), ny, late, not_before=old, fired=set()) == [
         (date(2025, 6, 1), "23:50")
     ]
-    assert push.due_slots(datetime(2025, 6, 2, 5, 0, tzinfo=UTC), ny, late, not_before=old, fired=set()) == []
+    next_morning = datetime(2025, 6, 2, 13, 0, tzinfo=UTC)  # 09:00 EDT, 9 h after the slot
+    assert push.due_slots(next_morning, ny, late, not_before=old, fired=set()) == [(date(2025, 6, 1), "23:50")]
+    day_after = datetime(2025, 6, 3, 4, 0, tzinfo=UTC)  # 00:00 EDT two days later: 24 h and 10 min after
+    assert push.due_slots(day_after, ny, late, not_before=old, fired=set()) == [(date(2025, 6, 2), "23:50")]
 
 
 # --- DIGEST ------------------------------------------------------------------------------------------------
@@ -205,7 +242,17 @@ async def test_digest_fires_exactly_once_across_restart_and_late_start(settings:
     now = push.utcnow()
     tz = midday_zone(now)
     digest_at = hhmm(now - timedelta(hours=2), tz)  # the service comes up two hours after the digest time
-    _, source_id, goal_id = await world(rt, timezone=tz, batch_windows=[], digest_time=digest_at)
+    # the goal existed yesterday, and yesterday's digest went out on time
+    _, source_id, goal_id = await world(
+        rt, timezone=tz, batch_windows=[], digest_time=digest_at, created_at=now - timedelta(days=3)
+    )
+    yesterday = (now - timedelta(days=1)).astimezone(ZoneInfo(tz)).date()
+    await rt.pool.execute(
+        "INSERT INTO push_slots (kind, owner_id, local_date, slot) VALUES ('digest', $1, $2, $3)",
+        goal_id,
+        yesterday,
+        digest_at,
+    )
     await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0, DIGEST_MAX_ITEMS=10)
     immediate, batch, digest, _low = await decided(rt, goal_id, source_id, [0.97, 0.8, 0.65, 0.5])
     now = push.utcnow()
@@ -215,6 +262,7 @@ async def test_digest_fires_exactly_once_across_restart_and_late_start(settings:
     assert pushed == {immediate: "IMMEDIATE", batch: "BATCH", digest: "DIGEST"}  # never twice, never the 0.5
     mail = (await kit.emails(rt, "digest"))[0]
     assert mail["subject"].startswith("[Goal: Chip exports] Daily digest: 2 items")
+    assert mail["subject"].endswith("(sent late)")  # two hours after its time
     # a restart (a new process) and any scheduler phase later that day: nothing more
     async with open_runtime(settings) as again:
         for minutes in (1, 7, 60, 180):
@@ -242,14 +290,21 @@ async def test_digest_waits_for_its_time(rt: Runtime) -> None:
 async def test_combined_digest_is_one_email_with_a_section_per_goal(rt: Runtime) -> None:
     now = push.utcnow()
     tz = midday_zone(now)
+    day_ago = now - timedelta(days=1)  # the goals existed before today's digest time
     user_id, source_id, goal_a = await world(
-        rt, timezone=tz, batch_windows=[], digest_time=hhmm(now - timedelta(hours=1), tz)
+        rt, timezone=tz, batch_windows=[], digest_time=hhmm(now - timedelta(hours=1), tz), created_at=day_ago
     )
     await rt.pool.execute("UPDATE users SET combined_digest = true, timezone = $2 WHERE id = $1", user_id, tz)
     goal_b = await kit.goal(
-        rt, user_id, "Batteries", timezone=tz, batch_windows=[], digest_time=hhmm(now - timedelta(hours=2), tz)
+        rt,
+        user_id,
+        "Batteries",
+        timezone=tz,
+        batch_windows=[],
+        digest_time=hhmm(now - timedelta(hours=2), tz),
+        created_at=day_ago,
     )
-    goal_c = await kit.goal(rt, user_id, "Quiet goal", timezone=tz, batch_windows=[])
+    goal_c = await kit.goal(rt, user_id, "Quiet goal", timezone=tz, batch_windows=[], created_at=day_ago)
     await decided(rt, goal_a, source_id, [0.7, 0.65])
     await decided(rt, goal_b, source_id, [0.7], prefix="Battery")
     report = await push.flush(rt, now)
@@ -407,3 +462,15 @@ async def test_reconcile_releases_stuck_sends_and_expires_stale(srt: Runtime, sm
     await decided(rt, goal_id, source_id, [0.99], prefix="Overdue")
     report = await push.reconcile(rt, push.utcnow() + timedelta(minutes=10))
     assert report.expired == 1 and report.overdue_immediate == 1
+
+
+async def test_a_sent_login_email_keeps_no_copy_of_its_link(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    rt = srt
+    await accounts.request_link(rt, {"email": "someone@example.com"}, ip="127.0.0.1")
+    before = await rt.pool.fetchval("SELECT body_text FROM emails WHERE kind = 'login'")
+    assert "/api/v1/auth/consume?token=isl_" in before  # the outbox holds the link until it is delivered
+    assert (await push.send_due(rt)).sent == 1
+    received = await smtp_sink.wait_for(1)
+    assert "/api/v1/auth/consume?token=isl_" in received[0].message.get_body(("plain",)).get_content()
+    row = await rt.pool.fetchrow("SELECT status, subject, body_text, body_html FROM emails WHERE kind = 'login'")
+    assert (row["status"], row["body_text"], row["body_html"]) == ("sent", "", "") and row["subject"]

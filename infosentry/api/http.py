@@ -7,6 +7,7 @@ Imports errors, domain (Actor), runtime.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import math
@@ -43,21 +44,34 @@ def requires(scope: str | None) -> Callable[[Handler], Handler]:
 
 
 def client_ip(request: web.Request) -> str | None:
-    """The caller's address. X-Forwarded-For is believed only from a loopback peer (our own reverse proxy,
-    which overwrites the header); from anyone else it could be forged to dodge the per-IP limit."""
-    peer = request.remote
+    """The caller's address. X-Forwarded-For is believed only from a peer in TRUSTED_PROXIES (our reverse
+    proxies): walking it from the right, the first address that is not one of our proxies is the client.
+    From anyone else the header could be forged to dodge the per-IP limits, so it is ignored."""
+    peer = _ip(request.remote)
+    trusted = _networks(request.app[RT].settings.trusted_proxies)
+    if peer is None or not any(peer in net for net in trusted):
+        return str(peer) if peer else None
+    client = peer
+    for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+        address = _ip(hop.strip())
+        if address is None:
+            break  # a garbled hop: trust nothing to its left
+        client = address
+        if not any(address in net for net in trusted):
+            break
+    return str(client)
+
+
+def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        peer_ip = ipaddress.ip_address(peer) if peer else None
+        return ipaddress.ip_address(value) if value else None
     except ValueError:
-        peer_ip = None
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if peer_ip is not None and peer_ip.is_loopback and forwarded:
-        last = forwarded.split(",")[-1].strip()
-        try:
-            return str(ipaddress.ip_address(last))
-        except ValueError:
-            pass
-    return str(peer_ip) if peer_ip else None
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
 
 
 def rt(request: web.Request) -> Runtime:

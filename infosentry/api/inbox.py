@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infosentry import openapi
+from infosentry import links, openapi
 from infosentry.api.auth_links import client_ip
 from infosentry.api.http import ok, page, paged, path_id, principal, query_int, read_json, requires, rt
 from infosentry.domain import inbox
@@ -211,8 +211,13 @@ async def unblock(request: web.Request) -> web.Response:
 
 
 @openapi.doc(
-    "Record a click, then 302 to the item's own URL (no auth; the target is never taken from the request)",
-    query=[qparam("goal_id", INT, "the goal the link was sent for"), qparam("channel", enum(*inbox.CHANNELS))],
+    "Record a click, then 302 to the item's own URL (no auth, but the link is signed: an unsigned or altered "
+    "link answers 404; the target is never taken from the request)",
+    query=[
+        qparam("goal_id", INT, "the goal the link was sent for", required=True),
+        qparam("channel", enum(*links.CHANNELS), required=True),
+        qparam("sig", STR, "the link's signature", required=True),
+    ],
     status=302,
     responses={302: ("redirect to the item's URL", None, "text/plain")},
 )
@@ -223,7 +228,8 @@ async def click(request: web.Request) -> web.Response:
         rt(request),
         path_id(request, "item_id"),
         goal_id=int(raw_goal) if re.fullmatch(r"\d{1,18}", raw_goal) else None,
-        channel=request.query.get("channel", "other"),
+        channel=request.query.get("channel", ""),
+        sig=request.query.get("sig", ""),
         method=request.method,
         user_agent=request.headers.get("User-Agent", ""),
         ip=client_ip(request),

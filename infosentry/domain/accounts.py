@@ -20,10 +20,11 @@ import asyncpg
 from infosentry import auth, mail
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields, valid_email, valid_timezone
-from infosentry.errors import BadRequest, NotFound, RateLimited
+from infosentry.errors import BadRequest, Invalid, NotFound, RateLimited
 from infosentry.runtime import Runtime
 from infosentry.store import emails as emails_store
 from infosentry.store import logins as logins_store
+from infosentry.store import rate_limits as rate_limits_store
 from infosentry.store import tokens as tokens_store
 from infosentry.store import users as users_store
 
@@ -152,6 +153,9 @@ async def create_token(rt: Runtime, actor: Actor, body: dict[str, Any]) -> NewTo
     f.done()
     granted = auth.expand_scopes(scopes, is_admin=actor.is_admin)
     granted = [s for s in granted if auth.has_scope(actor.scopes, s)]
+    limit = int(rt.hot["MAX_TOKENS_PER_USER"])
+    if await tokens_store.count_live(rt.pool, actor.user_id) >= limit:
+        raise Invalid(f"at most {limit} live API tokens per user (MAX_TOKENS_PER_USER); revoke one first")
     expires = datetime.now(UTC) + timedelta(days=days) if days else None
     return await _mint(rt, actor.user_id, granted, name=name, expires_at=expires)
 
@@ -217,14 +221,16 @@ async def request_link(rt: Runtime, body: dict[str, Any], *, ip: str | None) -> 
         email = email.lower()
         f.check(valid_email(email), "email", "must be an email address")
     f.done()
-    if ip and await logins_store.hit_rate_limit(rt.pool, f"login_ip:{ip}", window_seconds=IP_WINDOW, limit=IP_LIMIT):
+    if ip and await rate_limits_store.hit_rate_limit(
+        rt.pool, f"login_ip:{ip}", window_seconds=IP_WINDOW, limit=IP_LIMIT
+    ):
         log.warning("login link refused: ip over limit", extra={"action": "login_rate_limited_ip", "ip": ip})
         raise RateLimited(
             f"too many login requests from this address; at most {IP_LIMIT} per hour",
             retry_after=max(IP_WINDOW - int(datetime.now(UTC).timestamp()) % IP_WINDOW, 1),
         )
     detail = f"if {email} can receive mail, a login link valid {LINK_MINUTES} minutes is on its way"
-    if await logins_store.hit_rate_limit(
+    if await rate_limits_store.hit_rate_limit(
         rt.pool, f"login_email:{email}", window_seconds=EMAIL_WINDOW, limit=EMAIL_LIMIT
     ):
         # same answer as success: the caller cannot tell, and the older link stays valid

@@ -15,13 +15,12 @@ import asyncpg
 from infosentry import hotconfig
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields, valid_email, valid_timezone
-from infosentry.errors import BadRequest, Conflict, Invalid, NotFound
+from infosentry.errors import BadRequest, Invalid, NotFound
 from infosentry.runtime import Runtime
 from infosentry.store import decisions as decisions_store
 from infosentry.store import goals as goals_store
 from infosentry.store import matches as matches_store
 
-MAX_GOALS_PER_USER = 100
 STATUSES = ("active", "paused", "archived")
 FIELDS = {
     "name",
@@ -113,7 +112,7 @@ def _check_recipient(fields: dict[str, Any], actor: Actor) -> None:
 
 async def create(rt: Runtime, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
     """Store a new goal with the defaults (the user's time zone, DEFAULT_BATCH_WINDOWS, DEFAULT_DIGEST_TIME),
-    at most MAX_GOALS_PER_USER per user; the embed job builds its vector and scores the last 72 h."""
+    at most MAX_GOALS_PER_USER (hot config) per user; the embed job builds its vector and scores the last 72 h."""
     fields = validate(body, creating=True)
     _check_recipient(fields, actor)
     fields.setdefault("timezone", actor.timezone)
@@ -121,8 +120,9 @@ async def create(rt: Runtime, actor: Actor, body: dict[str, Any]) -> dict[str, A
     fields.setdefault("digest_time", rt.hot["DEFAULT_DIGEST_TIME"])
     async with rt.pool.acquire() as conn, conn.transaction():
         await goals_store.lock_owner(conn, actor.user_id)
-        if await goals_store.count(conn, actor.user_id) >= MAX_GOALS_PER_USER:
-            raise Conflict(f"at most {MAX_GOALS_PER_USER} goals per user; archive or delete one first")
+        limit = int(rt.hot["MAX_GOALS_PER_USER"])
+        if await goals_store.count(conn, actor.user_id) >= limit:
+            raise Invalid(f"at most {limit} goals per user (MAX_GOALS_PER_USER); delete one first")
         row = await goals_store.create(conn, actor.user_id, fields)
     await rt.nudge("embed_pending")
     return view(row)

@@ -2,7 +2,7 @@
 like or dislike it for a goal, block its source for a goal (and undo), follow a tracked link, and pause a goal
 from an email's one-click link.
 
-Imports push (link tokens), store.{notifications, items, feedback, goals, decisions}, domain.goals, mail.
+Imports links (signatures), store.{notifications, items, feedback, goals, decisions}, domain.goals.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry import mail, push
+from infosentry import links
 from infosentry.domain import Actor
 from infosentry.domain import goals as goals_domain
 from infosentry.domain.fields import Fields
@@ -27,7 +27,6 @@ from infosentry.store import items as items_store
 from infosentry.store import notifications as notifications_store
 from infosentry.urls import is_http_url
 
-CHANNELS = ("email", "inbox", "api", "other")
 # Link scanners of mail providers and security gateways open every link of a message; their hits are kept but
 # flagged, so click counts stay honest. HEAD requests are scanners too.
 _SCANNER = re.compile(
@@ -43,7 +42,7 @@ def is_scanner(method: str, user_agent: str) -> bool:
     return method == "HEAD" or not user_agent.strip() or bool(_SCANNER.search(user_agent))
 
 
-def notification_view(public_url: str, row: asyncpg.Record) -> dict[str, Any]:
+def notification_view(signer: links.Signer, row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
         "goal_id": row["goal_id"],
@@ -57,7 +56,7 @@ def notification_view(public_url: str, row: asyncpg.Record) -> dict[str, Any]:
         "read_at": row["read_at"],
         "email_id": row["email_id"],
         "feedback": row["feedback"],
-        "click_url": mail.tracked_link(public_url, row["item_id"], row["goal_id"], "inbox"),
+        "click_url": signer.click_url(row["item_id"], row["goal_id"], "in_app"),
     }
 
 
@@ -83,14 +82,15 @@ async def notifications(
     rows = await notifications_store.list_notifications(
         rt.pool, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit
     )
-    return [notification_view(rt.settings.public_url, r) for r in rows]
+    signer = await links.signer(rt)
+    return [notification_view(signer, r) for r in rows]
 
 
 async def mark_read(rt: Runtime, actor: Actor, notification_id: int) -> dict[str, Any]:
     row = await notifications_store.mark_read(rt.pool, user_id=actor.user_id, notification_id=notification_id)
     if row is None:
         raise NotFound("no such notification")
-    return notification_view(rt.settings.public_url, row)
+    return notification_view(await links.signer(rt), row)
 
 
 async def item(rt: Runtime, actor: Actor, item_id: int) -> dict[str, Any]:
@@ -172,12 +172,16 @@ async def click(
     *,
     goal_id: int | None,
     channel: str,
+    sig: str,
     method: str,
     user_agent: str,
     ip: str | None,
 ) -> str:
-    """Record a click on a tracked link and return the item's own URL (never a URL from the request)."""
-    channel = channel if channel in CHANNELS else "other"
+    """Record a click on a signed tracked link (at most one per item, goal, channel and minute) and return the
+    item's own URL (never a URL from the request). An unsigned or altered link is NotFound, like a missing item:
+    it tells nothing about which items exist."""
+    if channel not in links.CHANNELS or not (await links.signer(rt)).check_click(item_id, goal_id, channel, sig):
+        raise NotFound("no such link")
     try:
         ip = str(ipaddress.ip_address(ip)) if ip else None
     except ValueError:
@@ -201,7 +205,7 @@ async def click(
 async def link_target(rt: Runtime, kind: str, owner_id: int, token: str) -> asyncpg.Record | None:
     """What an email's pause link points at (a goal, or a user for a combined digest); NotFound when the link
     is not valid."""
-    if not await push.check_link_token(rt, kind, owner_id, token):
+    if not (await links.signer(rt)).check_unsubscribe(kind, owner_id, token):
         raise NotFound("this link is not valid")
     if kind == "goal":
         goal = await goals_store.by_id(rt.pool, owner_id)

@@ -6,14 +6,16 @@ Imports decide, store.decisions, domain.fields.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from infosentry import decide
+from infosentry import decide, metrics
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields
-from infosentry.errors import BadRequest, NotFound
+from infosentry.errors import BadRequest, NotFound, RateLimited
 from infosentry.runtime import Runtime
 from infosentry.store import decisions as decisions_store
+from infosentry.store import rate_limits as rate_limits_store
 
 STATUSES = ("SUCCESS", "FALLBACK", "ERROR")
 TRIGGERS = ("match", "immediate_flush", "batch_window", "digest", "combined_digest")
@@ -56,10 +58,21 @@ async def run(rt: Runtime, actor: Actor, run_id: int) -> dict[str, Any]:
 
 
 async def replay(rt: Runtime, actor: Actor, run_id: int, body: dict[str, Any]) -> dict[str, Any]:
-    """Re-decide from the stored input under the current (or stored) thresholds; returns the differences."""
+    """Re-decide from the stored input under the current (or stored) thresholds; returns the differences.
+
+    A live replay (use_llm) spends the shared LLM budget: a non-admin may run LIVE_REPLAYS_PER_HOUR of them;
+    every replay is counted (metrics: infosentry_replays_total)."""
     f = Fields(body, {"use_llm", "thresholds"})
     use_llm = f.bool("use_llm", default=False)
     thresholds = f.str("thresholds", default="current", choices=("current", "stored"))
     f.done()
     found = await run(rt, actor, run_id)
+    if use_llm and not actor.is_admin:
+        limit = int(rt.hot["LIVE_REPLAYS_PER_HOUR"])
+        if await rate_limits_store.hit_rate_limit(rt.pool, f"replay:{actor.user_id}", window_seconds=3600, limit=limit):
+            raise RateLimited(
+                f"at most {limit} live replays per hour (LIVE_REPLAYS_PER_HOUR); replay with the stored answer",
+                retry_after=max(3600 - int(time.time()) % 3600, 1),
+            )
+    metrics.REPLAYS.labels("live" if use_llm else "stored").inc()
     return await decide.replay(rt, found, use_llm=use_llm, thresholds=thresholds)

@@ -117,13 +117,19 @@ def validate(*, type: str | None, url: Any, name: Any = None, interval: Any = No
     )
 
 
-async def _follow_spec(
-    conn: asyncpg.Pool | asyncpg.Connection, user_id: int, spec: SourceSpec, *, enabled: bool = True
-) -> tuple[asyncpg.Record, bool, bool]:
-    """Create the source (or find the one with the same type and URL) and subscribe the user.
-    Returns (the source as the user sees it, source created, subscription created)."""
+def _private(config: dict[str, Any]) -> bool:
+    """Request headers are often credentials: a source carrying them belongs to whoever set them."""
+    return bool(config.get("headers"))
 
-    async def body(c: asyncpg.Connection) -> tuple[asyncpg.Record, bool, bool]:
+
+async def _follow_spec(
+    rt: Runtime, user_id: int, spec: SourceSpec, *, enabled: bool = True
+) -> tuple[asyncpg.Record, bool, bool]:
+    """Create the source (or find the one with the same identity) and subscribe the user, within the user's
+    MAX_SOURCES_PER_USER. Returns (the source as the user sees it, source created, subscription created).
+    A source with request headers is private: (type, url, owner), never another user's."""
+    limit = int(rt.hot["MAX_SOURCES_PER_USER"])
+    async with rt.pool.acquire() as c, c.transaction():
         row, created = await sources_store.insert_source(
             c,
             type=spec.type,
@@ -132,17 +138,15 @@ async def _follow_spec(
             config=spec.config,
             fetch_interval_sec=spec.fetch_interval_sec,
             created_by=user_id,
+            owner_id=user_id if _private(spec.config) else None,
         )
+        if await sources_store.user_source(c, user_id, row["id"]) is None:
+            if await sources_store.count_subscriptions(c, user_id) >= limit:
+                raise Invalid(f"at most {limit} sources per user (MAX_SOURCES_PER_USER); unsubscribe from one first")
         subscribed = await sources_store.subscribe(c, user_id, row["id"], enabled=enabled)
         seen = await sources_store.user_source(c, user_id, row["id"])
         assert seen is not None
         return seen, created, subscribed
-
-    if isinstance(conn, asyncpg.Pool):
-        async with conn.acquire() as c, c.transaction():
-            return await body(c)
-    async with conn.transaction():
-        return await body(conn)
 
 
 async def discover(rt: Runtime, url: str) -> tuple[str, str]:
@@ -185,7 +189,7 @@ async def follow(rt: Runtime, actor: Actor, body: dict[str, Any], *, discover_fe
     spec = validate(
         type=kind, url=url, name=body.get("name"), interval=body.get("fetch_interval_sec"), config=body.get("config")
     )
-    row, created, subscribed = await _follow_spec(rt.pool, actor.user_id, spec, enabled=enabled)
+    row, created, subscribed = await _follow_spec(rt, actor.user_id, spec, enabled=enabled)
     if enabled:
         await rt.nudge("ingest_due")
     return Followed(view(row, actor.user_id), created, subscribed, note)
@@ -247,22 +251,31 @@ async def edit(rt: Runtime, actor: Actor, source_id: int, body: dict[str, Any]) 
                 "this source is shared with other subscribers: only the user who added it (or an admin) "
                 "can change its name or interval"
             )
+        config = dict(body["config"] if "config" in body else row["config"])
+        if "url" in body and "config" not in body and row["created_by"] != actor.user_id:
+            # headers someone else set are for the URL they set them for, not for wherever it is repointed
+            config.pop("headers", None)
         spec = validate(
             type=row["type"],
             url=body.get("url", row["url"]),
             name=body.get("name", row["name"]),
             interval=body.get("fetch_interval_sec", row["fetch_interval_sec"]),
-            config=body["config"] if "config" in body else row["config"],
+            config=config,
         )
+        if _private(spec.config) and not row["private"] and shared:
+            raise Conflict("a source with request headers is private to you: add it as a new source instead")
         try:
-            await sources_store.update_source(
-                rt.pool,
-                source_id,
-                name=spec.name if "name" in body else None,
-                url=spec.url if spec.url != row["url"] else None,
-                config=spec.config if "config" in body and spec.config != row["config"] else None,
-                fetch_interval_sec=spec.fetch_interval_sec if "fetch_interval_sec" in body else None,
-            )
+            async with rt.pool.acquire() as conn, conn.transaction():
+                if _private(spec.config) and not row["private"]:
+                    await sources_store.make_private(conn, source_id, actor.user_id)
+                await sources_store.update_source(
+                    conn,
+                    source_id,
+                    name=spec.name if "name" in body else None,
+                    url=spec.url if spec.url != row["url"] else None,
+                    config=spec.config if spec.config != row["config"] else None,
+                    fetch_interval_sec=spec.fetch_interval_sec if "fetch_interval_sec" in body else None,
+                )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"another {row['type']} source already has this url; subscribe to it instead") from None
     if enabled is not None:
@@ -303,7 +316,11 @@ async def _import(
         if (spec.type, spec.url) in followed:
             report.skipped.append({"url": spec.url, "name": spec.name, "reason": "already subscribed"})
             continue
-        row, created, _ = await _follow_spec(rt.pool, user_id, spec, enabled=enabled)
+        try:
+            row, created, _ = await _follow_spec(rt, user_id, spec, enabled=enabled)
+        except Invalid as exc:  # the user's source limit: the rest of the document is reported, not added
+            report.invalid.append({"url": spec.url, "name": spec.name, "reason": exc.detail})
+            continue
         followed.add((spec.type, spec.url))
         report.added.append(
             {
@@ -330,6 +347,9 @@ async def import_opml(rt: Runtime, actor: Actor, data: bytes | str) -> ImportRep
         doc = opml.parse_opml(data)
     except ValueError as exc:
         raise Invalid(f"OPML: {exc}") from None
+    lines = int(rt.hot["MAX_OPML_LINES"])
+    if len(doc.entries) > lines:
+        raise Invalid(f"the OPML document lists {len(doc.entries)} feeds; at most {lines} per import (MAX_OPML_LINES)")
     entries = (ImportEntry(e.type, e.url, e.name or None, e.interval, e.config) for e in doc.entries)
     return await _import(rt, actor.user_id, entries, ImportReport(invalid=list(doc.invalid)))
 

@@ -31,11 +31,15 @@ from infosentry.urls import placeholder_name
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 300  # a claimed source is someone else's again after this (crash recovery)
+# A claimed source is leased for LEASE_SECONDS and the lease renewed every LEASE_RENEW_SECONDS while its
+# fetch and write are in flight, however slow: a crashed worker's sources are due again within half a minute.
+# (A lease that lapses under a stalled database at worst lets two workers fetch one source: the items are
+# unique, so that costs a fetch, never a duplicate.)
+LEASE_SECONDS = 30
+LEASE_RENEW_SECONDS = 10.0
 FETCH_CONCURRENCY = 32  # fetches in flight per run (the Fetcher also caps each host at 2)
 RUN_BUDGET_SECONDS = 120.0  # one ingest_due job stops claiming after this; the next tick continues
 FLUSH_MAX = 64  # fetch results written per transaction
-LOG_RETENTION_DAYS = 7
 MAX_ERROR_CHARS = 1000
 
 
@@ -59,8 +63,17 @@ class Attempt:
 class Run:
     """Fetch tasks feed a queue; one writer drains it in transactions of up to FLUSH_MAX attempts."""
 
-    def __init__(self, rt: Runtime, *, concurrency: int, use_pool: bool = True, keep_results: bool = False) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        concurrency: int,
+        use_pool: bool = True,
+        keep_results: bool = False,
+        lease_seconds: int = LEASE_SECONDS,
+    ) -> None:
         self.rt = rt
+        self.lease_seconds = lease_seconds
         self.sem = asyncio.Semaphore(concurrency)
         self.queue: asyncio.Queue[Attempt | None] = asyncio.Queue()
         self.summary = RunSummary()
@@ -68,18 +81,36 @@ class Run:
         self.runner = PARSE_POOL.run if use_pool else in_thread
         self.rng = random.Random()
         self.started: set[int] = set()  # sources whose fetch began (the others can be released on cancel)
+        self.leased: set[int] = set()  # claimed by this run, result not written yet: their leases are renewed
         self._writer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Run:
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+        self._renewer = asyncio.create_task(self._renew_loop(), name="ingest-lease-renewer")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._writer is not None
+        assert self._writer is not None and self._renewer is not None
         self.queue.put_nowait(None)
-        await self._writer
+        try:
+            await self._writer
+        finally:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(LEASE_RENEW_SECONDS, self.lease_seconds / 3))
+            if not self.leased:
+                continue
+            try:
+                await sources_store.renew_leases(self.rt.pool, list(self.leased), lease_seconds=self.lease_seconds)
+            except Exception as exc:  # the next renewal (or the lease running out) settles it
+                log.warning("lease renewal failed: %s", exc, extra={"action": "ingest_lease_renew_failed"})
 
     async def fetch(self, source: asyncpg.Record) -> None:
+        self.leased.add(source["id"])
         async with self.sem:
             self.started.add(source["id"])
             attempt = await self._fetch(source)
@@ -230,6 +261,7 @@ class Run:
     def _tally(self, results: list[FetchResult]) -> None:
         s = self.summary
         for r in results:
+            self.leased.discard(r.source_id)  # written: record_results released the lease
             s.sources += 1
             if not r.ok:
                 s.failed += 1
@@ -261,7 +293,7 @@ async def run_due(
     tasks: set[asyncio.Task[None]] = set()
     claimed: list[int] = []
     await sources_store.park_unfollowed(rt.pool)
-    async with Run(rt, concurrency=concurrency, use_pool=use_pool) as run:
+    async with Run(rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds) as run:
         try:
             while time.monotonic() < deadline:
                 # keep about two batches in hand: enough to keep every slot busy, few leases waiting
@@ -313,7 +345,3 @@ async def refresh_source(rt: Runtime, source_id: int, *, use_pool: bool = False)
     async with Run(rt, concurrency=1, use_pool=use_pool, keep_results=True) as run:
         await run.fetch(row)
     return run.summary.results.get(source_id)
-
-
-async def prune_logs(rt: Runtime, *, older_than_days: int = LOG_RETENTION_DAYS) -> int:
-    return await sources_store.prune_logs(rt.pool, older_than_days=older_than_days)

@@ -71,10 +71,15 @@ async def claim_due(conn: Conn, *, now: datetime, limit: int, lease_seconds: flo
     )
 
 
-async def mark_sent(conn: Conn, email_id: int) -> None:
+async def mark_sent(conn: Conn, email_id: int, *, forget_body: bool = False) -> None:
+    """Sent. With forget_body the bodies are cleared (a login email's body is a live credential until used)."""
     await conn.execute(
-        "UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL WHERE id = $1 AND status = 'sending'",
+        """UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL,
+                  body_text = CASE WHEN $2 THEN '' ELSE body_text END,
+                  body_html = CASE WHEN $2 THEN '' ELSE body_html END
+           WHERE id = $1 AND status = 'sending'""",
         email_id,
+        forget_body,
     )
 
 

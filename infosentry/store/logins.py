@@ -49,16 +49,3 @@ async def prune(conn: Conn) -> None:
     """Forget links and rate-limit windows older than a day."""
     await conn.execute("DELETE FROM login_links WHERE created_at < now() - interval '1 day'")
     await conn.execute("DELETE FROM rate_limits WHERE window_start < now() - interval '1 day'")
-
-
-async def hit_rate_limit(conn: asyncpg.Pool | asyncpg.Connection, key: str, *, window_seconds: int, limit: int) -> bool:
-    """Count one hit in the current fixed window; True when the limit is exceeded."""
-    hits = await conn.fetchval(
-        """INSERT INTO rate_limits (key, window_start, hits)
-           VALUES ($1, to_timestamp(floor(extract(epoch FROM now()) / $2) * $2), 1)
-           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1
-           RETURNING hits""",
-        key,
-        window_seconds,
-    )
-    return int(hits) > limit

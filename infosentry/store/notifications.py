@@ -97,7 +97,8 @@ async def record_click(
     is_scanner: bool,
 ) -> str | None:
     """Record a click and return the item's own URL (None: no such item). An unknown or unrelated goal id is
-    stored as NULL rather than trusted."""
+    stored as NULL rather than trusted; a second click on the same link within the same minute is not stored
+    again (clicks_once)."""
     return await conn.fetchval(
         """WITH it AS (SELECT id, url FROM items WHERE id = $1),
                 -- FOR KEY SHARE: a goal deleted while we click is seen as gone (NULL), never a broken reference
@@ -107,7 +108,8 @@ async def record_click(
                              OR EXISTS (SELECT 1 FROM matches WHERE goal_id = $2 AND item_id = $1))
                       FOR KEY SHARE),
                 ins AS (INSERT INTO clicks (item_id, goal_id, channel, user_agent, ip, is_scanner)
-                        SELECT it.id, (SELECT goal_id FROM g), $3, $4, $5::inet, $6 FROM it)
+                        SELECT it.id, (SELECT goal_id FROM g), $3, $4, $5::inet, $6 FROM it
+                        ON CONFLICT DO NOTHING)
            SELECT url FROM it""",
         item_id,
         goal_id,
@@ -129,3 +131,19 @@ async def pushed_to_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
         user_id,
     )
     return [dict(r) for r in rows]
+
+
+async def prune_clicks(conn: Conn, *, older_than_days: int, batch: int = 20000) -> int:
+    """Forget clicks older than the retention (source trust reads recent clicks only), in bounded batches."""
+    total = 0
+    while True:
+        status = await conn.execute(
+            """DELETE FROM clicks WHERE id IN (SELECT id FROM clicks
+                                               WHERE clicked_at < now() - make_interval(days => $1) LIMIT $2)""",
+            older_than_days,
+            batch,
+        )
+        n = int(status.split()[-1])
+        total += n
+        if n < batch:
+            return total

@@ -51,9 +51,11 @@ async def finish_slot(
     slot: str,
     email_id: int | None,
     item_count: int,
+    *,
+    late: bool = False,
 ) -> None:
     await conn.execute(
-        """UPDATE push_slots SET email_id = $5, item_count = $6
+        """UPDATE push_slots SET email_id = $5, item_count = $6, late = $7
            WHERE kind = $1 AND owner_id = $2 AND local_date = $3 AND slot = $4""",
         kind,
         owner_id,
@@ -61,6 +63,7 @@ async def finish_slot(
         slot,
         email_id,
         item_count,
+        late,
     )
 
 

@@ -18,7 +18,7 @@ from infosentry.store import Conn
 _USER_COLUMNS = """s.id, s.type, s.url, s.name, s.config, sub.enabled, s.enabled AS source_enabled,
     s.fetch_interval_sec, s.current_interval_sec, s.created_by, s.created_at, s.updated_at,
     sub.created_at AS subscribed_at, s.last_fetch_at, s.next_fetch_at, s.last_success_at, s.error_streak,
-    s.last_error, s.last_error_kind"""
+    s.last_error, s.last_error_kind, s.owner_id IS NOT NULL AS private"""
 
 
 # --- sources and subscriptions ------------------------------------------------------------------------------
@@ -33,22 +33,27 @@ async def insert_source(
     config: dict[str, Any],
     fetch_interval_sec: int,
     created_by: int | None,
+    owner_id: int | None = None,
 ) -> tuple[asyncpg.Record, bool]:
-    """Insert a source, or return the existing one with the same (type, url); the flag says if it is new."""
+    """Insert a source, or return the existing one with the same identity: (type, url) for a shared source,
+    (type, url, owner) for a private one. The flag says if it is new."""
     row = await conn.fetchrow(
-        """INSERT INTO sources (type, url, name, config, fetch_interval_sec, created_by)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (type, url) DO NOTHING RETURNING *""",
+        """INSERT INTO sources (type, url, name, config, fetch_interval_sec, created_by, owner_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (type, url, coalesce(owner_id, 0)) DO NOTHING RETURNING *""",
         type,
         url,
         name,
         config,
         fetch_interval_sec,
         created_by,
+        owner_id,
     )
     if row is not None:
         return row, True
-    existing = await conn.fetchrow("SELECT * FROM sources WHERE type = $1 AND url = $2", type, url)
+    existing = await conn.fetchrow(
+        "SELECT * FROM sources WHERE type = $1 AND url = $2 AND owner_id IS NOT DISTINCT FROM $3", type, url, owner_id
+    )
     assert existing is not None  # rows are never deleted while a conflicting insert runs
     return existing, False
 
@@ -130,6 +135,16 @@ async def subscribed_keys(conn: Conn, user_id: int) -> set[tuple[str, str]]:
         user_id,
     )
     return {(r["type"], r["url"]) for r in rows}
+
+
+async def count_subscriptions(conn: Conn, user_id: int) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM subscriptions WHERE user_id = $1", user_id))
+
+
+async def make_private(conn: Conn, source_id: int, owner_id: int) -> None:
+    """The source now carries its follower's request headers: it is theirs alone (a unique violation when they
+    already have a private source with this type and URL)."""
+    await conn.execute("UPDATE sources SET owner_id = $2 WHERE id = $1", source_id, owner_id)
 
 
 async def update_source(
@@ -257,6 +272,19 @@ async def claim_one(conn: Conn, source_id: int, *, lease_seconds: int) -> tuple[
         return row, ""
     exists = await conn.fetchval("SELECT true FROM sources WHERE id = $1", source_id)
     return None, ("busy" if exists else "missing")
+
+
+async def renew_leases(conn: Conn, source_ids: Sequence[int], *, lease_seconds: int) -> int:
+    """Extend the leases a live run still holds (results not written yet); a dead run renews nothing, so its
+    sources are due again one lease after its last renewal."""
+    status = await conn.execute(
+        """UPDATE sources SET lease_until = now() + make_interval(secs => $2),
+                              next_fetch_at = GREATEST(next_fetch_at, now() + make_interval(secs => $2))
+           WHERE id = ANY($1::bigint[]) AND lease_until IS NOT NULL""",
+        list(source_ids),
+        lease_seconds,
+    )
+    return int(status.split()[-1])
 
 
 async def release(conn: Conn, source_ids: Sequence[int]) -> None:

@@ -71,3 +71,15 @@ async def list_tokens(conn: asyncpg.Pool | asyncpg.Connection, user_id: int) -> 
            FROM api_tokens WHERE user_id = $1 ORDER BY id""",
         user_id,
     )
+
+
+async def count_live(conn: asyncpg.Pool | asyncpg.Connection, user_id: int, *, kind: str = "api") -> int:
+    """Tokens of a kind that still work (not revoked, not expired)."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM api_tokens WHERE user_id = $1 AND kind = $2 AND revoked_at IS NULL
+                 AND (expires_at IS NULL OR expires_at > now())""",
+            user_id,
+            kind,
+        )
+    )
