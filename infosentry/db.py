@@ -163,6 +163,12 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+async def relax_commit(conn: asyncpg.Connection) -> None:
+    """This transaction's COMMIT does not wait for its WAL flush. For writes that a crash may lose because
+    they are redone anyway (ingest: the sources are fetched again when their leases run out)."""
+    await conn.execute("SET LOCAL synchronous_commit TO off")
+
+
 @asynccontextmanager
 async def plain_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await _connect_plain(dsn)

@@ -52,7 +52,12 @@ def canonical_url(url: str) -> str:
 
 def url_hash(url: str) -> str:
     """First 32 hex digits of the SHA-256 of :func:`canonical_url` (the items.url_hash column)."""
-    return hashlib.sha256(canonical_url(url).encode("utf-8")).hexdigest()[:32]
+    return canonical_hash(canonical_url(url))
+
+
+def canonical_hash(canonical: str) -> str:
+    """url_hash of a URL already in canonical form (saves canonicalising it twice)."""
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
 _SPACES = re.compile(r"\s+")

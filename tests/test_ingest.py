@@ -542,7 +542,7 @@ async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
     body = rss([story(1)]).encode()
     try:
         feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
-        assert feed.keys[0][1] and feed.items[0].url == "https://news.example/story/1"
+        assert feed.items[0].url_hash and feed.items[0].url == "https://news.example/story/1"
         with pytest.raises(FetchError, match="died"):
             await pool.run(_die, body)
         started = time.monotonic()
@@ -797,11 +797,11 @@ async def test_a_live_run_renews_its_leases_however_slow_the_fetch(
     rt: Runtime, user: int, server: FakeFeedServer
 ) -> None:
     """A fetch slower than the lease keeps its source: nobody else fetches it meanwhile."""
-    server.add("/slow.xml", rss([story(1)]), delay=4.0)
+    server.add("/slow.xml", rss([story(1)]), delay=6.0)
     sid = await add(rt, user, server.url("/slow.xml"))
-    first = asyncio.create_task(ingest.run_due(rt, lease_seconds=2, use_pool=False))
-    await asyncio.sleep(3.0)  # past the first lease: only a renewal keeps it
+    first = asyncio.create_task(ingest.run_due(rt, lease_seconds=4, use_pool=False))
+    await asyncio.sleep(5.0)  # past the first lease: only a renewal keeps it
     assert (await source(rt, sid))["lease_until"] > datetime.now(UTC)
-    assert (await ingest.run_due(rt, lease_seconds=2, use_pool=False)).sources == 0  # a second worker
+    assert (await ingest.run_due(rt, lease_seconds=4, use_pool=False)).sources == 0  # a second worker
     assert (await first).new_items == 1
     assert server.hits("/slow.xml") == 1 and (await source(rt, sid))["lease_until"] is None

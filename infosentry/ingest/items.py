@@ -36,9 +36,9 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
     """Insert what is new, link what is known; count new and duplicate items on each FeedItems."""
     if not batch:
         return
-    all_hashes = [key[1] for b in batch for key in b.feed.keys]
+    all_hashes = [item.url_hash for b in batch for item in b.feed.items]
     existing = await items_store.ids_by_hash(conn, all_hashes)
-    fresh_keys = {key[2] for b in batch for key in b.feed.keys if key[1] not in existing}
+    fresh_keys = {item.title_key for b in batch for item in b.feed.items if item.url_hash not in existing}
     by_title: dict[str, list[Candidate]] = {}
     for c in await items_store.title_candidates(conn, fresh_keys, hours=int(DEDUPE_WINDOW.total_seconds() // 3600)):
         by_title.setdefault(c["title_key"], []).append(
@@ -53,7 +53,8 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
         first_fetch = b.source["last_success_at"] is None
         cutoff = b.source["created_at"] - BACKFILL_GRACE
         seen: set[str] = set()
-        for draft, (canon, digest, tkey) in zip(b.feed.items, b.feed.keys, strict=True):
+        for draft in b.feed.items:
+            digest, tkey = draft.url_hash, draft.title_key
             if digest in seen:
                 b.duplicate += 1
                 continue
@@ -73,7 +74,7 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
                 continue
             item = NewItem(
                 url=draft.url,
-                canonical_url=canon,
+                canonical_url=draft.canonical_url,
                 url_hash=digest,
                 guid=draft.guid,
                 title=draft.title,

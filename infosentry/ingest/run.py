@@ -9,6 +9,7 @@ Imports fetch, sources, ingest.{parsing, items, schedule}, models, metrics, stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from infosentry import metrics
+from infosentry import db, metrics
 from infosentry.errors import Invalid, NotFound
 from infosentry.fetch import FetchError
 from infosentry.ingest import schedule
@@ -40,6 +41,7 @@ LEASE_RENEW_SECONDS = 10.0
 FETCH_CONCURRENCY = 32  # fetches in flight per run (the Fetcher also caps each host at 2)
 RUN_BUDGET_SECONDS = 120.0  # one ingest_due job stops claiming after this; the next tick continues
 FLUSH_MAX = 64  # fetch results written per transaction
+FLUSH_LINGER = 0.2  # seconds the writer waits for more results before writing (bigger, fewer transactions)
 MAX_ERROR_CHARS = 1000
 
 
@@ -84,6 +86,7 @@ class Run:
         self.leased: set[int] = set()  # claimed by this run, result not written yet: their leases are renewed
         self._writer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> Run:
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
@@ -161,27 +164,54 @@ class Run:
     # -- writing --
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         done = False
-        while not done:
-            first = await self.queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < FLUSH_MAX and not self.queue.empty():
-                nxt = self.queue.get_nowait()
-                if nxt is None:
-                    done = True
+        try:
+            while not done:
+                first = await self.queue.get()
+                if first is None:
                     break
-                batch.append(nxt)
-            await self._flush(batch)
+                batch = [first]
+                deadline = loop.time() + FLUSH_LINGER
+                while len(batch) < FLUSH_MAX and (wait := deadline - loop.time()) > 0:
+                    try:
+                        nxt = await asyncio.wait_for(self.queue.get(), wait)
+                    except TimeoutError:
+                        break
+                    if nxt is None:
+                        done = True
+                        break
+                    batch.append(nxt)
+                await self._flush(batch)
+        finally:
+            await self._release()
+
+    async def _connection(self) -> asyncpg.Connection:
+        """One connection for the whole run: no pool round trip and reset per transaction."""
+        if self._conn is None:
+            self._conn = await self.rt.pool.acquire()
+        return self._conn
+
+    async def _release(self, *, broken: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if broken:
+            conn.terminate()  # it may be mid-transaction or dead: never back into the pool as it is
+        with contextlib.suppress(Exception):
+            await self.rt.pool.release(conn)
 
     async def _flush(self, batch: list[Attempt]) -> None:
         try:
-            async with self.rt.pool.acquire() as conn, conn.transaction():
+            conn = await self._connection()
+            async with conn.transaction():
+                await db.relax_commit(conn)  # a crash loses a few results: their sources are fetched again
                 results = await self._write(conn, batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if isinstance(exc, (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)):
+                await self._release(broken=True)
             if len(batch) > 1:
                 log.warning("batch write failed, writing one by one: %s", exc, extra={"action": "ingest_batch_retry"})
                 for one in batch:
@@ -212,9 +242,11 @@ class Run:
         attempt.error_kind = "internal"
         results = [self._result(attempt, None, datetime.now(UTC))]
         try:
-            async with self.rt.pool.acquire() as conn, conn.transaction():
+            conn = await self._connection()
+            async with conn.transaction():
                 await sources_store.record_results(conn, results)
         except Exception as again:
+            await self._release(broken=True)
             log.error("recording the failure failed too: %s", again, extra={"action": "ingest_record_failed"})
             return
         self._tally(results)

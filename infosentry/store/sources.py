@@ -232,9 +232,10 @@ async def claim_due(conn: Conn, *, limit: int, lease_seconds: int) -> list[async
                LIMIT $1
                FOR UPDATE OF s SKIP LOCKED
            )
+           -- = ANY(ARRAY(...)): a nested loop on the primary key; a join with the CTE scanned every source
            UPDATE sources s SET lease_until = now() + make_interval(secs => $2),
                                 next_fetch_at = now() + make_interval(secs => $2)
-           FROM due WHERE s.id = due.id
+           WHERE s.id = ANY(ARRAY(SELECT id FROM due))
            RETURNING s.*""",
         limit,
         lease_seconds,

@@ -237,7 +237,7 @@ async def bench(
         async with db.plain_connection(dsn) as conn:
             await migrate.upgrade(conn)
         settings = replace(
-            load_settings({}),
+            load_settings({"MAX_SOURCES_PER_USER": "100000"}),  # one user follows every bench feed
             database_url=dsn,
             data_dir=data_dir,
             fetch_allow_networks=("127.0.0.0/8",),

@@ -137,6 +137,7 @@ async def main(args: argparse.Namespace) -> None:
             "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "text",
+            "MAX_SOURCES_PER_USER": "100000",  # one user follows every bench feed
             "EMBED_PROVIDER": "local" if args.local else "openai",
             # the real model's size (1536 floats per item from the fake server); --embed-model bench-256 for less
             "OPENAI_EMBED_MODEL": args.embed_model,
