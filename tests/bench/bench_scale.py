@@ -1,0 +1,541 @@
+"""The scale scenario (issue 14): `bin/bench scale [--sources 10000] [--users 100] [--goals-per-user 10]
+[--items 100000] [--minutes 10] [--split]`.
+
+A simulated day, time compressed into `--minutes`: `--sources` local sources (RSS, Atom, JSON Feed and hot
+lists in turn, on 8 loopback addresses; 5 % failing in varied ways: HTTP 500, 404, malformed XML, a reset
+connection, an answer slower than the fetch timeout; the others answer 304 when nothing new was published)
+publish `--items` items between them, spread over the run. `--users` users follow three sources each
+per hundred (every source has ~3 followers) and own `--goals-per-user` goals. Embeddings and the LLM judge
+come from the fake OpenAI-compatible server, emails go to an SMTP sink, IMMEDIATE_COALESCE_MINUTES=0.
+
+The service runs as real processes against the embedded Postgres reached by DATABASE_URL: `serve --role all`,
+or with `--split` one `serve --role api` and two workers on different queues (ingest / embed + agent + email),
+which is the scale-out check (no duplicate decision or email).
+
+Reports: ingest throughput and CPU per fetch; embed, match and decide throughput (best 30 s window and overall);
+IMMEDIATE latency after the fetch p50/p95/p99 (email sent - item stored); emails; queue depth over time (max,
+and whether it drains); procrastinate jobs per item; database size per 10,000 items; peak RSS per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+from aiohttp import web
+
+from infosentry import db, migrate
+from tests.bench import results
+from tests.bench.common import postgres_cpu
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.smtp import SmtpSink
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTS = [f"127.0.0.{i}" for i in range(1, 9)]
+KINDS = ("rss", "atom", "json", "hotlist")
+FAILURES = ("500", "404", "malformed", "reset", "slow")
+TOPICS = [
+    ("space", "NASA rocket launches, Mars rovers and the space station", ["NASA", "rocket", "Mars"]),
+    ("energy", "Crude oil prices, OPEC output and the energy markets", ["oil", "OPEC", "crude"]),
+    ("chips", "Semiconductor makers, chip exports and AI accelerators", ["chip", "semiconductor", "GPU"]),
+    ("football", "Football matches, transfers and league tables", ["football", "goal", "league"]),
+    ("climate", "Climate change, heat records and emissions policy", ["climate", "emissions", "heat"]),
+    ("elections", "Elections, polls and campaign news", ["election", "vote", "poll"]),
+    ("markets", "Stock markets, earnings reports and central banks", ["stocks", "earnings", "rates"]),
+    ("health", "Vaccines, hospitals and public health", ["vaccine", "hospital", "health"]),
+    ("cars", "Electric cars, batteries and car makers", ["electric car", "battery", "EV"]),
+    ("games", "Video games, consoles and esports", ["game", "console", "esports"]),
+]
+FILLER = "officials said on monday that the plan would be reviewed again after talks with several partners"
+
+
+# --- the feed server (its own process) -----------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    sources: int
+    items: int
+    start: float  # wall time the day starts
+    seconds: float  # the day, compressed
+
+    def published(self, n: int, now: float) -> int:
+        """How many items source n has published by `now` (its items spread evenly over the day)."""
+        total = self.items // self.sources + (1 if n < self.items % self.sources else 0)
+        if total == 0:
+            return 0
+        if self.seconds <= 0:
+            return total
+        phase = (n * 7919 % 1000) / 1000  # sources publish out of step
+        elapsed = (now - self.start) / self.seconds
+        return max(0, min(total, int(elapsed * total + phase)))
+
+
+def kind_of(n: int) -> str:
+    return KINDS[n % len(KINDS)]
+
+
+def failure_of(n: int) -> str | None:
+    return FAILURES[(n // 20) % len(FAILURES)] if n % 20 == 7 else None  # 5 % of the sources
+
+
+def item_text(n: int, j: int) -> tuple[str, str]:
+    topic = TOPICS[(n * 31 + j * 17) % len(TOPICS)]
+    title = f"{topic[2][j % len(topic[2])].title()} update {n}-{j}: {topic[1].split(',')[0]}"
+    return title, f"{title}. {FILLER} ({n}/{j})."
+
+
+def render(n: int, count: int) -> tuple[bytes, str]:
+    """The newest (up to 20) items of source n, in its format."""
+    kind = kind_of(n)
+    first = max(0, count - 20)
+    entries = []
+    for j in range(count - 1, first - 1, -1):
+        title, text = item_text(n, j)
+        url = f"https://s{n}.example/{j}"
+        entries.append((j, title, text, url))
+    when = format_datetime(datetime.now(UTC), usegmt=True)
+    if kind == "json":
+        import json
+
+        body = {
+            "version": "https://jsonfeed.org/version/1.1",
+            "title": f"Source {n}",
+            "items": [
+                {"id": url, "url": url, "title": t, "content_text": x, "date_published": datetime.now(UTC).isoformat()}
+                for _, t, x, url in entries
+            ],
+        }
+        return json.dumps(body).encode(), "application/feed+json"
+    if kind == "hotlist":
+        import json
+
+        body = {
+            "status": "success",
+            "id": str(n),
+            "items": [{"id": url, "title": t, "url": url} for _, t, _, url in entries],
+        }
+        return json.dumps(body).encode(), "application/json"
+    if kind == "atom":
+        parts = [f'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>Source {n}</title>']
+        for _, t, x, url in entries:
+            parts.append(
+                f'<entry><id>{url}</id><title>{t}</title><link href="{url}"/>'
+                f"<updated>{datetime.now(UTC).isoformat()}</updated><summary>{x}</summary></entry>"
+            )
+        parts.append("</feed>")
+        return "".join(parts).encode(), "application/atom+xml"
+    parts = [f'<?xml version="1.0"?><rss version="2.0"><channel><title>Source {n}</title>']
+    for _, t, x, url in entries:
+        parts.append(
+            f"<item><title>{t}</title><link>{url}</link><description>{x}</description><pubDate>{when}</pubDate></item>"
+        )
+    parts.append("</channel></rss>")
+    return "".join(parts).encode(), "application/rss+xml"
+
+
+def serve_feeds(plan: Plan, conn: Any) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        n = int(request.match_info["n"] if "n" in request.match_info else request.query.get("id", "0"))
+        failure = failure_of(n)
+        if failure == "500":
+            return web.Response(status=500, text="upstream exploded")
+        if failure == "404":
+            return web.Response(status=404, text="gone")
+        if failure == "slow":
+            await asyncio.sleep(30)  # past the fetcher's 20 s timeout
+        if failure == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)
+        count = plan.published(n, time.time())
+        etag = f'"{n}-{count}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        if failure == "malformed":
+            return web.Response(body=b"<rss><channel><item><title>broken", content_type="application/rss+xml")
+        body, ctype = render(n, count)
+        return web.Response(body=body, content_type=ctype.split(";")[0], headers={"ETag": etag})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/f/{n}", handle)
+        app.router.add_get("/api/s", handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
+        await runner.setup()
+        ports = []
+        for host in HOSTS:
+            site = web.TCPSite(runner, host, 0)
+            await site.start()
+            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        conn.send(ports)
+        while not conn.poll():  # the parent seeds the database with our ports, then says when the day starts
+            await asyncio.sleep(0.05)
+        plan.start = conn.recv()
+        while not conn.poll():
+            await asyncio.sleep(0.2)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def source_url(n: int, ports: list[int]) -> tuple[str, str]:
+    host, port = HOSTS[n % len(HOSTS)], ports[n % len(HOSTS)]
+    if kind_of(n) == "hotlist":
+        return "hotlist", f"http://{host}:{port}/api/s?id={n}"
+    return "rss", f"http://{host}:{port}/f/{n}"
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rss: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def seed(pool: asyncpg.Pool, args: argparse.Namespace, ports: list[int], rng: random.Random) -> None:
+    """Users, goals and sources as rows (the setup is not what is measured; the service's own write paths are)."""
+    users = await pool.fetch(
+        "INSERT INTO users (email, timezone) SELECT 'user' || g || '@bench.example', 'UTC' "
+        "FROM generate_series(1, $1) g RETURNING id",
+        args.users,
+    )
+    user_ids = [r["id"] for r in users]
+    rows = [source_url(n, ports) for n in range(args.sources)]
+    source_ids = [
+        r["id"]
+        for r in await pool.fetch(
+            """INSERT INTO sources (type, url, name, fetch_interval_sec, config)
+               SELECT t, u, 'Source ' || ord, 60,
+                      CASE WHEN t = 'hotlist' THEN jsonb_build_object('base_url', split_part(u, '/api/s', 1),
+                                                                     'source_id', split_part(u, 'id=', 2))
+                           ELSE '{}'::jsonb END
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(t, u, ord) ORDER BY ord RETURNING id""",
+            [t for t, _ in rows],
+            [u for _, u in rows],
+        )
+    ]
+    subs = {(rng.choice(user_ids), s) for s in source_ids for _ in range(3)}
+    await pool.execute(
+        "INSERT INTO subscriptions (user_id, source_id) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+        [u for u, _ in subs],
+        [s for _, s in subs],
+    )
+    for user_id in user_ids:
+        for g in range(args.goals_per_user):
+            topic = TOPICS[(user_id + g) % len(TOPICS)]
+            await pool.execute(
+                """INSERT INTO goals (user_id, name, description, priority_terms, batch_windows, digest_time,
+                                      timezone)
+                   VALUES ($1, $2, $3, $4, '{}', '23:59', 'UTC')""",
+                user_id,
+                f"{topic[0]} {g}",
+                topic[1],
+                topic[2],
+            )
+
+
+def start_processes(env: dict[str, str], split: bool) -> dict[str, subprocess.Popen[bytes]]:
+    def spawn(*args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "infosentry", *args], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=None
+        )
+
+    if not split:
+        return {"serve": spawn("serve", "--role", "all", "--port", str(free_port()))}
+    return {
+        "api": spawn("serve", "--role", "api", "--port", str(free_port())),
+        "worker-ingest": spawn("worker", "--queue", "ingest"),
+        "worker-pipeline": spawn("worker", "--queue", "embed", "--queue", "agent", "--queue", "email"),
+    }
+
+
+def tree_rss_mib(proc: subprocess.Popen[bytes]) -> float:
+    try:
+        root = psutil.Process(proc.pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+    except psutil.Error:
+        return 0.0
+
+
+def tree_cpu(proc: subprocess.Popen[bytes]) -> float:
+    try:
+        root = psutil.Process(proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+async def snapshot(pool: asyncpg.Pool) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        """SELECT (SELECT count(*) FROM items) AS items,
+                  (SELECT count(*) FROM items WHERE embedding_status = 'done') AS embedded,
+                  (SELECT count(*) FROM items WHERE matched_at IS NOT NULL) AS matched,
+                  (SELECT count(DISTINCT item_id) FROM decisions) AS decided_items,
+                  (SELECT count(*) FROM decisions) AS decisions,
+                  (SELECT count(*) FROM emails WHERE status = 'sent') AS emails_sent,
+                  (SELECT count(*) FROM ingest_logs) AS fetches,
+                  (SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')) AS queued,
+                  -- successful jobs are deleted: the id sequence counts every job ever deferred
+                  (SELECT last_value FROM procrastinate_jobs_id_seq) AS job_seq,
+                  (SELECT count(*) FROM decide_queue) AS decide_backlog,
+                  (SELECT count(*) FROM decisions WHERE status = 'pending' AND tier = 'IMMEDIATE') AS unflushed,
+                  (SELECT count(*) FROM emails WHERE status IN ('pending', 'sending')) AS unsent"""
+    )
+    return dict(row)
+
+
+def best_rate(rows: list[dict[str, Any]], key: str, window: float = 30.0) -> float:
+    best = 0.0
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            if b["t"] - a["t"] >= window:
+                best = max(best, (b[key] - a[key]) / (b["t"] - a["t"]))
+                break
+    return best
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+async def bench(args: argparse.Namespace) -> None:
+    rng = random.Random(7)
+    data_dir = Path(tempfile.mkdtemp(prefix="infosentry-bench-scale-"))
+    dsn = db.embedded_server_uri(data_dir)  # this process holds the server; the service reaches it by URL
+    async with db.plain_connection(dsn) as conn:
+        await migrate.upgrade(conn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
+    assert pool is not None
+    plan = Plan(args.sources, args.items, start=0.0, seconds=args.minutes * 60)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    fake = FakeOpenAI().__enter__()
+    sink = SmtpSink().__enter__()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    feed_proc = None
+    try:
+        feed_proc = ctx.Process(target=serve_feeds, args=(plan, child), daemon=True)
+        feed_proc.start()
+        ports = parent.recv()
+        await seed(pool, args, ports, rng)
+        plan.start = time.time() + 5  # the day starts once the service is up
+        parent.send(plan.start)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_"))}
+        env |= fake.env() | sink.env()
+        env |= {
+            "DATABASE_URL": dsn,
+            "INFOSENTRY_DATA_DIR": str(data_dir),
+            "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "text",
+            "OPENAI_EMBED_MODEL": args.embed_model,
+            "IMMEDIATE_COALESCE_MINUTES": "0",
+            "EMBED_PER_MIN": "1000000",
+            "DAILY_USD_BUDGET": "10000",
+            "JUDGE_PER_DAY": "1000000",
+        }
+        started = time.time()
+        processes = start_processes(env, args.split)
+        samples = Samples()
+        cpu0 = {name: tree_cpu(p) for name, p in processes.items()}
+        pg_cpu0 = postgres_cpu(data_dir / "pg")
+        first = await snapshot(pool)
+        deadline = plan.start + plan.seconds + args.drain
+        while time.time() < deadline:
+            await asyncio.sleep(args.sample)
+            snap = await snapshot(pool)
+            snap["t"] = time.time() - started
+            samples.rows.append(snap)
+            for name, proc in processes.items():
+                samples.rss[name] = max(samples.rss.get(name, 0.0), tree_rss_mib(proc))
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} exited with {proc.returncode}")
+            if args.verbose:
+                print(
+                    f"t={snap['t']:6.0f}s items {snap['items']:>7} embedded {snap['embedded']:>7} decided "
+                    f"{snap['decided_items']:>7} emails {snap['emails_sent']:>6} queued {snap['queued']:>5}"
+                )
+            day_over = time.time() > plan.start + plan.seconds + 2 * args.sample
+            idle = snap["matched"] >= snap["items"] and not (
+                snap["decide_backlog"] or snap["unflushed"] or snap["unsent"]
+            )
+            if day_over and idle and len(samples.rows) > 1 and samples.rows[-2]["items"] == snap["items"]:
+                break
+        wall = time.time() - started
+        cpu = {name: tree_cpu(p) - cpu0[name] for name, p in processes.items()}
+        pg_cpu = postgres_cpu(data_dir / "pg") - pg_cpu0
+        last = await snapshot(pool)
+        latency = [
+            r["s"]
+            for r in await pool.fetch(
+                """SELECT extract(epoch FROM e.sent_at - i.ingested_at) AS s
+                   FROM notifications n JOIN emails e ON e.id = n.email_id JOIN items i ON i.id = n.item_id
+                   WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent'"""
+            )
+        ]
+        stages = await pool.fetchrow(
+            """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.embedded_at - i.ingested_at))
+                          AS embed,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM m.computed_at - i.embedded_at))
+                          AS match,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM d.decided_at - m.computed_at))
+                          AS decide,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM n.created_at - d.decided_at))
+                          AS push,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.sent_at - n.created_at))
+                          AS send
+               FROM notifications n JOIN emails e ON e.id = n.email_id JOIN items i ON i.id = n.item_id
+               JOIN decisions d ON d.goal_id = n.goal_id AND d.item_id = n.item_id
+               JOIN matches m ON m.goal_id = n.goal_id AND m.item_id = n.item_id
+               WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent'"""
+        )
+        dup = await pool.fetchrow(
+            """SELECT (SELECT count(*) - count(DISTINCT (goal_id, item_id)) FROM decisions) AS decisions,
+                      (SELECT count(*) - count(DISTINCT (goal_id, item_id)) FROM notifications) AS notifications,
+                      (SELECT count(*) - count(DISTINCT dedupe_key) FROM emails) AS emails"""
+        )
+        size = await pool.fetchval("SELECT pg_database_size(current_database())")
+        ok_fetches = await pool.fetchval("SELECT count(*) FROM ingest_logs WHERE status <> 'error'")
+        not_modified = await pool.fetchval("SELECT count(*) FROM ingest_logs WHERE status = 'not_modified'")
+        failed_fetches = await pool.fetchval("SELECT count(*) FROM ingest_logs WHERE status = 'error'")
+        jobs = last["job_seq"] - first["job_seq"]
+        items = max(last["items"], 1)
+        total_cpu = sum(cpu.values())
+        report = {
+            "wall": wall,
+            "items": last["items"],
+            "fetches": last["fetches"],
+            "fetch_ok": ok_fetches,
+            "fetch_304": not_modified,
+            "fetch_failed": failed_fetches,
+            "ingest_items_per_s_best": best_rate(samples.rows, "items"),
+            "embed_items_per_s_best": best_rate(samples.rows, "embedded"),
+            "match_items_per_s_best": best_rate(samples.rows, "matched"),
+            "decide_items_per_s_best": best_rate(samples.rows, "decided_items"),
+            "pipeline_items_per_s": last["decided_items"] / wall,
+            "cpu_service_s": total_cpu,
+            "cpu_postgres_s": pg_cpu,
+            "cpu_ms_per_fetch": 1000 * (total_cpu + pg_cpu) / max(last["fetches"], 1),
+            "immediate_p50": pct(latency, 50),
+            "immediate_p95": pct(latency, 95),
+            "immediate_p99": pct(latency, 99),
+            "immediate_emailed": len(latency),
+            "emails_sent": last["emails_sent"],
+            "decisions": last["decisions"],
+            "queue_max": max((r["queued"] for r in samples.rows), default=0),
+            "queue_final": last["queued"],
+            "jobs_per_item": jobs / items,
+            "db_mib_per_10k_items": size / 2**20 / items * 10_000,
+            "duplicates": dict(dup),
+            "stages_p50": {k: round(v, 2) if v is not None else None for k, v in dict(stages).items()},
+        }
+        print_report(args, report, samples, cpu)
+        for key, value in report.items():
+            if isinstance(value, (int, float)):
+                better = "higher" if key.endswith(("per_s", "per_s_best")) else ("lower" if key != "items" else None)
+                results.record(key, value, "", better=better)
+        for name, mib in samples.rss.items():
+            results.record(f"peak_rss.{name}", mib, "MiB")
+        results.detail("queue_depth", [(round(r["t"]), r["queued"]) for r in samples.rows])
+        results.detail("duplicates", dict(dup))
+    finally:
+        for proc in processes.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in processes.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        parent.send("stop")
+        if feed_proc is not None:
+            feed_proc.join(5)
+        await pool.close()
+        sink.__exit__(None, None, None)
+        fake.__exit__(None, None, None)
+
+
+def print_report(args: argparse.Namespace, r: dict[str, Any], samples: Samples, cpu: dict[str, float]) -> None:
+    mode = "api + 2 workers (--split)" if args.split else "serve --role all"
+    print(
+        f"scale: {args.sources} sources, {args.users} users × {args.goals_per_user} goals, {args.items} items "
+        f"over {args.minutes} min; {mode}; {r['wall']:.0f} s"
+    )
+    print(
+        f"  fetches {r['fetches']} (ok {r['fetch_ok']}, of which 304 {r['fetch_304']}; failed {r['fetch_failed']}), "
+        f"items {r['items']}"
+    )
+    print(
+        f"  best 30 s: ingest {r['ingest_items_per_s_best']:.0f} items/s, embed {r['embed_items_per_s_best']:.0f}, "
+        f"match {r['match_items_per_s_best']:.0f}, decide {r['decide_items_per_s_best']:.0f}; "
+        f"overall {r['pipeline_items_per_s']:.0f} items/s decided"
+    )
+    print(
+        f"  CPU: service {r['cpu_service_s']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in cpu.items())}), "
+        f"postgres {r['cpu_postgres_s']:.0f} s; {r['cpu_ms_per_fetch']:.1f} ms per fetch"
+    )
+    fmt = lambda v: "-" if v is None else f"{v:.2f} s"  # noqa: E731
+    print(
+        f"  IMMEDIATE after the fetch: p50 {fmt(r['immediate_p50'])}, p95 {fmt(r['immediate_p95'])}, "
+        f"p99 {fmt(r['immediate_p99'])} ({r['immediate_emailed']} items); emails sent {r['emails_sent']}"
+    )
+    print(
+        f"  queue depth max {r['queue_max']}, at the end {r['queue_final']}; jobs per item {r['jobs_per_item']:.3f}; "
+        f"database {r['db_mib_per_10k_items']:.0f} MiB per 10,000 items"
+    )
+    print(f"  IMMEDIATE stages, p50 s: {r['stages_p50']}")
+    print(f"  peak RSS MiB: {', '.join(f'{k} {v:.0f}' for k, v in samples.rss.items())}")
+    print(f"  duplicates (decisions, notifications, emails): {r['duplicates']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--goals-per-user", type=int, default=10)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--minutes", type=float, default=10.0, help="the simulated day, compressed")
+    parser.add_argument("--drain", type=float, default=600.0, help="seconds allowed after the day to catch up")
+    parser.add_argument("--split", action="store_true", help="api + a worker per queue group (scale-out)")
+    parser.add_argument("--embed-model", default="bench-256", help="fake embedding model (size 256 unless known)")
+    parser.add_argument("--sample", type=float, default=5.0)
+    parser.add_argument("--verbose", action="store_true")
+    results.add_argument(parser)
+    args = parser.parse_args()
+    with results.session("scale", args):
+        asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
