@@ -88,6 +88,9 @@ KEYS: dict[str, Key] = {
         Key("MAX_TOKENS_PER_USER", int, 50, "live API tokens one user may have (sessions not counted)", 1, 10_000),
         Key("MAX_OPML_LINES", int, 1000, "feeds one OPML import may add", 1, 100_000),
         Key("LIVE_REPLAYS_PER_HOUR", int, 10, "live LLM replays one non-admin user may run per hour", 0, 10_000),
+        Key("RETENTION_ITEMS_DAYS", float, 30.0, "items nobody was sent or rated are kept this long", 0.001, 3650),
+        Key("RETENTION_INBOX_DAYS", float, 180.0, "items in an inbox or rated are kept this long", 0.001, 3650),
+        Key("RETENTION_LOGS_DAYS", float, 7.0, "ingest logs, external calls, decision runs, sent emails", 0.001, 3650),
     )
 }
 

@@ -229,11 +229,11 @@ async def alerts_tick(context: procrastinate.JobContext, timestamp: int) -> None
     await _alerts_tick(_rt(context), context.app)
 
 
-@app.periodic(cron="17 * * * *", periodic_id="retention")
+@app.periodic(cron="*/5 * * * *", periodic_id="retention")
 @app.task(name="retention", queue="agent", pass_context=True, queueing_lock="retention")
 @step
 async def retention_task(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
-    """Forget what is past its retention (retention.py: ingest logs, clicks, login links)."""
+    """Forget what is past its retention (retention.py: items nobody needs, logs, runs, emails, clicks, ...)."""
     await retention.prune(_rt(context))
 
 

@@ -240,3 +240,27 @@ async def test_unsubscribe_get_confirms_post_pauses(api) -> None:
     assert (await api.get(user_path)).status == 200
     assert (await api.post(user_path)).status == 200
     assert await rt.pool.fetchval("SELECT count(*) FROM goals WHERE user_id = $1 AND status = 'active'", alice) == 0
+
+
+async def test_retention_forgets_what_nobody_needs_and_keeps_the_inbox(api) -> None:
+    """Items nobody was sent or rated go after RETENTION_ITEMS_DAYS (with their matches and runs); items in an
+    inbox stay until RETENTION_INBOX_DAYS; logs, runs and finished emails go after RETENTION_LOGS_DAYS."""
+    rt = api.app[RT]
+    w = await pushed_world(rt)
+    pushed = await rt.pool.fetchval("SELECT item_id FROM notifications LIMIT 1")
+    stale = await kit.item(rt, w["sources"][0], "Nobody cared")
+    await kit.match(rt, w["goals"][0], stale, 0.3)
+    await rt.pool.execute("UPDATE items SET ingested_at = now() - interval '40 days'")
+    await rt.pool.execute("UPDATE emails SET created_at = now() - interval '10 days'")
+    await rt.pool.execute("UPDATE agent_runs SET created_at = now() - interval '10 days'")
+    before = await rt.pool.fetchval("SELECT count(*) FROM items")
+    pruned = await retention.prune(rt)
+    kept = {r["id"] for r in await rt.pool.fetch("SELECT id FROM items")}
+    assert pushed in kept and stale not in kept and pruned.items == before - len(kept)
+    assert await rt.pool.fetchval("SELECT count(*) FROM matches WHERE item_id = $1", stale) == 0
+    assert pruned.emails > 0 and await rt.pool.fetchval("SELECT count(*) FROM emails") == 0
+    assert pruned.runs > 0 and await rt.pool.fetchval("SELECT count(*) FROM agent_runs") == 0
+    assert await rt.pool.fetchval("SELECT count(*) FROM notifications") > 0  # the inbox outlives its emails
+    await kit.set_hot(rt, RETENTION_INBOX_DAYS=35)
+    await retention.prune(rt)
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == 0

@@ -9,3 +9,16 @@ from __future__ import annotations
 import asyncpg
 
 Conn = asyncpg.Pool | asyncpg.Connection
+
+
+async def delete_in_batches(conn: Conn, table: str, where: str, *args: object, batch: int = 20_000) -> int:
+    """DELETE FROM `table` WHERE `where`, `batch` rows per statement, so a large backlog never holds locks long.
+    `table` and `where` are this package's own SQL text (never user input); the values go in `args` ($1...)."""
+    n = len(args) + 1
+    query = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT ${n})"
+    total = 0
+    while True:
+        deleted = int((await conn.execute(query, *args, batch)).split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total

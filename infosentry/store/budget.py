@@ -6,7 +6,7 @@ from datetime import date
 
 import asyncpg
 
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 
 async def get_day(conn: Conn, day: date) -> asyncpg.Record | None:
@@ -119,4 +119,10 @@ async def record_call(
         http_status,
         error[:1000] if error else None,
         max(0, int(latency_ms)),
+    )
+
+
+async def prune_calls(conn: Conn, *, older_than_days: float) -> int:
+    return await delete_in_batches(
+        conn, "external_calls", "created_at < now() - make_interval(secs => $1 * 86400)", older_than_days
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 # The decision sweep holds this session advisory lock: decisions are made by one job at a time (the set-based
 # batches are fast; serialising them means no two jobs judge or write the same pair or claim the same item).
@@ -483,3 +483,10 @@ async def try_session_lock(conn: asyncpg.Connection, key: int) -> bool:
 
 async def session_unlock(conn: asyncpg.Connection, key: int) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def prune_runs(conn: Conn, *, older_than_days: float) -> int:
+    """Decision and push runs past the retention (a pushed item's decision keeps its own reason)."""
+    return await delete_in_batches(
+        conn, "agent_runs", "created_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+    )

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 
 async def insert_email(
@@ -155,3 +155,13 @@ async def for_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
         "SELECT id, kind, subject, status, dedupe_key FROM emails WHERE user_id = $1 ORDER BY id", user_id
     )
     return [dict(r) for r in rows]
+
+
+async def prune(conn: Conn, *, older_than_days: float) -> int:
+    """Emails that are done (sent, failed, suppressed) past the retention; the inbox keeps its entries."""
+    return await delete_in_batches(
+        conn,
+        "emails",
+        "status IN ('sent', 'failed', 'suppressed') AND created_at < now() - make_interval(secs => $1 * 86400)",
+        older_than_days,
+    )

@@ -14,7 +14,7 @@ import numpy as np
 from pgvector import Vector
 
 from infosentry.models import NewItem
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 # Tags travel as one string per item joined by the ASCII unit separator (unnest cannot carry ragged arrays);
 # clean tag text never contains control characters.
@@ -282,4 +282,25 @@ async def count_visible(conn: Conn, user_id: int) -> int:
             "WHERE s.user_id = $1",
             user_id,
         )
+    )
+
+
+async def prune_unneeded(conn: Conn, *, older_than_days: float) -> int:
+    """Items past the retention that no one was sent (inbox) or rated (feedback neighbours), with their
+    matches, decisions, runs and source links (cascade)."""
+    return await delete_in_batches(
+        conn,
+        "items",
+        """ingested_at < now() - make_interval(secs => $1 * 86400)
+           AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.item_id = items.id)
+           AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.item_id = items.id)""",
+        older_than_days,
+        batch=2_000,
+    )
+
+
+async def prune_kept(conn: Conn, *, older_than_days: float) -> int:
+    """Even items in an inbox or rated go, after the longer inbox retention."""
+    return await delete_in_batches(
+        conn, "items", "ingested_at < now() - make_interval(secs => $1 * 86400)", older_than_days, batch=2_000
     )

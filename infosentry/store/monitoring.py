@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 ALERTS_LOCK = 0x1F05E8  # advisory lock: one alert evaluator at a time across processes
 
@@ -251,3 +251,12 @@ async def pipeline_backlog(conn: Conn, source_ids: list[int], user_id: int) -> d
         user_id,
     )
     return dict(row)
+
+
+async def prune_episodes(conn: Conn, *, older_than_days: float) -> int:
+    return await delete_in_batches(
+        conn,
+        "alert_episodes",
+        "ended_at IS NOT NULL AND ended_at < now() - make_interval(secs => $1 * 86400)",
+        older_than_days,
+    )

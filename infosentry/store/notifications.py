@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 
 async def record_push(
@@ -133,17 +133,8 @@ async def pushed_to_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def prune_clicks(conn: Conn, *, older_than_days: int, batch: int = 20000) -> int:
-    """Forget clicks older than the retention (source trust reads recent clicks only), in bounded batches."""
-    total = 0
-    while True:
-        status = await conn.execute(
-            """DELETE FROM clicks WHERE id IN (SELECT id FROM clicks
-                                               WHERE clicked_at < now() - make_interval(days => $1) LIMIT $2)""",
-            older_than_days,
-            batch,
-        )
-        n = int(status.split()[-1])
-        total += n
-        if n < batch:
-            return total
+async def prune_clicks(conn: Conn, *, older_than_days: float) -> int:
+    """Forget clicks older than the retention (source trust reads recent clicks only)."""
+    return await delete_in_batches(
+        conn, "clicks", "clicked_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+    )

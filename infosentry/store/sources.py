@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from infosentry.models import FetchResult
-from infosentry.store import Conn
+from infosentry.store import Conn, delete_in_batches
 
 # What a subscriber sees of a source: the source row, its subscription, and the source's health.
 _USER_COLUMNS = """s.id, s.type, s.url, s.name, s.config, sub.enabled, s.enabled AS source_enabled,
@@ -355,17 +355,8 @@ async def record_results(conn: Conn, results: Sequence[FetchResult]) -> None:
     )
 
 
-async def prune_logs(conn: Conn, *, older_than_days: int, batch: int = 20000) -> int:
-    """Delete ingest logs older than the retention, in bounded batches (a big backlog never locks long)."""
-    total = 0
-    while True:
-        status = await conn.execute(
-            """DELETE FROM ingest_logs WHERE id IN (
-                   SELECT id FROM ingest_logs WHERE started_at < now() - make_interval(days => $1) LIMIT $2)""",
-            older_than_days,
-            batch,
-        )
-        deleted = int(status.split()[-1])
-        total += deleted
-        if deleted < batch:
-            return total
+async def prune_logs(conn: Conn, *, older_than_days: float) -> int:
+    """Delete ingest logs older than the retention."""
+    return await delete_in_batches(
+        conn, "ingest_logs", "started_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+    )

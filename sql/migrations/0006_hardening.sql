@@ -41,7 +41,15 @@ CREATE INDEX clicks_age ON clicks (clicked_at);
 -- A batch window or digest sent after its time (the service was down) says so.
 ALTER TABLE push_slots ADD COLUMN late boolean NOT NULL DEFAULT false;
 
+-- Retention deletes by age (retention.py); items have items_ingested already.
+CREATE INDEX agent_runs_age ON agent_runs (created_at);
+CREATE INDEX emails_age ON emails (created_at) WHERE status IN ('sent', 'failed', 'suppressed');
+CREATE INDEX ingest_logs_age ON ingest_logs (started_at);
+
 -- migrate:down
+DROP INDEX IF EXISTS ingest_logs_age;
+DROP INDEX IF EXISTS emails_age;
+DROP INDEX IF EXISTS agent_runs_age;
 ALTER TABLE push_slots DROP COLUMN IF EXISTS late;
 DROP INDEX IF EXISTS clicks_age;
 DROP INDEX IF EXISTS clicks_once;
