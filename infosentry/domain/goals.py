@@ -12,13 +12,15 @@ from typing import Any
 
 import asyncpg
 
-from infosentry import hotconfig
+from infosentry import hotconfig, judge, push
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields, valid_email, valid_timezone
+from infosentry.embedders import lexical
 from infosentry.errors import BadRequest, Conflict, Invalid, NotFound
 from infosentry.runtime import Runtime
 from infosentry.store import decisions as decisions_store
 from infosentry.store import goals as goals_store
+from infosentry.store import items as items_store
 from infosentry.store import matches as matches_store
 
 MAX_GOALS_PER_USER = 100
@@ -35,6 +37,8 @@ FIELDS = {
     "email",
     "language",
     "status",
+    "batch_enabled",
+    "digest_enabled",
 }
 NAME_MAX = 100
 
@@ -73,6 +77,8 @@ def validate(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         "language": f.str("language", choices=("en", "zh"), nullable=True),
         "status": f.str("status", choices=STATUSES),
         "digest_time": f.str("digest_time", max_len=5),
+        "batch_enabled": f.bool("batch_enabled"),
+        "digest_enabled": f.bool("digest_enabled"),
     }
     windows = f.str_list("batch_windows", max_items=3, max_len=5)
     if windows is not None:
@@ -237,4 +243,97 @@ def match_view(r: asyncpg.Record) -> dict[str, Any]:
         "is_backfill": r["is_backfill"],
         "computed_at": r["computed_at"],
         "decision": decision,
+        "feedback": r["feedback"],
+        "source_blocked": r["source_blocked"],
     }
+
+
+# --- writing a goal: terms, suggestions ------------------------------------------------------------------------
+
+
+def split_terms(text: str) -> tuple[list[str], list[str]]:
+    """One field of terms (one per line or comma-separated; a leading '-' marks a negative term) as
+    (priority_terms, negative_terms)."""
+    priority: list[str] = []
+    negative: list[str] = []
+    for raw in re.split(r"[\n,，、;；]", text or ""):
+        term = " ".join(raw.split())
+        target = priority
+        if term.startswith("-"):
+            term, target = term[1:].strip(), negative
+        if term and term not in target:
+            target.append(term)
+    return priority, negative
+
+
+def join_terms(priority: list[str], negative: list[str]) -> str:
+    return "\n".join([*priority, *(f"-{t}" for t in negative)])
+
+
+SUGGEST_FIELDS = {"name", "description", "terms", "goal_id"}
+SUGGEST_MAX = 8
+_SUGGEST_POOL = 1000  # newest items looked at when the goal has no scored items yet
+_SUGGEST_TOP = 25  # best-matching items whose words are counted
+
+
+async def suggest_terms(rt: Runtime, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+    """Priority terms for a goal being written: from the LLM when it is on and within budget, otherwise the words
+    that recur in the items that match the description best (the goal's own scored items when it has some).
+    `terms` already written are never suggested again. Answers {terms, source: llm|items|none, note}."""
+    f = Fields(body, SUGGEST_FIELDS)
+    name = f.str("name", default="", max_len=NAME_MAX)
+    description = f.str("description", default="", max_len=2000)
+    known = f.str_list("terms", default=[], max_items=100, max_len=101)
+    goal_id = f.int("goal_id", low=1, high=2**62)
+    f.done()
+    text = f"{name}\n{description}".strip()
+    if len(text) < 3:
+        return {"terms": [], "source": "none", "note": "write a description first"}
+    known = [k.lstrip("-").strip() for k in known]
+    terms, why = await judge.suggest_terms(rt, name, description, known)
+    if terms:
+        return {"terms": terms, "source": "llm", "note": ""}
+    rows: list[Any] = []
+    if goal_id is not None and await goals_store.get(rt.pool, actor.user_id, goal_id) is not None:
+        rows = [
+            {"title": r["title"], "snippet": r["snippet"]}
+            for r in await matches_store.goal_matches(rt.pool, goal_id, min_score=0.0, limit=_SUGGEST_TOP, after=None)
+        ]
+    if not rows:
+        pool = await items_store.recent_visible_texts(rt.pool, actor.user_id, limit=_SUGGEST_POOL)
+        scored = [(lexical.lexical_similarity(text, f"{r['title']} {r['snippet']}"), r) for r in pool]
+        rows = [r for score, r in sorted(scored, key=lambda x: -x[0])[:_SUGGEST_TOP] if score > 0.05]
+    words = _recurring_words(rows, exclude=lexical.keywords(text) | {k.casefold() for k in known})
+    note = f"from your items ({why})" if why else "from your items"
+    return {"terms": words, "source": "items" if words else "none", "note": note}
+
+
+def _recurring_words(rows: list[Any], *, exclude: set[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        for word in lexical.keywords(f"{r['title']} {r['snippet']}"):
+            if word not in exclude:
+                counts[word] = counts.get(word, 0) + 1
+    need = 2 if len(rows) >= 4 else 1
+    ranked = sorted((w for w, n in counts.items() if n >= need), key=lambda w: (-counts[w], w))
+    return ranked[:SUGGEST_MAX]
+
+
+# --- the next batch and digest email ---------------------------------------------------------------------------
+
+
+async def next_email(rt: Runtime, actor: Actor, goal_id: int, kind: str, *, send: bool = False) -> dict[str, Any]:
+    """The goal's next batch or digest email as it would go out now: a preview (nothing changes), or sent now
+    (its items are pushed like at a window; the scheduled windows carry on with what comes later)."""
+    goal = await goals_store.get(rt.pool, actor.user_id, goal_id)
+    if goal is None:
+        raise NotFound("no such goal")
+    if kind not in ("batch", "digest"):
+        raise BadRequest("kind must be batch or digest")
+    result = await push.next_email(rt, goal_id, kind, send=send)
+    if send and result.email_id is not None:
+        await rt.nudge("send_emails")
+    out: dict[str, Any] = {"kind": kind, "items": result.items, "email_id": result.email_id}
+    if result.rendered is not None:
+        out |= {"subject": result.rendered.subject, "html": result.rendered.html, "text": result.rendered.text}
+    return out

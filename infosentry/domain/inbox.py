@@ -28,6 +28,7 @@ from infosentry.store import notifications as notifications_store
 from infosentry.urls import is_http_url
 
 CHANNELS = ("email", "inbox", "api", "other")
+TIERS = ("IMMEDIATE", "BATCH", "DIGEST")
 # Link scanners of mail providers and security gateways open every link of a message; their hits are kept but
 # flagged, so click counts stay honest. HEAD requests are scanners too.
 _SCANNER = re.compile(
@@ -57,7 +58,7 @@ def notification_view(public_url: str, row: asyncpg.Record) -> dict[str, Any]:
         "read_at": row["read_at"],
         "email_id": row["email_id"],
         "feedback": row["feedback"],
-        "click_url": mail.tracked_link(public_url, row["item_id"], row["goal_id"], "inbox"),
+        "click_url": click_url(public_url, row["item_id"], row["goal_id"]),
     }
 
 
@@ -76,14 +77,42 @@ async def notifications(
     status: str | None = None,
     before_id: int | None = None,
     limit: int = 50,
+    tier: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Pushed items (never ignored ones), newest first; `status` unread or read."""
+    """Pushed items (never ignored ones), newest first; `status` unread or read, `tier` one of TIERS."""
     if status not in (None, "unread", "read"):
         raise BadRequest("status must be unread or read")
+    tier = _tier(tier)
     rows = await notifications_store.list_notifications(
-        rt.pool, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit
+        rt.pool, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit, tier=tier
     )
     return [notification_view(rt.settings.public_url, r) for r in rows]
+
+
+def _tier(tier: str | None) -> str | None:
+    if tier is None:
+        return None
+    if tier.upper() not in TIERS:
+        raise BadRequest(f"tier must be {', '.join(TIERS[:-1])} or {TIERS[-1]}")
+    return tier.upper()
+
+
+async def unread_counts(rt: Runtime, actor: Actor) -> dict[int, int]:
+    """Unread entries per goal id."""
+    return await notifications_store.unread_counts(rt.pool, actor.user_id)
+
+
+async def mark_all_read(rt: Runtime, actor: Actor, *, goal_id: int | None = None, tier: str | None = None) -> int:
+    """Mark every unread entry read (of one goal, of one tier, or all); returns how many."""
+    tier = _tier(tier)
+    if goal_id is not None:
+        await _my_goal(rt, actor, goal_id)
+    return await notifications_store.mark_all_read(rt.pool, user_id=actor.user_id, goal_id=goal_id, tier=tier)
+
+
+def click_url(public_url: str, item_id: int, goal_id: int, channel: str = "inbox") -> str:
+    """The tracked link of an item for a goal (the pages link matches that were never pushed through it too)."""
+    return mail.tracked_link(public_url, item_id, goal_id, channel)
 
 
 async def mark_read(rt: Runtime, actor: Actor, notification_id: int) -> dict[str, Any]:

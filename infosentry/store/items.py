@@ -283,3 +283,15 @@ async def count_visible(conn: Conn, user_id: int) -> int:
             user_id,
         )
     )
+
+
+async def recent_visible_texts(conn: Conn, user_id: int, *, limit: int) -> list[asyncpg.Record]:
+    """Title and snippet of the newest items from sources the user follows (term suggestions)."""
+    return await conn.fetch(
+        """SELECT i.id, i.title, i.snippet FROM subscriptions sub
+           JOIN items i ON i.source_id = sub.source_id
+           WHERE sub.user_id = $1
+           ORDER BY i.id DESC LIMIT $2""",
+        user_id,
+        limit,
+    )
