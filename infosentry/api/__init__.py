@@ -1,5 +1,6 @@
 """The aiohttp application: create_app(), middlewares (request id + logging, problem+json errors,
-bearer auth with scopes) and THE route table, assembled from the per-resource modules.
+bearer auth with scopes) and THE route table, assembled from the per-resource modules; the web pages
+(infosentry.web) are mounted on the same application.
 
 Handlers read and write through store/* and auth; anything slow (fetching, OpenAI, SMTP) is
 deferred as a job. Imports everything below the entry-point level.
@@ -25,6 +26,7 @@ from infosentry.errors import Forbidden, InfosentryError, RateLimited, Unauthori
 from infosentry.queue import QUEUES
 from infosentry.runtime import open_runtime
 from infosentry.settings import Settings
+from infosentry.web import setup as setup_pages
 
 log = logging.getLogger("infosentry.http")
 
@@ -74,6 +76,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("unhandled error", extra={"action": "http_error", "request_id": request_id})
         response = problem(500, "Internal error", f"unexpected error (request id {request_id})", code="internal")
     response.headers["X-Request-Id"] = request_id
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if not response.prepared:  # a streamed response has sent its headers already
+        response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.1f}"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     log.info(
@@ -85,7 +90,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "action": "http_request",
             "request_id": request_id,
             "status": response.status,
-            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "ms": round(elapsed_ms, 1),
         },
     )
     return response
@@ -119,6 +124,7 @@ def create_app(settings: Settings, *, role: str = "api", concurrency: int = 8) -
     """The HTTP application; role 'all' also runs the worker (every queue) inside this process."""
     app = web.Application(middlewares=[request_context, authenticate], client_max_size=settings.max_body_bytes)
     app.add_routes(routes())
+    setup_pages(app)  # the web app: pages and static files beside the JSON API
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, role=role) as rt:
