@@ -24,6 +24,7 @@ from infosentry.web.session import (
     presession_token,
     redirect,
     safe_next,
+    set_presession_cookie,
     set_session_cookie,
 )
 
@@ -34,7 +35,7 @@ def _public_form(request: web.Request, ctx: Ctx, template: str, status: int = 20
     """A page with a form shown before sign-in: its CSRF token is a double-submit cookie."""
     token = presession_token(request)
     response = render(ctx, template, status=status, presession=token, **values)
-    presession_token(request, response)
+    set_presession_cookie(request, response, token)
     response.headers.update(NO_STORE)
     return response
 

@@ -52,16 +52,17 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
     response.del_cookie(SESSION_COOKIE, path="/")
 
 
-def presession_token(request: web.Request, response: web.StreamResponse | None = None) -> str:
-    """The double-submit token of a public form: the cookie's value, minted (and set on `response`) if absent."""
+def presession_token(request: web.Request) -> str:
+    """The double-submit token of a public form: the cookie's value, or a new one (set it with
+    set_presession_cookie on the response that shows the form)."""
     token = request.cookies.get(PRESESSION_COOKIE, "")
-    if len(token) < 20:
-        token = secrets.token_urlsafe(24)
-    if response is not None:
-        response.set_cookie(
-            PRESESSION_COOKIE, token, max_age=3600, path="/", httponly=True, samesite="Lax", secure=secure(request)
-        )
-    return token
+    return token if len(token) >= 20 else secrets.token_urlsafe(24)
+
+
+def set_presession_cookie(request: web.Request, response: web.StreamResponse, token: str) -> None:
+    response.set_cookie(
+        PRESESSION_COOKIE, token, max_age=3600, path="/", httponly=True, samesite="Lax", secure=secure(request)
+    )
 
 
 def safe_next(value: str | None, default: str = "/goals") -> str:

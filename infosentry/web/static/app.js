@@ -31,7 +31,7 @@
     const data = new FormData(form);
     data.set("action", button.value);
     try {
-      const state = await post(form.action, data);
+      const state = await post(form.getAttribute("action"), data);
       form.querySelectorAll("button[name=action]").forEach((b) => {
         if (b.value === "like" || b.value === "dislike") b.setAttribute("aria-pressed", String(state.feedback === b.value));
         if (b.value === "block" && state.blocked) { b.setAttribute("aria-pressed", "true"); b.disabled = true; }
@@ -50,7 +50,7 @@
     if (!form.matches("[data-read]")) return;
     event.preventDefault();
     try {
-      const state = await post(form.action, new FormData(form));
+      const state = await post(form.getAttribute("action"), new FormData(form));
       const entry = form.closest("[data-entry]");
       if (entry) entry.classList.remove("unread");
       form.remove();
@@ -139,4 +139,6 @@
       if (submit) submit.disabled = true;
     });
   });
+
+  document.documentElement.dataset.js = "ready";  // the handlers above are in place
 })();
