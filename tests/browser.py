@@ -128,8 +128,8 @@ def make_driver() -> Any:
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def shoot(driver: Any, name: str) -> list[Path]:
-    """Full-page screenshots of the current page at phone and desktop widths."""
+def shoot(driver: Any, name: str, *, max_height: int = 6000) -> list[Path]:
+    """Full-page screenshots of the current page at phone and desktop widths (cut at `max_height`)."""
     import base64
 
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -145,7 +145,7 @@ def shoot(driver: Any, name: str) -> list[Path]:
             {
                 "format": "png",
                 "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": width, "height": min(max(height, 600), 6000), "scale": 1},
+                "clip": {"x": 0, "y": 0, "width": width, "height": min(max(height, 600), max_height), "scale": 1},
             },
         )
         path = SCREENSHOTS / f"{name}-{width}.png"

@@ -193,6 +193,7 @@ def test_inbox_filter_and_mark_read(browser: Any, server: LiveServer) -> None:
     sign_in(browser, server, seeded.token, "/inbox")
     assert len(css_all(browser, "[data-entry]")) == 12
     shoot(browser, "inbox")
+    shoot(browser, "inbox-top", max_height=1000)  # the README's picture (docs/)
     from selenium.webdriver.support.ui import Select
 
     Select(css(browser, "#f-goal")).select_by_value(str(seeded.goal_ids[0]))

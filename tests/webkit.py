@@ -57,6 +57,13 @@ TITLES = [
     "Oil prices climb as supply tightens",
     "Olympic committee announces host city",
 ]
+SNIPPETS = [
+    "The Blackwell GPU doubles training speed; Nvidia ships it to cloud providers with HBM memory.",
+    "TSMC and Samsung expand capacity as demand for AI accelerator chips with HBM memory soars.",
+    "The Falcon rocket carried 22 Starlink satellites to low orbit from Cape Canaveral.",
+    "Brent crude rose 3% after OPEC kept output cuts in place through the winter.",
+    "The committee picked the host of the 2036 Games after a secret ballot in Lausanne.",
+]
 
 
 async def seed_user(
@@ -84,7 +91,7 @@ async def seed_user(
         title = TITLES[n % len(TITLES)] + f" #{n}"
         if n == 1:
             title = '<script>alert("x")</script> <b>bold</b> & co'
-        item_id = await pushkit.item(rt, source_id, title, snippet=f"Snippet {n} about chips, GPU and AI training.")
+        item_id = await pushkit.item(rt, source_id, title, snippet=SNIPPETS[n % len(SNIPPETS)])
         seeded.item_ids.append(item_id)
         goal_id = chips if n % 2 == 0 else space
         score = 0.95 - (n % 7) * 0.03

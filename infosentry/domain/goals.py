@@ -293,29 +293,41 @@ async def suggest_terms(rt: Runtime, actor: Actor, body: dict[str, Any]) -> dict
     terms, why = await judge.suggest_terms(rt, name, description, known)
     if terms:
         return {"terms": terms, "source": "llm", "note": ""}
+    pool = await items_store.recent_visible_texts(rt.pool, actor.user_id, limit=_SUGGEST_POOL)
     rows: list[Any] = []
     if goal_id is not None and await goals_store.get(rt.pool, actor.user_id, goal_id) is not None:
-        rows = [
-            {"title": r["title"], "snippet": r["snippet"]}
-            for r in await matches_store.goal_matches(rt.pool, goal_id, min_score=0.0, limit=_SUGGEST_TOP, after=None)
-        ]
+        rows = list(await matches_store.goal_matches(rt.pool, goal_id, min_score=0.0, limit=_SUGGEST_TOP, after=None))
     if not rows:
-        pool = await items_store.recent_visible_texts(rt.pool, actor.user_id, limit=_SUGGEST_POOL)
         scored = [(lexical.lexical_similarity(text, f"{r['title']} {r['snippet']}"), r) for r in pool]
         rows = [r for score, r in sorted(scored, key=lambda x: -x[0])[:_SUGGEST_TOP] if score > 0.05]
-    words = _recurring_words(rows, exclude=lexical.keywords(text) | {k.casefold() for k in known})
+    words = _distinctive_words(rows, pool, exclude=lexical.keywords(text) | {k.casefold() for k in known})
     note = f"from your items ({why})" if why else "from your items"
     return {"terms": words, "source": "items" if words else "none", "note": note}
 
 
-def _recurring_words(rows: list[Any], *, exclude: set[str]) -> list[str]:
+def _doc_freq(rows: list[Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in rows:
         for word in lexical.keywords(f"{r['title']} {r['snippet']}"):
-            if word not in exclude:
-                counts[word] = counts.get(word, 0) + 1
-    need = 2 if len(rows) >= 4 else 1
-    ranked = sorted((w for w, n in counts.items() if n >= need), key=lambda w: (-counts[w], w))
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def _distinctive_words(best: list[Any], pool: list[Any], *, exclude: set[str]) -> list[str]:
+    """Words that recur in the best-matching items more than in the user's items at large (so 'says' or a
+    feed's boilerplate never wins): ranked by how much more often they occur there."""
+    if not best:
+        return []
+    top, background = _doc_freq(best), _doc_freq(pool)
+    need = 2 if len(best) >= 4 else 1
+    lift = {}
+    for word, n in top.items():
+        if n < need or word in exclude:
+            continue
+        share = n / len(best)
+        base = background.get(word, 0) / len(pool) if pool else 0.0
+        lift[word] = share - base
+    ranked = sorted((w for w, v in lift.items() if v > 0), key=lambda w: (-lift[w], -top[w], w))
     return ranked[:SUGGEST_MAX]
 
 
