@@ -152,7 +152,7 @@ async def test_titles_and_snippets_are_escaped(api: Any) -> None:
 
 async def test_goal_form_keeps_input_and_shows_field_errors(api: Any) -> None:
     rt = api.app[RT]
-    seeded = await seed_user(rt, notifications=0)
+    seeded = await seed_user(rt, notifications=4)
     signed_in(api, seeded.token)
     csrf = csrf_of((await get(api, "/goals/new"))[1])
     form = {
@@ -170,12 +170,19 @@ async def test_goal_form_keeps_input_and_shows_field_errors(api: Any) -> None:
     assert resp.status == 422
     assert 'value="Keep me"' in html and "GPU\n-rumour" in html and 'value="STRICT" checked' in html
     assert 'id="description-error"' in html and 'id="batch_windows-error"' in html
+    # suggestions without a script: the form comes back with them as checkboxes, nothing is stored
+    ask = form | {"description": "New AI accelerator chips", "action": "suggest"}
+    resp = await api.post("/goals", data=ask)
+    html = await resp.text()
+    assert resp.status == 200 and 'name="add_term" value="hbm"' in html and "Keep me" in html
+    assert await rt.pool.fetchval("SELECT count(*) FROM goals") == 2
     form |= {"description": "New AI accelerator chips. And more.", "name": "", "batch_windows": ["08:00", "", ""]}
+    form |= {"add_term": "hbm", "action": "save"}
     resp = await api.post("/goals", data=form, allow_redirects=False)
     assert resp.status == 303
     goal = await rt.pool.fetchrow("SELECT * FROM goals ORDER BY id DESC LIMIT 1")
     assert goal["name"] == "New AI accelerator chips"  # derived from the description
-    assert goal["priority_terms"] == ["GPU"] and goal["negative_terms"] == ["rumour"]
+    assert goal["priority_terms"] == ["GPU", "hbm"] and goal["negative_terms"] == ["rumour"]
     assert goal["batch_windows"] == ["08:00"] and goal["batch_enabled"] and not goal["digest_enabled"]
     assert resp.headers["Location"] == f"/goals/{goal['id']}?msg=created"
 
@@ -255,6 +262,7 @@ async def test_pages_stay_fast_with_1000_inbox_items(api: Any) -> None:
     seeded = await seed_user(rt, admin=True, notifications=1000)
     signed_in(api, seeded.token)
     slow = {}
+    print("\nserver time with 1,000 inbox items (ms): best / median of 5")
     for template in PAGES:
         path = template.format(goal=seeded.goal_ids[0], source=seeded.source_id)
         times = []
@@ -262,7 +270,8 @@ async def test_pages_stay_fast_with_1000_inbox_items(api: Any) -> None:
             resp = await api.get(path, allow_redirects=False)
             assert resp.status == 200, path
             times.append(float(resp.headers["Server-Timing"].split("dur=")[1]))
-        best = min(times)
+        best, median = min(times), statistics.median(times)
+        print(f"  {template:34} {best:6.1f} / {median:6.1f}")
         if best > 100:
-            slow[path] = (best, statistics.median(times))
+            slow[path] = (best, median)
     assert slow == {}, f"pages over 100 ms (best, median): {slow}"
