@@ -388,8 +388,6 @@ _SUGGEST_SYSTEM = (
 async def suggest_terms(rt: Runtime, name: str, description: str, known: list[str]) -> tuple[list[str] | None, str]:
     """Priority terms for a goal being written, from the LLM: (terms, "") or (None, why not). One short attempt,
     charged to the budget like a judge call; never raises for LLM trouble."""
-    import openai
-
     if not rt.hot["LLM_ENABLED"]:
         return None, "LLM_ENABLED is false"
     if not rt.settings.openai_api_key:
@@ -397,6 +395,8 @@ async def suggest_terms(rt: Runtime, name: str, description: str, known: list[st
     allowed, why = await budget.allow(rt, "judge")
     if not allowed:
         return None, why or "budget breaker open"
+    import openai  # only now: importing it costs a few hundred ms, and most forms never get here
+
     user = f"Name: {_clip(name, 100)}\nDescription: {_clip(description, _DESCRIPTION_MAX)}"
     if known:
         user += f"\nAlready listed: {_clip(', '.join(known), 400)}"

@@ -174,15 +174,15 @@ async def test_goal_form_keeps_input_and_shows_field_errors(api: Any) -> None:
     ask = form | {"description": "New AI accelerator chips", "action": "suggest"}
     resp = await api.post("/goals", data=ask)
     html = await resp.text()
-    assert resp.status == 200 and 'name="add_term" value="hbm"' in html and "Keep me" in html
+    assert resp.status == 200 and 'name="add_term" value="HBM"' in html and "Keep me" in html
     assert await rt.pool.fetchval("SELECT count(*) FROM goals") == 2
     form |= {"description": "New AI accelerator chips. And more.", "name": "", "batch_windows": ["08:00", "", ""]}
-    form |= {"add_term": "hbm", "action": "save"}
+    form |= {"add_term": "HBM", "action": "save"}
     resp = await api.post("/goals", data=form, allow_redirects=False)
     assert resp.status == 303
     goal = await rt.pool.fetchrow("SELECT * FROM goals ORDER BY id DESC LIMIT 1")
     assert goal["name"] == "New AI accelerator chips"  # derived from the description
-    assert goal["priority_terms"] == ["GPU", "hbm"] and goal["negative_terms"] == ["rumour"]
+    assert goal["priority_terms"] == ["GPU", "HBM"] and goal["negative_terms"] == ["rumour"]
     assert goal["batch_windows"] == ["08:00"] and goal["batch_enabled"] and not goal["digest_enabled"]
     assert resp.headers["Location"] == f"/goals/{goal['id']}?msg=created"
 
@@ -275,3 +275,33 @@ async def test_pages_stay_fast_with_1000_inbox_items(api: Any) -> None:
         if best > 100:
             slow[path] = (best, median)
     assert slow == {}, f"pages over 100 ms (best, median): {slow}"
+
+
+async def test_a_browser_gets_pages_for_unknown_paths_and_the_api_keeps_problem_json(api: Any) -> None:
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    resp = await api.get("/no-such-page", headers=html)
+    assert resp.status == 404 and resp.content_type == "text/html" and "Not found." in await resp.text()
+    resp = await api.get("/api/v1/no-such-route", headers=html)
+    assert resp.status == 404 and resp.content_type == "application/problem+json"
+    resp = await api.get("/no-such-page")
+    assert resp.status == 404 and resp.content_type == "application/problem+json"
+
+
+async def test_the_session_cookie_is_secure_behind_tls(settings: Any, aiohttp_client: Any) -> None:
+    from dataclasses import replace
+
+    from infosentry.api import create_app
+    from infosentry.domain import accounts
+
+    client = await aiohttp_client(create_app(replace(settings, public_url="https://news.example.org"), role="api"))
+    rt = client.app[RT]
+    await rt.pool.execute("INSERT INTO users (email) VALUES ('tls@example.com')")
+    link = await accounts.login_link(rt, "tls@example.com")
+    assert link.startswith("https://news.example.org/api/v1/auth/consume?token=")
+    page = await client.get("/api/v1/auth/consume", params={"token": link.split("token=")[1]})
+    assert page.cookies["infosentry_csrf"]["secure"]
+    body = {"token": link.split("token=")[1], "csrf": csrf_of(await page.text())}
+    # the test client speaks plain http, so it would not send a Secure cookie back: send it by hand
+    cookie = {"Cookie": f"infosentry_csrf={page.cookies['infosentry_csrf'].value}"}
+    resp = await client.post("/api/v1/auth/consume", data=body, headers=cookie, allow_redirects=False)
+    assert resp.status == 303 and resp.cookies["infosentry_session"]["secure"]

@@ -26,6 +26,7 @@ from infosentry.errors import Forbidden, InfosentryError, RateLimited, Unauthori
 from infosentry.queue import QUEUES
 from infosentry.runtime import open_runtime
 from infosentry.settings import Settings
+from infosentry.web import session as pages
 from infosentry.web import setup as setup_pages
 
 log = logging.getLogger("infosentry.http")
@@ -61,9 +62,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
-        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        response = problem(exc.status, titles.get(exc.status, exc.reason), detail, code=f"http_{exc.status}")
+        if exc.status in (404, 405) and _browser_page(request):
+            response = await pages.not_found(request, exc.status)
+        else:
+            titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+            detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+            response = problem(exc.status, titles.get(exc.status, exc.reason), detail, code=f"http_{exc.status}")
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
@@ -94,6 +98,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         },
     )
     return response
+
+
+def _browser_page(request: web.Request) -> bool:
+    """A person's browser asking for a page (not the API, a tracked link or a probe): errors come as pages."""
+    api = request.path.startswith(("/api/", "/r/", "/health", "/metrics", "/static/"))
+    return not api and "text/html" in request.headers.get("Accept", "")
 
 
 @web.middleware

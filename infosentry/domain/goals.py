@@ -328,7 +328,14 @@ def _distinctive_words(best: list[Any], pool: list[Any], *, exclude: set[str]) -
         base = background.get(word, 0) / len(pool) if pool else 0.0
         lift[word] = share - base
     ranked = sorted((w for w, v in lift.items() if v > 0), key=lambda w: (-lift[w], -top[w], w))
-    return ranked[:SUGGEST_MAX]
+    texts = " ".join(f"{r['title']} {r['snippet']}" for r in best)
+    return [_as_written(w, texts) for w in ranked[:SUGGEST_MAX]]
+
+
+def _as_written(word: str, text: str) -> str:
+    """The word as the items write it ('Nvidia', 'HBM'), not in the lower case it was counted in."""
+    found = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE)
+    return found.group(0) if found else word
 
 
 # --- the next batch and digest email ---------------------------------------------------------------------------

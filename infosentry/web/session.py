@@ -160,6 +160,11 @@ def error_page(ctx: Ctx, status: int, key: str | None = None, *, detail: str = "
         response = web.json_response({"status": status, "detail": detail or ctx.t(key or f"error.{status}")})
         response.set_status(status)
         return response
-    known = {401, 403, 404, 409, 422, 429, 503}
+    known = {401, 403, 404, 405, 409, 422, 429, 503}
     key = key or (f"error.{status}" if status in known else "error.other")
     return render(ctx, "error.html", status=status, message=ctx.t(key), detail=detail, code=status)
+
+
+async def not_found(request: web.Request, status: int) -> web.Response:
+    """A page (not problem+json) for a browser that asks for a path no page or route has."""
+    return error_page(await context(request), status)
