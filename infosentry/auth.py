@@ -6,6 +6,7 @@ Imports errors only.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 
 from infosentry.errors import Invalid
@@ -52,3 +53,13 @@ def has_scope(scopes: list[str], needed: str) -> bool:
         return True
     resource, _, mode = needed.partition(":")
     return mode == "read" and f"{resource}:write" in scopes
+
+
+def sign(key: str, message: str) -> str:
+    """A keyed digest of `message` (CSRF tokens): unforgeable without the installation's key."""
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def same(expected: str, given: str) -> bool:
+    """Constant-time comparison of a secret with what a client sent (any text)."""
+    return bool(given) and hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))

@@ -375,3 +375,29 @@ def split_title(text: str) -> tuple[str, str] | None:
     if len(title) < 12 or len(body) < 40:
         return None
     return title, body
+
+
+# --- serving the result (demo --serve) ---------------------------------------------------------------------
+
+
+async def serve(
+    settings: Settings, *, host: str, port: int, say: Callable[[str], None] = print, stop: asyncio.Event | None = None
+) -> None:
+    """Serve the web app on the demo's database until Ctrl-C (or `stop`), and print a sign-in link for the demo
+    user and the URL of the demo's inbox. Nothing is fetched or sent meanwhile (the API role only)."""
+    from infosentry.api import create_app
+    from infosentry.api.http import RT
+
+    app = create_app(demo_settings(settings), role="api")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        link = await accounts.login_link(app[RT], DEMO_EMAIL)
+        say(f"  web app on {settings.public_url}/ — sign in as {DEMO_EMAIL} (link valid 30 minutes):")
+        say(f"    {link}")
+        say("  serving until Ctrl-C; the demo's inbox:")
+        say(f"{settings.public_url}/inbox")
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await runner.cleanup()

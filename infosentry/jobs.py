@@ -72,11 +72,21 @@ def step(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
 async def maintenance(context: procrastinate.JobContext, timestamp: int) -> None:
     """Retry jobs of dead workers, delete old finished jobs, prune stale heartbeats."""
     jm = context.app.job_manager
-    for job in await jm.get_stalled_jobs():
-        log.warning("retrying stalled job", extra={"action": "job_stalled_retry", "job_id": job.id})
-        await jm.retry_job(job)
-    await jm.delete_old_jobs(nb_hours=24, include_failed=False)
+    await retry_stalled(jm)
+    await jm.delete_old_jobs(nb_hours=24, include_failed=False, include_cancelled=True, include_aborted=True)
     await workers_store.prune_heartbeats(_rt(context).pool, older_than_hours=24)
+
+
+async def retry_stalled(jm: procrastinate.manager.JobManager) -> None:
+    for job in await jm.get_stalled_jobs():
+        try:
+            await jm.retry_job(job)
+            log.warning("retrying stalled job", extra={"action": "job_stalled_retry", "job_id": job.id})
+        except procrastinate.exceptions.UniqueViolation:
+            # the same nudge (same queueing lock) is queued again: that copy does the work, which is kept in
+            # tables; the stalled copy is closed rather than failing this retry and every later one
+            await jm.finish_job(job, procrastinate.jobs.Status.ABORTED, delete_job=False)
+            log.warning("stalled job already queued again", extra={"action": "job_stalled_dropped", "job_id": job.id})
 
 
 # --- ingest (fetch due sources) -----------------------------------------------------------------------------

@@ -371,3 +371,78 @@ async def _call(
         result.label, result.confidence, result.reason = label, confidence, reason
         result.response["cites_evidence"] = cites_evidence(reason, snapshot)
         return
+
+
+# --- term suggestions (the goal form) -----------------------------------------------------------------------
+
+SUGGEST_TIMEOUT = 8.0  # one attempt: the form must never wait long for it
+SUGGEST_MAX = 8
+_SUGGEST_SYSTEM = (
+    "You help a reader set up a news alert. Given the alert's name and description, answer a JSON object "
+    '{"terms": [...]} with up to 8 short keywords (names of companies, products, people, places, technical '
+    "terms) that news items on this topic would contain. No generic words, no duplicates of words already listed. "
+    "Use the language of the description."
+)
+
+
+async def suggest_terms(rt: Runtime, name: str, description: str, known: list[str]) -> tuple[list[str] | None, str]:
+    """Priority terms for a goal being written, from the LLM: (terms, "") or (None, why not). One short attempt,
+    charged to the budget like a judge call; never raises for LLM trouble."""
+    if not rt.hot["LLM_ENABLED"]:
+        return None, "LLM_ENABLED is false"
+    if not rt.settings.openai_api_key:
+        return None, "no OPENAI_API_KEY configured"
+    allowed, why = await budget.allow(rt, "judge")
+    if not allowed:
+        return None, why or "budget breaker open"
+    import openai  # only now: importing it costs a few hundred ms, and most forms never get here
+
+    user = f"Name: {_clip(name, 100)}\nDescription: {_clip(description, _DESCRIPTION_MAX)}"
+    if known:
+        user += f"\nAlready listed: {_clip(', '.join(known), 400)}"
+    started = time.perf_counter()
+    try:
+        response = await rt.llm().chat.completions.create(
+            model=rt.settings.openai_judge_model,
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+            response_format={"type": "json_object"},
+            messages=[{"role": "system", "content": _SUGGEST_SYSTEM}, {"role": "user", "content": user}],
+            timeout=SUGGEST_TIMEOUT,
+        )
+    except (openai.APIError, ValueError) as exc:
+        status = getattr(exc, "status_code", None)
+        latency = int((time.perf_counter() - started) * 1000)
+        await budget.record_call(rt, "judge", ok=False, http_status=status, error=_clip(exc, 200), latency_ms=latency)
+        return None, f"LLM error: {_clip(exc, 120)}"
+    latency = int((time.perf_counter() - started) * 1000)
+    usage = getattr(response, "usage", None)
+    await budget.charge(
+        rt,
+        "judge",
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        calls=1,
+    )
+    content = response.choices[0].message.content if getattr(response, "choices", None) else None
+    try:
+        data = json.loads(content or "")
+        raw = data.get("terms") if isinstance(data, dict) else None
+        if not isinstance(raw, list):
+            raise ValueError("no terms list")
+    except ValueError as exc:
+        await budget.record_call(
+            rt, "judge", ok=False, http_status=200, error=f"invalid output: {exc}", latency_ms=latency
+        )
+        return None, "invalid LLM output"
+    await budget.record_call(rt, "judge", ok=True, http_status=200, latency_ms=latency)
+    seen = {k.casefold() for k in known}
+    terms: list[str] = []
+    for term in raw:
+        if not isinstance(term, str):
+            continue
+        term = " ".join(term.split())[:100]
+        if term and term.casefold() not in seen:
+            seen.add(term.casefold())
+            terms.append(term)
+    return terms[:SUGGEST_MAX], ""

@@ -216,7 +216,7 @@ def render_push_email(
     immediate and batch take exactly one section; digest takes one (per-goal digest) or several (the combined
     per-user digest, one section per goal). Empty sections are dropped; no items at all is a ValueError (we never
     send empty emails). `window` ("12:30") is required for batch, `day` ("2026-11-27") for digest.
-    `inbox_url`, when given, adds a link to a web inbox (the service itself serves only the JSON API).
+    `inbox_url`, when given, adds a link to the goal's page of the web inbox.
     `late` ("2026-11-27 18:30 CST"), for a window or digest sent after its time (the service was down), says so
     in the subject and above the items.
     `unsubscribe_url` is the pause link of the footer and the

@@ -176,6 +176,37 @@ async def _push_goal_email(
     return email_id, pushed
 
 
+def inbox_url(settings: Settings, goal_id: int | None) -> str:
+    """The web inbox page of a goal (of every goal for a combined digest): every push email links to it."""
+    base = f"{settings.public_url}/inbox"
+    return f"{base}?goal={int(goal_id)}" if goal_id is not None else base
+
+
+def render(
+    rt: Runtime,
+    kind: str,
+    language: str,
+    sections: list[mail.Section],
+    *,
+    goal_id: int | None,
+    unsubscribe: str,
+    window: str | None = None,
+    day: str | None = None,
+    late: str | None = None,
+) -> mail.RenderedEmail:
+    return mail.render_push_email(
+        kind,
+        language,
+        sections,
+        public_url=rt.settings.public_url,
+        unsubscribe_url=unsubscribe,
+        window=window,
+        day=day,
+        late=late,
+        inbox_url=inbox_url(rt.settings, goal_id),
+    )
+
+
 async def _create_email(
     conn: asyncpg.Connection,
     rt: Runtime,
@@ -192,15 +223,8 @@ async def _create_email(
     day: str | None = None,
     late: str | None = None,
 ) -> int | None:
-    rendered = mail.render_push_email(
-        kind,
-        language,
-        sections,
-        public_url=rt.settings.public_url,
-        unsubscribe_url=unsubscribe,
-        window=window,
-        day=day,
-        late=late,
+    rendered = render(
+        rt, kind, language, sections, goal_id=goal_id, unsubscribe=unsubscribe, window=window, day=day, late=late
     )
     status, note = _initial_status(rt)
     email_id = await emails_store.insert_email(
@@ -338,6 +362,8 @@ async def flush_windows(
         return report
     fired = await slots_store.fired_slots(rt.pool, ["batch"], (now - timedelta(days=3)).date())
     for goal in goals:
+        if not goal["batch_enabled"]:
+            continue  # the goal's BATCH items wait for its digest instead
         tz = zone(goal["timezone"], rt.settings.tz)
         mine = {(d, s) for k, o, d, s in fired if o == goal["goal_id"]}
         slots = due_slots(now, tz, list(goal["batch_windows"] or []), not_before=goal["created_at"], fired=mine)
@@ -420,6 +446,8 @@ async def flush_digests(
     fired = await slots_store.fired_slots(rt.pool, ["digest", "combined_digest"], (now - timedelta(days=3)).date())
     per_user: dict[int, list[asyncpg.Record]] = {}
     for goal in goals:
+        if not goal["digest_enabled"]:
+            continue
         if goal["combined_digest"]:
             per_user.setdefault(goal["user_id"], []).append(goal)
             continue
@@ -588,6 +616,88 @@ async def _fire_combined_digest(
                 output={"email_id": email_id, "item_ids": items_by_goal.get(goal["goal_id"], [])},
                 latency_ms=int((time.perf_counter() - started) * 1000),
             )
+
+
+# --- on demand (the goal page: preview and send now) -----------------------------------------------------
+
+
+@dataclass
+class NextEmail:
+    kind: str
+    rendered: mail.RenderedEmail | None  # None: nothing would go out now
+    items: int
+    email_id: int | None = None
+
+
+async def _next_rows(conn: asyncpg.Connection, rt: Runtime, goal_id: int, kind: str, now: datetime) -> list:
+    if kind == "batch":
+        return await decisions_store.pending_items(
+            conn, goal_id, tiers=["BATCH"], since=now - LOOKBACK, min_score=0.0, limit=int(rt.hot["BATCH_MAX_ITEMS"])
+        )
+    return await _digest_rows(conn, rt, goal_id, now)
+
+
+async def next_email(rt: Runtime, goal_id: int, kind: str, *, send: bool, now: datetime | None = None) -> NextEmail:
+    """The goal's next batch or digest email as it would be if its window came now: rendered only (send=False,
+    nothing changes), or created and pushed at once (send=True: the items leave the queue like at a window, the
+    scheduled windows still fire for what comes later)."""
+    if kind not in ("batch", "digest"):
+        raise ValueError(f"kind must be batch or digest, not {kind!r}")
+    now = now or utcnow()
+    async with rt.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await slots_store.lock_goal(conn, goal_id)
+            goal = await goals_store.delivery(conn, goal_id)
+            if goal is None:
+                raise ValueError(f"no goal {goal_id}")
+            tz = zone(goal["timezone"], rt.settings.tz)
+            rows = await _next_rows(conn, rt, goal_id, kind, now)
+            day = now.astimezone(tz).date().isoformat()
+            window = now.astimezone(tz).strftime("%H:%M")
+            if not rows:
+                result = NextEmail(kind, None, 0)
+            elif not send:
+                signer = await links.signer(rt)
+                section = mail.Section(goal_id, goal["name"], [_email_item(r, tz, signer, goal_id) for r in rows])
+                unsubscribe = signer.unsubscribe_url("goal", goal_id)
+                rendered = render(
+                    rt,
+                    kind,
+                    goal["language"],
+                    [section],
+                    goal_id=goal_id,
+                    unsubscribe=unsubscribe,
+                    window=window,
+                    day=day,
+                )
+                result = NextEmail(kind, rendered, len(rows))
+            else:
+                report = FlushReport()
+                key = f"{kind}:{goal_id}:now:{min(r['decision_id'] for r in rows)}:{int(now.timestamp())}"
+                email_id, pushed = await _push_goal_email(
+                    conn, rt, goal, goal_id, rows, tz, kind=kind, dedupe_key=key, report=report, window=window, day=day
+                )
+                await decisions_store.insert_run(
+                    conn,
+                    goal_id=goal_id,
+                    item_id=None,
+                    trigger=f"{kind}_send_now",
+                    status="SUCCESS",
+                    input={"now": now.isoformat(), "timezone": str(tz)},
+                    output={"email_id": email_id, "item_ids": pushed},
+                    latency_ms=0,
+                )
+                result = NextEmail(kind, None, len(pushed), email_id)
+        except BaseException:
+            await tx.rollback()
+            raise
+        if send:
+            await tx.commit()
+        else:
+            await tx.rollback()  # a preview changes nothing, not even a lock held
+    return result
 
 
 # --- sending -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from infosentry.settings import Settings, load_settings
 from infosentry.store import tokens as tokens_store
 from infosentry.store import users as users_store
 
-pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.smtp"]
+pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.smtp", "tests.browser"]
 
 TEMPLATE = "infosentry_template"
 _counter = itertools.count()

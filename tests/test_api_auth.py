@@ -1,5 +1,6 @@
 """Magic-link login: 202 that reveals nothing, hashed single-use links, newer voids older, expiry, rate limits
-per address and per IP, session tokens with the user's scopes."""
+per address and per IP, session tokens with the user's scopes; the emailed link's GET is a confirmation page that
+spends nothing, its POST spends the link (JSON for API clients, a cookie for the browser's form)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ async def last_link(api: Any, email: str) -> str:
 
 
 async def consume(api: Any, token: str) -> Any:
-    return await api.get("/api/v1/auth/consume", params={"token": token})
+    """What an API client does with the link: POST it (the GET only shows the confirmation page)."""
+    return await api.post("/api/v1/auth/consume", params={"token": token})
 
 
 async def test_login_round_trip_creates_the_user_and_a_session(api: Any) -> None:
@@ -98,7 +100,7 @@ async def test_expired_invalid_and_missing_links(api: Any) -> None:
     for bad in ("isl_nope", "x" * 300):
         resp = await consume(api, bad)
         assert resp.status == 400 and (await resp.json())["title"] == "Invalid login link"
-    resp = await api.get("/api/v1/auth/consume")
+    resp = await api.post("/api/v1/auth/consume")
     assert resp.status == 400 and (await resp.json())["title"] == "Invalid login link"
     assert await rt.pool.fetchval("SELECT count(*) FROM users") == 0
 
@@ -209,3 +211,50 @@ async def test_token_use_is_recorded_at_most_once_a_minute(api: Any) -> None:
     await rt.pool.execute("UPDATE api_tokens SET last_used_at = now() - interval '2 minutes'")
     assert (await api.get("/api/v1/users/me", headers=bearer(token))).status == 200
     assert await rt.pool.fetchval(query, auth.hash_token(token)) > first
+
+
+async def test_the_emailed_link_opens_a_page_that_spends_nothing(api: Any) -> None:
+    """Mail scanners prefetch links: any number of GETs leave the link usable."""
+    rt = api.app[RT]
+    await request_link(api, "scanned@example.com")
+    token = await last_link(api, "scanned@example.com")
+    for _ in range(3):
+        page = await api.get("/api/v1/auth/consume", params={"token": token})
+        assert page.status == 200 and page.content_type == "text/html"
+        assert page.headers["Cache-Control"].startswith("no-store")
+        html = await page.text()
+        assert 'action="/api/v1/auth/consume"' in html and token in html
+    assert await rt.pool.fetchval("SELECT used_at FROM login_links") is None
+    assert await rt.pool.fetchval("SELECT count(*) FROM users") == 0
+    resp = await api.post("/api/v1/auth/consume", json={"token": token})  # a JSON body works too
+    assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert (await resp.json())["user"]["email"] == "scanned@example.com"
+
+
+async def test_the_confirmation_form_sets_a_session_cookie(api: Any) -> None:
+    await request_link(api, "browser@example.com")
+    token = await last_link(api, "browser@example.com")
+    page = await api.get("/api/v1/auth/consume", params={"token": token})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text()).group(1)
+    # without the page's double-submit cookie (a form posted from another site) nothing is spent
+    api.session.cookie_jar.clear()
+    forged = await api.post("/api/v1/auth/consume", data={"token": token, "csrf": csrf}, allow_redirects=False)
+    assert forged.status == 403 and "infosentry_session" not in forged.cookies
+    assert await api.app[RT].pool.fetchval("SELECT used_at FROM login_links") is None
+    page = await api.get("/api/v1/auth/consume", params={"token": token})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text()).group(1)
+    resp = await api.post("/api/v1/auth/consume", data={"token": token, "csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/inbox"
+    assert resp.headers["Cache-Control"].startswith("no-store")
+    cookie = resp.cookies["infosentry_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and not cookie["secure"]  # plain http in tests
+    assert int(cookie["max-age"]) == 30 * 86400
+    row = await api.app[RT].pool.fetchrow(
+        "SELECT * FROM api_tokens WHERE token_hash = $1", auth.hash_token(cookie.value)
+    )
+    assert row["kind"] == "session"
+    inbox = await api.get("/inbox", allow_redirects=False)
+    assert inbox.status == 200
+    # a used link's form answers a page that says so (not JSON)
+    again = await api.post("/api/v1/auth/consume", data={"token": token, "csrf": csrf}, allow_redirects=False)
+    assert again.status in (400, 403) and again.content_type == "text/html"

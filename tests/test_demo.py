@@ -6,8 +6,12 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -16,9 +20,18 @@ import pytest
 from infosentry import demo
 
 
-def run_demo(dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def demo_env(dsn: str, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_", "DATABASE_"))}
-    env |= {"DATABASE_URL": dsn, "INFOSENTRY_DATA_DIR": str(data_dir), "LOG_FORMAT": "text", "TZ": "Asia/Shanghai"}
+    return env | {
+        "DATABASE_URL": dsn,
+        "INFOSENTRY_DATA_DIR": str(data_dir),
+        "LOG_FORMAT": "text",
+        "TZ": "Asia/Shanghai",
+    }
+
+
+def run_demo(dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = demo_env(dsn, data_dir)
     return subprocess.run(
         [sys.executable, "-m", "infosentry", "demo"], env=env, capture_output=True, text=True, timeout=90
     )
@@ -79,3 +92,47 @@ def test_titles_split_from_ag_news_rows() -> None:
     row = "ECB Rates Unchanged  FRANKFURT (Reuters) - European Central Bank President kept up his rhetoric."
     assert demo.split_title(row) == ("ECB Rates Unchanged", "European Central Bank President kept up his rhetoric.")
     assert demo.split_title("Storm shows Haiti #39;s straits Muddy waters still occupied the heart") is None
+
+
+@pytest.mark.slow
+def test_demo_serve_ends_by_printing_the_inbox_url_and_serves_it(dsn: str, tmp_path: Path) -> None:
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infosentry", "demo", "--serve", "--port", str(port)],
+        env=demo_env(dsn, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
+            lines.append(line)
+            if line.strip() == f"http://127.0.0.1:{port}/inbox":
+                break
+        out = "".join(lines)
+        assert "NASA launches rocket" in out  # the demo itself ran first
+        link = re.search(r"http://127\.0\.0\.1:\d+/api/v1/auth/consume\?token=\S+", out).group(0)
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = opener.open(link).read().decode()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        token = link.split("token=")[1]
+        body = urllib.parse.urlencode({"csrf": csrf, "token": token}).encode()
+        inbox = opener.open(f"http://127.0.0.1:{port}/api/v1/auth/consume", data=body)
+        html = inbox.read().decode()
+        assert inbox.geturl() == f"http://127.0.0.1:{port}/inbox" and "NASA launches rocket" in html
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0

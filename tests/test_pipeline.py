@@ -229,9 +229,12 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
         caplog.set_level(logging.WARNING, logger="infosentry.jobs")
         async with worker(rt, ["agent", "email"]) as qapp:
             await qapp.configure_task(name="maintenance").defer_async(timestamp=int(time.time()))
-            # the stalled job is retried and runs to completion (successful jobs are deleted)
+            # the stalled job is retried and runs to completion (successful jobs are deleted), or, when the
+            # worker's periodic nudge queued the same task first, closed while that copy does the work
             await until(
-                lambda: rt.pool.fetchval("SELECT count(*) = 0 FROM procrastinate_jobs WHERE id = $1", job["id"]),
+                lambda: rt.pool.fetchval(
+                    "SELECT count(*) = 0 FROM procrastinate_jobs WHERE id = $1 AND status <> 'aborted'", job["id"]
+                ),
                 30,
                 "the stalled job to be retried",
             )
@@ -246,7 +249,7 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
                 30,
                 "the emails",
             )
-        assert any(getattr(r, "action", "") == "job_stalled_retry" for r in caplog.records)
+        assert any(getattr(r, "action", "") in ("job_stalled_retry", "job_stalled_dropped") for r in caplog.records)
         assert await kit.tiers(rt, goal_id) == {sure: "IMMEDIATE", boundary: "IMMEDIATE"}
         assert await rt.pool.fetchval("SELECT count(*) FROM agent_runs WHERE trigger = 'match'") == 2
         assert await rt.pool.fetchval("SELECT count(*) FROM decide_queue") == 0
@@ -259,3 +262,30 @@ async def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
         keys = [m.message["X-Infosentry-Key"] for m in smtp_sink.received]
         assert len(keys) == len(set(keys))
         assert fake.requests["chat"] == 2  # the hung call, and one more after the retry: never paid twice after
+
+
+async def test_a_stalled_nudge_that_was_queued_again_is_closed_not_retried(rt: Runtime) -> None:
+    """A dead worker's job whose nudge is already queued again (same queueing lock) cannot be retried — the lock
+    allows one queued copy — so maintenance closes it and the queued copy does the work; other stalled jobs
+    are still retried."""
+    async with queue.open_queue(rt.dsn) as qapp:
+        dead = await rt.pool.fetchval(
+            "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '10 minutes') RETURNING id"
+        )
+        stalled = {}
+        for task in ("judge_pending", "decide_pending"):
+            await queue.nudge(qapp, task)
+            stalled[task] = await rt.pool.fetchval("SELECT id FROM procrastinate_jobs WHERE task_name = $1", task)
+            await rt.pool.execute(
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = $1 WHERE id = $2", dead, stalled[task]
+            )
+        await queue.nudge(qapp, "judge_pending")  # only this one is queued again
+        await jobs.retry_stalled(qapp.job_manager)
+        rows = await rt.pool.fetch(
+            "SELECT id, task_name, status FROM procrastinate_jobs "
+            "WHERE task_name IN ('judge_pending', 'decide_pending')"
+        )
+    by_id = {r["id"]: (r["task_name"], r["status"]) for r in rows}
+    assert by_id.pop(stalled["judge_pending"]) == ("judge_pending", "aborted")
+    assert by_id.pop(stalled["decide_pending"]) == ("decide_pending", "todo")
+    assert list(by_id.values()) == [("judge_pending", "todo")]

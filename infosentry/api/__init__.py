@@ -1,5 +1,6 @@
 """The aiohttp application: create_app(), middlewares (request id + logging, problem+json errors,
-bearer auth with scopes) and THE route table, assembled from the per-resource modules.
+bearer auth with scopes) and THE route table, assembled from the per-resource modules; the web pages
+(infosentry.web) are mounted on the same application.
 
 Handlers read and write through store/* and auth; anything slow (fetching, OpenAI, SMTP) is
 deferred as a job. Imports everything below the entry-point level.
@@ -25,6 +26,8 @@ from infosentry.errors import Forbidden, InfosentryError, RateLimited, Unauthori
 from infosentry.queue import QUEUES
 from infosentry.runtime import open_runtime
 from infosentry.settings import Settings
+from infosentry.web import session as pages
+from infosentry.web import setup as setup_pages
 
 log = logging.getLogger("infosentry.http")
 
@@ -59,9 +62,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
-        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        response = problem(exc.status, titles.get(exc.status, exc.reason), detail, code=f"http_{exc.status}")
+        if exc.status in (404, 405) and _browser_page(request):
+            response = await pages.not_found(request, exc.status)
+        else:
+            titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+            detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+            response = problem(exc.status, titles.get(exc.status, exc.reason), detail, code=f"http_{exc.status}")
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
@@ -74,6 +80,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("unhandled error", extra={"action": "http_error", "request_id": request_id})
         response = problem(500, "Internal error", f"unexpected error (request id {request_id})", code="internal")
     response.headers["X-Request-Id"] = request_id
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if not response.prepared:  # a streamed response has sent its headers already
+        response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.1f}"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     log.info(
@@ -85,10 +94,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "action": "http_request",
             "request_id": request_id,
             "status": response.status,
-            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "ms": round(elapsed_ms, 1),
         },
     )
     return response
+
+
+def _browser_page(request: web.Request) -> bool:
+    """A person's browser asking for a page (not the API, a tracked link or a probe): errors come as pages."""
+    api = request.path.startswith(("/api/", "/r/", "/health", "/metrics", "/static/"))
+    return not api and "text/html" in request.headers.get("Accept", "")
 
 
 @web.middleware
@@ -119,6 +134,7 @@ def create_app(settings: Settings, *, role: str = "api", concurrency: int = 8) -
     """The HTTP application; role 'all' also runs the worker (every queue) inside this process."""
     app = web.Application(middlewares=[request_context, authenticate], client_max_size=settings.max_body_bytes)
     app.add_routes(routes())
+    setup_pages(app)  # the web app: pages and static files beside the JSON API
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, role=role) as rt:

@@ -154,7 +154,9 @@ async def get_alerts(request: web.Request) -> web.Response:
 @openapi.doc("This API's OpenAPI 3.1 description", tags=("meta",), response={"type": "object"})
 @requires(None)
 async def get_openapi(request: web.Request) -> web.Response:
-    return ok(openapi.build(request.app.router.routes()))
+    # the web pages share the application but are not part of the API
+    api_routes = [r for r in request.app.router.routes() if not r.handler.__module__.startswith("infosentry.web")]
+    return ok(openapi.build(api_routes))
 
 
 def _is_trusted_local(request: web.Request) -> bool:

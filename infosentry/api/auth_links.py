@@ -1,5 +1,6 @@
-"""Magic-link login: POST /api/v1/auth/request_link and GET /api/v1/auth/consume (for API clients: the
-session token in JSON). Imports domain.accounts, openapi, api.http.
+"""Magic-link login: POST /api/v1/auth/request_link, and /api/v1/auth/consume: its GET (the emailed link) is a
+confirmation page that changes nothing; its POST spends the link: a session cookie for the browser's form,
+the session token in JSON for API clients. Imports domain.accounts, openapi, api.http, web.auth (the pages).
 """
 
 from __future__ import annotations
@@ -9,6 +10,12 @@ from aiohttp import web
 from infosentry import openapi
 from infosentry.api.http import client_ip, ok, read_json, requires, rt
 from infosentry.domain.accounts import EMAIL_LIMIT, IP_LIMIT, consume_link, request_link
+from infosentry.web import auth as web_auth
+
+FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+TOKEN_PARAM = openapi.qparam(
+    "token", {"type": "string", "pattern": "^isl_[A-Za-z0-9_-]{43}$"}, "the token from the emailed link"
+)
 
 
 @openapi.doc(
@@ -28,18 +35,28 @@ async def post_request_link(request: web.Request) -> web.Response:
 
 
 @openapi.doc(
-    "Exchange a login link for a session token (30 days, the user's scopes)",
-    description="400 with a precise title when the link is invalid, already used, replaced by a newer one or "
-    "expired. The user is created on the first successful login.",
+    "The page an emailed login link opens: a confirmation button; nothing is spent",
+    description="Mail scanners prefetch links: this GET changes nothing. The page's form POSTs the same URL.",
     tags=("auth",),
-    query=[
-        openapi.qparam(
-            "token",
-            {"type": "string", "pattern": "^isl_[A-Za-z0-9_-]{43}$"},
-            "the token from the emailed link",
-            required=True,
-        )
-    ],
+    query=[TOKEN_PARAM],
+    response={"type": "string", "description": "an HTML page"},
+    response_type="text/html",
+)
+@requires(None)
+async def consume_page(request: web.Request) -> web.Response:
+    return await web_auth.consume_page(request)
+
+
+@openapi.doc(
+    "Spend a login link and start a session (30 days, the user's scopes)",
+    description='The token comes as the `token` query parameter or in a JSON body `{"token": ...}`. API clients '
+    "get the session token in JSON; the confirmation page's form (a form body) gets the session cookie and a "
+    "redirect to the inbox instead. 400 with a precise title when the link is invalid, already used, replaced by "
+    "a newer one or expired. The user is created on the first successful login. Cache-Control: no-store.",
+    tags=("auth",),
+    query=[TOKEN_PARAM],
+    body=openapi.obj({"token": openapi.STR}, [], extra=False),
+    body_required=False,
     response=openapi.obj(
         {
             "token": openapi.STR,
@@ -53,7 +70,13 @@ async def post_request_link(request: web.Request) -> web.Response:
 )
 @requires(None)
 async def consume(request: web.Request) -> web.Response:
-    session = await consume_link(rt(request), request.query.get("token", ""))
+    if request.content_type in FORMS:
+        return await web_auth.consume_form(request)
+    token = request.query.get("token", "")
+    if request.can_read_body:
+        body = await read_json(request)
+        token = str(body.get("token") or token) if isinstance(body.get("token"), str | None) else ""
+    session = await consume_link(rt(request), token)
     return ok(
         {
             "token": session.token,
@@ -69,5 +92,6 @@ async def consume(request: web.Request) -> web.Response:
 
 ROUTES = [
     web.post("/api/v1/auth/request_link", post_request_link),
-    web.get("/api/v1/auth/consume", consume),
+    web.get("/api/v1/auth/consume", consume_page),
+    web.post("/api/v1/auth/consume", consume),
 ]

@@ -26,7 +26,9 @@ GOAL = obj(
         "priority_mode": enum("SOFT", "STRICT"),
         "status": enum("active", "paused", "archived"),
         "batch_windows": arr(STR),
+        "batch_enabled": {**BOOL, "description": "false: no batch emails (BATCH items wait for the digest)"},
         "digest_time": STR,
+        "digest_enabled": {**BOOL, "description": "false: no daily digest for this goal"},
         "timezone": STR,
         "email": {**STR, "description": "where pushes go (the owner's address unless set)"},
         "email_is_default": BOOL,
@@ -37,6 +39,7 @@ GOAL = obj(
         "backfilled": {**BOOL, "description": "the last 72 h of items were scored for this version"},
         "match_count": INT,
         "pushed_count": INT,
+        "pushed_week": {**INT, "description": "items pushed in the last 7 days"},
         "created_at": TIME,
         "updated_at": TIME,
     }
@@ -60,6 +63,8 @@ GOAL_BODY = obj(
             description="local HH:MM times, default DEFAULT_BATCH_WINDOWS",
         ),
         "digest_time": {"type": "string", "description": "local HH:MM, default DEFAULT_DIGEST_TIME"},
+        "batch_enabled": {**BOOL, "default": True, "description": "false: the batch windows send nothing"},
+        "digest_enabled": {**BOOL, "default": True, "description": "false: no daily digest"},
         "timezone": {"type": "string", "description": "IANA name, default the user's"},
         "email": null({"type": "string", "format": "email"}),
         "language": null(enum("en", "zh")),
@@ -89,6 +94,8 @@ MATCH = obj(
         "lexical_only": BOOL,
         "is_backfill": BOOL,
         "computed_at": TIME,
+        "feedback": null(enum("like", "dislike")),
+        "source_blocked": BOOL,
         "decision": null(
             obj(
                 {
@@ -216,7 +223,69 @@ async def goal_matches(request: web.Request) -> web.Response:
     return ok(paged(rows, pg, lambda m: [m["score"], m["item"]["id"]]))
 
 
+@openapi.doc(
+    "Suggest priority terms for a goal being written",
+    description="From the LLM when it is on and within budget, otherwise the words that recur in the items that "
+    "match the description best (the goal's own scored items when `goal_id` is given). Terms already written are "
+    "never suggested.",
+    tags=("goals",),
+    body=obj(
+        {
+            "name": STR,
+            "description": {"type": "string", "maxLength": 2000},
+            "terms": arr(STR, description="terms already written (a leading '-' marks a negative one)"),
+            "goal_id": INT,
+        },
+        [],
+        extra=False,
+    ),
+    response=obj({"terms": arr(STR), "source": enum("llm", "items", "none"), "note": STR}),
+)
+@requires("goals:read")
+async def suggest_terms(request: web.Request) -> web.Response:
+    return ok(await goals.suggest_terms(rt(request), principal(request), await read_json(request)))
+
+
+NEXT_EMAIL = obj(
+    {
+        "kind": enum("batch", "digest"),
+        "items": {**INT, "description": "items in the email (0: nothing would go out now)"},
+        "email_id": null(INT),
+        "subject": STR,
+        "html": STR,
+        "text": STR,
+    },
+    ["kind", "items", "email_id"],
+)
+
+
+@openapi.doc(
+    "Preview the goal's next batch or digest email as it would go out now (changes nothing)",
+    tags=("goals",),
+    query=[qparam("kind", enum("batch", "digest"), "which email", required=True)],
+    response=NEXT_EMAIL,
+)
+@requires("goals:read")
+async def preview_email(request: web.Request) -> web.Response:
+    kind = request.query.get("kind", "")
+    return ok(await goals.next_email(rt(request), principal(request), path_id(request), kind))
+
+
+@openapi.doc(
+    "Send the goal's next batch or digest email now: its items are pushed like at a window",
+    tags=("goals",),
+    body=obj({"kind": enum("batch", "digest")}, ["kind"], extra=False),
+    response=NEXT_EMAIL,
+)
+@requires("goals:write")
+async def send_email_now(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    kind = body.get("kind") if isinstance(body.get("kind"), str) else ""
+    return ok(await goals.next_email(rt(request), principal(request), path_id(request), kind, send=True))
+
+
 ROUTES = [
+    web.post("/api/v1/goals/suggest_terms", suggest_terms),
     web.get("/api/v1/goals", list_goals),
     web.post("/api/v1/goals", create_goal),
     web.get("/api/v1/goals/{id}", get_goal),
@@ -225,4 +294,6 @@ ROUTES = [
     web.post("/api/v1/goals/{id}/pause", pause_goal),
     web.post("/api/v1/goals/{id}/resume", resume_goal),
     web.get("/api/v1/goals/{id}/matches", goal_matches),
+    web.get("/api/v1/goals/{id}/next_email", preview_email),
+    web.post("/api/v1/goals/{id}/send_now", send_email_now),
 ]

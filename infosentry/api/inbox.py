@@ -116,7 +116,12 @@ def _cursor_id(after: list[Any] | None) -> int | None:
 @openapi.doc(
     "The caller's inbox: every pushed item (IMMEDIATE, BATCH, DIGEST) with its reason, newest first",
     description="Ignored items never appear here. Filter by goal and by read state.",
-    query=[*PAGE_PARAMS, qparam("goal_id", INT, "only this goal"), qparam("status", enum("unread", "read"))],
+    query=[
+        *PAGE_PARAMS,
+        qparam("goal_id", INT, "only this goal"),
+        qparam("status", enum("unread", "read")),
+        qparam("tier", TIER, "only this tier"),
+    ],
     response=page_of(NOTIFICATION),
 )
 @requires("notifications:read")
@@ -129,8 +134,25 @@ async def list_notifications(request: web.Request) -> web.Response:
         status=request.query.get("status") or None,
         before_id=_cursor_id(pg.after),
         limit=pg.limit + 1,
+        tier=request.query.get("tier") or None,
     )
     return ok(paged(rows, pg, lambda r: [r["id"]]))
+
+
+@openapi.doc(
+    "Mark every unread inbox entry read (of one goal and/or one tier when given)",
+    query=[qparam("goal_id", INT, "only this goal"), qparam("tier", TIER, "only this tier")],
+    response=obj({"marked": {**INT, "description": "entries marked read"}}),
+)
+@requires("notifications:write")
+async def read_all(request: web.Request) -> web.Response:
+    marked = await inbox.mark_all_read(
+        rt(request),
+        principal(request),
+        goal_id=query_int(request, "goal_id", None, low=1),
+        tier=request.query.get("tier") or None,
+    )
+    return ok({"marked": marked})
 
 
 @openapi.doc("Mark one inbox entry read (idempotent)", response=NOTIFICATION)
@@ -331,6 +353,7 @@ async def user_unsubscribe(request: web.Request) -> web.Response:
 
 ROUTES: list[web.RouteDef] = [
     web.get("/api/v1/notifications", list_notifications),
+    web.post("/api/v1/notifications/read_all", read_all),
     web.post("/api/v1/notifications/{id}/read", read_notification),
     web.get("/api/v1/items/{id}", get_item),
     web.post("/api/v1/items/{id}/feedback", post_feedback),

@@ -231,13 +231,27 @@ def restore_cmd(ctx: click.Context, file: str, yes: bool, as_json: bool) -> None
 @main.command("demo")
 @click.option("--no-fast-forward", is_flag=True, help="Do not fire the next batch window and digest early.")
 @click.option("--timeout", default=50.0, show_default=True, help="Seconds to wait for the pipeline to settle.")
+@click.option("--serve", is_flag=True, help="Then serve the web app on the result until Ctrl-C.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="With --serve.")
+@click.option("--port", default=8000, show_default=True, type=int, help="With --serve.")
 @click.pass_context
-def demo_cmd(ctx: click.Context, no_fast_forward: bool, timeout: float) -> None:
+def demo_cmd(ctx: click.Context, no_fast_forward: bool, timeout: float, serve: bool, host: str, port: int) -> None:
     """The whole pipeline offline on bundled sample feeds: embedded Postgres, local embedder, emails as .eml
-    files in <data dir>/demo-mail/. Prints what was pushed, in which tier and why. Safe to run again."""
+    files in <data dir>/demo-mail/. Prints what was pushed, in which tier and why. Safe to run again. With
+    --serve, then serves the web app and ends by printing the URL of the demo's inbox."""
+    from dataclasses import replace
+
     from infosentry import demo
 
     if not ctx.obj.get("debug"):
         logging.getLogger().setLevel(logging.WARNING)  # the demo's own lines, not the workers' log
-    result = run(demo.run(settings_of(ctx), say=click.echo, fast_forward=not no_fast_forward, timeout=timeout))
+    settings = settings_of(ctx)
+    if serve:  # the emails' links open the app being served
+        settings = replace(settings, public_url=f"http://{host}:{port}")
+    result = run(demo.run(settings, say=click.echo, fast_forward=not no_fast_forward, timeout=timeout))
     demo.render(result, click.echo)
+    if serve:
+        try:
+            run(demo.serve(settings, host=host, port=port, say=click.echo))
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)

@@ -8,6 +8,7 @@ Imports steps, store, queue nudges (through the Runtime) and leaves; never api, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -21,3 +22,12 @@ class Actor:
     timezone: str = "Asia/Shanghai"
     language: str = "en"
     token_id: int | None = None
+    token_kind: str | None = None  # 'session' (a web sign-in) or 'api'
+    token_expires_at: datetime | None = None
+    session_id: int | None = None  # the web session the token descends from (it dies with it)
+    display_name: str = ""
+
+    @property
+    def session_root(self) -> int | None:
+        """The session that tokens minted by this actor must not outlive."""
+        return self.token_id if self.token_kind == "session" else self.session_id

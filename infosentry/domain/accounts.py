@@ -23,6 +23,7 @@ from infosentry.domain.fields import Fields, valid_email, valid_timezone
 from infosentry.errors import BadRequest, Invalid, NotFound, RateLimited
 from infosentry.runtime import Runtime
 from infosentry.store import emails as emails_store
+from infosentry.store import keys as keys_store
 from infosentry.store import logins as logins_store
 from infosentry.store import rate_limits as rate_limits_store
 from infosentry.store import tokens as tokens_store
@@ -129,7 +130,58 @@ async def actor_for_token(rt: Runtime, token: str) -> Actor | None:
         token_id=row["token_id"],
         timezone=row["timezone"],
         language=row["language"],
+        token_kind=row["kind"],
+        token_expires_at=row["expires_at"],
+        session_id=row["session_id"],
+        display_name=row["display_name"],
     )
+
+
+async def actor_for_session(rt: Runtime, token: str) -> Actor | None:
+    """The user behind a web session cookie: only a live token of kind 'session' opens the pages (an API token
+    pasted into a cookie does not)."""
+    actor = await actor_for_token(rt, token)
+    return actor if actor is not None and actor.token_kind == "session" else None
+
+
+async def csrf_token(rt: Runtime, actor: Actor) -> str:
+    """The anti-forgery token of a web session: every form of the pages carries it and every POST is checked
+    against it. Derived from the session with the installation's secret, so nothing is stored."""
+    assert actor.token_id is not None
+    return auth.sign(await _signing_key(rt), f"csrf:{actor.token_id}")
+
+
+async def check_csrf(rt: Runtime, actor: Actor, value: str) -> bool:
+    return auth.same(await csrf_token(rt, actor), value)
+
+
+async def _signing_key(rt: Runtime) -> str:
+    key = rt.settings.secret_key or rt.extras.get("signing_key")
+    if not key:
+        key = await keys_store.link_key(rt.pool)
+        rt.extras["signing_key"] = key
+    return key
+
+
+async def sessions(rt: Runtime, actor: Actor) -> list[dict[str, Any]]:
+    """The user's live web sessions (sign-ins), newest first; `current` marks the caller's."""
+    now = datetime.now(UTC)
+    rows = [
+        dict(r)
+        for r in await tokens_store.list_tokens(rt.pool, actor.user_id)
+        if r["kind"] == "session" and r["revoked_at"] is None and (r["expires_at"] is None or r["expires_at"] > now)
+    ]
+    for r in rows:
+        r["current"] = r["id"] == actor.token_id
+    return sorted(rows, key=lambda r: r["id"], reverse=True)
+
+
+async def revoke_session(rt: Runtime, actor: Actor, session_id: int) -> None:
+    """End a sign-in (the caller's own: signing out), with every token minted under it."""
+    row = await tokens_store.token_by_id(rt.pool, session_id)
+    if row is None or row["user_id"] != actor.user_id or row["kind"] != "session":
+        raise NotFound("no such session")
+    await revoke_token(rt, actor, session_id)
 
 
 @dataclass
@@ -145,19 +197,30 @@ async def tokens(rt: Runtime, actor: Actor) -> list[dict[str, Any]]:
 
 
 async def create_token(rt: Runtime, actor: Actor, body: dict[str, Any]) -> NewToken:
-    """A new API token: never more scopes than the creating token, never outliving it."""
+    """A new API token: never more scopes than the creating token, never outliving it. A token minted under a
+    web session (by the session itself or by a token it minted) also dies when the session is revoked."""
     f = Fields(body, {"name", "scopes", "expires_in_days"})
     name = f.str("name", default="", max_len=100)
     scopes = f.str_list("scopes", default=[], max_items=20)
     days = f.int("expires_in_days", low=1, high=3650)
     f.done()
-    granted = auth.expand_scopes(scopes, is_admin=actor.is_admin)
+    try:
+        granted = auth.expand_scopes(scopes, is_admin=actor.is_admin)
+    except Invalid as exc:
+        raise Invalid(exc.detail, errors=[{"field": "scopes", "message": exc.detail}]) from None
     granted = [s for s in granted if auth.has_scope(actor.scopes, s)]
+    if not granted:
+        raise Invalid(
+            "scopes: none of them is held by the token creating it",
+            errors=[{"field": "scopes", "message": "none of them is yours to give"}],
+        )
     limit = int(rt.hot["MAX_TOKENS_PER_USER"])
     if await tokens_store.count_live(rt.pool, actor.user_id) >= limit:
         raise Invalid(f"at most {limit} live API tokens per user (MAX_TOKENS_PER_USER); revoke one first")
     expires = datetime.now(UTC) + timedelta(days=days) if days else None
-    return await _mint(rt, actor.user_id, granted, name=name, expires_at=expires)
+    if actor.token_expires_at is not None and (expires is None or expires > actor.token_expires_at):
+        expires = actor.token_expires_at
+    return await _mint(rt, actor.user_id, granted, name=name, expires_at=expires, session_id=actor.session_root)
 
 
 async def create_token_for(rt: Runtime, email: str, scopes: list[str]) -> NewToken:
@@ -175,6 +238,7 @@ async def _mint(
     name: str,
     kind: str = "api",
     expires_at: datetime | None = None,
+    session_id: int | None = None,
 ) -> NewToken:
     token = auth.new_token()
     row = await tokens_store.insert_token(
@@ -186,6 +250,7 @@ async def _mint(
         kind=kind,
         name=name,
         expires_at=expires_at,
+        session_id=session_id,
     )
     return NewToken(row["id"], token, scopes, expires_at)
 
@@ -262,6 +327,19 @@ async def request_link(rt: Runtime, body: dict[str, Any], *, ip: str | None) -> 
     await rt.nudge("send_emails")
     log.info("login link issued", extra={"action": "login_link_issued", "link_id": link_id})
     return detail
+
+
+async def login_link(rt: Runtime, email: str) -> str:
+    """A sign-in link made by the operator (the demo's `--serve`): nothing is mailed and no rate limit applies;
+    like an emailed link it works once, for LINK_MINUTES, and voids the address's older links."""
+    email = email.strip().lower()
+    if not valid_email(email):
+        raise BadRequest(f"{email!r} is not an email address")
+    token = LINK_PREFIX + secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + timedelta(minutes=LINK_MINUTES)
+    async with rt.pool.acquire() as conn, conn.transaction():
+        await logins_store.issue_link(conn, email=email, token_hash=auth.hash_token(token), expires_at=expires, ip=None)
+    return f"{rt.settings.public_url}/api/v1/auth/consume?token={token}"
 
 
 @dataclass

@@ -12,13 +12,15 @@ from typing import Any
 
 import asyncpg
 
-from infosentry import hotconfig
+from infosentry import hotconfig, judge, push
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields, valid_email, valid_timezone
+from infosentry.embedders import lexical
 from infosentry.errors import BadRequest, Invalid, NotFound
 from infosentry.runtime import Runtime
 from infosentry.store import decisions as decisions_store
 from infosentry.store import goals as goals_store
+from infosentry.store import items as items_store
 from infosentry.store import matches as matches_store
 
 STATUSES = ("active", "paused", "archived")
@@ -34,6 +36,8 @@ FIELDS = {
     "email",
     "language",
     "status",
+    "batch_enabled",
+    "digest_enabled",
 }
 NAME_MAX = 100
 
@@ -72,6 +76,8 @@ def validate(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         "language": f.str("language", choices=("en", "zh"), nullable=True),
         "status": f.str("status", choices=STATUSES),
         "digest_time": f.str("digest_time", max_len=5),
+        "batch_enabled": f.bool("batch_enabled"),
+        "digest_enabled": f.bool("digest_enabled"),
     }
     windows = f.str_list("batch_windows", max_items=3, max_len=5)
     if windows is not None:
@@ -237,4 +243,116 @@ def match_view(r: asyncpg.Record) -> dict[str, Any]:
         "is_backfill": r["is_backfill"],
         "computed_at": r["computed_at"],
         "decision": decision,
+        "feedback": r["feedback"],
+        "source_blocked": r["source_blocked"],
     }
+
+
+# --- writing a goal: terms, suggestions ------------------------------------------------------------------------
+
+
+def split_terms(text: str) -> tuple[list[str], list[str]]:
+    """One field of terms (one per line or comma-separated; a leading '-' marks a negative term) as
+    (priority_terms, negative_terms)."""
+    priority: list[str] = []
+    negative: list[str] = []
+    for raw in re.split(r"[\n,，、;；]", text or ""):
+        term = " ".join(raw.split())
+        target = priority
+        if term.startswith("-"):
+            term, target = term[1:].strip(), negative
+        if term and term not in target:
+            target.append(term)
+    return priority, negative
+
+
+def join_terms(priority: list[str], negative: list[str]) -> str:
+    return "\n".join([*priority, *(f"-{t}" for t in negative)])
+
+
+SUGGEST_FIELDS = {"name", "description", "terms", "goal_id"}
+SUGGEST_MAX = 8
+_SUGGEST_POOL = 1000  # newest items looked at when the goal has no scored items yet
+_SUGGEST_TOP = 25  # best-matching items whose words are counted
+
+
+async def suggest_terms(rt: Runtime, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+    """Priority terms for a goal being written: from the LLM when it is on and within budget, otherwise the words
+    that recur in the items that match the description best (the goal's own scored items when it has some).
+    `terms` already written are never suggested again. Answers {terms, source: llm|items|none, note}."""
+    f = Fields(body, SUGGEST_FIELDS)
+    name = f.str("name", default="", max_len=NAME_MAX)
+    description = f.str("description", default="", max_len=2000)
+    known = f.str_list("terms", default=[], max_items=100, max_len=101)
+    goal_id = f.int("goal_id", low=1, high=2**62)
+    f.done()
+    text = f"{name}\n{description}".strip()
+    if len(text) < 3:
+        return {"terms": [], "source": "none", "note": "write a description first"}
+    known = [k.lstrip("-").strip() for k in known]
+    terms, why = await judge.suggest_terms(rt, name, description, known)
+    if terms:
+        return {"terms": terms, "source": "llm", "note": ""}
+    pool = await items_store.recent_visible_texts(rt.pool, actor.user_id, limit=_SUGGEST_POOL)
+    rows: list[Any] = []
+    if goal_id is not None and await goals_store.get(rt.pool, actor.user_id, goal_id) is not None:
+        rows = list(await matches_store.goal_matches(rt.pool, goal_id, min_score=0.0, limit=_SUGGEST_TOP, after=None))
+    if not rows:
+        scored = [(lexical.lexical_similarity(text, f"{r['title']} {r['snippet']}"), r) for r in pool]
+        rows = [r for score, r in sorted(scored, key=lambda x: -x[0])[:_SUGGEST_TOP] if score > 0.05]
+    words = _distinctive_words(rows, pool, exclude=lexical.keywords(text) | {k.casefold() for k in known})
+    note = f"from your items ({why})" if why else "from your items"
+    return {"terms": words, "source": "items" if words else "none", "note": note}
+
+
+def _doc_freq(rows: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        for word in lexical.keywords(f"{r['title']} {r['snippet']}"):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def _distinctive_words(best: list[Any], pool: list[Any], *, exclude: set[str]) -> list[str]:
+    """Words that recur in the best-matching items more than in the user's items at large (so 'says' or a
+    feed's boilerplate never wins): ranked by how much more often they occur there."""
+    if not best:
+        return []
+    top, background = _doc_freq(best), _doc_freq(pool)
+    need = 2 if len(best) >= 4 else 1
+    lift = {}
+    for word, n in top.items():
+        if n < need or word in exclude:
+            continue
+        share = n / len(best)
+        base = background.get(word, 0) / len(pool) if pool else 0.0
+        lift[word] = share - base
+    ranked = sorted((w for w, v in lift.items() if v > 0), key=lambda w: (-lift[w], -top[w], w))
+    texts = " ".join(f"{r['title']} {r['snippet']}" for r in best)
+    return [_as_written(w, texts) for w in ranked[:SUGGEST_MAX]]
+
+
+def _as_written(word: str, text: str) -> str:
+    """The word as the items write it ('Nvidia', 'HBM'), not in the lower case it was counted in."""
+    found = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE)
+    return found.group(0) if found else word
+
+
+# --- the next batch and digest email ---------------------------------------------------------------------------
+
+
+async def next_email(rt: Runtime, actor: Actor, goal_id: int, kind: str, *, send: bool = False) -> dict[str, Any]:
+    """The goal's next batch or digest email as it would go out now: a preview (nothing changes), or sent now
+    (its items are pushed like at a window; the scheduled windows carry on with what comes later)."""
+    goal = await goals_store.get(rt.pool, actor.user_id, goal_id)
+    if goal is None:
+        raise NotFound("no such goal")
+    if kind not in ("batch", "digest"):
+        raise BadRequest("kind must be batch or digest")
+    result = await push.next_email(rt, goal_id, kind, send=send)
+    if send and result.email_id is not None:
+        await rt.nudge("send_emails")
+    out: dict[str, Any] = {"kind": kind, "items": result.items, "email_id": result.email_id}
+    if result.rendered is not None:
+        out |= {"subject": result.rendered.subject, "html": result.rendered.html, "text": result.rendered.text}
+    return out

@@ -27,6 +27,8 @@ from infosentry.store import items as items_store
 from infosentry.store import notifications as notifications_store
 from infosentry.urls import is_http_url
 
+TIERS = ("IMMEDIATE", "BATCH", "DIGEST")
+
 # Link scanners of mail providers and security gateways open every link of a message; their hits are kept but
 # flagged, so click counts stay honest. HEAD requests are scanners too.
 _SCANNER = re.compile(
@@ -75,15 +77,45 @@ async def notifications(
     status: str | None = None,
     before_id: int | None = None,
     limit: int = 50,
+    tier: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Pushed items (never ignored ones), newest first; `status` unread or read."""
+    """Pushed items (never ignored ones), newest first; `status` unread or read, `tier` one of TIERS."""
     if status not in (None, "unread", "read"):
         raise BadRequest("status must be unread or read")
+    tier = _tier(tier)
     rows = await notifications_store.list_notifications(
-        rt.pool, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit
+        rt.pool, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit, tier=tier
     )
     signer = await links.signer(rt)
     return [notification_view(signer, r) for r in rows]
+
+
+def _tier(tier: str | None) -> str | None:
+    if tier is None:
+        return None
+    if tier.upper() not in TIERS:
+        raise BadRequest(f"tier must be {', '.join(TIERS[:-1])} or {TIERS[-1]}")
+    return tier.upper()
+
+
+async def unread_counts(rt: Runtime, actor: Actor) -> dict[int, int]:
+    """Unread entries per goal id."""
+    return await notifications_store.unread_counts(rt.pool, actor.user_id)
+
+
+async def mark_all_read(rt: Runtime, actor: Actor, *, goal_id: int | None = None, tier: str | None = None) -> int:
+    """Mark every unread entry read (of one goal, of one tier, or all); returns how many."""
+    tier = _tier(tier)
+    if goal_id is not None:
+        await _my_goal(rt, actor, goal_id)
+    return await notifications_store.mark_all_read(rt.pool, user_id=actor.user_id, goal_id=goal_id, tier=tier)
+
+
+async def add_click_urls(rt: Runtime, goal_id: int, matches: list[dict[str, Any]]) -> None:
+    """Give each match of a goal its signed, tracked link (the pages link matches that were never pushed too)."""
+    signer = await links.signer(rt)
+    for m in matches:
+        m["click_url"] = signer.click_url(m["item"]["id"], goal_id, "in_app")
 
 
 async def mark_read(rt: Runtime, actor: Actor, notification_id: int) -> dict[str, Any]:

@@ -110,3 +110,13 @@ def lexical_similarity(query_text: str, doc_text: str) -> float:
         return 0.0
     coverage = sum(1 for term in q if term in d) / len(q)
     return 0.5 * coverage + 0.5 * _cosine(q, d)
+
+
+def keywords(text: str) -> set[str]:
+    """The distinct content words of a text (lower case; no stopwords, numbers or Latin words under 3 letters),
+    CJK runs as bigrams: candidate search terms (the goal form's suggestions)."""
+    return {
+        t
+        for t in _tokens(text)
+        if t not in _STOPWORDS and not t.isdigit() and (len(t) >= 3 or (has_cjk(t) and len(t) == 2))
+    }

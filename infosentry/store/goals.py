@@ -13,16 +13,29 @@ from infosentry.store import Conn
 
 # The text that is scored: changing any of these bumps goals.version (new vector, re-scoring, backfill).
 SCORED_FIELDS = ("name", "description", "priority_terms", "negative_terms", "priority_mode")
-EDITABLE = (*SCORED_FIELDS, "batch_windows", "digest_time", "timezone", "email", "language", "status")
+EDITABLE = (
+    *SCORED_FIELDS,
+    "batch_windows",
+    "digest_time",
+    "timezone",
+    "email",
+    "language",
+    "status",
+    "batch_enabled",
+    "digest_enabled",
+)
 
 _COLUMNS = """g.id, g.user_id, g.name, g.description, g.priority_terms, g.negative_terms, g.priority_mode,
-    g.status, g.batch_windows, g.digest_time, g.timezone, COALESCE(g.email, u.email) AS email,
+    g.status, g.batch_windows, g.batch_enabled, g.digest_time, g.digest_enabled, g.timezone,
+    COALESCE(g.email, u.email) AS email,
     g.email IS NULL AS email_is_default, COALESCE(g.language, u.language) AS language,
     g.language IS NULL AS language_is_default, g.version,
     (g.embedded_version = g.version) IS TRUE AS embedded, g.embedding_model,
     (g.matched_version = g.version) IS TRUE AS backfilled, g.created_at, g.updated_at,
     (SELECT count(*) FROM matches m WHERE m.goal_id = g.id) AS match_count,
-    (SELECT count(*) FROM notifications n WHERE n.goal_id = g.id) AS pushed_count"""
+    (SELECT count(*) FROM notifications n WHERE n.goal_id = g.id) AS pushed_count,
+    (SELECT count(*) FROM notifications n
+      WHERE n.goal_id = g.id AND n.created_at > now() - interval '7 days') AS pushed_week"""
 
 
 async def lock_owner(conn: asyncpg.Connection, user_id: int) -> None:
@@ -103,6 +116,7 @@ async def delete(conn: Conn, user_id: int, goal_id: int) -> bool:
 
 _DELIVERY = """
 SELECT g.id AS goal_id, g.user_id, g.name, g.status, g.timezone, g.batch_windows, g.digest_time,
+       g.batch_enabled, g.digest_enabled,
        g.created_at, COALESCE(g.email, u.email) AS to_addr, COALESCE(g.language, u.language) AS language,
        u.email AS user_email, u.language AS user_language, u.timezone AS user_timezone,
        u.combined_digest

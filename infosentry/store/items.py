@@ -304,3 +304,15 @@ async def prune_kept(conn: Conn, *, older_than_days: float) -> int:
     return await delete_in_batches(
         conn, "items", "ingested_at < now() - make_interval(secs => $1 * 86400)", older_than_days, batch=2_000
     )
+
+
+async def recent_visible_texts(conn: Conn, user_id: int, *, limit: int) -> list[asyncpg.Record]:
+    """Title and snippet of the newest items from sources the user follows (term suggestions)."""
+    return await conn.fetch(
+        """SELECT i.id, i.title, i.snippet FROM subscriptions sub
+           JOIN items i ON i.source_id = sub.source_id
+           WHERE sub.user_id = $1
+           ORDER BY i.id DESC LIMIT $2""",
+        user_id,
+        limit,
+    )

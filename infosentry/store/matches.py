@@ -163,11 +163,14 @@ async def goal_matches(
         """SELECT m.item_id, m.score, m.components, m.reasons, m.gate, m.lexical_only, m.is_backfill,
                   m.computed_at, i.title, i.url, i.snippet, i.published_at, i.ingested_at, i.embedding_status,
                   s.id AS source_id, s.name AS source_name,
-                  d.tier, d.status AS decision_status, d.reason AS decision_reason, d.decided_at, d.pushed_at
+                  d.tier, d.status AS decision_status, d.reason AS decision_reason, d.decided_at, d.pushed_at,
+                  f.feedback, EXISTS (SELECT 1 FROM blocked_sources b
+                                      WHERE b.goal_id = m.goal_id AND b.source_id = i.source_id) AS source_blocked
            FROM matches m
            JOIN items i ON i.id = m.item_id
            JOIN sources s ON s.id = i.source_id
            LEFT JOIN decisions d ON d.goal_id = m.goal_id AND d.item_id = m.item_id
+           LEFT JOIN feedback f ON f.goal_id = m.goal_id AND f.item_id = m.item_id
            WHERE m.goal_id = $1 AND m.score >= $2
              AND ($3::real IS NULL OR (m.score, m.item_id) < ($3::real, $4::bigint))
            ORDER BY m.score DESC, m.item_id DESC

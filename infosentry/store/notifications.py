@@ -50,20 +50,54 @@ LEFT JOIN feedback f ON f.goal_id = n.goal_id AND f.item_id = n.item_id
 
 
 async def list_notifications(
-    conn: Conn, *, user_id: int, goal_id: int | None, status: str | None, before_id: int | None, limit: int
+    conn: Conn,
+    *,
+    user_id: int,
+    goal_id: int | None,
+    status: str | None,
+    before_id: int | None,
+    limit: int,
+    tier: str | None = None,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         _NOTIFICATION
         + """WHERE n.user_id = $1 AND ($2::bigint IS NULL OR n.goal_id = $2)
                  AND ($3::text IS NULL OR ($3 = 'unread') = (n.read_at IS NULL))
                  AND ($4::bigint IS NULL OR n.id < $4)
+                 AND ($6::text IS NULL OR n.tier = $6)
              ORDER BY n.id DESC LIMIT $5""",
         user_id,
         goal_id,
         status,
         before_id,
         limit,
+        tier,
     )
+
+
+async def unread_counts(conn: Conn, user_id: int) -> dict[int, int]:
+    """Unread inbox entries per goal."""
+    rows = await conn.fetch(
+        "SELECT goal_id, count(*) AS n FROM notifications WHERE user_id = $1 AND read_at IS NULL GROUP BY goal_id",
+        user_id,
+    )
+    return {r["goal_id"]: int(r["n"]) for r in rows}
+
+
+async def mark_all_read(conn: Conn, *, user_id: int, goal_id: int | None, tier: str | None = None) -> int:
+    status = await conn.execute(
+        """UPDATE notifications SET read_at = now()
+           WHERE user_id = $1 AND read_at IS NULL AND ($2::bigint IS NULL OR goal_id = $2)
+             AND ($3::text IS NULL OR tier = $3)""",
+        user_id,
+        goal_id,
+        tier,
+    )
+    return int(status.split()[-1])
+
+
+async def notification_for_match(conn: Conn, *, goal_id: int, item_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(_NOTIFICATION + " WHERE n.goal_id = $1 AND n.item_id = $2", goal_id, item_id)
 
 
 async def mark_read(conn: Conn, *, user_id: int, notification_id: int) -> asyncpg.Record | None:
