@@ -41,21 +41,22 @@ POOL_FULL_RELOAD_SECONDS = 600.0
 REQUEUE_LIMIT = 5000
 
 _local_lock = threading.Lock()
-_local_embedder: Any = None
+_local_embedders: dict[str, Any] = {}
 
 
 def embedder(rt: Runtime) -> Embedder:
-    """The process's embedder for rt: ONE LocalEmbedder per process (weights load once, shared by every
+    """The process's embedder for rt: ONE local model per process (weights load once, shared by every
     Runtime), or rt's OpenAIEmbedder wired to the hot config (EMBED_PER_MIN) and external_calls."""
-    global _local_embedder
     if rt.settings.embed_provider == "local":
+        key = rt.settings.local_embed_model
         with _local_lock:
-            if _local_embedder is None:
-                from infosentry.embedders.local import LocalEmbedder
+            if key not in _local_embedders:
+                from infosentry.embedders import make_embedder
 
-                _local_embedder = LocalEmbedder()
-        rt._embedder = _local_embedder  # so rt.embedder() hands out the same instance
-        return _local_embedder  # type: ignore[no-any-return]
+                _local_embedders[key] = make_embedder(rt.settings)
+            local = _local_embedders[key]
+        rt._embedder = local  # so rt.embedder() hands out the same instance
+        return local  # type: ignore[no-any-return]
     emb = rt.embedder()
     if isinstance(emb, OpenAIEmbedder) and emb.on_call is None:
         emb.use_client(rt.llm())  # closed with the Runtime; every request passes its own timeout
