@@ -8,6 +8,7 @@ with FOR UPDATE SKIP LOCKED and is bounded per call (the job re-nudges itself wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infosentry import budget, match, metrics
+from infosentry import budget, calibrate, match, metrics
 from infosentry.embedders.base import EmbedResult
+from infosentry.embedders.lexical import has_cjk
 from infosentry.embedders.openai import EmbedError, OpenAIEmbedder
 from infosentry.errors import Unavailable
+from infosentry.store import calibration as calibration_store
 from infosentry.store import goals as goals_store
 from infosentry.store import items as items_store
 
@@ -150,6 +153,9 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
     emb = embedder(rt)
     model = emb.name
     await embed_goals(rt, emb, report)
+    if report.paused is None:
+        allowed, why = await budget.allow(rt, "embed")
+        report.paused = None if allowed else why
     await backfill_goals(rt, model, report)
     goals_left = report.more
     batches = 0
@@ -209,11 +215,57 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
     for fs in facets:
         vectors.append(match.goal_vector(np.stack(result.vectors[start : start + len(fs)])))
         start += len(fs)
-    await goals_store.store_goal_vectors(
-        rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors, emb.name
-    )
+    priors, neighbours = await _goal_priors(rt, emb, goals, vectors)
+    async with rt.pool.acquire() as conn, conn.transaction():
+        ids, versions = [g["id"] for g in goals], [g["version"] for g in goals]
+        await goals_store.store_goal_vectors(conn, ids, versions, vectors, emb.name)
+        await calibration_store.reset(conn, emb.name, ids, versions, priors, neighbours)
     report.goals_embedded += len(goals)
     return len(goals) == GOALS_PER_REQUEST
+
+
+async def _background(rt: Runtime, emb: Embedder, language: str) -> np.ndarray | None:
+    """Context vectors of the calibration background corpus (calibrate.background) under this model, embedded
+    once per process and model (a few thousand tokens: a fraction of a cent for a paid model). None when the
+    model cannot embed it now; the goals then calibrate on their own windows."""
+    cache: dict[tuple[str, str], np.ndarray] = rt.extras.setdefault("calibration_background", {})
+    lock: asyncio.Lock = rt.extras.setdefault("calibration_background_lock", asyncio.Lock())
+    key = (emb.name, language)
+    async with lock:  # concurrent runs of one process embed it once
+        if key not in cache:
+            allowed, _ = await budget.allow(rt, "embed")
+            if not allowed:
+                return None
+            texts = list(calibrate.background(language))
+            try:
+                result = await emb.embed(texts)
+            except (EmbedError, Unavailable) as exc:
+                log.warning("calibration background not embedded: %s", exc, extra={"action": "background_failed"})
+                return None
+            await budget.charge(rt, "embed", tokens=result.tokens, calls=_requests(emb, len(texts)))
+            raw = np.stack(result.vectors).astype(np.float32)
+            # scored items are context vectors; the corpus plays "the recent items" for its own contexts
+            cache[key] = match.context_vectors(raw, raw, self_index=np.arange(len(raw)))
+    return cache[key]
+
+
+async def _goal_priors(
+    rt: Runtime, emb: Embedder, goals: list[Any], vectors: list[np.ndarray]
+) -> tuple[list[tuple[float, float] | None], list[float | None]]:
+    """Each goal's calibration prior (its similarity to the background corpus of its language: location and
+    spread, calibrate.location_spread) and the model's feedback neighbour threshold."""
+    priors: list[tuple[float, float] | None] = []
+    neighbours: list[float | None] = []
+    for g, vec in zip(goals, vectors, strict=True):
+        text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
+        bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
+        if bg is None or bg.shape[1] != vec.shape[0]:
+            priors.append(None)
+            neighbours.append(None)
+            continue
+        priors.append(calibrate.location_spread(bg @ vec))
+        neighbours.append(calibrate.neighbour_threshold(bg))
+    return priors, neighbours
 
 
 async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
@@ -228,7 +280,14 @@ async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
             )
             if not ids:
                 break
-            stats = await match.match_items(rt, ids, model=model, goal_ids=[g["id"]], backfill_before=g["updated_at"])
+            stats = await match.match_items(
+                rt,
+                ids,
+                model=model,
+                goal_ids=[g["id"]],
+                backfill_before=g["updated_at"],
+                lexical_fallback=report.paused is not None,
+            )
             report.match.add(stats)
             after = ids[-1]
         if await goals_store.set_matched_version(rt.pool, g["id"], g["version"]):
@@ -315,14 +374,17 @@ async def _embed_isolating(
 
 
 async def match_unmatched(rt: Runtime, model: str, *, include_pending: bool, report: RunReport) -> int:
-    """Score items never matched: lexically while they wait for an embedding (include_pending), with their
-    vectors when they have one. Returns how many items were matched."""
+    """Score items never matched: with their vectors when they have one; by keywords (capped at BATCH) when
+    embedding is off, failing or over budget (include_pending) or an item has waited longer than
+    match.PENDING_WAIT_SECONDS. Returns how many items were matched."""
     size = int(rt.hot["EMBED_BATCH_SIZE"])
     async with rt.pool.acquire() as conn, conn.transaction():
-        ids = await items_store.claim_unmatched(conn, size, include_pending=include_pending)
+        ids = await items_store.claim_unmatched(
+            conn, size, include_pending=include_pending, pending_wait=match.PENDING_WAIT_SECONDS
+        )
         if not ids:
             return 0
-        stats = await match.match_items(rt, ids, model=model, conn=conn)
+        stats = await match.match_items(rt, ids, model=model, conn=conn, lexical_fallback=include_pending)
     report.match.add(stats)
     report.lexical_matched += len(ids)
     return len(ids)

@@ -30,7 +30,7 @@ class Settings:
     openai_embed_model: str = "text-embedding-3-small"
     openai_judge_model: str = "gpt-4o-mini"
     embed_provider: str = "local"
-    local_embed_model: str = "all-MiniLM-L6-v2"
+    local_embed_model: str = "use-multilingual-v3"
     embed_usd_per_mtok: float = 0.02
     judge_usd_per_mtok_in: float = 0.15
     judge_usd_per_mtok_out: float = 0.60

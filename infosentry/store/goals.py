@@ -123,11 +123,14 @@ async def by_id(conn: Conn, goal_id: int) -> asyncpg.Record | None:
 
 
 async def goals_to_embed(conn: Conn, model: str, limit: int) -> list[asyncpg.Record]:
-    """Active goals whose vector is missing, stale (text changed: version) or of another model."""
+    """Active goals whose vector is missing, stale (text changed: version) or of another model, or that have no
+    calibration of this model for their version yet (goals embedded before calibration existed)."""
     return await conn.fetch(
-        """SELECT id, name, description, priority_terms, version FROM goals
+        """SELECT id, name, description, priority_terms, version FROM goals g
            WHERE status = 'active'
-             AND (embedded_version IS DISTINCT FROM version OR embedding_model IS DISTINCT FROM $1)
+             AND (embedded_version IS DISTINCT FROM version OR embedding_model IS DISTINCT FROM $1
+                  OR NOT EXISTS (SELECT 1 FROM goal_calibration c
+                                 WHERE c.goal_id = g.id AND c.signal = $1 AND c.goal_version = g.version))
            ORDER BY updated_at LIMIT $2""",
         model,
         limit,

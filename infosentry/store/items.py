@@ -192,15 +192,19 @@ async def record_embed_failure(conn: Conn, ids: list[int], *, max_attempts: int)
     return [r["id"] for r in rows if r["embedding_status"] == "failed"]
 
 
-async def claim_unmatched(conn: asyncpg.Connection, limit: int, *, include_pending: bool) -> list[int]:
-    """Lock items never scored against the goals (a lost nudge, a crash after embedding, items kept pending
-    while embedding is paused when include_pending), newest first."""
+async def claim_unmatched(
+    conn: asyncpg.Connection, limit: int, *, include_pending: bool, pending_wait: float
+) -> list[int]:
+    """Lock items never scored against the goals (a lost nudge, a crash after embedding; items still pending
+    when include_pending, or once they have waited `pending_wait` seconds), newest first."""
     rows = await conn.fetch(
         """SELECT id FROM items
-           WHERE matched_at IS NULL AND ($2 OR embedding_status <> 'pending')
+           WHERE matched_at IS NULL
+             AND ($2 OR embedding_status <> 'pending' OR ingested_at < now() - make_interval(secs => $3))
            ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
         limit,
         include_pending,
+        pending_wait,
     )
     return [r["id"] for r in rows]
 
@@ -245,7 +249,9 @@ async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
                   EXISTS (SELECT 1 FROM goals WHERE status = 'active'
                           AND (embedded_version IS DISTINCT FROM version
                                OR embedding_model IS DISTINCT FROM $1
-                               OR matched_version IS DISTINCT FROM version)) AS goals""",
+                               OR matched_version IS DISTINCT FROM version
+                               OR NOT EXISTS (SELECT 1 FROM goal_calibration c WHERE c.goal_id = goals.id
+                                              AND c.signal = $1 AND c.goal_version = goals.version))) AS goals""",
         model,
     )
     return dict(row)

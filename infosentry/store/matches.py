@@ -27,7 +27,7 @@ async def load_batch(conn: Conn, item_ids: list[int], goal_ids: list[int] | None
     and the pairs already stored."""
     items = await conn.fetch(
         """SELECT i.id, i.title, i.snippet, i.published_at, i.ingested_at, i.is_backfill, i.embedding_status,
-                  i.embedding_model, COALESCE(i.context_embedding, i.embedding) AS context_embedding,
+                  i.matched_at, i.embedding_model, COALESCE(i.context_embedding, i.embedding) AS context_embedding,
                   NULL::vector AS embedding,
                   ARRAY(SELECT s.source_id FROM item_sources s WHERE s.item_id = i.id
                         UNION SELECT i.source_id) AS sources
@@ -46,8 +46,9 @@ async def load_batch(conn: Conn, item_ids: list[int], goal_ids: list[int] | None
                 WHERE sub.enabled AND sub.source_id = ANY($1::bigint[])
                 GROUP BY sub.user_id)
             SELECT g.id, g.user_id, g.name, g.description, g.priority_terms, g.negative_terms, g.priority_mode,
-                   g.version, g.embedding_model, g.embedded_version, vis.visible
-            FROM goals g JOIN vis ON vis.user_id = g.user_id
+                   g.version, g.embedding_model, g.embedded_version, vis.visible,
+                   COALESCE(g.language, u.language) AS language
+            FROM goals g JOIN vis ON vis.user_id = g.user_id JOIN users u ON u.id = g.user_id
             WHERE g.status = 'active' {goal_filter}
             ORDER BY g.id""",
         sources,
