@@ -36,21 +36,26 @@ async def ids_by_hash(conn: Conn, hashes: Iterable[str]) -> dict[str, int]:
     return found
 
 
-async def title_candidates(conn: Conn, keys: Iterable[str], *, hours: int = 72) -> list[asyncpg.Record]:
-    """Recent items with one of these title fingerprints, with every source they were seen in
-    (near-duplicate detection across sources). Uses the items_title_key index."""
-    keys = list(set(keys))
-    if not keys:
+async def title_candidates(
+    conn: Conn, keys: Iterable[str], *, hours: int = 72, marks: Iterable[str] = ()
+) -> list[asyncpg.Record]:
+    """Recent items with one of these title fingerprints or sharing one of these Chinese title marks, with every
+    source they were seen in (near-duplicate detection across sources). Uses the items_title_key and
+    items_title_marks indexes."""
+    keys, marks = list(set(keys)), list(set(marks))
+    if not keys and not marks:
         return []
     return await conn.fetch(
-        """SELECT i.id, i.title_key, i.title, i.snippet, i.published_at, i.ingested_at,
+        """SELECT i.id, i.title_key, i.title_marks, i.title, i.snippet, i.published_at, i.ingested_at,
                   array_agg(x.source_id) AS source_ids
            FROM items i JOIN item_sources x ON x.item_id = i.id
-           WHERE i.title_key = ANY($1::text[]) AND i.ingested_at > now() - make_interval(hours => $2)
+           WHERE (i.title_key = ANY($1::text[]) OR i.title_marks && $3::text[])
+             AND i.ingested_at > now() - make_interval(hours => $2)
            GROUP BY i.id
            ORDER BY i.id""",
         keys,
         hours,
+        marks,
     )
 
 
@@ -65,14 +70,15 @@ async def insert_items(conn: Conn, rows: Sequence[NewItem]) -> dict[str, int]:
 
     inserted = await conn.fetch(
         """INSERT INTO items (url, canonical_url, url_hash, guid, title, snippet, author, tags, published_at,
-                              source_id, title_key, is_backfill)
+                              source_id, title_key, is_backfill, title_marks)
            SELECT u.url, u.canonical_url, u.url_hash, u.guid, u.title, u.snippet, u.author,
                   CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, $13) END,
-                  u.published_at, u.source_id, u.title_key, u.is_backfill
+                  u.published_at, u.source_id, u.title_key, u.is_backfill,
+                  CASE WHEN u.marks = '' THEN NULL ELSE string_to_array(u.marks, $13) END
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::text[], $9::timestamptz[], $10::bigint[], $11::text[], $12::boolean[])
+                       $8::text[], $9::timestamptz[], $10::bigint[], $11::text[], $12::boolean[], $14::text[])
                 AS u(url, canonical_url, url_hash, guid, title, snippet, author, tags, published_at, source_id,
-                     title_key, is_backfill)
+                     title_key, is_backfill, marks)
            ON CONFLICT (url_hash) DO NOTHING
            RETURNING url_hash, id""",
         col("url"),
@@ -88,6 +94,7 @@ async def insert_items(conn: Conn, rows: Sequence[NewItem]) -> dict[str, int]:
         col("title_key"),
         col("is_backfill"),
         TAG_SEPARATOR,
+        [TAG_SEPARATOR.join(r.title_marks) for r in rows],
     )
     return {r["url_hash"]: r["id"] for r in inserted}
 

@@ -1,6 +1,7 @@
--- Self-calibrating scores: per goal and signal (an embedding model's name, or 'lexical' for keyword overlap),
+-- Matching for Chinese and any model. (1) Self-calibrating scores: per goal and signal (an embedding model's name, or 'lexical' for keyword overlap),
 -- the recent raw values the goal produced and the prior measured against a background corpus when the goal
--- was embedded (infosentry/calibrate.py). No hand-measured per-model anchors anywhere.
+-- was embedded (infosentry/calibrate.py). No hand-measured per-model anchors anywhere. (2) Near-duplicate
+-- Chinese titles: index keys that two sources' copies of one headline share (infosentry/ingest/dedupe.py).
 
 -- migrate:up
 
@@ -17,5 +18,11 @@ CREATE TABLE goal_calibration (
     PRIMARY KEY (goal_id, signal)
 );
 
+-- the first and last characters of a Chinese title (NULL for other titles), found with a GIN index
+ALTER TABLE items ADD COLUMN title_marks text[];
+CREATE INDEX items_title_marks ON items USING gin (title_marks) WHERE title_marks IS NOT NULL;
+
 -- migrate:down
+DROP INDEX IF EXISTS items_title_marks;
+ALTER TABLE items DROP COLUMN IF EXISTS title_marks;
 DROP TABLE IF EXISTS goal_calibration;
