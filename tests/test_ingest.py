@@ -327,7 +327,8 @@ async def test_near_identical_chinese_titles_from_two_sources_are_one_story(
         "JOIN item_sources x ON x.item_id = i.id GROUP BY i.id, i.title ORDER BY i.id"
     )
     merged = [r["title"] for r in rows if list(r["s"]) == [one, two]]
-    assert merged == ["【快讯】央行宣布降准0.5个百分点"] and len(rows) == 7
+    # one item for the two copies of the headline (whichever source was stored first), the others apart
+    assert len(merged) == 1 and "央行宣布降准0.5个百分点" in merged[0] and len(rows) == 7
 
 
 def test_same_chinese_headline() -> None:
