@@ -135,6 +135,7 @@ def _pool(rt: Runtime, model: str) -> ContextPool:
 class RunReport:
     goals_embedded: int = 0
     goals_backfilled: int = 0
+    goals_refreshed: int = 0  # goals given a new PRF vector
     embedded: int = 0
     failed: int = 0
     lexical_matched: int = 0
@@ -156,7 +157,7 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
     if report.paused is None:
         allowed, why = await budget.allow(rt, "embed")
         report.paused = None if allowed else why
-    await backfill_goals(rt, model, report)
+    await backfill_goals(rt, emb, report)
     goals_left = report.more
     batches = 0
     while batches < max_batches and report.paused is None:
@@ -179,6 +180,8 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
     else:
         report.more = True
     report.more = report.more or goals_left
+    if report.paused is None:  # after the batches: a goal that just reached its count gets its vector now
+        report.goals_refreshed = await refresh_prf(rt, emb)
     if report.paused:
         log.info("embedding paused: %s", report.paused, extra={"action": "embed_paused", "reason": report.paused})
     return report
@@ -268,11 +271,15 @@ async def _goal_priors(
     return priors, neighbours
 
 
-async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
-    """Score new, edited or resumed goals against the last RECENT_HOURS of their owner's items (is_backfill)."""
+async def backfill_goals(rt: Runtime, emb: Embedder, report: RunReport) -> None:
+    """Score new, edited or resumed goals against the last RECENT_HOURS of their owner's items (is_backfill),
+    first giving each its PRF vector when it has enough recent items (match.PRF_MIN_ITEMS)."""
+    model = emb.name
     due = await goals_store.goals_to_backfill(rt.pool, BACKFILL_GOALS_PER_RUN + 1)
     report.more = report.more or len(due) > BACKFILL_GOALS_PER_RUN
     for g in due[:BACKFILL_GOALS_PER_RUN]:
+        if report.paused is None:
+            await _refresh_prf(rt, emb, g["id"], backfill=True)
         after = 0
         while True:
             ids = await items_store.recent_visible_items(
@@ -292,6 +299,45 @@ async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
             after = ids[-1]
         if await goals_store.set_matched_version(rt.pool, g["id"], g["version"]):
             report.goals_backfilled += 1
+
+
+async def refresh_prf(rt: Runtime, emb: Embedder) -> int:
+    """Goals due a (new) PRF vector: after their first match.PRF_MIN_ITEMS items, then every
+    match.PRF_EVERY, so the vector follows what the goal's feeds carry. Returns how many were refreshed."""
+    due = await goals_store.goals_to_refresh_prf(
+        rt.pool, emb.name, first=match.PRF_MIN_ITEMS, every=match.PRF_EVERY, limit=BACKFILL_GOALS_PER_RUN
+    )
+    for goal_id in due:
+        await _refresh_prf(rt, emb, goal_id, backfill=False)
+    return len(due)
+
+
+async def _refresh_prf(rt: Runtime, emb: Embedder, goal_id: int, *, backfill: bool) -> None:
+    """Compute the goal's PRF vector (match.prf_vector) from its owner's recent items, the calibration prior
+    under it, and its window: the newest calibrate.WINDOW recent items' cosines under it, or empty when a
+    backfill follows (it scores those items and fills the window). Before a backfill with too few items,
+    nothing is recorded (refresh_prf tries again later); otherwise a failed attempt is recorded and the goal
+    keeps its own vector."""
+    g = await goals_store.base_vector(rt.pool, goal_id)
+    if g is None or g["embedding"] is None or g["embedding_model"] != emb.name or g["embedded_version"] != g["version"]:
+        return
+    base = match._vec(g["embedding"])
+    assert base is not None
+    rows = await items_store.recent_visible_vectors(
+        rt.pool, g["user_id"], emb.name, hours=match.RECENT_HOURS, limit=POOL_MAX
+    )
+    recent = np.stack([match._vec(v) for v in rows]).astype(np.float32) if rows else np.zeros((0, base.size))
+    vector = match.prf_vector(base, recent)
+    if vector is None and backfill:
+        return
+    prior, window = None, None
+    if vector is not None:
+        text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
+        bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
+        prior = calibrate.location_spread(bg @ vector) if bg is not None and bg.shape[1] == vector.size else None
+        if not backfill:  # newest first from the store; the window is oldest first
+            window = (recent[: calibrate.WINDOW] @ vector)[::-1].tolist()
+    await calibration_store.set_prf(rt.pool, emb.name, goal_id, g["version"], vector, prior, window)
 
 
 async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
@@ -397,5 +443,5 @@ async def sweep(rt: Runtime) -> dict[str, Any]:
     requeued = await items_store.requeue_other_model(rt.pool, model, hours=match.RECENT_HOURS, limit=REQUEUE_LIMIT)
     if requeued:
         log.info("re-embedding %d items for model %s", requeued, model, extra={"action": "embed_requeue"})
-    waiting = await items_store.work_waiting(rt.pool, model)
+    waiting = await items_store.work_waiting(rt.pool, model, prf_first=match.PRF_MIN_ITEMS, prf_every=match.PRF_EVERY)
     return {"requeued": requeued, **waiting, "work": any(waiting.values()) or requeued > 0}

@@ -173,3 +173,37 @@ async def test_the_local_model_pushes_the_on_topic_items(rt: Runtime) -> None:
     rate, precision = await push_rate(rt)
     assert 0.02 <= rate <= 0.2 and precision >= 0.7, (rate, precision)
     assert match.STORE_FLOOR < calibrate.score_from_z(1.0)
+
+
+async def test_a_goal_gets_its_prf_vector_once_it_has_seen_enough_items(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(match, "PRF_MIN_ITEMS", 40)
+    uid, _ = await make_user(rt, "prf@example.com")
+    src = await seed_source(rt, uid)
+    early = await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs")
+    await run_until_idle(rt)  # embedded, no items yet: matched with its own vector
+    for title in feed_titles(60):
+        await seed_item(rt, src, title)
+    await run_until_idle(rt, rounds=20)
+    row = await rt.pool.fetchrow(
+        "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", early, embed.model_name(rt)
+    )
+    assert row["prf"] is not None and row["prf_at"] is not None
+    assert 40 <= row["seen"] == len(row["recent"]) <= 60  # the window rebuilt under the new vector
+    # a goal created when the items are already there gets it before its backfill is scored
+    late = await seed_goal(rt, uid, "Chip makers", "Companies that design processors")
+    await run_until_idle(rt)
+    row = await rt.pool.fetchrow(
+        "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", late, embed.model_name(rt)
+    )
+    assert row["prf"] is not None and row["seen"] == 60  # the backfill filled the window under it
+    stored = await rt.pool.fetchrow("SELECT components FROM matches WHERE goal_id = $1 LIMIT 1", late)
+    assert stored is not None
+    # a text edit starts over: new vector, new calibration, PRF again at the backfill
+    await rt.pool.execute("UPDATE goals SET description = 'GPUs for AI', version = version + 1 WHERE id = $1", late)
+    await run_until_idle(rt)
+    row = await rt.pool.fetchrow(
+        "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", late, embed.model_name(rt)
+    )
+    assert row["goal_version"] == 2 and row["prf"] is not None

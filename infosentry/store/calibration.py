@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+import numpy as np
+from pgvector import Vector
 
 from infosentry.store import Conn
 
@@ -31,7 +33,7 @@ async def reset(
            ON CONFLICT (goal_id, signal) DO UPDATE SET
                goal_version = EXCLUDED.goal_version, prior_loc = EXCLUDED.prior_loc,
                prior_spread = EXCLUDED.prior_spread, neighbour = EXCLUDED.neighbour, recent = '{}', seen = 0,
-               updated_at = now()""",
+               prf = NULL, prf_at = NULL, updated_at = now()""",
         signal,
         list(goal_ids),
         list(versions),
@@ -101,3 +103,32 @@ async def neighbours(conn: Conn, signal: str, goal_ids: Sequence[int]) -> dict[i
         list(goal_ids),
     )
     return {int(r["goal_id"]): float(r["neighbour"]) for r in rows}
+
+
+async def set_prf(
+    conn: Conn,
+    signal: str,
+    goal_id: int,
+    version: int,
+    vector: np.ndarray | None,
+    prior: tuple[float, float] | None,
+    window: Sequence[float] | None,
+) -> bool:
+    """The goal's matching vector (None: no better one than the embedded goal, recorded as tried), the prior
+    under it, and its window: `window` (the recent items' values under the new vector), or empty for the
+    backfill that follows to fill. False when the goal's calibration is of another version (edited meanwhile)."""
+    status = await conn.execute(
+        """UPDATE goal_calibration SET prf = $4, prf_at = now(),
+               prior_loc = COALESCE($5, prior_loc), prior_spread = COALESCE($6, prior_spread),
+               recent = CASE WHEN $4::vector IS NULL THEN recent ELSE $7::real[] END,
+               seen = CASE WHEN $4::vector IS NULL THEN 0 ELSE cardinality($7::real[]) END, updated_at = now()
+           WHERE goal_id = $2 AND signal = $1 AND goal_version = $3""",
+        signal,
+        goal_id,
+        version,
+        None if vector is None else Vector(np.asarray(vector, dtype=np.float32)),
+        prior[0] if prior else None,
+        prior[1] if prior else None,
+        [float(x) for x in (window or [])],
+    )
+    return status.endswith(" 1")

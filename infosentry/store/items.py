@@ -248,7 +248,7 @@ async def pool_vectors(conn: Conn, model: str, *, after_id: int, hours: int, lim
     )
 
 
-async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
+async def work_waiting(conn: Conn, model: str, *, prf_first: int, prf_every: int) -> dict[str, bool]:
     """Is there anything for the embed/match job (cheap EXISTS probes for the periodic sweep)?"""
     row = await conn.fetchrow(
         """SELECT EXISTS (SELECT 1 FROM items WHERE embedding_status = 'pending') AS pending,
@@ -257,11 +257,36 @@ async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
                           AND (embedded_version IS DISTINCT FROM version
                                OR embedding_model IS DISTINCT FROM $1
                                OR matched_version IS DISTINCT FROM version
+                               OR EXISTS (SELECT 1 FROM goal_calibration c WHERE c.goal_id = goals.id
+                                          AND c.signal = $1 AND c.goal_version = goals.version
+                                          AND c.seen >= CASE WHEN c.prf_at IS NULL THEN $2::int ELSE $3::int END)
                                OR NOT EXISTS (SELECT 1 FROM goal_calibration c WHERE c.goal_id = goals.id
                                               AND c.signal = $1 AND c.goal_version = goals.version))) AS goals""",
         model,
+        prf_first,
+        prf_every,
     )
     return dict(row)
+
+
+async def recent_visible_vectors(conn: Conn, user_id: int, model: str, *, hours: int, limit: int) -> list[Any]:
+    """Context vectors of the newest embedded items (of `model`) the user sees, up to `limit`."""
+    rows = await conn.fetch(
+        """SELECT COALESCE(i.context_embedding, i.embedding) AS v FROM items i
+           WHERE i.ingested_at > now() - make_interval(hours => $2) AND i.embedding_status = 'done'
+             AND i.embedding_model = $3
+             AND (EXISTS (SELECT 1 FROM item_sources s JOIN subscriptions sub
+                              ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
+                          WHERE s.item_id = i.id)
+                  OR EXISTS (SELECT 1 FROM subscriptions sub
+                             WHERE sub.source_id = i.source_id AND sub.user_id = $1 AND sub.enabled))
+           ORDER BY i.id DESC LIMIT $4""",
+        user_id,
+        hours,
+        model,
+        limit,
+    )
+    return [r["v"] for r in rows]
 
 
 async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int, limit: int) -> list[int]:

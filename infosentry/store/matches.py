@@ -47,7 +47,9 @@ async def load_batch(conn: Conn, item_ids: list[int], goal_ids: list[int] | None
                 GROUP BY sub.user_id)
             SELECT g.id, g.user_id, g.name, g.description, g.priority_terms, g.negative_terms, g.priority_mode,
                    g.version, g.embedding_model, g.embedded_version, vis.visible,
-                   COALESCE(g.language, u.language) AS language
+                   COALESCE(g.language, u.language) AS language,
+                   (SELECT c.prf_at FROM goal_calibration c WHERE c.goal_id = g.id AND c.signal = g.embedding_model
+                      AND c.goal_version = g.embedded_version) AS prf_at
             FROM goals g JOIN vis ON vis.user_id = g.user_id JOIN users u ON u.id = g.user_id
             WHERE g.status = 'active' {goal_filter}
             ORDER BY g.id""",

@@ -14,6 +14,10 @@ CREATE TABLE goal_calibration (
     neighbour    real,                           -- feedback: similarity above which a rated item is a neighbour
     recent       real[] NOT NULL DEFAULT '{}',   -- the newest values (at most calibrate.WINDOW), oldest first
     seen         bigint NOT NULL DEFAULT 0,      -- values ever observed under this goal version
+    -- the goal vector matching uses: the embedded goal plus the centroid of its best recent items (pseudo-
+    -- relevance feedback, label-free), or NULL while the goal has too few items to pick them
+    prf          vector,
+    prf_at       timestamptz,                    -- when prf was computed (or found impossible)
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (goal_id, signal)
 );
