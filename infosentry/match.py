@@ -82,6 +82,9 @@ LEXICAL_CAP = 0.87  # a score from keywords alone never reaches the boundary ban
 # Pairs are stored from the goal's typical item up (z = 0, score 0.13): the matches listing ranks the upper half
 # of a goal's items, so an on-topic item is rarely missing from it, and the table stays half of items x goals.
 STORE_FLOOR = float(calibrate.score_from_z(0.0))
+# Below this a stored pair keeps only its numbers (no reasons, terms or feedback details): far from any tier,
+# and half of all pairs are stored, so full rows would multiply the matching step's writes.
+DETAIL_FLOOR = 0.35
 RECENT_HOURS = 72  # backfill window and "still needed for matching" horizon
 # An item whose embedding is merely pending is not scored by keywords meanwhile: keyword scores rank far worse
 # and a lexical 1.000 must never beat its embedding to an instant push. After this long (the embedding job
@@ -727,16 +730,14 @@ async def _observe(
         window=calibrate.WINDOW,
     )
     by_id = {int(r["goal_id"]): r for r in records}
-    estimates: dict[int, calibrate.Estimate] = {}
-    neighbour: dict[int, float] = {}
-    for j, gid in zip(rows_of, gids, strict=True):
-        r = by_id.get(gid)
-        if r is None:
-            continue
-        prior = (float(r["prior_loc"]), float(r["prior_spread"])) if r["prior_loc"] is not None else None
-        estimates[j] = calibrate.estimate(np.asarray(r["recent"], dtype=np.float32), int(r["seen"]), prior)
-        if r["neighbour"] is not None:
-            neighbour[j] = float(r["neighbour"])
+    found = [(j, by_id[gid]) for j, gid in zip(rows_of, gids, strict=True) if gid in by_id]
+    ests = calibrate.estimates(
+        [np.asarray(r["recent"], dtype=np.float64) for _, r in found],
+        [int(r["seen"]) for _, r in found],
+        [(float(r["prior_loc"]), float(r["prior_spread"])) if r["prior_loc"] is not None else None for _, r in found],
+    )
+    estimates = {j: e for (j, _), e in zip(found, ests, strict=True)}
+    neighbour = {j: float(r["neighbour"]) for j, r in found if r["neighbour"] is not None}
     return estimates, neighbour
 
 
@@ -900,11 +901,19 @@ async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, i
     )
 
 
+def _col(values: np.ndarray, digits: int) -> list[Any]:
+    """A rounded column as Python values (None for nan): one numpy pass instead of work per row."""
+    out: list[Any] = np.round(values.astype(np.float64), digits).tolist()
+    return [None if v != v else v for v in out] if np.isnan(values).any() else out
+
+
 def _rows(
     scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: str | None, languages: list[str]
 ) -> tuple[list[Any], ...]:
     """Columns for matches_store.upsert_matches: goal ids, item ids, scores, components, reasons, gates, lexical_only,
-    is_backfill (only the kept pairs; strings are built here and nowhere on the hot path)."""
+    is_backfill (only the kept pairs; strings are built here and nowhere on the hot path). About half of all pairs
+    are kept (the matches listing ranks the upper half of a goal's items), so the numbers are computed as columns
+    and the loop only assembles them."""
     goal_ids, item_ids, scores, comps, reason_texts, gates, lex, bf = [], [], [], [], [], [], [], []
     tpos = {t: k for k, t in enumerate(scored.terms)}
     npos = {t: k for k, t in enumerate(scored.negs)}
@@ -912,64 +921,109 @@ def _rows(
     # one lock order for every writer (item batches, backfills): (goal_id, item_id) ascending, so concurrent
     # upserts of overlapping pairs wait for each other instead of deadlocking
     kept = kept[np.lexsort((items.ids[scored.pair_item[kept]], goals.ids[scored.pair_goal[kept]]))]
-    for p in kept:
-        i, g = int(scored.pair_item[p]), int(scored.pair_goal[p])
-        hit_names = [t for t in goals.priority_terms[g] if scored.hit_matrix[i, tpos[t]]]
-        neg_names = [t for t in goals.negative_terms[g] if scored.neg_matrix[i, npos[t]]]
+    pi, pg = scored.pair_item[kept], scored.pair_goal[kept]
+    sem = scored.semantic[kept]
+    col = {
+        "cosine": _col(scored.cosine[kept], 4),
+        "lexical": _col(scored.lexical[kept], 4),
+        "semantic": _col(sem, 4),
+        # the calibrated distance from the goal's typical item, in background sigmas
+        "z": _col(calibrate.Z0 + np.log(np.clip(sem, 1e-6, 1 - 1e-6) / (1 - np.clip(sem, 1e-6, 1 - 1e-6))), 2),
+        "terms": _col(term_evidence(scored.hits[kept]), 4),
+        "feedback": _col(scored.feedback[kept], 4),
+        "source_trust": _col(scored.trust[kept], 4),
+        "recency": _col(scored.fresh[kept], 4),
+        "age_hours": _col(items.age_hours[pi], 1),
+        "ungated_score": _col(scored.ungated[kept], 4),
+    }
+    sem_l, fb_l, tr_l, age_l = (
+        sem.tolist(),
+        scored.feedback[kept].tolist(),
+        scored.trust[kept].tolist(),
+        items.age_hours[pi].tolist(),
+    )
+    blocked_l, neg_l, strict_l = (
+        scored.blocked[kept].tolist(),
+        scored.negative[kept].tolist(),
+        scored.strict_miss[kept].tolist(),
+    )
+    lexical_l, score_l = scored.lexical_only[kept].tolist(), scored.score[kept].tolist()
+    gid_l, iid_l = goals.ids[pg].tolist(), items.ids[pi].tolist()
+    hits_l = (scored.hits[kept] > 0).tolist()
+    for k, (i, g) in enumerate(zip(pi.tolist(), pg.tolist(), strict=True)):
+        hit_names = [t for t in goals.priority_terms[g] if scored.hit_matrix[i, tpos[t]]] if hits_l[k] else []
+        neg_names = [t for t in goals.negative_terms[g] if scored.neg_matrix[i, npos[t]]] if neg_l[k] else []
         gate = (
             "blocked_source"
-            if scored.blocked[p]
+            if blocked_l[k]
             else "negative_term"
-            if scored.negative[p]
+            if neg_l[k]
             else "strict_no_hit"
-            if scored.strict_miss[p]
+            if strict_l[k]
             else None
         )
-        lexical_only = bool(scored.lexical_only[p])
+        lexical_only = lexical_l[k]
         is_bf = bool(items.goal_backfill[i] or items.is_backfill[i])
+        if score_l[k] < DETAIL_FLOOR and gate is None:
+            # a low pair is stored for the listing's ranking only: its numbers, no sentences
+            comps.append(
+                {
+                    "model": None if lexical_only else model,
+                    "cosine": col["cosine"][k],
+                    "lexical": col["lexical"][k],
+                    "semantic": col["semantic"][k],
+                    "z": col["z"][k],
+                    "ungated_score": col["ungated_score"][k],
+                }
+            )
+            reason_texts.append([])
+            goal_ids.append(gid_l[k])
+            item_ids.append(iid_l[k])
+            scores.append(score_l[k])
+            gates.append(None)
+            lex.append(lexical_only)
+            bf.append(is_bf)
+            continue
         pending = items.pending_reason[i] if not items.has_vector[i] else "goal embedding pending"
         bf_text = "goal_backfill" if items.goal_backfill[i] else "source_backfill" if items.is_backfill[i] else ""
-        cos = scored.cosine[p]
-        lex_v = scored.lexical[p]
         comps.append(
             {
                 "model": None if lexical_only else model,
-                "cosine": None if math.isnan(cos) else round(float(cos), 4),
-                "lexical": None if math.isnan(lex_v) else round(float(lex_v), 4),
-                "semantic": round(float(scored.semantic[p]), 4),
-                # the calibrated distance from the goal's typical item, in background sigmas
-                "z": round(calibrate.z_for_score(float(np.clip(scored.semantic[p], 1e-6, 1 - 1e-6))), 2),
+                "cosine": col["cosine"][k],
+                "lexical": col["lexical"][k],
+                "semantic": col["semantic"][k],
+                "z": col["z"][k],
                 "term_hits": hit_names,
-                "terms": round(float(term_evidence(len(hit_names))), 4),
-                "feedback": round(float(scored.feedback[p]), 4),
-                "source_trust": round(float(scored.trust[p]), 4),
-                "recency": round(float(scored.fresh[p]), 4),
-                "age_hours": round(float(items.age_hours[i]), 1),
+                "terms": col["terms"][k],
+                "feedback": col["feedback"][k],
+                "source_trust": col["source_trust"][k],
+                "recency": col["recency"][k],
+                "age_hours": col["age_hours"][k],
                 "negative_hits": neg_names,
-                "blocked_source": bool(scored.blocked[p]),
-                "strict_miss": bool(scored.strict_miss[p]),
-                "ungated_score": round(float(scored.ungated[p]), 4),
+                "blocked_source": blocked_l[k],
+                "strict_miss": strict_l[k],
+                "ungated_score": col["ungated_score"][k],
             }
         )
         reason_texts.append(
             reasons.reasons_for(
                 hits=hit_names,
                 negatives=neg_names,
-                blocked=bool(scored.blocked[p]),
-                strict_miss=bool(scored.strict_miss[p]),
-                semantic=float(scored.semantic[p]),
+                blocked=blocked_l[k],
+                strict_miss=strict_l[k],
+                semantic=sem_l[k],
                 lexical_only=lexical_only,
                 pending=pending,
-                feedback=float(scored.feedback[p]),
-                trust=float(scored.trust[p]),
-                age_hours=float(items.age_hours[i]),
+                feedback=fb_l[k],
+                trust=tr_l[k],
+                age_hours=age_l[k],
                 backfill=bf_text,
                 lang=languages[g],
             )
         )
-        goal_ids.append(int(goals.ids[g]))
-        item_ids.append(int(items.ids[i]))
-        scores.append(float(scored.score[p]))
+        goal_ids.append(gid_l[k])
+        item_ids.append(iid_l[k])
+        scores.append(score_l[k])
         gates.append(gate)
         lex.append(lexical_only)
         bf.append(is_bf)

@@ -3,11 +3,11 @@ upsert, feedback neighbours, and a goal's matches best first. Every write is set
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 
 from infosentry.store import Conn, items
 
@@ -148,8 +148,8 @@ async def upsert_matches(
             goal_ids,
             item_ids,
             [min(1.0, max(0.0, s)) for s in scores],
-            [json.dumps(c, ensure_ascii=False) for c in components],
-            [json.dumps(r, ensure_ascii=False) for r in reasons],
+            [orjson.dumps(c).decode() for c in components],  # orjson: about half the rows of a batch are stored
+            [orjson.dumps(r).decode() for r in reasons],
             gates,
             lexical_only,
             is_backfill,
