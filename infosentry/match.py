@@ -2,12 +2,14 @@
 
 Every item is scored against every ACTIVE goal whose owner has an enabled subscription to one of the item's
 sources, one batch at a time: one matrix product for the semantic part, term hits per distinct term (not per
-pair), one bulk upsert of the match rows. Imports store.matches, embedders.lexical, numpy.
+pair), one atomic update of the goals' calibration windows, one bulk upsert of the match rows. Imports
+calibrate, reasons, store.matches, store.calibration, embedders.lexical, numpy.
 
 The score (in [0, 1], monotonic and continuous in every component, no cliffs)::
 
-    s  = calibrated semantic similarity = sigmoid(A + B*x), x = (cos - unrelated) / (same_topic - unrelated)
-         (per-model anchors, see ANCHORS: a typical unrelated item -> 0.05, a clearly on-topic one -> 0.75)
+    s  = calibrated semantic similarity = sigmoid(z - 1.90), z = (cos - m) / sd       (calibrate.py)
+         m, sd: the goal's typical item under this model (median and lower-half sigma of its last 500
+         cosines, shrunk toward a prior measured against a background corpus): BATCH 0.75 <=> z = 3
     t  = priority-term evidence = 0.5 * (1 - 0.5**hits)         (0.25, 0.375, 0.44 ... for 1, 2, 3 hits)
     R  = 1 - (1 - s) * (1 - t)                                   (either strong meaning or term hits count)
     R' = R + 0.6*F*(1 - R) if F >= 0 else R * (1 + 0.6*F)       (feedback moves R part of the way to 1 or 0)
@@ -16,12 +18,13 @@ The score (in [0, 1], monotonic and continuous in every component, no cliffs)::
          U = source trust in (-1, 1): likes/clicks minus dislikes on that source for this goal, neutral 0
          r = recency in (0, 1]: exp(-max(0, age_h - 6) / 48)
 
-`cos` compares the goal vector (mean of the unit vectors of the goal's parts: full text, name, description,
-each clause of the description, each priority term) with the item's context vector (its own vector blended
-with its nearest recent items of the same model, see `context_vectors`). Items without a usable vector, or
-goals without one, are scored lexically (`lexical_only`, anchors LEXICAL_ANCHORS) so pushes continue while
-embedding is paused; they are re-scored when embedded (row updated, computed_at bumped). With CJK text on
-either side the semantic part is max(model, lexical), since the MiniLM model reads Chinese poorly.
+`cos` compares the goal's matching vector (the mean of the unit vectors of its parts: full text, name,
+description, each clause of the description, each priority term; moved toward its best recent items once it
+has enough, see PRF_*) with the item's context vector (its own vector blended with its nearest recent items of
+the same model, see `context_vectors`). Items without a usable vector, or goals without one, are scored by
+keyword overlap (`lexical_only`, calibrated per goal as the signal "lexical", capped at LEXICAL_CAP) when
+embedding is off, failing or over budget, or the item has waited PENDING_WAIT_SECONDS; an item whose embedding
+is merely pending is left unscored until then. Rows are re-scored when embedded (computed_at bumped).
 
 What the decide step reads from a match row (matches table):
 - `gate = 'negative_term'` (a negative term appears) or `'blocked_source'` (every source the owner sees the
@@ -32,9 +35,10 @@ What the decide step reads from a match row (matches table):
 - `is_backfill = true`: the item was ingested before its goal was created, edited or resumed (found by the
   goal's 72 h backfill), or it is a new source's back catalogue (items.is_backfill); never IMMEDIATE (at
   most BATCH). Sticky once set for a pair.
-- `lexical_only = true`: scored by keywords only (no embedding yet); the row is re-scored when the item or
-  goal is embedded, so an IGNORE may need re-deciding (computed_at is bumped on every re-score).
-Pairs scoring below STORE_FLOOR (and not stored before) are not written: they cannot reach any tier.
+- `lexical_only = true`: scored by keywords only (no embedding); never IMMEDIATE (decide caps it at BATCH);
+  re-scored when the item or goal is embedded, so an IGNORE may need re-deciding.
+Pairs scoring below STORE_FLOOR (the goal's typical item; and not stored before) are not written; pairs below
+DETAIL_FLOOR keep only their numbers.
 """
 
 from __future__ import annotations
