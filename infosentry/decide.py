@@ -140,6 +140,8 @@ def classify(snapshot: Mapping[str, Any], policy: Policy) -> Prelim:
             return Prelim("BATCH", f"{where}, but backfill items are never IMMEDIATE")
         if _strict_miss(match):
             return Prelim("BATCH", f"{where}, but a STRICT goal without a priority-term hit is never IMMEDIATE")
+        if match.get("lexical_only"):
+            return Prelim("BATCH", f"{where}, but a score from keywords alone (no embedding) is never IMMEDIATE")
         if not policy.immediate_enabled:
             return Prelim("BATCH", f"{where}, but IMMEDIATE_ENABLED is false")
         if band == "BOUNDARY" and not policy.llm_enabled:
@@ -169,25 +171,29 @@ def match_reasons(reasons: Any, limit: int = 3) -> str:
 
 def conclude(prelim: Prelim, judgment: Mapping[str, Any] | None, reasons: Any = None) -> Outcome:
     """The final decision from the rules and, for the boundary band, the judge's answer (a Judgment summary:
-    label/confidence/reason/fallback_reason/unexpected). No usable answer means BATCH, marked FALLBACK."""
+    label/confidence/reason/fallback_reason/unexpected). No usable answer means BATCH, marked FALLBACK.
+
+    `reason` is what a reader sees in the inbox and emails: the matcher's reasons (in the goal's language) and,
+    for a judged item, the judge's own words. The rule that fired, with its thresholds, is `rule`, kept in the
+    run's output; only an IGNORE (never shown to a reader) carries it in `reason`, to answer "why not pushed"."""
     evidence = match_reasons(reasons)
-    suffix = f". {evidence}" if evidence else ""
     if not prelim.needs_llm:
         status = "skipped" if prelim.tier == "IGNORE" else "pending"
         run_status = "FALLBACK" if prelim.fallback_reason else "SUCCESS"
-        reason = _rule_text(prelim) + suffix
+        if prelim.tier == "IGNORE":
+            reason = _rule_text(prelim) + (f". {evidence}" if evidence else "")
+        else:
+            reason = evidence
         return Outcome(prelim.tier, status, run_status, reason[:500], prelim.rule, prelim.fallback_reason)
     label = (judgment or {}).get("label")
     fallback = (judgment or {}).get("fallback_reason")
     if label in judge.LABELS and not fallback:
-        conf = (judgment or {}).get("confidence")
-        conf_text = f", confidence {float(conf):.2f}" if isinstance(conf, (int, float)) else ""
-        reason = f"LLM judge: {judgment.get('reason')} ({label}{conf_text}){suffix}"  # type: ignore[union-attr]
+        said = str((judgment or {}).get("reason") or "").strip()
+        reason = "; ".join(part for part in (said, evidence) if part)
         return Outcome(label, "pending", "SUCCESS", reason[:500], prelim.rule)
     fallback = fallback or "the LLM gave no answer"
     run_status = "ERROR" if (judgment or {}).get("unexpected") else "FALLBACK"
-    reason = f"Boundary score, LLM unavailable ({fallback}): BATCH{suffix}"
-    return Outcome("BATCH", "pending", run_status, reason[:500], prelim.rule, fallback)
+    return Outcome("BATCH", "pending", run_status, evidence[:500], prelim.rule, fallback)
 
 
 def _rule_text(prelim: Prelim) -> str:

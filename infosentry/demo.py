@@ -290,6 +290,8 @@ def render(result: DemoResult, say: Callable[[str], None] = print) -> None:
             say(f"\n  Goal: {current}")
         say(f"    [{row['tier']:<9}] {row['score']:.2f}  {_clip(row['title'], 70)}")
         say(f"                     why: {_clip(row['reason'], 110)}")
+        if row.get("rule"):
+            say(f"                     rule: {_clip(row['rule'], 110)}")
     if result.waiting:
         say("\n  Decided, waiting for a later window or digest:")
         for row in result.waiting:

@@ -8,6 +8,7 @@ with FOR UPDATE SKIP LOCKED and is bounded per call (the job re-nudges itself wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infosentry import budget, match, metrics
+from infosentry import budget, calibrate, match, metrics
 from infosentry.embedders.base import EmbedResult
+from infosentry.embedders.lexical import has_cjk
 from infosentry.embedders.openai import EmbedError, OpenAIEmbedder
 from infosentry.errors import Unavailable
+from infosentry.store import calibration as calibration_store
 from infosentry.store import goals as goals_store
 from infosentry.store import items as items_store
 
@@ -41,21 +44,22 @@ POOL_FULL_RELOAD_SECONDS = 600.0
 REQUEUE_LIMIT = 5000
 
 _local_lock = threading.Lock()
-_local_embedder: Any = None
+_local_embedders: dict[str, Any] = {}
 
 
 def embedder(rt: Runtime) -> Embedder:
-    """The process's embedder for rt: ONE LocalEmbedder per process (weights load once, shared by every
+    """The process's embedder for rt: ONE local model per process (weights load once, shared by every
     Runtime), or rt's OpenAIEmbedder wired to the hot config (EMBED_PER_MIN) and external_calls."""
-    global _local_embedder
     if rt.settings.embed_provider == "local":
+        key = rt.settings.local_embed_model
         with _local_lock:
-            if _local_embedder is None:
-                from infosentry.embedders.local import LocalEmbedder
+            if key not in _local_embedders:
+                from infosentry.embedders import make_embedder
 
-                _local_embedder = LocalEmbedder()
-        rt._embedder = _local_embedder  # so rt.embedder() hands out the same instance
-        return _local_embedder  # type: ignore[no-any-return]
+                _local_embedders[key] = make_embedder(rt.settings)
+            local = _local_embedders[key]
+        rt._embedder = local  # so rt.embedder() hands out the same instance
+        return local  # type: ignore[no-any-return]
     emb = rt.embedder()
     if isinstance(emb, OpenAIEmbedder) and emb.on_call is None:
         emb.use_client(rt.llm())  # closed with the Runtime; every request passes its own timeout
@@ -131,6 +135,7 @@ def _pool(rt: Runtime, model: str) -> ContextPool:
 class RunReport:
     goals_embedded: int = 0
     goals_backfilled: int = 0
+    goals_refreshed: int = 0  # goals given a new PRF vector
     embedded: int = 0
     failed: int = 0
     lexical_matched: int = 0
@@ -149,7 +154,10 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
     emb = embedder(rt)
     model = emb.name
     await embed_goals(rt, emb, report)
-    await backfill_goals(rt, model, report)
+    if report.paused is None:
+        allowed, why = await budget.allow(rt, "embed")
+        report.paused = None if allowed else why
+    await backfill_goals(rt, emb, report)
     goals_left = report.more
     batches = 0
     while batches < max_batches and report.paused is None:
@@ -172,6 +180,8 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
     else:
         report.more = True
     report.more = report.more or goals_left
+    if report.paused is None:  # after the batches: a goal that just reached its count gets its vector now
+        report.goals_refreshed = await refresh_prf(rt, emb)
     if report.paused:
         log.info("embedding paused: %s", report.paused, extra={"action": "embed_paused", "reason": report.paused})
     return report
@@ -208,18 +218,68 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
     for fs in facets:
         vectors.append(match.goal_vector(np.stack(result.vectors[start : start + len(fs)])))
         start += len(fs)
-    await goals_store.store_goal_vectors(
-        rt.pool, [g["id"] for g in goals], [g["version"] for g in goals], vectors, emb.name
-    )
+    priors, neighbours = await _goal_priors(rt, emb, goals, vectors)
+    async with rt.pool.acquire() as conn, conn.transaction():
+        ids, versions = [g["id"] for g in goals], [g["version"] for g in goals]
+        await goals_store.store_goal_vectors(conn, ids, versions, vectors, emb.name)
+        await calibration_store.reset(conn, emb.name, ids, versions, priors, neighbours)
     report.goals_embedded += len(goals)
     return len(goals) == GOALS_PER_REQUEST
 
 
-async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
-    """Score new, edited or resumed goals against the last RECENT_HOURS of their owner's items (is_backfill)."""
+async def _background(rt: Runtime, emb: Embedder, language: str) -> np.ndarray | None:
+    """Context vectors of the calibration background corpus (calibrate.background) under this model, embedded
+    once per process and model (a few thousand tokens: a fraction of a cent for a paid model). None when the
+    model cannot embed it now; the goals then calibrate on their own windows."""
+    cache: dict[tuple[str, str], np.ndarray] = rt.extras.setdefault("calibration_background", {})
+    lock: asyncio.Lock = rt.extras.setdefault("calibration_background_lock", asyncio.Lock())
+    key = (emb.name, language)
+    async with lock:  # concurrent runs of one process embed it once
+        if key not in cache:
+            allowed, _ = await budget.allow(rt, "embed")
+            if not allowed:
+                return None
+            texts = list(calibrate.background(language))
+            try:
+                result = await emb.embed(texts)
+            except (EmbedError, Unavailable) as exc:
+                log.warning("calibration background not embedded: %s", exc, extra={"action": "background_failed"})
+                return None
+            await budget.charge(rt, "embed", tokens=result.tokens, calls=_requests(emb, len(texts)))
+            raw = np.stack(result.vectors).astype(np.float32)
+            # scored items are context vectors; the corpus plays "the recent items" for its own contexts
+            cache[key] = match.context_vectors(raw, raw, self_index=np.arange(len(raw)))
+    return cache[key]
+
+
+async def _goal_priors(
+    rt: Runtime, emb: Embedder, goals: list[Any], vectors: list[np.ndarray]
+) -> tuple[list[tuple[float, float] | None], list[float | None]]:
+    """Each goal's calibration prior (its similarity to the background corpus of its language: location and
+    spread, calibrate.location_spread) and the model's feedback neighbour threshold."""
+    priors: list[tuple[float, float] | None] = []
+    neighbours: list[float | None] = []
+    for g, vec in zip(goals, vectors, strict=True):
+        text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
+        bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
+        if bg is None or bg.shape[1] != vec.shape[0]:
+            priors.append(None)
+            neighbours.append(None)
+            continue
+        priors.append(calibrate.location_spread(bg @ vec))
+        neighbours.append(calibrate.neighbour_threshold(bg))
+    return priors, neighbours
+
+
+async def backfill_goals(rt: Runtime, emb: Embedder, report: RunReport) -> None:
+    """Score new, edited or resumed goals against the last RECENT_HOURS of their owner's items (is_backfill),
+    first giving each its PRF vector when it has enough recent items (match.PRF_MIN_ITEMS)."""
+    model = emb.name
     due = await goals_store.goals_to_backfill(rt.pool, BACKFILL_GOALS_PER_RUN + 1)
     report.more = report.more or len(due) > BACKFILL_GOALS_PER_RUN
     for g in due[:BACKFILL_GOALS_PER_RUN]:
+        if report.paused is None:
+            await _refresh_prf(rt, emb, g["id"], backfill=True)
         after = 0
         while True:
             ids = await items_store.recent_visible_items(
@@ -227,11 +287,57 @@ async def backfill_goals(rt: Runtime, model: str, report: RunReport) -> None:
             )
             if not ids:
                 break
-            stats = await match.match_items(rt, ids, model=model, goal_ids=[g["id"]], backfill_before=g["updated_at"])
+            stats = await match.match_items(
+                rt,
+                ids,
+                model=model,
+                goal_ids=[g["id"]],
+                backfill_before=g["updated_at"],
+                lexical_fallback=report.paused is not None,
+            )
             report.match.add(stats)
             after = ids[-1]
         if await goals_store.set_matched_version(rt.pool, g["id"], g["version"]):
             report.goals_backfilled += 1
+
+
+async def refresh_prf(rt: Runtime, emb: Embedder) -> int:
+    """Goals due a (new) PRF vector: after their first match.PRF_MIN_ITEMS items, then every
+    match.PRF_EVERY, so the vector follows what the goal's feeds carry. Returns how many were refreshed."""
+    due = await goals_store.goals_to_refresh_prf(
+        rt.pool, emb.name, first=match.PRF_MIN_ITEMS, every=match.PRF_EVERY, limit=BACKFILL_GOALS_PER_RUN
+    )
+    for goal_id in due:
+        await _refresh_prf(rt, emb, goal_id, backfill=False)
+    return len(due)
+
+
+async def _refresh_prf(rt: Runtime, emb: Embedder, goal_id: int, *, backfill: bool) -> None:
+    """Compute the goal's PRF vector (match.prf_vector) from its owner's recent items, the calibration prior
+    under it, and its window: the newest calibrate.WINDOW recent items' cosines under it, or empty when a
+    backfill follows (it scores those items and fills the window). Before a backfill with too few items,
+    nothing is recorded (refresh_prf tries again later); otherwise a failed attempt is recorded and the goal
+    keeps its own vector."""
+    g = await goals_store.base_vector(rt.pool, goal_id)
+    if g is None or g["embedding"] is None or g["embedding_model"] != emb.name or g["embedded_version"] != g["version"]:
+        return
+    base = match._vec(g["embedding"])
+    assert base is not None
+    rows = await items_store.recent_visible_vectors(
+        rt.pool, g["user_id"], emb.name, hours=match.RECENT_HOURS, limit=POOL_MAX
+    )
+    recent = np.stack([match._vec(v) for v in rows]).astype(np.float32) if rows else np.zeros((0, base.size))
+    vector = match.prf_vector(base, recent)
+    if vector is None and backfill:
+        return
+    prior, window = None, None
+    if vector is not None:
+        text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
+        bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
+        prior = calibrate.location_spread(bg @ vector) if bg is not None and bg.shape[1] == vector.size else None
+        if not backfill:  # newest first from the store; the window is oldest first
+            window = (recent[: calibrate.WINDOW] @ vector)[::-1].tolist()
+    await calibration_store.set_prf(rt.pool, emb.name, goal_id, g["version"], vector, prior, window)
 
 
 async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
@@ -314,14 +420,17 @@ async def _embed_isolating(
 
 
 async def match_unmatched(rt: Runtime, model: str, *, include_pending: bool, report: RunReport) -> int:
-    """Score items never matched: lexically while they wait for an embedding (include_pending), with their
-    vectors when they have one. Returns how many items were matched."""
+    """Score items never matched: with their vectors when they have one; by keywords (capped at BATCH) when
+    embedding is off, failing or over budget (include_pending) or an item has waited longer than
+    match.PENDING_WAIT_SECONDS. Returns how many items were matched."""
     size = int(rt.hot["EMBED_BATCH_SIZE"])
     async with rt.pool.acquire() as conn, conn.transaction():
-        ids = await items_store.claim_unmatched(conn, size, include_pending=include_pending)
+        ids = await items_store.claim_unmatched(
+            conn, size, include_pending=include_pending, pending_wait=match.PENDING_WAIT_SECONDS
+        )
         if not ids:
             return 0
-        stats = await match.match_items(rt, ids, model=model, conn=conn)
+        stats = await match.match_items(rt, ids, model=model, conn=conn, lexical_fallback=include_pending)
     report.match.add(stats)
     report.lexical_matched += len(ids)
     return len(ids)
@@ -334,5 +443,5 @@ async def sweep(rt: Runtime) -> dict[str, Any]:
     requeued = await items_store.requeue_other_model(rt.pool, model, hours=match.RECENT_HOURS, limit=REQUEUE_LIMIT)
     if requeued:
         log.info("re-embedding %d items for model %s", requeued, model, extra={"action": "embed_requeue"})
-    waiting = await items_store.work_waiting(rt.pool, model)
+    waiting = await items_store.work_waiting(rt.pool, model, prf_first=match.PRF_MIN_ITEMS, prf_every=match.PRF_EVERY)
     return {"requeued": requeued, **waiting, "work": any(waiting.values()) or requeued > 0}

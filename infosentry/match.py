@@ -2,12 +2,14 @@
 
 Every item is scored against every ACTIVE goal whose owner has an enabled subscription to one of the item's
 sources, one batch at a time: one matrix product for the semantic part, term hits per distinct term (not per
-pair), one bulk upsert of the match rows. Imports store.matches, embedders.lexical, numpy.
+pair), one atomic update of the goals' calibration windows, one bulk upsert of the match rows. Imports
+calibrate, reasons, store.matches, store.calibration, embedders.lexical, numpy.
 
 The score (in [0, 1], monotonic and continuous in every component, no cliffs)::
 
-    s  = calibrated semantic similarity = sigmoid(A + B*x), x = (cos - unrelated) / (same_topic - unrelated)
-         (per-model anchors, see ANCHORS: a typical unrelated item -> 0.05, a clearly on-topic one -> 0.75)
+    s  = calibrated semantic similarity = sigmoid(z - 1.90), z = (cos - m) / sd       (calibrate.py)
+         m, sd: the goal's typical item under this model (median and lower-half sigma of its last 500
+         cosines, shrunk toward a prior measured against a background corpus): BATCH 0.75 <=> z = 3
     t  = priority-term evidence = 0.5 * (1 - 0.5**hits)         (0.25, 0.375, 0.44 ... for 1, 2, 3 hits)
     R  = 1 - (1 - s) * (1 - t)                                   (either strong meaning or term hits count)
     R' = R + 0.6*F*(1 - R) if F >= 0 else R * (1 + 0.6*F)       (feedback moves R part of the way to 1 or 0)
@@ -16,12 +18,13 @@ The score (in [0, 1], monotonic and continuous in every component, no cliffs)::
          U = source trust in (-1, 1): likes/clicks minus dislikes on that source for this goal, neutral 0
          r = recency in (0, 1]: exp(-max(0, age_h - 6) / 48)
 
-`cos` compares the goal vector (mean of the unit vectors of the goal's parts: full text, name, description,
-each clause of the description, each priority term) with the item's context vector (its own vector blended
-with its nearest recent items of the same model, see `context_vectors`). Items without a usable vector, or
-goals without one, are scored lexically (`lexical_only`, anchors LEXICAL_ANCHORS) so pushes continue while
-embedding is paused; they are re-scored when embedded (row updated, computed_at bumped). With CJK text on
-either side the semantic part is max(model, lexical), since the MiniLM model reads Chinese poorly.
+`cos` compares the goal's matching vector (the mean of the unit vectors of its parts: full text, name,
+description, each clause of the description, each priority term; moved toward its best recent items once it
+has enough, see PRF_*) with the item's context vector (its own vector blended with its nearest recent items of
+the same model, see `context_vectors`). Items without a usable vector, or goals without one, are scored by
+keyword overlap (`lexical_only`, calibrated per goal as the signal "lexical", capped at LEXICAL_CAP) when
+embedding is off, failing or over budget, or the item has waited PENDING_WAIT_SECONDS; an item whose embedding
+is merely pending is left unscored until then. Rows are re-scored when embedded (computed_at bumped).
 
 What the decide step reads from a match row (matches table):
 - `gate = 'negative_term'` (a negative term appears) or `'blocked_source'` (every source the owner sees the
@@ -32,9 +35,10 @@ What the decide step reads from a match row (matches table):
 - `is_backfill = true`: the item was ingested before its goal was created, edited or resumed (found by the
   goal's 72 h backfill), or it is a new source's back catalogue (items.is_backfill); never IMMEDIATE (at
   most BATCH). Sticky once set for a pair.
-- `lexical_only = true`: scored by keywords only (no embedding yet); the row is re-scored when the item or
-  goal is embedded, so an IGNORE may need re-deciding (computed_at is bumped on every re-score).
-Pairs scoring below STORE_FLOOR (and not stored before) are not written: they cannot reach any tier.
+- `lexical_only = true`: scored by keywords only (no embedding); never IMMEDIATE (decide caps it at BATCH);
+  re-scored when the item or goal is embedded, so an IGNORE may need re-deciding.
+Pairs scoring below STORE_FLOOR (the goal's typical item; and not stored before) are not written; pairs below
+DETAIL_FLOOR keep only their numbers.
 """
 
 from __future__ import annotations
@@ -45,14 +49,16 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infosentry import calibrate, reasons
+from infosentry.embedders.lexical import CJK_CLASS, has_cjk
 from infosentry.embedders.lexical import _terms as lexical_terms  # the tokenizer behind lexical_similarity
-from infosentry.embedders.lexical import has_cjk
+from infosentry.store import calibration as calibration_store
 from infosentry.store import goals as goals_store
 from infosentry.store import items as items_store
 from infosentry.store import matches as matches_store
@@ -64,43 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# --- calibration -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Anchors:
-    """Per-model cosine anchors: `unrelated` = median cosine of off-topic (item, goal) pairs, `same_topic` =
-    90th percentile of on-topic pairs; `neighbour` = item-item similarity where a rated item starts to count
-    as a neighbour for feedback."""
-
-    unrelated: float
-    same_topic: float
-    neighbour: float = 0.30
-
-
-# Measured with `bin/bench relevance` on ../shared/data/ag_news_tuning.csv (4 goals written as a user would,
-# goal vectors and item context vectors exactly as scored here), on the tuning half of a seeded 50/50 split:
-# `unrelated` = mean over the goals of the median cosine of off-topic items, `same_topic` = mean of the 90th
-# percentile of on-topic items. The report half then gives the ROC AUC / precision numbers in the README.
-ANCHORS: dict[str, Anchors] = {
-    "local:all-MiniLM-L6-v2": Anchors(unrelated=0.089, same_topic=0.422, neighbour=0.25),
-    # Not measured here (no API access from the build box): OpenAI's v3 models put unrelated news at a
-    # cosine of ~0.15-0.25 and same-topic news at ~0.45-0.6; re-measure with `bin/bench relevance --provider
-    # openai` and replace these when a key is available.
-    "openai:text-embedding-3-small": Anchors(unrelated=0.22, same_topic=0.52, neighbour=0.45),
-    "openai:text-embedding-3-large": Anchors(unrelated=0.20, same_topic=0.50, neighbour=0.42),
-    "openai:text-embedding-ada-002": Anchors(unrelated=0.72, same_topic=0.84, neighbour=0.82),
-}
-# Any other model (including the tests' fake server): a middle-of-the-road guess, documented in the README.
-DEFAULT_ANCHORS = Anchors(unrelated=0.20, same_topic=0.50, neighbour=0.40)
-# lexical_similarity(goal text, item text), measured like the model anchors but with `same_topic` at the 95th
-# percentile of on-topic items (keyword overlap is sparse: most on-topic items share no word with the goal).
-# Keyword-only scoring ranks far worse (held-out ROC AUC 0.73) but what it pushes is still ~0.93 precise.
-LEXICAL_ANCHORS = Anchors(unrelated=0.0, same_topic=0.16, neighbour=1.0)
-
-S_UNRELATED, S_SAME_TOPIC = 0.05, 0.75
-_A = math.log(S_UNRELATED / (1 - S_UNRELATED))
-_B = math.log(S_SAME_TOPIC / (1 - S_SAME_TOPIC)) - _A
+# --- constants -------------------------------------------------------------------------------------------
 
 T_MAX = 0.5  # most the priority terms alone can add to R (diminishing: 1 - 0.5**hits)
 # Feedback acts on R in probability space: it lifts mid-scoring items near liked ones a lot, items already
@@ -112,19 +82,34 @@ FEEDBACK_KAPPA = 0.5  # prior weight: one weak neighbour moves a score only a li
 FEEDBACK_MAX_RATED = 200  # newest rated items per goal used as neighbours
 TRUST_PRIOR = 3.0  # pseudo-count that keeps source trust neutral until there is evidence
 STRICT_CAP = 0.87  # a STRICT miss stays below the default boundary band (decide also caps it at BATCH)
-STORE_FLOOR = 0.35  # lower scores are not stored (below any tier unless DIGEST_MIN_SCORE is set lower)
+LEXICAL_CAP = 0.87  # a score from keywords alone never reaches the boundary band (decide caps it at BATCH too)
+# Pairs are stored from the goal's typical item up (z = 0, score 0.13): the matches listing ranks the upper half
+# of a goal's items, so an on-topic item is rarely missing from it, and the table stays half of items x goals.
+STORE_FLOOR = float(calibrate.score_from_z(0.0))
+# Below this a stored pair keeps only its numbers (no reasons, terms or feedback details): far from any tier,
+# and half of all pairs are stored, so full rows would multiply the matching step's writes.
+DETAIL_FLOOR = 0.35
 RECENT_HOURS = 72  # backfill window and "still needed for matching" horizon
+# An item whose embedding is merely pending is not scored by keywords meanwhile: keyword scores rank far worse
+# and a lexical 1.000 must never beat its embedding to an instant push. After this long (the embedding job
+# runs every few seconds) it is scored by keywords, capped at BATCH, and re-scored when its vector arrives.
+PENDING_WAIT_SECONDS = 120.0
+LEXICAL_SIGNAL = "lexical"  # the calibration signal name of the keyword-overlap score
+# Pseudo-relevance feedback (label-free): a goal is matched with its embedded vector plus the centroid of its
+# PRF_TOP best recent items (unit weight, one round: the textbook recipe), computed once it has PRF_MIN_ITEMS
+# recent items and again every PRF_EVERY items it sees (its calibration window is rebuilt under the new vector).
+# It adapts a goal's few words to how its topic is actually written (README: measured gains).
+PRF_TOP = 10
+PRF_MIN_ITEMS = 200
+PRF_EVERY = 1000  # values seen since the last PRF vector (the rebuilt window counts: ~500 new items)
 
-# Context vectors: each item blended with its nearest recent items of the same model (k, weight), which lifts
-# the ROC AUC on ag_news from 0.92 to 0.95 (topics form clusters; a terse item inherits its cluster's meaning).
-CONTEXT_K = 20
-CONTEXT_WEIGHT = 2.0
+# Context vectors: each item blended with its nearest recent items of the same model (k, weight): topics form
+# clusters and a terse headline inherits its cluster's meaning. Chosen on the tuning halves of both bench sets
+# (k 10-80, weight 1-8; AUC rises with both and flattens past 40 / 4): held-out zh +0.01, en +0.01.
+CONTEXT_K = 40
+CONTEXT_WEIGHT = 4.0
 CONTEXT_FULL_POOL = 300  # with fewer recent items the neighbours are blended in proportionally less
 MAX_ITEM_CHARS = 1000
-
-
-def anchors_for(model: str | None) -> Anchors:
-    return ANCHORS.get(model or "", DEFAULT_ANCHORS)
 
 
 def sigmoid(z: np.ndarray | float) -> np.ndarray:
@@ -134,12 +119,6 @@ def sigmoid(z: np.ndarray | float) -> np.ndarray:
 def logit(p: np.ndarray | float) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
     return np.log(p / (1 - p))
-
-
-def calibrate(cos: np.ndarray | float, anchors: Anchors) -> np.ndarray:
-    """Cosine -> semantic relevance in (0, 1): 0.05 at the model's `unrelated` anchor, 0.75 at `same_topic`."""
-    x = (np.asarray(cos, dtype=np.float64) - anchors.unrelated) / (anchors.same_topic - anchors.unrelated)
-    return sigmoid(_A + _B * x)
 
 
 def term_evidence(hits: np.ndarray | float) -> np.ndarray:
@@ -228,13 +207,22 @@ def context_vectors(x: np.ndarray, pool: np.ndarray, self_index: np.ndarray | No
 
 @lru_cache(maxsize=4096)
 def _term_matcher(term: str) -> tuple[str, re.Pattern[str] | None]:
-    """(normalised term, regex or None): CJK terms match as substrings; others on word boundaries, with a
-    plural s/es allowed after a final letter ("election" matches "elections")."""
+    """(normalised term, regex or None for a plain substring). Chinese is written without spaces, so a term of
+    two or more CJK characters (or CJK mixed with Latin, "AI芯片") matches as a substring: "芯片" finds "国产芯片"
+    and "AI芯片". A single CJK character would match a large share of all text ("车" is in 汽车, 车站, 马车...),
+    so it matches only standing alone, with no CJK character on either side. Other terms match on word
+    boundaries (CJK characters count as boundaries), with a plural s/es allowed after a final letter."""
     norm = normalise(term).strip()
-    if not norm or has_cjk(norm):
+    cjk = sum(1 for c in norm if has_cjk(c))
+    if not norm or cjk >= 2 or (cjk == 1 and len(norm) >= 2):
         return norm, None
+    if cjk == 1:
+        return norm, re.compile(f"(?<!{_CJK_CHAR}){re.escape(norm)}(?!{_CJK_CHAR})")
     plural = "(?:s|es)?" if norm[-1].isalpha() else ""
     return norm, re.compile(f"{re.escape(norm)}{plural}")
+
+
+_CJK_CHAR = f"[{CJK_CLASS}]"  # one Han, kana or Hangul character
 
 
 def _word_char(c: str) -> bool:
@@ -244,6 +232,8 @@ def _word_char(c: str) -> bool:
 
 
 def _found(text: str, rx: re.Pattern[str]) -> bool:
+    if rx.pattern.startswith("(?<!"):  # a lone CJK character: the lookarounds are its boundaries
+        return rx.search(text) is not None
     for m in rx.finditer(text):
         start, end = m.start(), m.end()
         if (start == 0 or not _word_char(text[start - 1])) and (end == len(text) or not _word_char(text[end])):
@@ -394,8 +384,46 @@ def _term_incidence(term_lists: list[list[str]]) -> tuple[list[str], np.ndarray]
     return list(index), inc
 
 
-def score_batch(items: Items, goals: Goals, rated: Rated | None, model: str | None) -> Scored:
-    """Score every visible (item, goal) pair of the batch: dense (n, m) arrays, gathered at the pairs."""
+@dataclass
+class Signals:
+    """The raw, model-specific part of a batch: the visible pairs, their cosine (or keyword overlap where a
+    vector is missing) and term hits. Calibration turns the raw values into comparable scores."""
+
+    pair_item: np.ndarray  # (P,) row in Items
+    pair_goal: np.ndarray  # (P,) row in Goals
+    cosine: np.ndarray  # nan where a side has no vector
+    lexical: np.ndarray  # nan where not computed (only for pairs without vectors)
+    use_vec: np.ndarray  # bool
+    hits: np.ndarray
+    negative: np.ndarray  # bool
+    blocked: np.ndarray  # bool
+    strict_miss: np.ndarray  # bool
+    hit_matrix: np.ndarray = field(repr=False)
+    neg_matrix: np.ndarray = field(repr=False)
+    terms: list[str] = field(default_factory=list)
+    negs: list[str] = field(default_factory=list)
+
+    def values(self, lexical: bool = False, items: np.ndarray | None = None) -> dict[int, np.ndarray]:
+        """Per goal row, the raw values of one signal (the model's cosines, or the keyword overlaps), of all
+        pairs or only of the pairs whose item is selected by the bool mask `items`."""
+        mask = ~self.use_vec if lexical else self.use_vec.copy()
+        if items is not None:
+            mask &= items[self.pair_item]
+        raw = self.lexical if lexical else self.cosine
+        out: dict[int, np.ndarray] = {}
+        if not mask.any():
+            return out
+        pg, vals = self.pair_goal[mask], raw[mask]
+        order = np.argsort(pg, kind="stable")
+        pg, vals = pg[order], vals[order]
+        cuts = np.flatnonzero(np.diff(pg)) + 1
+        for g, chunk in zip(pg[np.r_[0, cuts]], np.split(vals, cuts), strict=True):
+            out[int(g)] = chunk
+        return out
+
+
+def signals(items: Items, goals: Goals) -> Signals:
+    """Visible (item, goal) pairs of a batch with their raw values: dense (n, m) arrays, gathered at the pairs."""
     n, m = len(items.ids), len(goals.ids)
     # visibility: an item is seen by a goal when its owner subscribes to one of the item's sources
     inc = np.zeros((n, goals.visible.shape[1] + 1), dtype=np.float32)  # last column: padding (-1)
@@ -416,32 +444,68 @@ def score_batch(items: Items, goals: Goals, rated: Rated | None, model: str | No
     neg_nm = (neg_m.astype(np.float32) @ n_inc > 0) if negs else np.zeros((n, m), bool)
     hits = hits_nm[pi, pg]
 
-    # semantic: one matrix product where both sides have vectors of this model, lexical elsewhere
+    # meaning: one matrix product where both sides have vectors of this model; keyword overlap only where not
+    # (with a vector, the overlap adds nothing for Chinese and costs English ranking: README)
     cosine = np.full(len(pi), np.nan)
-    semantic = np.zeros(len(pi))
     use_vec = items.has_vector[pi] & goals.has_vector[pg]
     if use_vec.any() and items.vectors is not None and goals.vectors is not None:
         c_nm = items.vectors @ goals.vectors.T
         cosine[use_vec] = c_nm[pi[use_vec], pg[use_vec]]
-        semantic[use_vec] = calibrate(cosine[use_vec], anchors_for(model))
-    item_cjk = np.array([has_cjk(t) for t in items.texts], dtype=bool)
-    goal_cjk = np.array([has_cjk(t) for t in goals.texts], dtype=bool)
-    need_lex = ~use_vec | item_cjk[pi] | goal_cjk[pg]
     lexical = np.full(len(pi), np.nan)
+    need_lex = ~use_vec
     if need_lex.any():
         index = LexicalIndex(goals.texts)
-        lex_rows = np.unique(pi[need_lex])
         lex_nm = np.zeros((n, m))
-        for i in lex_rows:
+        for i in np.unique(pi[need_lex]):
             lex_nm[i] = index.scores(items.texts[i])
         lexical[need_lex] = lex_nm[pi[need_lex], pg[need_lex]]
-        lex_s = calibrate(lexical[need_lex], LEXICAL_ANCHORS)
-        semantic[need_lex] = np.maximum(semantic[need_lex], lex_s)
+    strict_miss = goals.strict[pg] & (t_inc.sum(axis=0)[pg] > 0 if terms else False) & (hits == 0)
+    return Signals(
+        pair_item=pi,
+        pair_goal=pg,
+        cosine=cosine,
+        lexical=lexical,
+        use_vec=use_vec,
+        hits=hits,
+        negative=neg_nm[pi, pg],
+        blocked=~unblocked[pi, pg],
+        strict_miss=strict_miss,
+        hit_matrix=hit_m,
+        neg_matrix=neg_m,
+        terms=terms,
+        negs=negs,
+    )
 
+
+def semantic_scores(
+    sig: Signals, vector_est: dict[int, calibrate.Estimate], lexical_est: dict[int, calibrate.Estimate]
+) -> np.ndarray:
+    """Per pair, the calibrated meaning score under each goal's estimate of its signal (EARLY_CAP where a goal
+    has no estimate yet)."""
+    out = np.full(len(sig.pair_item), calibrate.EARLY_CAP)
+    for mask, raw, ests in ((sig.use_vec, sig.cosine, vector_est), (~sig.use_vec, sig.lexical, lexical_est)):
+        for g, est in ests.items():
+            sel = mask & (sig.pair_goal == g)
+            if sel.any():
+                out[sel] = calibrate.scores(raw[sel], est)
+    return out
+
+
+def finish(
+    items: Items,
+    goals: Goals,
+    sig: Signals,
+    semantic: np.ndarray,
+    rated: Rated | None,
+    neighbour: dict[int, float] | None = None,
+) -> Scored:
+    """The scores from the calibrated meaning and the other components (module docstring)."""
+    m = len(goals.ids)
+    pi, pg = sig.pair_item, sig.pair_goal
     # feedback: similarity-weighted votes of the goal's rated neighbours (same model only)
     feedback = np.zeros(len(pi))
     if rated is not None and len(rated.labels) and items.vectors is not None:
-        feedback = _feedback(items, rated, pi, pg, anchors_for(model).neighbour, m)
+        feedback = _feedback(items, rated, pi, pg, neighbour or {}, m)
         feedback[~items.has_vector[pi]] = 0.0
 
     # source trust: the best trust among the item's sources (padding maps to a zero column)
@@ -450,41 +514,64 @@ def score_batch(items: Items, goals: Goals, rated: Rated | None, model: str | No
     trust = np.where(items.sources[pi].max(axis=1) < 0, 0.0, trust)
 
     fresh = recency(items.age_hours[pi])
-    ungated = combine(semantic, hits, feedback, trust, fresh)
-    negative = neg_nm[pi, pg]
-    blocked = ~unblocked[pi, pg]
-    strict_miss = goals.strict[pg] & (t_inc.sum(axis=0)[pg] > 0 if terms else False) & (hits == 0)
-    score = np.where(strict_miss, np.minimum(ungated, STRICT_CAP), ungated)
-    score = np.where(negative | blocked, 0.0, score)
+    ungated = combine(semantic, sig.hits, feedback, trust, fresh)
+    ungated = np.where(sig.use_vec, ungated, np.minimum(ungated, LEXICAL_CAP))
+    score = np.where(sig.strict_miss, np.minimum(ungated, STRICT_CAP), ungated)
+    score = np.where(sig.negative | sig.blocked, 0.0, score)
     return Scored(
         pair_item=pi,
         pair_goal=pg,
         score=score,
         ungated=ungated,
-        cosine=cosine,
+        cosine=sig.cosine,
         semantic=semantic,
-        lexical=lexical,
-        hits=hits,
-        negative=negative,
-        blocked=blocked,
-        strict_miss=strict_miss,
+        lexical=sig.lexical,
+        hits=sig.hits,
+        negative=sig.negative,
+        blocked=sig.blocked,
+        strict_miss=sig.strict_miss,
         feedback=feedback,
         trust=trust,
         fresh=fresh,
-        lexical_only=~use_vec,
-        hit_matrix=hit_m,
-        neg_matrix=neg_m,
-        terms=terms,
-        negs=negs,
+        lexical_only=~sig.use_vec,
+        hit_matrix=sig.hit_matrix,
+        neg_matrix=sig.neg_matrix,
+        terms=sig.terms,
+        negs=sig.negs,
     )
 
 
-def _feedback(items: Items, rated: Rated, pi: np.ndarray, pg: np.ndarray, threshold: float, m: int) -> np.ndarray:
-    """F = sum(label * w) / (sum(w) + kappa), w = ((sim - threshold) / (1 - threshold))^2 over the goal's rated
-    items: near a liked item -> up to +1, near a disliked one -> down to -1, no near neighbour -> 0."""
+def score_batch(
+    items: Items,
+    goals: Goals,
+    rated: Rated | None,
+    estimates: dict[int, calibrate.Estimate] | None = None,
+    lexical_estimates: dict[int, calibrate.Estimate] | None = None,
+    neighbour: dict[int, float] | None = None,
+) -> Scored:
+    """Score a batch under given calibration estimates per goal row. Without estimates, each goal calibrates on
+    the batch itself (its values are its window): what a goal's first batch, its backfill, does."""
+    sig = signals(items, goals)
+    if estimates is None:
+        estimates = {g: calibrate.estimate(v, len(v), None) for g, v in sig.values().items()}
+    if lexical_estimates is None:
+        lexical_estimates = {g: calibrate.estimate(v, len(v), None) for g, v in sig.values(lexical=True).items()}
+    return finish(items, goals, sig, semantic_scores(sig, estimates, lexical_estimates), rated, neighbour)
+
+
+def _feedback(
+    items: Items, rated: Rated, pi: np.ndarray, pg: np.ndarray, neighbour: dict[int, float], m: int
+) -> np.ndarray:
+    """F = sum(label * w) / (sum(w) + kappa), w = ((sim - t) / (1 - t))^2 over the goal's rated items, t the
+    goal's neighbour threshold (calibrate.neighbour_threshold: closer than 90 % of random pairs of this model;
+    without one, the 90th percentile of this batch's similarities to the rated items): near a liked item ->
+    up to +1, near a disliked one -> down to -1, no near neighbour -> 0."""
     assert items.vectors is not None
     sims = items.vectors @ rated.vectors.T  # (n, K)
-    w = np.square(np.clip((sims - threshold) / (1.0 - threshold), 0.0, None))
+    fallback = float(np.quantile(sims, calibrate.NEIGHBOUR_QUANTILE)) if sims.size else 0.0
+    t = np.array([neighbour.get(int(g), fallback) for g in rated.goal_pos])[None, :]  # per rated item
+    t = np.minimum(t, 0.99)
+    w = np.square(np.clip((sims - t) / (1.0 - t), 0.0, None))
     starts = np.searchsorted(rated.goal_pos, np.unique(rated.goal_pos))  # goal_pos is sorted: one run per goal
     votes = np.add.reduceat(w * rated.labels, starts, axis=1)  # (n, goals with feedback)
     weight = np.add.reduceat(w, starts, axis=1)
@@ -494,69 +581,6 @@ def _feedback(items: Items, rated: Rated, pi: np.ndarray, pg: np.ndarray, thresh
     has = col[pg] >= 0
     c = col[pg[has]]
     out[has] = votes[pi[has], c] / (weight[pi[has], c] + FEEDBACK_KAPPA)
-    return out
-
-
-# --- reasons -----------------------------------------------------------------------------------------------
-
-
-def _quote_list(words: list[str], limit: int = 3) -> str:
-    shown = [f"'{w}'" for w in words[:limit]]
-    more = len(words) - limit
-    if len(shown) == 1:
-        text = shown[0]
-    else:
-        text = ", ".join(shown[:-1]) + " and " + shown[-1]
-    return text + (f" (+{more} more)" if more > 0 else "")
-
-
-def reasons_for(
-    *,
-    hits: list[str],
-    negatives: list[str],
-    blocked: bool,
-    strict_miss: bool,
-    semantic: float,
-    lexical_only: bool,
-    pending: str,
-    feedback: float,
-    trust: float,
-    age_hours: float,
-    backfill: str,
-) -> list[str]:
-    """Readable reasons, most important first ("mentions 'OpenAI' and 'funding'", "very close to your goal")."""
-    out: list[str] = []
-    if blocked:
-        out.append("from a source you blocked for this goal")
-    if negatives:
-        out.append(f"mentions {_quote_list(negatives)}, which you excluded")
-    if hits:
-        out.append(f"mentions {_quote_list(hits)}")
-    elif strict_miss:
-        out.append("none of your priority terms appear (strict goal: not an instant alert)")
-    if semantic >= 0.85:
-        out.append("very close to your goal")
-    elif semantic >= 0.6:
-        out.append("close to your goal")
-    elif semantic >= 0.35:
-        out.append("somewhat related to your goal")
-    elif not hits:
-        out.append("only loosely related to your goal")
-    if feedback >= 0.15:
-        out.append("similar to items you liked")
-    elif feedback <= -0.15:
-        out.append("similar to items you disliked")
-    if trust >= 0.15:
-        out.append("from a source you liked")
-    elif trust <= -0.15:
-        out.append("from a source whose items you often disliked")
-    if age_hours >= 24:
-        days = age_hours / 24
-        out.append(f"published {days:.0f} day{'s' if round(days) != 1 else ''} ago")
-    if backfill:
-        out.append(backfill)
-    if lexical_only:
-        out.append(f"scored by keywords only: {pending or 'embedding pending'}")
     return out
 
 
@@ -610,6 +634,7 @@ async def match_items(
     backfill_before: datetime | None = None,
     conn: asyncpg.Connection | None = None,
     now: datetime | None = None,
+    lexical_fallback: bool = False,
 ) -> MatchStats:
     """Score items against their visible active goals (or only `goal_ids`) and upsert the match rows.
 
@@ -617,7 +642,9 @@ async def match_items(
     `backfill_before`: a goal backfill: items ingested before this moment (the goal's change) are marked
     is_backfill (never IMMEDIATE; later items are news to the goal) and items.matched_at is left alone;
     otherwise matched_at is set for every item. `conn`: read and write in this connection (the caller's claim
-    transaction, which may hold vectors not yet committed).
+    transaction, which may hold vectors not yet committed). `lexical_fallback`: embedding is off, failing or over
+    budget, so items still pending are scored by keywords now (capped at BATCH); otherwise an item pending for
+    less than PENDING_WAIT_SECONDS is left for its embedding.
     """
     stats = MatchStats()
     if not item_ids:
@@ -633,41 +660,119 @@ async def match_items(
             await items_store.mark_matched(conn or rt.pool, [r["id"] for r in data.items])
         return stats
 
+    if not lexical_fallback:
+        # an item whose embedding is merely pending waits for it (see PENDING_WAIT_SECONDS); it stays unmatched
+        wait_until = now - timedelta(seconds=PENDING_WAIT_SECONDS)
+        data.items = [r for r in data.items if r["embedding_status"] != "pending" or r["ingested_at"] < wait_until]
+        if not data.items:
+            return stats
     vectors = await _goal_vectors(rt, reader, data.goals)
     items, goals = _build(data, vectors, model, now, backfill_before)
     goal_index = {int(g): j for j, g in enumerate(goals.ids)}
+    versions = [int(g["version"]) for g in data.goals]
     rated = await _rated(rt, reader, goals, goal_index, model)
-    scored = score_batch(items, goals, rated, model)
-    stats.pairs = len(scored.score)
-    stats.lexical_pairs = int(scored.lexical_only.sum())
-    keep = scored.ungated >= STORE_FLOOR
-    if data.existing:  # pairs stored before are always re-scored (a lexical score may now be lower)
-        pair_keys = (goals.ids[scored.pair_goal] << 32) | items.ids[scored.pair_item]
-        old_keys = np.array([(int(r["goal_id"]) << 32) | int(r["item_id"]) for r in data.existing], dtype=np.int64)
-        keep |= np.isin(pair_keys, old_keys)
-    rows = _rows(scored, items, goals, keep, model)
-    stats.stored = len(rows[0])
-    stats.gated = int((keep & (scored.negative | scored.blocked | scored.strict_miss)).sum())
-    stats.max_score = float(scored.score.max(initial=0.0))
-    ids = [] if backfill_before is not None else [int(i) for i in items.ids]
+    sig = signals(items, goals)
+
+    # A goal's window learns from the items it sees for the first time (new items, a fresh vector, its
+    # backfill), not from re-scores of the same items (feedback, an unblocked source), which would repeat them.
+    first = np.array([backfill_before is not None or r["matched_at"] is None for r in data.items], dtype=bool)
+
+    async def write(c: asyncpg.Connection) -> None:
+        vector_est, neighbour = await _observe(c, sig.values(), sig.values(items=first), model, goals, versions)
+        lexical_est, _ = await _observe(
+            c, sig.values(lexical=True), sig.values(lexical=True, items=first), LEXICAL_SIGNAL, goals, versions
+        )
+        scored = finish(items, goals, sig, semantic_scores(sig, vector_est, lexical_est), rated, neighbour)
+        stats.pairs = len(scored.score)
+        stats.lexical_pairs = int(scored.lexical_only.sum())
+        keep = scored.ungated >= STORE_FLOOR
+        if data.existing:  # pairs stored before are always re-scored (a lexical score may now be lower)
+            pair_keys = (goals.ids[scored.pair_goal] << 32) | items.ids[scored.pair_item]
+            old_keys = np.array([(int(r["goal_id"]) << 32) | int(r["item_id"]) for r in data.existing], dtype=np.int64)
+            keep |= np.isin(pair_keys, old_keys)
+        rows = _rows(scored, items, goals, keep, model, [str(g["language"] or "en") for g in data.goals])
+        stats.stored = len(rows[0])
+        stats.gated = int((keep & (scored.negative | scored.blocked | scored.strict_miss)).sum())
+        stats.max_score = float(scored.score.max(initial=0.0))
+        ids = [] if backfill_before is not None else [int(i) for i in items.ids]
+        await matches_store.upsert_matches(c, *rows, matched_item_ids=ids)
+
     if conn is not None:
-        await matches_store.upsert_matches(conn, *rows, matched_item_ids=ids)
+        await write(conn)
     else:
         async with rt.pool.acquire() as c, c.transaction():
-            await matches_store.upsert_matches(c, *rows, matched_item_ids=ids)
+            await write(c)
     return stats
+
+
+async def _observe(
+    conn: asyncpg.Connection,
+    scored: dict[int, np.ndarray],
+    new: dict[int, np.ndarray],
+    signal: str | None,
+    goals: Goals,
+    versions: list[int],
+) -> tuple[dict[int, calibrate.Estimate], dict[int, float]]:
+    """Add each goal's `new` values of one signal to its calibration window, then return the estimates (by goal
+    row) and feedback neighbour thresholds of every goal with values to score. The batch is added first, so a
+    goal's first batch (its backfill) calibrates itself; the keyword signal's prior is measured here, the
+    models' when the goal is embedded."""
+    if not scored or signal is None:
+        return {}, {}
+    lexical = signal == LEXICAL_SIGNAL
+    rows_of = sorted(scored)
+    values = {j: new.get(j, np.zeros(0)) for j in rows_of}
+    gids = [int(goals.ids[j]) for j in rows_of]
+    priors = [lexical_prior(goals.texts[j]) if lexical else None for j in rows_of]
+    records = await calibration_store.observe(
+        conn,
+        signal,
+        gids,
+        [versions[j] for j in rows_of],
+        [values[j] for j in rows_of],
+        priors,
+        window=calibrate.WINDOW,
+    )
+    by_id = {int(r["goal_id"]): r for r in records}
+    found = [(j, by_id[gid]) for j, gid in zip(rows_of, gids, strict=True) if gid in by_id]
+    ests = calibrate.estimates(
+        [np.asarray(r["recent"], dtype=np.float64) for _, r in found],
+        [int(r["seen"]) for _, r in found],
+        [(float(r["prior_loc"]), float(r["prior_spread"])) if r["prior_loc"] is not None else None for _, r in found],
+    )
+    estimates = {j: e for (j, _), e in zip(found, ests, strict=True)}
+    neighbour = {j: float(r["neighbour"]) for j, r in found if r["neighbour"] is not None}
+    return estimates, neighbour
+
+
+@lru_cache(maxsize=4096)
+def lexical_prior(goal_text_: str) -> tuple[float, float]:
+    """The goal's keyword overlap with the background corpus of its language: the keyword signal's prior."""
+    corpus = calibrate.background("zh" if has_cjk(goal_text_) else "en")
+    index = LexicalIndex([goal_text_])
+    return calibrate.location_spread(np.array([index.scores(t)[0] for t in corpus]))
 
 
 async def _goal_vectors(rt: Runtime, reader: Any, goals: list[Any]) -> list[np.ndarray | None]:
     """Goal vectors from a per-process cache keyed by (goal, embedded version, model): every batch needs all
     candidate goals, and reading 1,000 vectors of 1536 floats per batch from the table dominated matching."""
-    cache: dict[int, tuple[Any, Any, np.ndarray | None]] = rt.extras.setdefault("goal_vectors", {})
-    key = {int(g["id"]): (g["embedded_version"], g["embedding_model"]) for g in goals}
-    missing = [gid for gid, k in key.items() if gid not in cache or cache[gid][:2] != k]
+    cache: dict[int, tuple[Any, Any, Any, np.ndarray | None]] = rt.extras.setdefault("goal_vectors", {})
+    key = {int(g["id"]): (g["embedded_version"], g["embedding_model"], g["prf_at"]) for g in goals}
+    missing = [gid for gid, k in key.items() if gid not in cache or cache[gid][:3] != k]
     if missing:
         for r in await goals_store.goal_vectors(reader, missing):
-            cache[int(r["id"])] = (r["embedded_version"], r["embedding_model"], _vec(r["embedding"]))
-    return [cache[gid][2] if gid in cache and cache[gid][:2] == key[gid] else None for gid in key]
+            cache[int(r["id"])] = (r["embedded_version"], r["embedding_model"], r["prf_at"], _vec(r["embedding"]))
+    return [cache[gid][3] if gid in cache and cache[gid][:3] == key[gid] else None for gid in key]
+
+
+def prf_vector(goal: np.ndarray, recent: np.ndarray) -> np.ndarray | None:
+    """The goal vector plus the centroid of its PRF_TOP closest recent items (unit length); None with fewer
+    than PRF_MIN_ITEMS items to choose from."""
+    if recent.shape[0] < PRF_MIN_ITEMS or recent.shape[1] != goal.shape[0]:
+        return None
+    top = np.argpartition(-(recent @ goal), PRF_TOP - 1)[:PRF_TOP]
+    v = goal + recent[top].mean(axis=0)
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 def _build(
@@ -800,78 +905,130 @@ async def _rated(rt: Runtime, reader: Any, goals: Goals, goal_index: dict[int, i
     )
 
 
-def _rows(scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: str | None) -> tuple[list[Any], ...]:
+def _col(values: np.ndarray, digits: int) -> list[Any]:
+    """A rounded column as Python values (None for nan): one numpy pass instead of work per row."""
+    out: list[Any] = np.round(values.astype(np.float64), digits).tolist()
+    return [None if v != v else v for v in out] if np.isnan(values).any() else out
+
+
+def _rows(
+    scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: str | None, languages: list[str]
+) -> tuple[list[Any], ...]:
     """Columns for matches_store.upsert_matches: goal ids, item ids, scores, components, reasons, gates, lexical_only,
-    is_backfill (only the kept pairs; strings are built here and nowhere on the hot path)."""
-    goal_ids, item_ids, scores, comps, reasons, gates, lex, bf = [], [], [], [], [], [], [], []
+    is_backfill (only the kept pairs; strings are built here and nowhere on the hot path). About half of all pairs
+    are kept (the matches listing ranks the upper half of a goal's items), so the numbers are computed as columns
+    and the loop only assembles them."""
+    goal_ids, item_ids, scores, comps, reason_texts, gates, lex, bf = [], [], [], [], [], [], [], []
     tpos = {t: k for k, t in enumerate(scored.terms)}
     npos = {t: k for k, t in enumerate(scored.negs)}
     kept = np.nonzero(keep)[0]
     # one lock order for every writer (item batches, backfills): (goal_id, item_id) ascending, so concurrent
     # upserts of overlapping pairs wait for each other instead of deadlocking
     kept = kept[np.lexsort((items.ids[scored.pair_item[kept]], goals.ids[scored.pair_goal[kept]]))]
-    for p in kept:
-        i, g = int(scored.pair_item[p]), int(scored.pair_goal[p])
-        hit_names = [t for t in goals.priority_terms[g] if scored.hit_matrix[i, tpos[t]]]
-        neg_names = [t for t in goals.negative_terms[g] if scored.neg_matrix[i, npos[t]]]
+    pi, pg = scored.pair_item[kept], scored.pair_goal[kept]
+    sem = scored.semantic[kept]
+    col = {
+        "cosine": _col(scored.cosine[kept], 4),
+        "lexical": _col(scored.lexical[kept], 4),
+        "semantic": _col(sem, 4),
+        # the calibrated distance from the goal's typical item, in background sigmas
+        "z": _col(calibrate.Z0 + np.log(np.clip(sem, 1e-6, 1 - 1e-6) / (1 - np.clip(sem, 1e-6, 1 - 1e-6))), 2),
+        "terms": _col(term_evidence(scored.hits[kept]), 4),
+        "feedback": _col(scored.feedback[kept], 4),
+        "source_trust": _col(scored.trust[kept], 4),
+        "recency": _col(scored.fresh[kept], 4),
+        "age_hours": _col(items.age_hours[pi], 1),
+        "ungated_score": _col(scored.ungated[kept], 4),
+    }
+    sem_l, fb_l, tr_l, age_l = (
+        sem.tolist(),
+        scored.feedback[kept].tolist(),
+        scored.trust[kept].tolist(),
+        items.age_hours[pi].tolist(),
+    )
+    blocked_l, neg_l, strict_l = (
+        scored.blocked[kept].tolist(),
+        scored.negative[kept].tolist(),
+        scored.strict_miss[kept].tolist(),
+    )
+    lexical_l, score_l = scored.lexical_only[kept].tolist(), scored.score[kept].tolist()
+    gid_l, iid_l = goals.ids[pg].tolist(), items.ids[pi].tolist()
+    hits_l = (scored.hits[kept] > 0).tolist()
+    for k, (i, g) in enumerate(zip(pi.tolist(), pg.tolist(), strict=True)):
+        hit_names = [t for t in goals.priority_terms[g] if scored.hit_matrix[i, tpos[t]]] if hits_l[k] else []
+        neg_names = [t for t in goals.negative_terms[g] if scored.neg_matrix[i, npos[t]]] if neg_l[k] else []
         gate = (
             "blocked_source"
-            if scored.blocked[p]
+            if blocked_l[k]
             else "negative_term"
-            if scored.negative[p]
+            if neg_l[k]
             else "strict_no_hit"
-            if scored.strict_miss[p]
+            if strict_l[k]
             else None
         )
-        lexical_only = bool(scored.lexical_only[p])
+        lexical_only = lexical_l[k]
         is_bf = bool(items.goal_backfill[i] or items.is_backfill[i])
+        if score_l[k] < DETAIL_FLOOR and gate is None:
+            # a low pair is stored for the listing's ranking only: its numbers, no sentences
+            comps.append(
+                {
+                    "model": None if lexical_only else model,
+                    "cosine": col["cosine"][k],
+                    "lexical": col["lexical"][k],
+                    "semantic": col["semantic"][k],
+                    "z": col["z"][k],
+                    "ungated_score": col["ungated_score"][k],
+                }
+            )
+            reason_texts.append([])
+            goal_ids.append(gid_l[k])
+            item_ids.append(iid_l[k])
+            scores.append(score_l[k])
+            gates.append(None)
+            lex.append(lexical_only)
+            bf.append(is_bf)
+            continue
         pending = items.pending_reason[i] if not items.has_vector[i] else "goal embedding pending"
-        bf_text = (
-            "found when the goal was created, changed or resumed"
-            if items.goal_backfill[i]
-            else "from the back catalogue of a newly added source"
-            if items.is_backfill[i]
-            else ""
-        )
-        cos = scored.cosine[p]
-        lex_v = scored.lexical[p]
+        bf_text = "goal_backfill" if items.goal_backfill[i] else "source_backfill" if items.is_backfill[i] else ""
         comps.append(
             {
                 "model": None if lexical_only else model,
-                "cosine": None if math.isnan(cos) else round(float(cos), 4),
-                "lexical": None if math.isnan(lex_v) else round(float(lex_v), 4),
-                "semantic": round(float(scored.semantic[p]), 4),
+                "cosine": col["cosine"][k],
+                "lexical": col["lexical"][k],
+                "semantic": col["semantic"][k],
+                "z": col["z"][k],
                 "term_hits": hit_names,
-                "terms": round(float(term_evidence(len(hit_names))), 4),
-                "feedback": round(float(scored.feedback[p]), 4),
-                "source_trust": round(float(scored.trust[p]), 4),
-                "recency": round(float(scored.fresh[p]), 4),
-                "age_hours": round(float(items.age_hours[i]), 1),
+                "terms": col["terms"][k],
+                "feedback": col["feedback"][k],
+                "source_trust": col["source_trust"][k],
+                "recency": col["recency"][k],
+                "age_hours": col["age_hours"][k],
                 "negative_hits": neg_names,
-                "blocked_source": bool(scored.blocked[p]),
-                "strict_miss": bool(scored.strict_miss[p]),
-                "ungated_score": round(float(scored.ungated[p]), 4),
+                "blocked_source": blocked_l[k],
+                "strict_miss": strict_l[k],
+                "ungated_score": col["ungated_score"][k],
             }
         )
-        reasons.append(
-            reasons_for(
+        reason_texts.append(
+            reasons.reasons_for(
                 hits=hit_names,
                 negatives=neg_names,
-                blocked=bool(scored.blocked[p]),
-                strict_miss=bool(scored.strict_miss[p]),
-                semantic=float(scored.semantic[p]),
+                blocked=blocked_l[k],
+                strict_miss=strict_l[k],
+                semantic=sem_l[k],
                 lexical_only=lexical_only,
                 pending=pending,
-                feedback=float(scored.feedback[p]),
-                trust=float(scored.trust[p]),
-                age_hours=float(items.age_hours[i]),
+                feedback=fb_l[k],
+                trust=tr_l[k],
+                age_hours=age_l[k],
                 backfill=bf_text,
+                lang=languages[g],
             )
         )
-        goal_ids.append(int(goals.ids[g]))
-        item_ids.append(int(items.ids[i]))
-        scores.append(float(scored.score[p]))
+        goal_ids.append(gid_l[k])
+        item_ids.append(iid_l[k])
+        scores.append(score_l[k])
         gates.append(gate)
         lex.append(lexical_only)
         bf.append(is_bf)
-    return goal_ids, item_ids, scores, comps, reasons, gates, lex, bf
+    return goal_ids, item_ids, scores, comps, reason_texts, gates, lex, bf

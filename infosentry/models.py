@@ -25,6 +25,7 @@ class NewItem:
     source_id: int
     title_key: str
     is_backfill: bool
+    title_marks: list[str] = field(default_factory=list)  # Chinese near-duplicate index keys (ingest.dedupe)
 
 
 @dataclass(slots=True)

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from infosentry.errors import Invalid
 
+# The offline models: USE-multilingual v3 (default: Chinese and English in one space) and all-MiniLM-L6-v2
+# (English only; kept for English-only installs and as a reference).
+LOCAL_MODELS = ("use-multilingual-v3", "all-MiniLM-L6-v2")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -26,6 +30,7 @@ class Settings:
     openai_embed_model: str = "text-embedding-3-small"
     openai_judge_model: str = "gpt-4o-mini"
     embed_provider: str = "local"
+    local_embed_model: str = "use-multilingual-v3"
     embed_usd_per_mtok: float = 0.02
     judge_usd_per_mtok_in: float = 0.15
     judge_usd_per_mtok_out: float = 0.60
@@ -102,6 +107,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     provider = get("EMBED_PROVIDER", "").strip().lower() or ("openai" if api_key else "local")
     if provider not in ("openai", "local"):
         raise Invalid(f"EMBED_PROVIDER must be openai or local, not {provider!r}")
+    local_model = get("LOCAL_EMBED_MODEL", "").strip() or defaults.local_embed_model
+    if local_model not in LOCAL_MODELS:
+        raise Invalid(f"LOCAL_EMBED_MODEL must be one of {', '.join(LOCAL_MODELS)}, not {local_model!r}")
     hot_defaults = {key: env[key] for key in hotconfig.KEYS if env.get(key, "").strip()}
 
     return Settings(
@@ -114,6 +122,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         openai_embed_model=get("OPENAI_EMBED_MODEL", defaults.openai_embed_model),
         openai_judge_model=get("OPENAI_JUDGE_MODEL", defaults.openai_judge_model),
         embed_provider=provider,
+        local_embed_model=local_model,
         embed_usd_per_mtok=_float("EMBED_USD_PER_MTOK", get("EMBED_USD_PER_MTOK", "0.02")),
         judge_usd_per_mtok_in=_float("JUDGE_USD_PER_MTOK_IN", get("JUDGE_USD_PER_MTOK_IN", "0.15")),
         judge_usd_per_mtok_out=_float("JUDGE_USD_PER_MTOK_OUT", get("JUDGE_USD_PER_MTOK_OUT", "0.60")),
@@ -153,6 +162,7 @@ def documented_names() -> list[str]:
         "OPENAI_EMBED_MODEL",
         "OPENAI_JUDGE_MODEL",
         "EMBED_PROVIDER",
+        "LOCAL_EMBED_MODEL",
         "EMBED_USD_PER_MTOK",
         "JUDGE_USD_PER_MTOK_IN",
         "JUDGE_USD_PER_MTOK_OUT",

@@ -23,11 +23,18 @@ def snap(
     backfill: bool = False,
     blocked: bool = False,
     components: dict | None = None,
+    lexical_only: bool = False,
 ) -> dict:
     return {
         "goal": {"id": 1, "version": 1},
         "item": {"id": 2, "is_backfill": False},
-        "match": {"score": score, "gate": gate, "is_backfill": backfill, "components": components or {}},
+        "match": {
+            "score": score,
+            "gate": gate,
+            "is_backfill": backfill,
+            "components": components or {},
+            "lexical_only": lexical_only,
+        },
         "blocked_source": blocked,
     }
 
@@ -74,6 +81,17 @@ def test_conclude_marks_fallbacks_and_keeps_reasons() -> None:
     assert (off.tier, off.run_status, off.fallback_reason) == ("BATCH", "FALLBACK", "LLM_ENABLED is false")
     ignored = conclude(classify(snap(0.3), POLICY), None)
     assert (ignored.tier, ignored.status, ignored.run_status) == ("IGNORE", "skipped", "SUCCESS")
+    assert "DIGEST_MIN_SCORE" in ignored.reason  # never shown to a reader: says why it was not pushed
+    batch = conclude(classify(snap(0.8), POLICY), None, ["mentions 'chip'", "close to your goal"])
+    assert batch.reason == "mentions 'chip'; close to your goal" and "BATCH_THRESHOLD" in batch.rule
+
+
+def test_keyword_only_scores_never_make_instant_pushes() -> None:
+    # observed: "scored by keywords only: embedding pending" at 1.000 went out as IMMEDIATE
+    lexical = snap(1.0, lexical_only=True)
+    assert classify(lexical, POLICY).tier == "BATCH"
+    assert classify(snap(0.9, lexical_only=True), POLICY).tier == "BATCH"  # nor reaches the judge
+    assert classify(snap(1.0), POLICY).tier == "IMMEDIATE"
 
 
 async def _world(rt, n_goals: int = 1):
@@ -111,7 +129,10 @@ async def test_every_match_gets_one_decision_with_a_full_run(rt) -> None:
     assert "breaker_open" in snapshot["budget"]
     decision = await rt.pool.fetchrow("SELECT * FROM decisions WHERE item_id = $1", items[0.97])
     assert decision["run_id"] is not None and decision["status"] == "pending"
-    assert "IMMEDIATE_THRESHOLD" in decision["reason"] and "hit 0.97" in decision["reason"]
+    # the reader's reason is the matcher's; the rule with its thresholds is in the run, not in emails
+    assert decision["reason"] == "hit 0.97"
+    run = await rt.pool.fetchrow("SELECT output FROM agent_runs WHERE item_id = $1", items[0.97])
+    assert "IMMEDIATE_THRESHOLD" in run["output"]["rule"]
     # the queue is drained; running again writes nothing and duplicates nothing
     assert await decide.queued_items(rt) == 0
     again = await kit.decide_all(rt)
@@ -189,8 +210,8 @@ async def test_immediate_switch_and_backfill_and_strict(rt) -> None:
     await kit.match(rt, goal_id, normal, 0.99)
     await kit.decide_all(rt)
     assert await kit.tiers(rt, goal_id) == {off: "BATCH", backfill: "BATCH", strict: "BATCH", normal: "IMMEDIATE"}
-    reason = await rt.pool.fetchval("SELECT reason FROM decisions WHERE item_id = $1", off)
-    assert "IMMEDIATE_ENABLED is false" in reason
+    rule = await rt.pool.fetchval("SELECT output->>'rule' FROM agent_runs WHERE item_id = $1", off)
+    assert "IMMEDIATE_ENABLED is false" in rule
 
 
 async def test_concurrent_sweeps_never_duplicate(rt) -> None:

@@ -131,7 +131,10 @@ def test_demo_serve_ends_by_printing_the_inbox_url_and_serves_it(dsn: str, tmp_p
         body = urllib.parse.urlencode({"csrf": csrf, "token": token}).encode()
         inbox = opener.open(f"http://127.0.0.1:{port}/api/v1/auth/consume", data=body)
         html = inbox.read().decode()
-        assert inbox.geturl() == f"http://127.0.0.1:{port}/inbox" and "NASA launches rocket" in html
+        assert inbox.geturl() == f"http://127.0.0.1:{port}/inbox" and html.count("data-entry") >= 10
+        # the demo's instant pushes (the first page holds the newest 50 of every tier)
+        html = opener.open(f"http://127.0.0.1:{port}/inbox?tier=immediate").read().decode()
+        assert "NASA launches rocket" in html and "Athens Olympic Games" in html
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from infosentry import budget, embed, match
+from infosentry import budget, calibrate, embed, match
 from infosentry.embedders.openai import CallRecord, EmbedError, OpenAIEmbedder, RateLimiter
 from infosentry.retry import Backoff, retry_after_seconds
 from infosentry.runtime import Runtime, open_runtime
@@ -203,12 +204,15 @@ async def test_pipeline_accounts_usage_in_the_budget_day(fake_rt: Runtime, opena
     texts = match.goal_facets(goal["name"], goal["description"], list(goal["priority_terms"]))
     rows = await rt.pool.fetch("SELECT title, snippet FROM items")
     texts += [match.item_text(r["title"], r["snippet"]) for r in rows]
+    texts += list(calibrate.background("en"))  # the goal's calibration prior: embedded once per process
     st = await budget.status(rt)
     assert st["embed_tokens"] == sum(fake_tokens(t) for t in texts)
     assert st["embed_usd"] == pytest.approx(st["embed_tokens"] * 0.02 / 1e6, abs=1e-6)
-    assert st["embed_requests"] == openai_server.served["embeddings"] == 2  # goal facets, then the item batch
+    # goal facets, the calibration background (64 texts per request), then the item batch
+    requests = 2 + math.ceil(len(calibrate.background("en")) / 64)
+    assert st["embed_requests"] == openai_server.served["embeddings"] == requests
     calls = await rt.pool.fetch("SELECT kind, ok, http_status FROM external_calls")
-    assert [tuple(c) for c in calls] == [("embed", True, 200)] * 2
+    assert [tuple(c) for c in calls] == [("embed", True, 200)] * requests
     row = await match_row(rt, w["goal"], w["ai"])
     assert row is not None and not row["lexical_only"] and row["components"]["model"] == f"openai:{MODEL}"
     assert (await statuses(rt)) == {"done": 3}
@@ -223,7 +227,10 @@ async def test_outage_keeps_items_pending_and_scored_by_keywords(fake_rt: Runtim
     assert await statuses(rt) == {"pending": 3}
     lexical = await match_row(rt, w["goal"], w["ai"])
     assert lexical["lexical_only"] and lexical["reasons"][-1] == "scored by keywords only: embedding pending"
-    assert lexical["components"]["term_hits"] == ["Nvidia"] and lexical["score"] >= 0.6
+    # keyword scores are calibrated against the goal's background like any signal (no fixed anchor): the item
+    # that shares the goal's words ranks well above the typical item, the unrelated one is not even stored
+    assert lexical["components"]["term_hits"] == ["Nvidia"] and lexical["score"] >= calibrate.score_from_z(2)
+    assert await match_row(rt, w["goal"], w["off"]) is None
     failures = await rt.pool.fetchval("SELECT count(*) FROM external_calls WHERE NOT ok")
     assert failures >= 1
     assert (await budget.status(rt))["embed_requests"] == 0  # nothing was paid
@@ -276,11 +283,13 @@ async def test_breaker_pauses_embedding_then_resumes_after_reset(fake_rt: Runtim
     ids = [await seed_item(rt, src, f"GPU story {i}: Nvidia ships AI chips", "x" * 400) for i in range(12)]
     # every item costs ~112 tokens; a batch of 3 costs ~336 tokens = $0.0000067
     batch_cost = 3 * fake_tokens(match.item_text("GPU story 10: Nvidia ships AI chips", "x" * 400)) * 0.02 / 1e6
-    await set_hot(rt, EMBED_BATCH_SIZE=3, DAILY_USD_BUDGET=0.000015)
+    # plus the goal's calibration background, embedded once before the items
+    cap = 0.000015 + sum(fake_tokens(t) for t in calibrate.background("en")) * 0.02 / 1e6
+    await set_hot(rt, EMBED_BATCH_SIZE=3, DAILY_USD_BUDGET=cap)
     report = await embed.run(rt)
     st = await budget.status(rt)
     assert report.paused and report.paused.startswith("budget breaker open") and st["breaker_open"]
-    assert st["usd_total"] <= 0.000015 + batch_cost + 1e-12  # never more than one batch over the cap
+    assert st["usd_total"] <= cap + batch_cost + 1e-12  # never more than one batch over the cap
     counts = await statuses(rt)
     assert 0 < counts.get("done", 0) < 12 and counts["pending"] >= 1
     pending = [r["id"] for r in await rt.pool.fetch("SELECT id FROM items WHERE embedding_status = 'pending'")]
@@ -333,7 +342,7 @@ async def test_concurrent_runs_never_embed_an_item_twice(fake_rt: Runtime, opena
     await set_hot(rt, EMBED_BATCH_SIZE=8)
     reports: list[Any] = await asyncio.gather(*(embed.run(rt) for _ in range(3)))
     assert sum(r.embedded for r in reports) == 40
-    assert openai_server.texts_embedded == 40 + len(match.goal_facets(*AI_GOAL)) * sum(
-        r.goals_embedded for r in reports
-    )
+    assert openai_server.texts_embedded == 40 + len(calibrate.background("en")) + len(
+        match.goal_facets(*AI_GOAL)
+    ) * sum(r.goals_embedded for r in reports)
     assert await statuses(rt) == {"done": 40}

@@ -287,6 +287,64 @@ async def test_same_story_from_two_feeds_is_one_item(rt: Runtime, user: int, ser
     assert await rt.pool.fetchval("SELECT count(*) FROM items") == 4
 
 
+async def test_near_identical_chinese_titles_from_two_sources_are_one_story(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    def feed(host: str, titles: list[str]) -> str:
+        return rss(
+            [{"title": t, "link": f"https://{host}/{k}", "description": "", "pub": NOW} for k, t in enumerate(titles)]
+        )
+
+    server.add(
+        "/sina.xml",
+        feed(
+            "sina.example",
+            [
+                "【快讯】央行宣布降准0.5个百分点",
+                "华为发布新款折叠屏手机",
+                "湖人险胜勇士晋级西部决赛",
+                "北京发布高温橙色预警",
+            ],
+        ),
+    )
+    server.add(
+        "/163.xml",
+        feed(
+            "163.example",
+            [
+                "央行宣布降准0.5个百分点，释放长期资金约1万亿",  # the same headline with a tail: one story
+                "小米发布新款折叠屏手机",  # the same template, another company: another story
+                "勇士险胜湖人晋级西部决赛",  # the teams swapped: another story
+                "上海发布高温橙色预警",
+            ],
+        ),
+    )
+    one = await add(rt, user, server.url("/sina.xml"))
+    two = await add(rt, user, server.url("/163.xml"))
+    await ingest.run_due(rt)
+    rows = await rt.pool.fetch(
+        "SELECT i.title, array_agg(x.source_id ORDER BY x.source_id) AS s FROM items i "
+        "JOIN item_sources x ON x.item_id = i.id GROUP BY i.id, i.title ORDER BY i.id"
+    )
+    merged = [r["title"] for r in rows if list(r["s"]) == [one, two]]
+    # one item for the two copies of the headline (whichever source was stored first), the others apart
+    assert len(merged) == 1 and "央行宣布降准0.5个百分点" in merged[0] and len(rows) == 7
+
+
+def test_same_chinese_headline() -> None:
+    same = dedupe.same_cjk_headline
+    assert same("【快讯】央行宣布降准0.5个百分点", "央行宣布降准0.5个百分点，释放长期资金约1万亿")
+    assert same("重磅！国产大飞机C919完成首次商业飞行", "国产大飞机C919完成首次商业飞行")
+    assert same("MSCI下周公布最新调整，A股纳入比例或提升", "MSCI下周公布最新调整 A股纳入比例或提升（图）")
+    assert not same("央行宣布降准0.5个百分点", "央行宣布降准0.25个百分点")  # numbers disagree
+    assert not same("华为发布新款折叠屏手机", "小米发布新款折叠屏手机")
+    assert not same("湖人险胜勇士晋级西部决赛", "勇士险胜湖人晋级西部决赛")
+    assert not same("股市收盘", "股市收盘")  # too short to tell one story from another
+    assert not same("Apple unveils a new iPhone today", "Apple unveils a new iPhone today!")  # not Chinese
+    assert dedupe.title_marks("【快讯】央行宣布降准0.5个百分点") == ["p:央行宣布降准", "s:05个百分点"]
+    assert dedupe.title_marks("Weather today") == [] and dedupe.title_marks("股市收盘") == []
+
+
 async def test_titles_alone_never_merge_within_one_source(rt: Runtime, user: int, server: FakeFeedServer) -> None:
     server.add(
         "/same.xml",

@@ -77,7 +77,8 @@ async def test_the_judge_decides_the_boundary(lrt: Runtime, fake_llm: FakeOpenAI
     assert "Chip export ban widened" in user_msg and "priority term 'chip'" in user_msg and "0.900" in user_msg
     assert run["llm_request"]["messages"] == sent["messages"]
     reason = await lrt.pool.fetchval("SELECT reason FROM decisions WHERE item_id = $1", item_id)
-    assert reason.startswith("LLM judge: title says 'chip export ban'")
+    assert reason.startswith("title says 'chip export ban'")  # the judge's words, then the matcher's reasons
+    assert run["output"]["rule"].startswith("score 0.900 in the boundary band")
     # usage and money are on today's budget day; the call is in external_calls
     status = await budget.status(lrt)
     assert status["llm_calls"] == 1 and status["llm_prompt_tokens"] == 1000
@@ -96,7 +97,8 @@ async def test_500s_fall_back_to_batch_after_retries(lrt: Runtime, fake_llm: Fak
     )
     assert [a["http_status"] for a in run["llm_response"]["attempts"]] == [500, 500, 500]
     assert [(c["ok"], c["http_status"]) for c in await calls(lrt)] == [(False, 500)] * 3  # counted for the alert
-    assert "LLM unavailable" in await lrt.pool.fetchval("SELECT reason FROM decisions WHERE item_id = $1", item_id)
+    reason = await lrt.pool.fetchval("SELECT reason FROM decisions WHERE item_id = $1", item_id)
+    assert "LLM" not in reason and "HTTP" not in reason  # the reader sees why it matched, not the outage
     assert (await budget.status(lrt))["llm_calls"] == 0  # nothing answered, nothing charged
 
 

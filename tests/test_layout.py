@@ -25,10 +25,22 @@ ROOT = Path(__file__).resolve().parents[1] / "infosentry"
 
 LEVELS: dict[str, set[str]] = {
     "leaf": {"", "settings", "errors", "paths", "logs", "metrics", "auth", "urls", "text", "hotconfig", "openapi"}
-    | {"models", "retry"},
+    | {"models", "retry", "reasons"},
     "infrastructure": {"db", "migrate", "runtime", "queue", "fetch", "mail", "opml", "store.*", "sources.*"}
     | {"embedders.*", "links"},
-    "step": {"ingest.*", "embed", "match", "decide", "judge", "push", "budget", "alerts", "health", "retention"},
+    "step": {
+        "ingest.*",
+        "embed",
+        "match",
+        "calibrate",
+        "decide",
+        "judge",
+        "push",
+        "budget",
+        "alerts",
+        "health",
+        "retention",
+    },
     "jobs": {"jobs"},
     "domain": {"domain.*"},
     "entry": {"api.*", "web.*", "cli.*", "demo", "ops.*", "__main__"},
@@ -38,6 +50,8 @@ PURE = {"fetch", "mail", "opml", "sources.*", "embedders.*"}  # network or text 
 STEP_EDGES = {
     ("embed", "budget"),
     ("embed", "match"),  # the embedding step scores what it just embedded, in the same batch
+    ("embed", "calibrate"),  # a goal's calibration prior is measured when it is embedded
+    ("match", "calibrate"),  # matching turns raw similarities into calibrated scores
     ("decide", "budget"),
     ("decide", "judge"),
     ("judge", "budget"),

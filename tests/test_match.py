@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infosentry import embed, match
+from infosentry import embed, match, reasons
 from infosentry.domain import admin
 from infosentry.embedders.lexical import lexical_similarity
 from infosentry.runtime import Runtime
@@ -120,17 +120,6 @@ OFF_ITEM = ("Local bakery wins award for sourdough bread", "The family bakery ha
 # --- pure functions ----------------------------------------------------------------------------------------
 
 
-def test_calibration_anchors_and_monotonicity() -> None:
-    a = match.anchors_for("local:all-MiniLM-L6-v2")
-    assert match.calibrate(a.unrelated, a) == pytest.approx(0.05)
-    assert match.calibrate(a.same_topic, a) == pytest.approx(0.75)
-    cos = np.linspace(-1, 1, 2001)
-    s = match.calibrate(cos, a)
-    assert np.all(np.diff(s) > 0) and s.min() > 0 and s.max() < 1
-    assert np.abs(np.diff(s)).max() < 0.01  # continuous: no cliff anywhere (the original had a 0.30 jump)
-    assert match.anchors_for("some-unknown-model") == match.DEFAULT_ANCHORS
-
-
 def test_score_is_bounded_monotonic_and_continuous_in_each_component() -> None:
     grid = np.linspace(0, 1, 401)
     base = {"semantic": 0.6, "hits": 1.0, "feedback": 0.0, "trust": 0.0, "fresh": 1.0}
@@ -179,6 +168,28 @@ def test_term_matching_cjk_substrings_latin_word_boundaries_case_plural() -> Non
     assert list(hits) == [True, True, False]
 
 
+def test_chinese_terms_match_as_words_not_as_single_characters() -> None:
+    texts = [
+        match.normalise(t)
+        for t in [
+            "国产芯片迎来新突破",
+            "AI芯片大战升级",
+            "汽车销量大涨，车市回暖",
+            "《车》新片今日上映",
+            "使用OpenAI的模型写代码",
+            "５G手机发布会",
+            "芯 片 之间有空格",
+        ]
+    ]
+    terms = ["芯片", "AI芯片", "车", "OpenAI", "5G手机"]
+    hits = match.term_hits(texts, terms)
+    assert hits[:, 0].tolist() == [True, True, False, False, False, False, False]  # 芯片 in 国产芯片 and AI芯片
+    assert hits[:, 1].tolist() == [False, True, False, False, False, False, False]
+    # a one-character term matches only standing alone: not inside 汽车 or 车市, but 《车》
+    assert hits[:, 2].tolist() == [False, False, False, True, False, False, False]
+    assert hits[4, 3] and hits[5, 4]  # Latin inside Chinese; full-width digits fold
+
+
 def test_vectorised_lexical_similarity_equals_the_reference() -> None:
     goals = ["Electric cars and batteries. EV makers, battery factories", "人工智能 芯片 新闻", "Football results"]
     docs = ["Tesla opens a battery factory for electric cars", "国产人工智能芯片发布", "Weather is fine", ""]
@@ -201,41 +212,53 @@ def test_context_vectors_blend_neighbours_and_skip_self() -> None:
     assert np.allclose(alone, x[:1])
 
 
-def test_reasons_read_like_sentences() -> None:
-    r = match.reasons_for(
-        hits=["OpenAI", "funding"],
-        negatives=[],
-        blocked=False,
-        strict_miss=False,
-        semantic=0.9,
-        lexical_only=False,
-        pending="",
-        feedback=0.5,
-        trust=0.4,
-        age_hours=1,
-        backfill="",
-    )
-    assert r == [
+def test_reasons_read_like_sentences_in_the_goal_language() -> None:
+    args: dict[str, Any] = {
+        "hits": ["OpenAI", "funding"],
+        "negatives": [],
+        "blocked": False,
+        "strict_miss": False,
+        "semantic": 0.9,
+        "lexical_only": False,
+        "pending": "",
+        "feedback": 0.5,
+        "trust": 0.4,
+        "age_hours": 1,
+        "backfill": "",
+    }
+    assert reasons.reasons_for(**args) == [
         "mentions 'OpenAI' and 'funding'",
         "very close to your goal",
         "similar to items you liked",
         "from a source you liked",
     ]
-    lex = match.reasons_for(
-        hits=[],
-        negatives=["crypto"],
-        blocked=True,
-        strict_miss=False,
-        semantic=0.1,
-        lexical_only=True,
-        pending="embedding pending",
-        feedback=0,
-        trust=0,
-        age_hours=50,
-        backfill="",
-    )
+    assert reasons.reasons_for(**args, lang="zh") == [
+        "提到了“OpenAI”和“funding”",
+        "与你的目标高度相关",
+        "与你喜欢的内容相似",
+        "来自你喜欢的来源",
+    ]
+    lex_args: dict[str, Any] = {
+        **args,
+        "hits": [],
+        "negatives": ["crypto"],
+        "blocked": True,
+        "semantic": 0.1,
+        "lexical_only": True,
+        "pending": "embedding pending",
+        "feedback": 0,
+        "trust": 0,
+        "age_hours": 50,
+        "backfill": "goal_backfill",
+    }
+    lex = reasons.reasons_for(**lex_args)
     assert lex[0] == "from a source you blocked for this goal" and "mentions 'crypto', which you excluded" in lex
     assert lex[-1] == "scored by keywords only: embedding pending" and "published 2 days ago" in lex
+    assert "found when the goal was created, changed or resumed" in lex
+    zh = reasons.reasons_for(**lex_args, lang="zh")
+    assert zh[0] == "来自你为此目标屏蔽的来源" and "提到了你排除的“crypto”" in zh
+    assert zh[-1] == "仅按关键词评分：语义向量尚未生成" and "发布于 2 天前" in zh
+    assert not any("threshold" in r.lower() or "0." in r for r in lex + zh)  # no numbers for a reader
 
 
 # --- the matching step with the real local model ------------------------------------------------------------
@@ -256,13 +279,13 @@ async def test_embed_and_match_with_the_local_model(rt: Runtime) -> None:
     assert report.goals_embedded == 2 and report.embedded == 3 and report.paused is None
     rows = await rt.pool.fetch("SELECT embedding_status, embedding_model, matched_at FROM items")
     assert {r["embedding_status"] for r in rows} == {"done"}
-    assert {r["embedding_model"] for r in rows} == {"local:all-MiniLM-L6-v2"}
+    assert {r["embedding_model"] for r in rows} == {"local:use-multilingual-v3"}
     assert all(r["matched_at"] is not None for r in rows)
 
     hit = await match_row(rt, goal, relevant)
     assert hit is not None and not hit["lexical_only"] and hit["gate"] is None
     assert hit["score"] >= 0.75, hit  # BATCH-worthy at least
-    assert hit["components"]["term_hits"] == ["Nvidia"] and hit["components"]["model"] == "local:all-MiniLM-L6-v2"
+    assert hit["components"]["term_hits"] == ["Nvidia"] and hit["components"]["model"] == "local:use-multilingual-v3"
     assert hit["reasons"][0] == "mentions 'Nvidia'"
     low = await match_row(rt, goal, unrelated)
     assert low is None  # not stored: below the storage floor
@@ -279,7 +302,8 @@ async def _score_of(rt: Runtime, goal: int, item: int) -> float:
     return float(row["components"]["ungated_score"])
 
 
-async def test_feedback_moves_similar_items_and_is_bounded(rt: Runtime) -> None:
+async def test_feedback_moves_similar_items_and_is_bounded(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(match, "STORE_FLOOR", 0.0)  # every score is read back, however low
     uid, _ = await make_user(rt, "fb@example.com")
     src = await seed_source(rt, uid)
     goal = await seed_goal(rt, uid, "Electric cars", "News about electric vehicles and their makers")
@@ -409,3 +433,36 @@ async def test_source_trust_is_learned_from_likes_and_clicks(rt: Runtime) -> Non
     await rt.pool.execute("DELETE FROM clicks")
     await match.match_items(rt, [from_liked], model=embed.model_name(rt))
     assert -1 < (await match_row(rt, goal, from_liked))["components"]["source_trust"] == pytest.approx(-2 / 5)
+
+
+async def test_an_item_whose_embedding_is_pending_waits_for_it(rt: Runtime) -> None:
+    """Observed: a new item scored 1.000 "by keywords only: embedding pending" was decided IMMEDIATE and emailed
+    a second before its embedding arrived. Now it waits (bounded); a keyword score is capped at BATCH."""
+    from infosentry import decide
+
+    uid, _ = await make_user(rt, "pending@example.com")
+    src = await seed_source(rt, uid)
+    goal = await seed_goal(rt, uid, *AI_GOAL, terms=["Nvidia", "GPU", "AI"])
+    await run_until_idle(rt)
+    item = await seed_item(rt, src, "Nvidia AI GPU: new AI accelerator chips and GPUs", "Nvidia, AMD, AI chips")
+    model = embed.model_name(rt)
+    # a backfill or any other matching path before the vector exists: nothing is scored, nothing decided
+    await match.match_items(rt, [item], model=model)
+    assert await match_row(rt, goal, item) is None
+    assert await rt.pool.fetchval("SELECT matched_at FROM items WHERE id = $1", item) is None
+    assert await embed.match_unmatched(rt, model, include_pending=False, report=embed.RunReport()) == 0
+
+    # waited too long (the embedding job is stuck): scored by keywords, capped below the instant tiers
+    await rt.pool.execute("UPDATE items SET ingested_at = now() - interval '3 minutes' WHERE id = $1", item)
+    assert await embed.match_unmatched(rt, model, include_pending=False, report=embed.RunReport()) == 1
+    row = await match_row(rt, goal, item)
+    assert row["lexical_only"] and row["score"] <= np.float32(match.LEXICAL_CAP)
+    assert row["reasons"][-1] == "scored by keywords only: embedding pending"
+    await decide.decide_pending(rt)
+    tier = await rt.pool.fetchval("SELECT tier FROM decisions WHERE goal_id = $1 AND item_id = $2", goal, item)
+    assert tier in (None, "BATCH", "DIGEST")
+
+    # the vector arrives: re-scored with it, no longer lexical
+    await run_until_idle(rt)
+    row = await match_row(rt, goal, item)
+    assert row is not None and not row["lexical_only"] and row["components"]["model"] == model

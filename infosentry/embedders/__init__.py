@@ -1,4 +1,5 @@
-"""Embedding providers behind one interface (base.Embedder): `local` (offline MiniLM) and `openai`."""
+"""Embedding providers behind one interface (base.Embedder): `local` (offline: USE-multilingual v3 by default,
+or all-MiniLM-L6-v2) and `openai` (any OpenAI-compatible server)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ def make_embedder(settings: Settings) -> Embedder:
         from infosentry.embedders.openai import OpenAIEmbedder
 
         return OpenAIEmbedder(settings)
-    from infosentry.embedders.local import LocalEmbedder
+    if settings.local_embed_model == "all-MiniLM-L6-v2":
+        from infosentry.embedders.local import LocalEmbedder
 
-    return LocalEmbedder()
+        return LocalEmbedder()
+    from infosentry.embedders.multilingual import MultilingualEmbedder
+
+    return MultilingualEmbedder()

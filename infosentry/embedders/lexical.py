@@ -25,6 +25,7 @@ _CJK_CLASS = (
     "\uf900-\ufaff"  # CJK compatibility ideographs
     "\U00020000-\U0003134f"  # CJK extensions B-H
 )
+CJK_CLASS = _CJK_CLASS  # for other modules' patterns (a regex character-class body)
 _CJK_RE = re.compile(f"[{_CJK_CLASS}]")
 # A run of CJK characters, or a run of letters/digits that are not CJK.
 _TOKEN_RE = re.compile(f"(?P<cjk>[{_CJK_CLASS}]+)|(?P<word>(?:(?![{_CJK_CLASS}])[^\\W_])+)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry.ingest.dedupe import DEDUPE_WINDOW, Candidate, find_same_story
+from infosentry.ingest.dedupe import DEDUPE_WINDOW, Candidate, find_same_story, title_marks
 from infosentry.ingest.parsing import PreparedFeed
 from infosentry.models import NewItem
 from infosentry.store import items as items_store
@@ -38,12 +38,20 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
         return
     all_hashes = [item.url_hash for b in batch for item in b.feed.items]
     existing = await items_store.ids_by_hash(conn, all_hashes)
-    fresh_keys = {item.title_key for b in batch for item in b.feed.items if item.url_hash not in existing}
+    fresh = [item for b in batch for item in b.feed.items if item.url_hash not in existing]
+    fresh_keys = {item.title_key for item in fresh}
+    marks_of = {item.url_hash: title_marks(item.title) for item in fresh}
     by_title: dict[str, list[Candidate]] = {}
-    for c in await items_store.title_candidates(conn, fresh_keys, hours=int(DEDUPE_WINDOW.total_seconds() // 3600)):
-        by_title.setdefault(c["title_key"], []).append(
-            Candidate(c["id"], c["snippet"], c["published_at"], set(c["source_ids"]))
-        )
+    by_mark: dict[str, list[Candidate]] = {}  # Chinese titles that differ by a tag, punctuation or a tail
+    hours = int(DEDUPE_WINDOW.total_seconds() // 3600)
+    wanted = {m for ms in marks_of.values() for m in ms}
+    for c in await items_store.title_candidates(conn, fresh_keys, hours=hours, marks=wanted):
+        cand = Candidate(c["id"], c["snippet"], c["published_at"], set(c["source_ids"]), c["title"])
+        if c["title_key"] in fresh_keys:
+            by_title.setdefault(c["title_key"], []).append(cand)
+        for m in c["title_marks"] or ():
+            if m in wanted:
+                by_mark.setdefault(m, []).append(cand)
     new_items: dict[str, tuple[NewItem, FeedItems]] = {}  # url_hash -> the new item and the fetch that found it
     # (item id or url_hash of a new item, source id, url, alias): the alias hash is stored for every link but
     # the one that created the item, so a merged story's own URL finds its item at the next fetch
@@ -63,8 +71,10 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
             target: int | str | None = existing.get(digest)
             if target is None and digest in new_items:
                 target = digest
+            marks = marks_of.get(digest, [])
             if target is None:
-                cand = find_same_story(by_title.get(tkey), source_id, draft.snippet, draft.title, published)
+                near = [c for m in marks for c in by_mark.get(m, ())]
+                cand = find_same_story(by_title.get(tkey), source_id, draft.snippet, draft.title, published, near)
                 if cand is not None:
                     target = cand.target
                     cand.source_ids.add(source_id)
@@ -85,9 +95,13 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
                 source_id=source_id,
                 title_key=tkey,
                 is_backfill=bool((published and published < cutoff) or (first_fetch and published is None)),
+                title_marks=marks,
             )
             new_items[digest] = (item, b)
-            by_title.setdefault(tkey, []).append(Candidate(digest, draft.snippet, published, {source_id}))
+            mine = Candidate(digest, draft.snippet, published, {source_id}, draft.title)
+            by_title.setdefault(tkey, []).append(mine)
+            for m in marks:
+                by_mark.setdefault(m, []).append(mine)
             links.append((digest, source_id, draft.url, None))
     # sorted: concurrent writers (other worker processes) then take index locks in one order, never deadlock
     inserted = await items_store.insert_items(conn, sorted((i for i, _ in new_items.values()), key=_by_hash))

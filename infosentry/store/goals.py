@@ -137,11 +137,14 @@ async def by_id(conn: Conn, goal_id: int) -> asyncpg.Record | None:
 
 
 async def goals_to_embed(conn: Conn, model: str, limit: int) -> list[asyncpg.Record]:
-    """Active goals whose vector is missing, stale (text changed: version) or of another model."""
+    """Active goals whose vector is missing, stale (text changed: version) or of another model, or that have no
+    calibration of this model for their version yet (goals embedded before calibration existed)."""
     return await conn.fetch(
-        """SELECT id, name, description, priority_terms, version FROM goals
+        """SELECT id, name, description, priority_terms, version FROM goals g
            WHERE status = 'active'
-             AND (embedded_version IS DISTINCT FROM version OR embedding_model IS DISTINCT FROM $1)
+             AND (embedded_version IS DISTINCT FROM version OR embedding_model IS DISTINCT FROM $1
+                  OR NOT EXISTS (SELECT 1 FROM goal_calibration c
+                                 WHERE c.goal_id = g.id AND c.signal = $1 AND c.goal_version = g.version))
            ORDER BY updated_at LIMIT $2""",
         model,
         limit,
@@ -174,6 +177,24 @@ async def goals_to_backfill(conn: Conn, limit: int) -> list[asyncpg.Record]:
     )
 
 
+async def goals_to_refresh_prf(conn: Conn, model: str, *, first: int, every: int, limit: int) -> list[int]:
+    """Backfilled goals of this model due a new pseudo-relevance-feedback vector: never computed and `first`
+    values seen, or `every` values seen since the last one (seen restarts at the window's size then)."""
+    rows = await conn.fetch(
+        """SELECT g.id FROM goals g JOIN goal_calibration c
+               ON c.goal_id = g.id AND c.signal = $1 AND c.goal_version = g.version
+           WHERE g.status = 'active' AND g.embedding_model = $1 AND g.embedded_version = g.version
+             AND g.matched_version = g.version
+             AND c.seen >= CASE WHEN c.prf_at IS NULL THEN $2::int ELSE $3::int END
+           ORDER BY c.updated_at LIMIT $4""",
+        model,
+        first,
+        every,
+        limit,
+    )
+    return [int(r["id"]) for r in rows]
+
+
 async def set_matched_version(conn: Conn, goal_id: int, version: int) -> bool:
     status = await conn.execute(
         "UPDATE goals SET matched_version = $2 WHERE id = $1 AND version = $2", goal_id, version
@@ -182,10 +203,23 @@ async def set_matched_version(conn: Conn, goal_id: int, version: int) -> bool:
 
 
 async def goal_vectors(conn: Conn, goal_ids: list[int]) -> list[asyncpg.Record]:
-    """Stored vectors of goals (with the version and model they were computed for)."""
+    """The vectors matching compares items with (the goal's pseudo-relevance-feedback vector when it has one,
+    else its embedded vector), with the version and model they were computed for and the PRF stamp."""
     return await conn.fetch(
-        "SELECT id, embedding, embedded_version, embedding_model FROM goals WHERE id = ANY($1::bigint[])",
+        """SELECT g.id, COALESCE(c.prf, g.embedding) AS embedding, g.embedded_version, g.embedding_model, c.prf_at
+           FROM goals g LEFT JOIN goal_calibration c
+                ON c.goal_id = g.id AND c.signal = g.embedding_model AND c.goal_version = g.embedded_version
+           WHERE g.id = ANY($1::bigint[])""",
         goal_ids,
+    )
+
+
+async def base_vector(conn: Conn, goal_id: int) -> asyncpg.Record | None:
+    """The goal's embedded vector (from its text), with its user, version and model."""
+    return await conn.fetchrow(
+        """SELECT id, user_id, name, description, priority_terms, embedding, embedded_version, embedding_model,
+                  version FROM goals WHERE id = $1""",
+        goal_id,
     )
 
 

@@ -36,21 +36,26 @@ async def ids_by_hash(conn: Conn, hashes: Iterable[str]) -> dict[str, int]:
     return found
 
 
-async def title_candidates(conn: Conn, keys: Iterable[str], *, hours: int = 72) -> list[asyncpg.Record]:
-    """Recent items with one of these title fingerprints, with every source they were seen in
-    (near-duplicate detection across sources). Uses the items_title_key index."""
-    keys = list(set(keys))
-    if not keys:
+async def title_candidates(
+    conn: Conn, keys: Iterable[str], *, hours: int = 72, marks: Iterable[str] = ()
+) -> list[asyncpg.Record]:
+    """Recent items with one of these title fingerprints or sharing one of these Chinese title marks, with every
+    source they were seen in (near-duplicate detection across sources). Uses the items_title_key and
+    items_title_marks indexes."""
+    keys, marks = list(set(keys)), list(set(marks))
+    if not keys and not marks:
         return []
     return await conn.fetch(
-        """SELECT i.id, i.title_key, i.title, i.snippet, i.published_at, i.ingested_at,
+        """SELECT i.id, i.title_key, i.title_marks, i.title, i.snippet, i.published_at, i.ingested_at,
                   array_agg(x.source_id) AS source_ids
            FROM items i JOIN item_sources x ON x.item_id = i.id
-           WHERE i.title_key = ANY($1::text[]) AND i.ingested_at > now() - make_interval(hours => $2)
+           WHERE (i.title_key = ANY($1::text[]) OR i.title_marks && $3::text[])
+             AND i.ingested_at > now() - make_interval(hours => $2)
            GROUP BY i.id
            ORDER BY i.id""",
         keys,
         hours,
+        marks,
     )
 
 
@@ -65,14 +70,15 @@ async def insert_items(conn: Conn, rows: Sequence[NewItem]) -> dict[str, int]:
 
     inserted = await conn.fetch(
         """INSERT INTO items (url, canonical_url, url_hash, guid, title, snippet, author, tags, published_at,
-                              source_id, title_key, is_backfill)
+                              source_id, title_key, is_backfill, title_marks)
            SELECT u.url, u.canonical_url, u.url_hash, u.guid, u.title, u.snippet, u.author,
                   CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, $13) END,
-                  u.published_at, u.source_id, u.title_key, u.is_backfill
+                  u.published_at, u.source_id, u.title_key, u.is_backfill,
+                  CASE WHEN u.marks = '' THEN NULL ELSE string_to_array(u.marks, $13) END
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::text[], $9::timestamptz[], $10::bigint[], $11::text[], $12::boolean[])
+                       $8::text[], $9::timestamptz[], $10::bigint[], $11::text[], $12::boolean[], $14::text[])
                 AS u(url, canonical_url, url_hash, guid, title, snippet, author, tags, published_at, source_id,
-                     title_key, is_backfill)
+                     title_key, is_backfill, marks)
            ON CONFLICT (url_hash) DO NOTHING
            RETURNING url_hash, id""",
         col("url"),
@@ -88,6 +94,7 @@ async def insert_items(conn: Conn, rows: Sequence[NewItem]) -> dict[str, int]:
         col("title_key"),
         col("is_backfill"),
         TAG_SEPARATOR,
+        [TAG_SEPARATOR.join(r.title_marks) for r in rows],
     )
     return {r["url_hash"]: r["id"] for r in inserted}
 
@@ -192,15 +199,19 @@ async def record_embed_failure(conn: Conn, ids: list[int], *, max_attempts: int)
     return [r["id"] for r in rows if r["embedding_status"] == "failed"]
 
 
-async def claim_unmatched(conn: asyncpg.Connection, limit: int, *, include_pending: bool) -> list[int]:
-    """Lock items never scored against the goals (a lost nudge, a crash after embedding, items kept pending
-    while embedding is paused when include_pending), newest first."""
+async def claim_unmatched(
+    conn: asyncpg.Connection, limit: int, *, include_pending: bool, pending_wait: float
+) -> list[int]:
+    """Lock items never scored against the goals (a lost nudge, a crash after embedding; items still pending
+    when include_pending, or once they have waited `pending_wait` seconds), newest first."""
     rows = await conn.fetch(
         """SELECT id FROM items
-           WHERE matched_at IS NULL AND ($2 OR embedding_status <> 'pending')
+           WHERE matched_at IS NULL
+             AND ($2 OR embedding_status <> 'pending' OR ingested_at < now() - make_interval(secs => $3))
            ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
         limit,
         include_pending,
+        pending_wait,
     )
     return [r["id"] for r in rows]
 
@@ -237,7 +248,7 @@ async def pool_vectors(conn: Conn, model: str, *, after_id: int, hours: int, lim
     )
 
 
-async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
+async def work_waiting(conn: Conn, model: str, *, prf_first: int, prf_every: int) -> dict[str, bool]:
     """Is there anything for the embed/match job (cheap EXISTS probes for the periodic sweep)?"""
     row = await conn.fetchrow(
         """SELECT EXISTS (SELECT 1 FROM items WHERE embedding_status = 'pending') AS pending,
@@ -245,10 +256,37 @@ async def work_waiting(conn: Conn, model: str) -> dict[str, bool]:
                   EXISTS (SELECT 1 FROM goals WHERE status = 'active'
                           AND (embedded_version IS DISTINCT FROM version
                                OR embedding_model IS DISTINCT FROM $1
-                               OR matched_version IS DISTINCT FROM version)) AS goals""",
+                               OR matched_version IS DISTINCT FROM version
+                               OR EXISTS (SELECT 1 FROM goal_calibration c WHERE c.goal_id = goals.id
+                                          AND c.signal = $1 AND c.goal_version = goals.version
+                                          AND c.seen >= CASE WHEN c.prf_at IS NULL THEN $2::int ELSE $3::int END)
+                               OR NOT EXISTS (SELECT 1 FROM goal_calibration c WHERE c.goal_id = goals.id
+                                              AND c.signal = $1 AND c.goal_version = goals.version))) AS goals""",
         model,
+        prf_first,
+        prf_every,
     )
     return dict(row)
+
+
+async def recent_visible_vectors(conn: Conn, user_id: int, model: str, *, hours: int, limit: int) -> list[Any]:
+    """Context vectors of the newest embedded items (of `model`) the user sees, up to `limit`."""
+    rows = await conn.fetch(
+        """SELECT COALESCE(i.context_embedding, i.embedding) AS v FROM items i
+           WHERE i.ingested_at > now() - make_interval(hours => $2) AND i.embedding_status = 'done'
+             AND i.embedding_model = $3
+             AND (EXISTS (SELECT 1 FROM item_sources s JOIN subscriptions sub
+                              ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
+                          WHERE s.item_id = i.id)
+                  OR EXISTS (SELECT 1 FROM subscriptions sub
+                             WHERE sub.source_id = i.source_id AND sub.user_id = $1 AND sub.enabled))
+           ORDER BY i.id DESC LIMIT $4""",
+        user_id,
+        hours,
+        model,
+        limit,
+    )
+    return [r["v"] for r in rows]
 
 
 async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int, limit: int) -> list[int]:

@@ -155,11 +155,14 @@ async def record_click(
 
 
 async def pushed_to_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
-    """Everything pushed to a user, by goal and tier, with the state of its email."""
+    """Everything pushed to a user, by goal and tier, with the state of its email and the rule that decided it
+    (from the decision run: the reader's reason carries no thresholds)."""
     rows = await conn.fetch(
-        """SELECT g.name AS goal, n.tier, n.score, i.title, n.reason, n.created_at, e.status AS email_status
+        """SELECT g.name AS goal, n.tier, n.score, i.title, n.reason, n.created_at, e.status AS email_status,
+                  r.output ->> 'rule' AS rule
            FROM notifications n JOIN goals g ON g.id = n.goal_id JOIN items i ON i.id = n.item_id
            LEFT JOIN emails e ON e.id = n.email_id
+           LEFT JOIN decisions d ON d.id = n.decision_id LEFT JOIN agent_runs r ON r.id = d.run_id
            WHERE n.user_id = $1 ORDER BY g.id, array_position(ARRAY['IMMEDIATE','BATCH','DIGEST'], n.tier),
                  n.score DESC""",
         user_id,

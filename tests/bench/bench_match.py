@@ -256,8 +256,8 @@ async def bench(args: argparse.Namespace) -> None:
                 await match_alone(rt, meter, n, args.batch, "fake")
 
         if args.local_items:
-            print(f"local model (all-MiniLM-L6-v2, 384 dims), {args.local_items} items:")
             async with open_runtime(base, live_config=False) as rt:
+                print(f"local model ({embed.model_name(rt)}), {args.local_items} items:")
                 await rt.pool.execute("TRUNCATE matches, decisions, agent_runs CASCADE")
                 await rt.pool.execute("DELETE FROM items WHERE id > $1", args.local_items)
                 await rt.pool.execute(

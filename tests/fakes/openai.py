@@ -11,7 +11,8 @@ Usage::
 Embeddings (POST /v1/embeddings): deterministic unit vectors from `fake_vector(text, dim)` — lowercase words and
 their character trigrams hashed (with a sign) into `dim` dimensions (the request's `dimensions`, else the real
 model's size for text-embedding-3-small/-large/ada-002, else 256),
-L2-normalised, so texts sharing words get similar vectors. `encoding_format` "float" (default) or "base64"
+L2-normalised, so texts sharing words get similar vectors; a model name ending in "-high" blends every vector
+with one shared direction, so all cosines cluster at 0.8-1.0. `encoding_format` "float" (default) or "base64"
 (little-endian float32). `usage.prompt_tokens` = `usage.total_tokens` = sum of `fake_tokens(text)`
 (ceil(len/4), at least 1). The response echoes the requested model.
 
@@ -58,6 +59,9 @@ HOST = "127.0.0.1"
 DEFAULT_DIM = 256
 # the real models' dimensions, so code and benches see realistic vector sizes; any other model gets DEFAULT_DIM
 MODEL_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+# Models whose name ends with "-high" answer vectors that all share one direction: cos ~ (4 + cos) / 5.
+HIGH_SUFFIX = "-high"
+HIGH_OFFSET = 2.0
 DEFAULT_CHAT = {"label": "BATCH", "confidence": 0.5, "reason": "fake judge"}
 
 
@@ -75,8 +79,10 @@ def _features(text: str) -> list[tuple[str, float]]:
     return feats or [("w:#empty#", 1.0)]
 
 
-def fake_vector(text: str, dim: int = DEFAULT_DIM) -> np.ndarray:
-    """Deterministic unit vector: signed feature hashing of words (weight 2) and character trigrams (weight 1)."""
+def fake_vector(text: str, dim: int = DEFAULT_DIM, *, high: bool = False) -> np.ndarray:
+    """Deterministic unit vector: signed feature hashing of words (weight 2) and character trigrams (weight 1).
+    `high`: blended with one shared direction, so every pair of texts has a cosine of about 0.8-1.0 (like models
+    whose cosines cluster high, e.g. text-embedding-ada-002)."""
     vec = np.zeros(dim, dtype=np.float64)
     for feat, weight in _features(text):
         h = zlib.crc32(feat.encode())
@@ -84,7 +90,12 @@ def fake_vector(text: str, dim: int = DEFAULT_DIM) -> np.ndarray:
     norm = np.linalg.norm(vec)
     if norm == 0:
         vec[0], norm = 1.0, 1.0
-    return (vec / norm).astype(np.float32)
+    vec /= norm
+    if high:
+        shared = np.ones(dim) / np.sqrt(dim)
+        vec = vec + HIGH_OFFSET * shared
+        vec /= np.linalg.norm(vec)
+    return vec.astype(np.float32)
 
 
 @dataclass
@@ -317,7 +328,7 @@ class FakeOpenAI:
         fmt = body.get("encoding_format", "float")
         data = []
         for i, text in enumerate(texts):
-            vec = fake_vector(text, dim)
+            vec = fake_vector(text, dim, high=str(body.get("model", "")).endswith(HIGH_SUFFIX))
             emb: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if fmt == "base64" else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(fake_tokens(t) for t in texts)

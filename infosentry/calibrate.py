@@ -1,0 +1,177 @@
+"""Self-calibration of a goal's similarity signals: raw value (a cosine, or the keyword overlap) -> score in (0, 1),
+learned per goal from the items it scores, for any embedding model. Pure numpy; the state lives in the
+goal_calibration table (store.calibration).
+
+Most items a goal scores are not about it, whatever the model, the language or the wording. So the bulk of a
+goal's recent values describes "a typical unrelated item for this goal under this model": its location m (the
+median) and spread s (one Gaussian sigma measured on the LOWER half only: median - 15.87th percentile, which
+on-topic items, sitting in the upper tail, barely move). An item's evidence is how far above that bulk it is:
+
+    z = (value - m) / s              invariant to any affine map of the values: a model whose cosines all sit
+                                     at 0.7-0.9 gets the same z as one spreading them over 0-1 (no flood)
+    score = sigmoid(z - Z0),  Z0 = Z_BATCH - logit(0.75)
+
+so the hot thresholds mean a distance from the goal's background, the same for every model and goal:
+DIGEST 0.60 <=> z 2.31, BATCH 0.75 <=> z 3.00, boundary 0.88 <=> z 3.89, IMMEDIATE 0.93 <=> z 4.49, and a typical
+item (z 0) scores 0.13.
+
+State per (goal, signal): a window of the last WINDOW raw values (forgets at the rate items arrive: drift), how
+many were ever seen, and a prior (m0, s0) measured when the goal was embedded: the goal's values against a
+fixed background corpus of assorted news (infosentry/calibration/background_*.txt), so a new goal is calibrated
+from its first item. The window's estimates are shrunk toward the prior with a pseudo-count of N0 items. A
+goal with neither prior nor N_MIN values seen is capped below BATCH (nothing to compare with).
+
+Constants carry a meaning; none was fitted to a wording, a language or a model (measurements: README).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+Z_BATCH = 3.0  # a push needs three background sigmas above the goal's typical item
+BATCH_SCORE = 0.75  # the default BATCH_THRESHOLD: Z_BATCH is anchored there (unit slope: one sigma = one logit)
+Z0 = Z_BATCH - math.log(BATCH_SCORE / (1 - BATCH_SCORE))
+WINDOW = 500  # recent values kept per goal and signal (about a day of items for a typical user)
+N0 = 20.0  # the prior weighs like 20 observed items
+N_MIN = 30  # without a prior, values seen before the window is trusted
+EARLY_CAP = 0.74  # below BATCH: nothing is pushed on a goal's uncalibrated scores
+Q_SIGMA = 0.158655  # the Gaussian quantile one sigma below the median
+MIN_SPREAD = 1e-4  # floor, in the signal's units, for a degenerate window
+# A sparse signal (keyword overlap: most items share no word with the goal) has more than 16 % of its values
+# tied at the median, so the lower-half sigma is 0; its standard deviation is used instead.
+DEGENERATE = 1e-3
+NEIGHBOUR_QUANTILE = 0.9  # feedback: a rated item counts as a neighbour when closer than 90 % of random pairs
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a goal's values are compared with: location, spread, and whether the score must stay below BATCH."""
+
+    m: float
+    s: float
+    capped: bool = False
+
+    @property
+    def known(self) -> bool:
+        return not math.isnan(self.m)
+
+
+UNKNOWN = Estimate(float("nan"), float("nan"), True)
+
+
+def location_spread(values: np.ndarray) -> tuple[float, float]:
+    """Robust (location, spread) of a sample: median and the lower-half sigma (the standard deviation when the
+    lower half is degenerate)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    med = float(np.median(v))
+    s = med - float(np.quantile(v, Q_SIGMA))
+    if s < DEGENERATE:
+        s = float(v.std())
+    return med, max(s, MIN_SPREAD)
+
+
+def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -> Estimate:
+    """The window's (m, s) shrunk toward the prior with pseudo-count N0; capped when there is no prior and fewer
+    than N_MIN values were seen."""
+    n = int(np.asarray(window).size)
+    if n == 0 and prior is None:
+        return UNKNOWN
+    if n == 0:
+        assert prior is not None
+        return Estimate(prior[0], max(prior[1], MIN_SPREAD))
+    m, s = location_spread(window)
+    return _shrink(m, s, n, seen, prior)
+
+
+def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[float, float] | None]) -> list[Estimate]:
+    """`estimate` for many goals at once: one sort of a (goals, WINDOW) array instead of numpy calls per goal
+    (a batch scores every candidate goal, a thousand of them on a busy instance)."""
+    if not windows:
+        return []
+    lengths = np.array([len(w) for w in windows])
+    width = max(1, int(lengths.max()))
+    grid = np.full((len(windows), width), np.inf)
+    for r, w in enumerate(windows):
+        grid[r, : len(w)] = w
+    grid.sort(axis=1)  # the padding (+inf) sorts last
+
+    def quantile(q: float) -> np.ndarray:  # numpy's default (linear) definition, per row
+        pos = np.maximum(lengths - 1, 0) * q
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, np.maximum(lengths - 1, 0))
+        rows = np.arange(len(windows))
+        a, b = grid[rows, lo], grid[rows, hi]
+        return np.where(hi > lo, a + (pos - lo) * (b - a), a)
+
+    med, low = quantile(0.5), quantile(Q_SIGMA)
+    out = []
+    for r, w in enumerate(windows):
+        n = int(lengths[r])
+        if n == 0:
+            out.append(estimate(w, seen[r], priors[r]))
+            continue
+        spread = float(med[r] - low[r])
+        if spread < DEGENERATE:
+            spread = float(np.asarray(w, dtype=np.float64).std())
+        out.append(_shrink(float(med[r]), max(spread, MIN_SPREAD), n, seen[r], priors[r]))
+    return out
+
+
+def _shrink(m: float, s: float, n: int, seen: int, prior: tuple[float, float] | None) -> Estimate:
+    if prior is None:
+        return Estimate(m, s, capped=seen < N_MIN)
+    m0, s0 = prior
+    m = (n * m + N0 * m0) / (n + N0)
+    s = math.sqrt((n * s * s + N0 * s0 * s0) / (n + N0))
+    return Estimate(m, max(s, MIN_SPREAD))
+
+
+def score_from_z(z: np.ndarray | float) -> np.ndarray:
+    """sigmoid(z - Z0): 0.75 at z = Z_BATCH, 0.93 at Z_BATCH + 1.49, 0.13 at z = 0."""
+    return 1.0 / (1.0 + np.exp(-(np.asarray(z, dtype=np.float64) - Z0)))
+
+
+def z_for_score(score: float) -> float:
+    """The z a score stands for (the inverse of score_from_z)."""
+    return Z0 + math.log(score / (1 - score))
+
+
+def scores(values: np.ndarray, est: Estimate) -> np.ndarray:
+    """Calibrated scores of raw values under one goal's estimate (EARLY_CAP everywhere when unknown)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not est.known:
+        return np.full(values.shape, EARLY_CAP)
+    out = score_from_z((values - est.m) / est.s)
+    return np.minimum(out, EARLY_CAP) if est.capped else out
+
+
+def append(window: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The window after a batch: the newest WINDOW values."""
+    return np.concatenate([np.asarray(window, dtype=np.float32), np.asarray(values, dtype=np.float32)])[-WINDOW:]
+
+
+def neighbour_threshold(vectors: np.ndarray) -> float | None:
+    """The similarity above which two items count as neighbours for feedback: the NEIGHBOUR_QUANTILE of the
+    pairwise similarities of a sample of items (measured per model, no hand-set anchor)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.shape[0] < 3:
+        return None
+    sims = v @ v.T
+    off = sims[~np.eye(len(v), dtype=bool)]
+    return float(np.quantile(off, NEIGHBOUR_QUANTILE))
+
+
+@lru_cache(maxsize=2)
+def background(language: str) -> tuple[str, ...]:
+    """The background corpus of a language ('en' or 'zh'): assorted news headlines, none about any goal in
+    particular, shipped in infosentry/calibration/."""
+    name = "background_zh.txt" if language == "zh" else "background_en.txt"
+    text = (resources.files("infosentry") / "calibration" / name).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))

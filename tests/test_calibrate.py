@@ -1,0 +1,209 @@
+"""Self-calibration: the thresholds mean a distance from the goal's background (same for every model), a model
+whose cosines cluster high does not flood, a goal's estimate converges and stays stable, follows drift, and
+nothing is pushed before a goal can be calibrated; end to end with the fake OpenAI model whose cosines sit at
+0.8-1.0 and with the local model, push rates are comparable."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from infosentry import calibrate, embed, match
+from infosentry.runtime import Runtime, open_runtime
+from infosentry.settings import Settings
+from tests.conftest import make_user
+from tests.fakes.openai import FakeOpenAI, fake_vector
+from tests.test_match import run_until_idle, seed_goal, seed_item, seed_source
+
+BATCH, IMMEDIATE = 0.75, 0.93
+
+
+def stream(values: np.ndarray, prior: tuple[float, float] | None, batch: int = 20) -> np.ndarray:
+    """Scores of a stream of raw values, batch by batch, as the matcher does (append first, then score)."""
+    window, seen, out = np.zeros(0, np.float32), 0, []
+    for start in range(0, len(values), batch):
+        chunk = values[start : start + batch]
+        window, seen = calibrate.append(window, chunk), seen + len(chunk)
+        out.append(calibrate.scores(chunk, calibrate.estimate(window, seen, prior)))
+    return np.concatenate(out)
+
+
+def mixture(rng: np.random.Generator, n: int, share: float, loc: float, spread: float, gap: float) -> np.ndarray:
+    """A goal's cosines: background N(loc, spread), on-topic items `gap` spreads higher."""
+    on = rng.random(n) < share
+    return np.where(on, rng.normal(loc + gap * spread, spread, n), rng.normal(loc, spread, n)), on
+
+
+def test_thresholds_are_distances_from_the_background() -> None:
+    assert calibrate.score_from_z(calibrate.Z_BATCH) == pytest.approx(BATCH)
+    assert calibrate.z_for_score(IMMEDIATE) == pytest.approx(4.49, abs=0.01)
+    assert calibrate.z_for_score(0.88) == pytest.approx(3.89, abs=0.01)
+    assert calibrate.score_from_z(0.0) == pytest.approx(0.13, abs=0.01)  # a typical item
+    z = np.linspace(-10, 10, 2001)
+    s = calibrate.score_from_z(z)
+    assert np.all(np.diff(s) > 0) and s.min() > 0 and s.max() < 1
+    assert np.abs(np.diff(s)).max() < 0.01  # continuous: no cliff
+
+
+def test_a_model_whose_cosines_cluster_high_does_not_flood() -> None:
+    rng = np.random.default_rng(0)
+    low, on = mixture(rng, 3000, 0.05, loc=0.10, spread=0.08, gap=4.5)
+    high = 0.8 + 0.2 * (low - 0.10)  # the same ranking squeezed into 0.7-0.9
+    assert 0.7 < np.quantile(high, 0.01) and np.quantile(high, 0.99) < 0.9
+    prior_low = calibrate.location_spread(rng.normal(0.10, 0.08, 200))
+    prior_high = calibrate.location_spread(0.8 + 0.2 * (rng.normal(0.10, 0.08, 200) - 0.10))
+    s_low, s_high = stream(low, prior_low), stream(high, prior_high)
+    rate_low, rate_high = (s_low >= BATCH).mean(), (s_high >= BATCH).mean()
+    assert rate_high < 0.08  # 5 % on-topic: no flood (the old anchors pushed ~100 % of such a model's items)
+    assert 0.8 < rate_high / rate_low < 1.25  # affine invariance: the same pushes for both models
+    assert (s_high >= IMMEDIATE).mean() < 0.05
+    assert on[s_high >= BATCH].mean() > 0.8  # what is pushed is mostly on topic
+
+
+def test_no_relevant_items_pushes_only_the_background_tail() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.3, 0.05, 3000)  # a goal whose feeds never carry its topic
+    prior = calibrate.location_spread(rng.normal(0.3, 0.05, 200))
+    assert (stream(values, prior) >= BATCH).mean() < 0.01  # a Gaussian tail beyond 3 sigma: 0.13 %
+
+
+def test_estimates_converge_stay_stable_and_follow_drift() -> None:
+    rng = np.random.default_rng(2)
+    window, seen = np.zeros(0, np.float32), 0
+    prior = (0.3, 0.1)  # an off prior: the window must win (it keeps N0 / (WINDOW + N0) = 4 % of the weight)
+    history = []
+    values, _ = mixture(rng, 4000, 0.1, loc=0.2, spread=0.05, gap=4)
+    for start in range(0, len(values), 25):
+        window, seen = calibrate.append(window, values[start : start + 25]), seen + 25
+        history.append(calibrate.estimate(window, seen, prior))
+    late = history[40:]  # after 1,000 items
+    assert all(abs(e.m - 0.2) < 0.015 and abs(e.s - 0.05) < 0.02 for e in late)  # converged, 10 % on-topic
+    assert np.std([e.m for e in late]) < 0.006 and np.std([e.s for e in late]) < 0.006  # stable
+    assert len(window) == calibrate.WINDOW
+    for _ in range(30):  # the feed changes: everything now sits 0.1 higher
+        window = calibrate.append(window, rng.normal(0.3, 0.05, 25))
+        seen += 25
+    assert abs(calibrate.estimate(window, seen, prior).m - 0.3) < 0.015
+
+
+def test_nothing_is_pushed_before_a_goal_can_be_calibrated() -> None:
+    assert calibrate.scores(np.array([0.9, 0.1]), calibrate.UNKNOWN).tolist() == [calibrate.EARLY_CAP] * 2
+    few = np.array([0.1, 0.12, 0.09, 0.95])
+    early = calibrate.estimate(few, len(few), None)
+    assert early.capped and calibrate.scores(few, early).max() <= calibrate.EARLY_CAP < BATCH
+    many = np.concatenate([np.random.default_rng(3).normal(0.1, 0.02, 40), [0.95]])
+    assert calibrate.scores(many, calibrate.estimate(many, len(many), None)).max() > IMMEDIATE
+    # with a prior (measured against the background corpus) the first item is already calibrated
+    first = calibrate.estimate(np.array([0.95]), 1, (0.1, 0.02))
+    assert not first.capped and calibrate.scores(np.array([0.95]), first)[0] > IMMEDIATE
+
+
+def test_a_sparse_signal_gets_a_usable_spread() -> None:
+    overlaps = np.array([0.0] * 90 + [0.1, 0.2, 0.3, 0.05, 0.15, 0.0, 0.0, 0.4, 0.1, 0.25])  # keyword overlap
+    m, s = calibrate.location_spread(overlaps)
+    assert m == 0.0 and s > 0.05  # not the 1e-4 floor: one shared word is not "infinitely" significant
+    assert calibrate.background("zh") and calibrate.background("en")
+    assert all(not t.startswith("#") for t in calibrate.background("en"))
+
+
+# --- end to end: the fake model with high cosines and the local model --------------------------------------
+
+TOPIC = [
+    "Nvidia unveils a faster GPU for training AI models",
+    "AMD announces an AI accelerator to rival Nvidia",
+    "Startup designs a chip for AI inference in phones",
+    "Intel delays its next AI processor to next year",
+    "Data centres order more GPUs as AI demand grows",
+]
+
+
+def feed_titles(n: int) -> list[str]:
+    """n items: every tenth about AI chips, the rest assorted (the background corpus of each language)."""
+    rng = np.random.default_rng(4)
+    other = list(calibrate.background("en"))
+    out = []
+    for k in range(n):
+        if k % 10 == 0:
+            out.append(TOPIC[(k // 10) % len(TOPIC)] + f" ({k})")
+        else:
+            out.append(other[int(rng.integers(len(other)))] + f" ({k})")
+    return out
+
+
+async def push_rate(rt: Runtime, n: int = 120) -> tuple[float, float]:
+    uid, _ = await make_user(rt, "cal@example.com")
+    src = await seed_source(rt, uid)
+    goal = await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs from Nvidia, AMD and startups")
+    await run_until_idle(rt)  # the goal's vector and calibration prior first, then items arrive
+    for title in feed_titles(n):
+        await seed_item(rt, src, title)
+    await run_until_idle(rt, rounds=20)
+    rows = await rt.pool.fetch("SELECT score, item_id FROM matches WHERE goal_id = $1", goal)
+    titles = {r["id"]: r["title"] for r in await rt.pool.fetch("SELECT id, title FROM items")}
+    pushed = [r for r in rows if r["score"] >= BATCH]
+    precision = np.mean([any(t in titles[r["item_id"]] for t in TOPIC) for r in pushed]) if pushed else 0.0
+    return len(pushed) / n, float(precision)
+
+
+@pytest.fixture
+async def high_rt(settings: Settings, openai_server: FakeOpenAI) -> AsyncIterator[Runtime]:
+    cfg = replace(settings, **openai_server.settings_overrides(), openai_embed_model="fake-embed-high")
+    async with open_runtime(cfg) as runtime:
+        yield runtime
+
+
+def test_the_fake_high_model_really_clusters_high() -> None:
+    a, b = fake_vector("Local bakery wins award", high=True), fake_vector("Parliament debates a bill", high=True)
+    assert 0.75 < float(a @ b) < 1.0
+
+
+async def test_a_high_cosine_model_pushes_like_the_local_model(high_rt: Runtime) -> None:
+    rate, precision = await push_rate(high_rt)
+    row = await high_rt.pool.fetchrow("SELECT * FROM goal_calibration WHERE signal = 'openai:fake-embed-high'")
+    assert row is not None and row["prior_loc"] > 0.7  # the model's cosines do sit high
+    # 10 % of the items are on topic: no flood, and what is pushed is on topic (the local model: below)
+    assert 0.02 <= rate <= 0.2 and precision >= 0.7, (rate, precision)
+
+
+async def test_the_local_model_pushes_the_on_topic_items(rt: Runtime) -> None:
+    assert embed.model_name(rt) == "local:use-multilingual-v3"
+    rate, precision = await push_rate(rt)
+    assert 0.02 <= rate <= 0.2 and precision >= 0.7, (rate, precision)
+    assert match.STORE_FLOOR < calibrate.score_from_z(1.0)
+
+
+async def test_a_goal_gets_its_prf_vector_once_it_has_seen_enough_items(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(match, "PRF_MIN_ITEMS", 40)
+    uid, _ = await make_user(rt, "prf@example.com")
+    src = await seed_source(rt, uid)
+    early = await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs")
+    await run_until_idle(rt)  # embedded, no items yet: matched with its own vector
+    for title in feed_titles(60):
+        await seed_item(rt, src, title)
+    await run_until_idle(rt, rounds=20)
+    row = await rt.pool.fetchrow(
+        "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", early, embed.model_name(rt)
+    )
+    assert row["prf"] is not None and row["prf_at"] is not None
+    assert 40 <= row["seen"] == len(row["recent"]) <= 60  # the window rebuilt under the new vector
+    # a goal created when the items are already there gets it before its backfill is scored
+    late = await seed_goal(rt, uid, "Chip makers", "Companies that design processors")
+    await run_until_idle(rt)
+    row = await rt.pool.fetchrow(
+        "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", late, embed.model_name(rt)
+    )
+    assert row["prf"] is not None and row["seen"] == 60  # the backfill filled the window under it
+    stored = await rt.pool.fetchrow("SELECT components FROM matches WHERE goal_id = $1 LIMIT 1", late)
+    assert stored is not None
+    # a text edit starts over: new vector, new calibration, PRF again at the backfill
+    await rt.pool.execute("UPDATE goals SET description = 'GPUs for AI', version = version + 1 WHERE id = $1", late)
+    await run_until_idle(rt)
+    row = await rt.pool.fetchrow(
+        "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", late, embed.model_name(rt)
+    )
+    assert row["goal_version"] == 2 and row["prf"] is not None

