@@ -29,6 +29,7 @@ from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.sources.rss import parse as rss_parse
 from infosentry.store import sources as sources_store
+from tests import pushkit
 from tests.conftest import due_count, follow, make_user, source_row
 from tests.fakes.feeds import FakeFeedServer
 
@@ -386,7 +387,7 @@ async def test_backfill_marking(rt: Runtime, user: int, server: FakeFeedServer) 
     route.body = rss(
         [
             {"title": "Second undated", "link": "https://bf.example/undated2"},
-            {"title": "Archive item", "link": "https://bf.example/archive", "pub": NOW - timedelta(days=30)},
+            {"title": "Archive item", "link": "https://bf.example/archive", "pub": NOW - timedelta(days=20)},
         ]
     ).encode()
     await make_due(rt)
@@ -518,6 +519,7 @@ async def test_refresh_source_now(rt: Runtime, user: int, server: FakeFeedServer
 
 
 async def test_hotlist_and_site_sources(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    await pushkit.set_hot(rt, RETENTION_ITEMS_DAYS=3650)  # the recorded lists date from 2024
     server.add("/api/s?id=weibo", (DATA / "hotlist.json").read_bytes(), content_type="application/json")
     server.add("/list.html", (DATA / "site_list.html").read_bytes(), content_type="text/html; charset=utf-8")
     hot = await add(rt, user, server.base_url, type="hotlist", config={"source_id": "weibo"})
@@ -672,6 +674,32 @@ async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> Non
     )
     assert (await retention.prune(rt)).ingest_logs == 5
     assert len(await logs(rt, sid)) == 1
+
+
+async def test_pruned_stories_and_entries_older_than_the_retention_never_come_back(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    route = server.add("/keep.xml", rss([{"title": "Undated story", "link": "https://k.example/undated"}]))
+    await add(rt, user, server.url("/keep.xml"))
+    await ingest.run_due(rt)
+    assert await rt.pool.fetchval("SELECT count(*) FROM items") == 1
+    await rt.pool.execute("UPDATE items SET ingested_at = now() - interval '31 days'")
+    assert (await retention.prune(rt)).items == 1
+    # the feed changed (a new story) but still lists the pruned one, and one dated before the retention
+    route.body = rss(
+        [
+            {"title": "Undated story", "link": "https://k.example/undated?utm_source=x"},
+            {"title": "Ancient", "link": "https://k.example/ancient", "pub": NOW - timedelta(days=31)},
+            {"title": "Fresh", "link": "https://k.example/fresh", "pub": NOW - timedelta(minutes=1)},
+        ]
+    ).encode()
+    await make_due(rt)
+    summary = await ingest.run_due(rt)
+    assert summary.new_items == 1
+    assert [r["title"] for r in await rt.pool.fetch("SELECT title FROM items")] == ["Fresh"]
+    # tombstones go after TOMBSTONE_DAYS
+    await rt.pool.execute("UPDATE item_tombstones SET pruned_at = now() - interval '91 days'")
+    assert (await retention.prune(rt)).tombstones == 1
 
 
 async def test_health_view(rt: Runtime, user: int, server: FakeFeedServer) -> None:

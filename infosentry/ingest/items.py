@@ -32,12 +32,19 @@ class FeedItems:
     duplicate: int = 0
 
 
-async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now: datetime) -> None:
-    """Insert what is new, link what is known; count new and duplicate items on each FeedItems."""
+async def store_items(
+    conn: asyncpg.Connection, batch: Sequence[FeedItems], now: datetime, *, max_age: timedelta | None = None
+) -> None:
+    """Insert what is new, link what is known; count new and duplicate items on each FeedItems. Entries that
+    are no news any more count as duplicates: stories pruned by retention (tombstones) and, with `max_age` (the
+    items' retention), entries published before it."""
     if not batch:
         return
     all_hashes = [item.url_hash for b in batch for item in b.feed.items]
     existing = await items_store.ids_by_hash(conn, all_hashes)
+    unknown = [h for h in all_hashes if h not in existing]
+    gone = await items_store.pruned_hashes(conn, unknown) if unknown else set()
+    oldest = now - max_age if max_age is not None else None
     fresh = [item for b in batch for item in b.feed.items if item.url_hash not in existing]
     fresh_keys = {item.title_key for item in fresh}
     marks_of = {item.url_hash: title_marks(item.title) for item in fresh}
@@ -68,6 +75,9 @@ async def store_items(conn: asyncpg.Connection, batch: Sequence[FeedItems], now:
                 continue
             seen.add(digest)
             published = min(draft.published_at, now) if draft.published_at else None
+            if digest in gone or (oldest is not None and published is not None and published < oldest):
+                b.duplicate += 1
+                continue
             target: int | str | None = existing.get(digest)
             if target is None and digest in new_items:
                 target = digest

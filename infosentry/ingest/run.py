@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -224,7 +224,8 @@ class Run:
     async def _write(self, conn: asyncpg.Connection, batch: list[Attempt]) -> list[FetchResult]:
         now = datetime.now(UTC)
         parsed = {id(a): FeedItems(a.source, a.feed) for a in batch if a.feed is not None and a.feed.items}
-        await store_items(conn, list(parsed.values()), now)
+        max_age = timedelta(days=float(self.rt.hot["RETENTION_ITEMS_DAYS"]))
+        await store_items(conn, list(parsed.values()), now, max_age=max_age)
         results = [self._result(a, parsed.get(id(a)), now) for a in batch]
         await sources_store.record_results(conn, results)
         return results

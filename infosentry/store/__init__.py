@@ -11,11 +11,14 @@ import asyncpg
 Conn = asyncpg.Pool | asyncpg.Connection
 
 
-async def delete_in_batches(conn: Conn, table: str, where: str, *args: object, batch: int = 20_000) -> int:
+async def delete_in_batches(
+    conn: Conn, table: str, where: str, *args: object, batch: int = 20_000, key: str = "id"
+) -> int:
     """DELETE FROM `table` WHERE `where`, `batch` rows per statement, so a large backlog never holds locks long.
-    `table` and `where` are this package's own SQL text (never user input); the values go in `args` ($1...)."""
+    `table`, `where` and `key` (a unique column) are this package's own SQL text (never user input); the values
+    go in `args` ($1...)."""
     n = len(args) + 1
-    query = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT ${n})"
+    query = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT ${n})"
     total = 0
     while True:
         deleted = int((await conn.execute(query, *args, batch)).split()[-1])

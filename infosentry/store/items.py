@@ -325,22 +325,56 @@ async def count_visible(conn: Conn, user_id: int) -> int:
 
 async def prune_unneeded(conn: Conn, *, older_than_days: float) -> int:
     """Items past the retention that no one was sent (inbox) or rated (feedback neighbours), with their
-    matches, decisions, runs and source links (cascade)."""
-    return await delete_in_batches(
+    matches, decisions, runs and source links (cascade); their hashes become tombstones."""
+    return await _prune(
         conn,
-        "items",
         """ingested_at < now() - make_interval(secs => $1 * 86400)
            AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.item_id = items.id)
            AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.item_id = items.id)""",
         older_than_days,
-        batch=2_000,
     )
 
 
 async def prune_kept(conn: Conn, *, older_than_days: float) -> int:
     """Even items in an inbox or rated go, after the longer inbox retention."""
+    return await _prune(conn, "ingested_at < now() - make_interval(secs => $1 * 86400)", older_than_days)
+
+
+async def _prune(conn: Conn, where: str, older_than_days: float, batch: int = 2_000) -> int:
+    """Delete items matching `where` (this module's own SQL) in batches, leaving a tombstone per URL hash (the
+    item's own and its aliases) so a feed still listing the story does not bring it back as news."""
+    query = f"""WITH doomed AS (SELECT id, url_hash FROM items WHERE {where} LIMIT $2),
+                     hashes AS (SELECT url_hash FROM doomed
+                                UNION SELECT x.url_hash FROM item_sources x
+                                      WHERE x.item_id IN (SELECT id FROM doomed) AND x.url_hash IS NOT NULL),
+                     marked AS (INSERT INTO item_tombstones (url_hash)
+                                SELECT decode(url_hash, 'hex') FROM hashes ON CONFLICT (url_hash) DO NOTHING)
+                DELETE FROM items WHERE id IN (SELECT id FROM doomed)"""
+    total = 0
+    while True:
+        deleted = int((await conn.execute(query, older_than_days, batch)).split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+async def pruned_hashes(conn: Conn, hashes: Iterable[str]) -> set[str]:
+    """The hashes among these that belonged to pruned items."""
+    rows = await conn.fetch(
+        "SELECT encode(url_hash, 'hex') AS h FROM item_tombstones "
+        "WHERE url_hash = ANY(ARRAY(SELECT decode(h, 'hex') FROM unnest($1::text[]) h))",
+        list(set(hashes)),
+    )
+    return {r["h"] for r in rows}
+
+
+async def prune_tombstones(conn: Conn, *, older_than_days: float) -> int:
     return await delete_in_batches(
-        conn, "items", "ingested_at < now() - make_interval(secs => $1 * 86400)", older_than_days, batch=2_000
+        conn,
+        "item_tombstones",
+        "pruned_at < now() - make_interval(secs => $1 * 86400)",
+        older_than_days,
+        key="url_hash",
     )
 
 
