@@ -37,8 +37,8 @@ What the decide step reads from a match row (matches table):
   most BATCH). Sticky once set for a pair.
 - `lexical_only = true`: scored by keywords only (no embedding); never IMMEDIATE (decide caps it at BATCH);
   re-scored when the item or goal is embedded, so an IGNORE may need re-deciding.
-Pairs scoring below STORE_FLOOR (the goal's typical item; and not stored before) are not written; pairs below
-DETAIL_FLOOR keep only their numbers.
+Pairs scoring below STORE_FLOOR (and not stored before) are not written: the matches listing ranks them at read
+time by their semantic score alone, scaled under the floor (`TailRank`, store.matches.unstored_matches).
 """
 
 from __future__ import annotations
@@ -83,12 +83,10 @@ FEEDBACK_MAX_RATED = 200  # newest rated items per goal used as neighbours
 TRUST_PRIOR = 3.0  # pseudo-count that keeps source trust neutral until there is evidence
 STRICT_CAP = 0.87  # a STRICT miss stays below the default boundary band (decide also caps it at BATCH)
 LEXICAL_CAP = 0.87  # a score from keywords alone never reaches the boundary band (decide caps it at BATCH too)
-# Pairs are stored from the goal's typical item up (z = 0, score 0.13): the matches listing ranks the upper half
-# of a goal's items, so an on-topic item is rarely missing from it, and the table stays half of items x goals.
-STORE_FLOOR = float(calibrate.score_from_z(0.0))
-# Below this a stored pair keeps only its numbers (no reasons, terms or feedback details): far from any tier,
-# and half of all pairs are stored, so full rows would multiply the matching step's writes.
-DETAIL_FLOOR = 0.35
+# Pairs scoring at least this (about 1.3 sigmas above the goal's typical item: a tenth of its items) are stored
+# with their reasons. The matches listing ranks the rest at read time from the stored vectors (`TailRank`), so
+# every item stays listed while the table and the matching step's writes stay a few rows per item.
+STORE_FLOOR = 0.35
 RECENT_HOURS = 72  # backfill window and "still needed for matching" horizon
 # An item whose embedding is merely pending is not scored by keywords meanwhile: keyword scores rank far worse
 # and a lexical 1.000 must never beat its embedding to an instant push. After this long (the embedding job
@@ -483,11 +481,21 @@ def semantic_scores(
     """Per pair, the calibrated meaning score under each goal's estimate of its signal (EARLY_CAP where a goal
     has no estimate yet)."""
     out = np.full(len(sig.pair_item), calibrate.EARLY_CAP)
+    n_goals = int(sig.pair_goal.max(initial=-1)) + 1
     for mask, raw, ests in ((sig.use_vec, sig.cosine, vector_est), (~sig.use_vec, sig.lexical, lexical_est)):
-        for g, est in ests.items():
-            sel = mask & (sig.pair_goal == g)
-            if sel.any():
-                out[sel] = calibrate.scores(raw[sel], est)
+        known = [g for g, est in ests.items() if est.known]
+        if not known or not mask.any():
+            continue
+        # each goal's estimate spread over the pairs as arrays: one pass, not one mask per goal
+        m, sd = np.full(n_goals, np.nan), np.ones(n_goals)
+        capped = np.zeros(n_goals, dtype=bool)
+        for g in known:
+            if g < n_goals:
+                m[g], sd[g], capped[g] = ests[g].m, ests[g].s, ests[g].capped
+        sel = mask & ~np.isnan(m[sig.pair_goal])
+        pg = sig.pair_goal[sel]
+        scores = calibrate.score_from_z((raw[sel] - m[pg]) / sd[pg])
+        out[sel] = np.where(capped[pg], np.minimum(scores, calibrate.EARLY_CAP), scores)
     return out
 
 
@@ -703,6 +711,29 @@ async def match_items(
         async with rt.pool.acquire() as c, c.transaction():
             await write(c)
     return stats
+
+
+@dataclass(frozen=True)
+class TailRank:
+    """How the matches listing ranks a goal's items that were not stored (below STORE_FLOOR) at read time:
+    the calibrated semantic score of the item's context vector against the goal's matching vector, times
+    STORE_FLOOR (so they list below every stored pair), computed in SQL from the stored vectors."""
+
+    signal: str  # the embedding model
+    m: float
+    s: float
+    z0: float = calibrate.Z0
+    ceiling: float = STORE_FLOOR
+
+
+async def tail_rank(rt: Runtime, goal_id: int) -> TailRank | None:
+    """The goal's TailRank under its current model; None before it is embedded and calibrated."""
+    row = await calibration_store.current(rt.pool, goal_id)
+    if row is None:
+        return None
+    prior = (float(row["prior_loc"]), float(row["prior_spread"])) if row["prior_loc"] is not None else None
+    est = calibrate.estimate(np.asarray(row["recent"], dtype=np.float64), int(row["seen"]), prior)
+    return TailRank(str(row["signal"]), est.m, est.s) if est.known else None
 
 
 async def _observe(
@@ -968,26 +999,6 @@ def _rows(
         )
         lexical_only = lexical_l[k]
         is_bf = bool(items.goal_backfill[i] or items.is_backfill[i])
-        if score_l[k] < DETAIL_FLOOR and gate is None:
-            # a low pair is stored for the listing's ranking only: its numbers, no sentences
-            comps.append(
-                {
-                    "model": None if lexical_only else model,
-                    "cosine": col["cosine"][k],
-                    "lexical": col["lexical"][k],
-                    "semantic": col["semantic"][k],
-                    "z": col["z"][k],
-                    "ungated_score": col["ungated_score"][k],
-                }
-            )
-            reason_texts.append([])
-            goal_ids.append(gid_l[k])
-            item_ids.append(iid_l[k])
-            scores.append(score_l[k])
-            gates.append(None)
-            lex.append(lexical_only)
-            bf.append(is_bf)
-            continue
         pending = items.pending_reason[i] if not items.has_vector[i] else "goal embedding pending"
         bf_text = "goal_backfill" if items.goal_backfill[i] else "source_backfill" if items.is_backfill[i] else ""
         comps.append(

@@ -8,7 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from infosentry import embed
+from infosentry import embed, match
 from infosentry.api.http import RT
 from infosentry.cli import main
 from infosentry.runtime import Runtime
@@ -186,8 +186,11 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
     src = await seed_source(rt, uid, name="Tech feed")
     gid = (await (await post_goal(api, token, name=AI_GOAL[0], description=AI_GOAL[1])).json())["id"]
     ai = await seed_item(rt, src, *AI_ITEM)
-    await seed_item(rt, src, *OFF_ITEM)
+    off = await seed_item(rt, src, *OFF_ITEM)
+    off2 = await seed_item(rt, src, "Football club signs a new striker", "The striker joins on a three-year deal.")
     others = [await seed_item(rt, src, f"Nvidia GPU news number {i}", "AI accelerators") for i in range(3)]
+    bob, _ = await make_user(rt, "bob@example.com")
+    hidden = await seed_item(rt, await seed_source(rt, bob), *AI_ITEM)  # another user's feed
     await embed.run(rt)
     await rt.pool.execute(
         """INSERT INTO decisions (goal_id, item_id, tier, status, score, reason)
@@ -198,7 +201,13 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
     url = f"/api/v1/goals/{gid}/matches"
     everything = await (await api.get(url, headers=bearer(token))).json()
     scores = [m["score"] for m in everything["items"]]
-    assert scores == sorted(scores, reverse=True) and len(scores) >= 4
+    assert scores == sorted(scores, reverse=True)
+    # every item the goal sees is listed: the stored pairs, then the rest ranked at read time below them
+    listed = {m["item"]["id"]: m for m in everything["items"]}
+    assert set(listed) == {ai, off, off2, *others} and hidden not in listed
+    assert await rt.pool.fetchval("SELECT count(*) FROM matches WHERE goal_id = $1 AND item_id = $2", gid, off) == 0
+    assert listed[off]["components"]["ranked_at_read"] and listed[off]["score"] < match.STORE_FLOOR
+    assert listed[off]["reasons"] == [] and listed[off]["decision"] is None
     first = next(m for m in everything["items"] if m["item"]["id"] == ai)
     assert first["item"]["title"] == AI_ITEM[0] and first["item"]["source"]["name"] == "Tech feed"
     assert first["components"]["model"] == "local:use-multilingual-v3" and first["reasons"]

@@ -172,7 +172,6 @@ async def test_the_local_model_pushes_the_on_topic_items(rt: Runtime) -> None:
     assert embed.model_name(rt) == "local:use-multilingual-v3"
     rate, precision = await push_rate(rt)
     assert 0.02 <= rate <= 0.2 and precision >= 0.7, (rate, precision)
-    assert match.STORE_FLOOR < calibrate.score_from_z(1.0)
 
 
 async def test_a_goal_gets_its_prf_vector_once_it_has_seen_enough_items(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infosentry import embed, match, reasons
+from infosentry import calibrate, embed, match, reasons
 from infosentry.domain import admin
 from infosentry.embedders.lexical import lexical_similarity
 from infosentry.runtime import Runtime
@@ -188,6 +188,34 @@ def test_chinese_terms_match_as_words_not_as_single_characters() -> None:
     # a one-character term matches only standing alone: not inside 汽车 or 车市, but 《车》
     assert hits[:, 2].tolist() == [False, False, False, True, False, False, False]
     assert hits[4, 3] and hits[5, 4]  # Latin inside Chinese; full-width digits fold
+
+
+def test_semantic_scores_apply_each_goals_estimate_to_its_pairs() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    pair_goal = rng.integers(0, 5, n)
+    use_vec = rng.random(n) < 0.8
+    sig = match.Signals(
+        pair_item=np.arange(n),
+        pair_goal=pair_goal,
+        cosine=np.where(use_vec, rng.random(n), np.nan),
+        lexical=np.where(use_vec, np.nan, rng.random(n)),
+        use_vec=use_vec,
+        hits=np.zeros(n),
+        negative=np.zeros(n, bool),
+        blocked=np.zeros(n, bool),
+        strict_miss=np.zeros(n, bool),
+        hit_matrix=np.zeros((n, 0), bool),
+        neg_matrix=np.zeros((n, 0), bool),
+    )
+    vector_est = {0: calibrate.Estimate(0.3, 0.05), 1: calibrate.Estimate(0.5, 0.1, capped=True), 3: calibrate.UNKNOWN}
+    lexical_est = {0: calibrate.Estimate(0.1, 0.2), 4: calibrate.Estimate(0.2, 0.01)}
+    got = match.semantic_scores(sig, vector_est, lexical_est)
+    for k in range(n):  # the reference: one pair at a time
+        ests = vector_est if use_vec[k] else lexical_est
+        raw = sig.cosine[k] if use_vec[k] else sig.lexical[k]
+        est = ests.get(int(pair_goal[k]), calibrate.UNKNOWN)
+        assert got[k] == pytest.approx(float(calibrate.scores(np.array([raw]), est)[0])), k
 
 
 def test_vectorised_lexical_similarity_equals_the_reference() -> None:

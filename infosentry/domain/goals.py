@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry import hotconfig, judge, push
+from infosentry import hotconfig, judge, match, push
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields, valid_email, valid_timezone
 from infosentry.embedders import lexical
@@ -207,11 +207,31 @@ async def matches(
     limit: int = 50,
     after: tuple[float, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """The goal's scored items, best first (keyset `after` = (score, item id) of the previous page's last)."""
+    """The goal's scored items, best first (keyset `after` = (score, item id) of the previous page's last):
+    the stored pairs, then (below match.STORE_FLOOR) every other item the goal sees, ranked at read time."""
     if await goals_store.get(rt.pool, actor.user_id, goal_id) is None:
         raise NotFound("no such goal")
     rows = await matches_store.goal_matches(rt.pool, goal_id, min_score=min_score, limit=limit, after=after)
-    return [match_view(r) for r in rows]
+    views = [match_view(r) for r in rows]
+    if min_score < match.STORE_FLOOR and (rank := await match.tail_rank(rt, goal_id)) is not None:
+        tail = await matches_store.unstored_matches(
+            rt.pool,
+            goal_id,
+            signal=rank.signal,
+            m=rank.m,
+            s=rank.s,
+            z0=rank.z0,
+            ceiling=rank.ceiling,
+            min_score=min_score,
+            limit=limit,
+            after=after,
+        )
+        views = sorted(views + [match_view(r) for r in tail], key=_rank_key, reverse=True)[:limit]
+    return views
+
+
+def _rank_key(view: dict[str, Any]) -> tuple[float, int]:
+    return float(view["score"]), int(view["item"]["id"])
 
 
 def match_view(r: asyncpg.Record) -> dict[str, Any]:

@@ -94,6 +94,17 @@ async def observe(
     )
 
 
+async def current(conn: Conn, goal_id: int) -> asyncpg.Record | None:
+    """The goal's calibration under the model and version it is embedded with."""
+    return await conn.fetchrow(
+        """SELECT c.signal, c.prior_loc, c.prior_spread, c.recent, c.seen FROM goals g
+           JOIN goal_calibration c ON c.goal_id = g.id AND c.signal = g.embedding_model
+                                  AND c.goal_version = g.embedded_version
+           WHERE g.id = $1""",
+        goal_id,
+    )
+
+
 async def neighbours(conn: Conn, signal: str, goal_ids: Sequence[int]) -> dict[int, float]:
     """The feedback neighbour threshold of each goal that has one for this signal."""
     rows = await conn.fetch(

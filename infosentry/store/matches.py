@@ -186,6 +186,73 @@ async def goal_matches(
     )
 
 
+async def unstored_matches(
+    conn: Conn,
+    goal_id: int,
+    *,
+    signal: str,
+    m: float,
+    s: float,
+    z0: float,
+    ceiling: float,
+    min_score: float,
+    limit: int,
+    after: tuple[float, int] | None,
+) -> list[asyncpg.Record]:
+    """The goal's items without a stored pair (they scored below the storage floor), ranked at read time: the
+    calibrated semantic score of the item's context vector against the goal's matching vector, times `ceiling`
+    (match.TailRank). Items the goal's owner sees through an enabled subscription, embedded with the goal's
+    model, from a source not blocked for the goal; same columns as goal_matches."""
+    return await conn.fetch(
+        """WITH g AS (
+               SELECT g.id, g.user_id, COALESCE(c.prf, g.embedding) AS v FROM goals g
+               LEFT JOIN goal_calibration c
+                      ON c.goal_id = g.id AND c.signal = g.embedding_model AND c.goal_version = g.embedded_version
+               WHERE g.id = $1 AND g.embedding_model = $2 AND g.embedding IS NOT NULL),
+           seen AS (
+               SELECT DISTINCT x.item_id FROM g
+               JOIN subscriptions sub ON sub.user_id = g.user_id AND sub.enabled
+               JOIN item_sources x ON x.source_id = sub.source_id),
+           ranked AS (
+               SELECT i.id, 1 - (COALESCE(i.context_embedding, i.embedding) <=> g.v) AS cosine
+               FROM seen JOIN items i ON i.id = seen.item_id CROSS JOIN g
+               WHERE i.embedding_model = $2 AND i.embedding_status = 'done'
+                 AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.goal_id = $1 AND m.item_id = i.id)
+                 AND NOT EXISTS (SELECT 1 FROM blocked_sources b WHERE b.goal_id = $1 AND b.source_id = i.source_id)),
+           scored AS (
+               SELECT id, cosine,
+                      $6::float8 / (1 + exp(-greatest(-60, least(60, (cosine - $3::float8) / $4::float8 - $5::float8))))
+                          AS score
+               FROM ranked)
+           SELECT r.id AS item_id, r.score,
+                  jsonb_build_object('model', $2::text, 'cosine', round(r.cosine::numeric, 4), 'ranked_at_read', true)
+                      AS components,
+                  '[]'::jsonb AS reasons, NULL::text AS gate, false AS lexical_only, i.is_backfill,
+                  now() AS computed_at, i.title, i.url, i.snippet, i.published_at, i.ingested_at, i.embedding_status,
+                  s.id AS source_id, s.name AS source_name,
+                  NULL::text AS tier, NULL::text AS decision_status, NULL::text AS decision_reason,
+                  NULL::timestamptz AS decided_at, NULL::timestamptz AS pushed_at,
+                  f.feedback, false AS source_blocked
+           FROM scored r
+           JOIN items i ON i.id = r.id
+           JOIN sources s ON s.id = i.source_id
+           LEFT JOIN feedback f ON f.goal_id = $1 AND f.item_id = r.id
+           WHERE r.score >= $7 AND ($8::float8 IS NULL OR (r.score, r.id) < ($8::float8, $9::bigint))
+           ORDER BY r.score DESC, r.id DESC
+           LIMIT $10""",
+        goal_id,
+        signal,
+        m,
+        s,
+        z0,
+        ceiling,
+        min_score,
+        after[0] if after else None,
+        after[1] if after else 0,
+        limit,
+    )
+
+
 async def undecided_count(conn: Conn, goal_ids: list[int]) -> int:
     """Matches that got no decision (they scored below every tier)."""
     return int(

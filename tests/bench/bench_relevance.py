@@ -412,7 +412,9 @@ def metrics(scores: np.ndarray, truth: np.ndarray, goals: list[Goal], exclude: n
         keep = ~exclude[:, j] if exclude is not None else np.ones(len(scores), bool)
         s, y = scores[keep, j], truth[keep, j]
         pushed = s >= BATCH_THRESHOLD
-        listed = np.where(s >= match.STORE_FLOOR, s, 0.0)
+        # the matches API: stored pairs by score, every other item after them by its read-time semantic score
+        # (approximated here by its score, scaled under the floor as the read-time rank is)
+        listed = np.where(s >= match.STORE_FLOOR, s, match.STORE_FLOOR * s)
         per[f"{goal.key}"] = {
             "auc": auc(s, y),
             "auc_listed": auc(listed, y),
