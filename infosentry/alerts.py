@@ -90,7 +90,11 @@ async def tick(rt: Runtime) -> TickResult:
             if pending:
                 await _notify(rt, conn, pending, result)
         finally:
-            await monitoring_store.release_alerts_lock(conn)
+            try:
+                await monitoring_store.release_alerts_lock(conn)
+            except Exception:
+                conn.terminate()  # never hand a connection that may still hold the lock back to the pool
+                raise
     return result
 
 

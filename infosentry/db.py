@@ -146,6 +146,17 @@ async def _connect_plain(dsn: str, *, retries: int = 0) -> asyncpg.Connection:
     raise AssertionError("unreachable")
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection released without asyncpg's reset query (pg_advisory_unlock_all, CLOSE ALL, UNLISTEN *,
+    RESET ALL): one round trip per release was the largest single cost of a busy worker. Nothing here leaves
+    such state on a pooled connection: settings are SET LOCAL, LISTEN has its own connection, cursors live in
+    transactions, and the two session advisory locks (decide, alerts) are released explicitly, their connection
+    terminated when that fails. An open transaction is still rolled back on release."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """asyncpg pool with the json and pgvector codecs; the vector extension must exist (run migrate first)."""
     try:
@@ -154,6 +165,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            connection_class=PooledConnection,
             command_timeout=60,
             max_inactive_connection_lifetime=120,
         )

@@ -116,3 +116,22 @@ async def test_forged_cursors_are_400_not_500(api) -> None:
             assert resp.status == 400, (path, key, resp.status)
         resp = await api.get(path, params={"cursor": "%%%not-base64"}, headers=bearer(token))
         assert resp.status == 400
+
+
+async def test_pooled_connections_skip_the_reset_round_trip_yet_leave_no_lock_behind(rt) -> None:
+    """Release sends no reset query; the session advisory locks the service takes are released by their
+    holders (decide's chunk lock, the alerts tick), so a connection handed out next can take them."""
+    from infosentry import alerts, decide
+    from infosentry.store import decisions as decisions_store
+
+    async with rt.pool.acquire() as conn:
+        assert isinstance(conn, db.PooledConnection) and conn.get_reset_query() == ""
+    async with decide._decide_lock(rt, 0.0) as got:
+        assert got
+    assert not (await alerts.tick(rt)).skipped
+    async with rt.pool.acquire() as a, rt.pool.acquire() as b:
+        # nothing is held on any pooled connection: both locks are free for whoever asks
+        held = await a.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        assert held == 0
+        assert await b.fetchval("SELECT pg_try_advisory_lock($1)", decisions_store.DECIDE_LOCK)
+        await b.execute("SELECT pg_advisory_unlock_all()")
