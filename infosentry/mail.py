@@ -517,24 +517,31 @@ def _envelope(msg: EmailMessage) -> tuple[str, list[str]]:
     return senders[0][1], [r for r in recipients if r]
 
 
-async def send_message(cfg: SmtpConfig, msg: EmailMessage) -> None:
-    """Deliver `msg` to its To/Cc recipients, or to the FileSink for ``file:`` hosts.
+class SmtpSender:
+    """Delivers messages over at most `connections` SMTP connections at once, each kept open and reused for the
+    next message (one TCP and TLS handshake, EHLO and login per connection, not per message: the relay sees a
+    handful of sessions per outbox run). A connection that fails in any way is closed, never reused. ``file:``
+    hosts write to the FileSink. Use as an async context manager; `send` raises like send_message."""
 
-    Returns only when the server accepted the message for every recipient; otherwise raises SmtpTemporaryError
-    or SmtpPermanentError (never reports a failure as success)."""
-    sink = file_sink_for(cfg)
-    if sink is not None:
-        await sink.send(msg)
-        return
-    sender, recipients = _envelope(msg)
-    utf8 = not all(a.isascii() for a in (sender, *recipients))
-    policy = _WIRE_POLICY.clone(utf8=True) if utf8 else _WIRE_POLICY
-    try:
-        refused, _ = await aiosmtplib.send(
-            msg.as_bytes(policy=policy),  # bytes, so aiosmtplib does not re-serialise with its own policy
-            sender=sender,
-            recipients=recipients,
-            mail_options=["SMTPUTF8"] if utf8 else None,
+    def __init__(self, cfg: SmtpConfig, connections: int = 1) -> None:
+        self.cfg = cfg
+        self._sink = file_sink_for(cfg)
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[aiosmtplib.SMTP] = []
+
+    async def __aenter__(self) -> SmtpSender:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            with contextlib.suppress(Exception):
+                await client.quit()
+            client.close()
+
+    def _client(self) -> aiosmtplib.SMTP:
+        cfg = self.cfg
+        return aiosmtplib.SMTP(
             hostname=cfg.host,
             port=cfg.port or None,
             username=cfg.user or None,
@@ -545,19 +552,54 @@ async def send_message(cfg: SmtpConfig, msg: EmailMessage) -> None:
             timeout=cfg.timeout,
             local_hostname=cfg.helo_name,
         )
-    except Exception as exc:
-        err = _classify(exc)
-        logger.warning(
-            "smtp send failed: %s",
-            err,
-            extra={"action": "mail.send_failed", "message_id": msg.get("Message-ID"), "retryable": err.retryable},
-        )
-        raise err from exc
-    if refused:
-        # Some recipients refused while others accepted: still a failure for the caller to see.
-        errors = [_by_code(r.code, f"{addr}: {r.message}") for addr, r in refused.items()]
-        raise next((e for e in errors if e.retryable), errors[0])
-    logger.info("smtp sent", extra={"action": "mail.sent", "message_id": msg.get("Message-ID")})
+
+    async def send(self, msg: EmailMessage) -> None:
+        """Deliver `msg` to its To/Cc recipients. Returns only when the server accepted it for every recipient;
+        otherwise raises SmtpTemporaryError or SmtpPermanentError (never reports a failure as success)."""
+        if self._sink is not None:
+            await self._sink.send(msg)
+            return
+        sender, recipients = _envelope(msg)
+        utf8 = not all(a.isascii() for a in (sender, *recipients))
+        policy = _WIRE_POLICY.clone(utf8=True) if utf8 else _WIRE_POLICY
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            try:
+                if client is None or not client.is_connected:
+                    client = self._client()
+                    await client.connect()
+                refused, _ = await client.sendmail(
+                    sender,
+                    recipients,
+                    msg.as_bytes(policy=policy),  # bytes, so aiosmtplib does not re-serialise with its own policy
+                    mail_options=["SMTPUTF8"] if utf8 else None,
+                )
+            except Exception as exc:
+                if client is not None:
+                    client.close()
+                err = _classify(exc)
+                logger.warning(
+                    "smtp send failed: %s",
+                    err,
+                    extra={
+                        "action": "mail.send_failed",
+                        "message_id": msg.get("Message-ID"),
+                        "retryable": err.retryable,
+                    },
+                )
+                raise err from exc
+            self._idle.append(client)
+        if refused:
+            # Some recipients refused while others accepted: still a failure for the caller to see.
+            errors = [_by_code(r.code, f"{addr}: {r.message}") for addr, r in refused.items()]
+            raise next((e for e in errors if e.retryable), errors[0])
+        logger.info("smtp sent", extra={"action": "mail.sent", "message_id": msg.get("Message-ID")})
+
+
+async def send_message(cfg: SmtpConfig, msg: EmailMessage) -> None:
+    """Deliver one message on its own connection (SmtpSender.send)."""
+    async with SmtpSender(cfg) as sender:
+        await sender.send(msg)
 
 
 # ----------------------------------------------------------------------------------------------- file sink

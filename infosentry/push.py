@@ -741,41 +741,48 @@ async def send_due(
     report = SendReport()
     fixed_now = now
     cfg = smtp_config(rt.settings)
+    if cfg is None:
+        report.suppressed += await emails_store.suppress_due(
+            rt.pool,
+            now=fixed_now or utcnow(),
+            kinds=["immediate", "batch", "digest", "login", "alert"],
+            reason="SMTP_HOST is not set",
+        )
+        return report
+    async with mail.SmtpSender(cfg, SEND_CONCURRENCY) as sender:
+        await _send_rounds(rt, sender, fixed_now, limit, max_rounds, report)
+    return report
+
+
+async def _send_rounds(
+    rt: Runtime,
+    sender: mail.SmtpSender,
+    fixed_now: datetime | None,
+    limit: int,
+    max_rounds: int,
+    report: SendReport,
+) -> None:
     for _ in range(max_rounds):
         now = fixed_now or utcnow()
         if not rt.hot["EMAIL_ENABLED"]:
             report.suppressed += await emails_store.suppress_due(
                 rt.pool, now=now, kinds=list(PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
             )
-        if cfg is None:
-            report.suppressed += await emails_store.suppress_due(
-                rt.pool,
-                now=now,
-                kinds=["immediate", "batch", "digest", "login", "alert"],
-                reason="SMTP_HOST is not set",
-            )
-            return report
         rows = await emails_store.claim_due(rt.pool, now=now, limit=limit, lease_seconds=LEASE_SECONDS)
         if not rows:
             break
         report.claimed += len(rows)
-        gate = asyncio.Semaphore(SEND_CONCURRENCY)
-        await asyncio.gather(*(_send_gated(gate, rt, cfg, r, now, report) for r in rows))
+        # the sender's connections are the concurrency limit (SEND_CONCURRENCY)
+        await asyncio.gather(*(_send_one(rt, sender, r, now, report) for r in rows))
         if len(rows) < limit:
             break
     else:
         report.more = True
-    return report
 
 
-async def _send_gated(
-    gate: asyncio.Semaphore, rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime, report: SendReport
+async def _send_one(
+    rt: Runtime, sender: mail.SmtpSender, row: asyncpg.Record, now: datetime, report: SendReport
 ) -> None:
-    async with gate:
-        await _send_one(rt, cfg, row, now, report)
-
-
-async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now: datetime, report: SendReport) -> None:
     if row["kind"] in PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
         await emails_store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
         report.suppressed += 1
@@ -792,7 +799,7 @@ async def _send_one(rt: Runtime, cfg: mail.SmtpConfig, row: asyncpg.Record, now:
             dedupe_key=row["dedupe_key"],
             date=row["created_at"],
         )
-        await mail.send_message(cfg, message)
+        await sender.send(message)
     except (mail.SmtpPermanentError, ValueError) as exc:
         await emails_store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
         await emails_store.smtp_result(rt.pool, ok=False, error=str(exc))

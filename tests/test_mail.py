@@ -21,6 +21,7 @@ from infosentry.mail import (
     Section,
     SmtpConfig,
     SmtpPermanentError,
+    SmtpSender,
     SmtpTemporaryError,
     build_message,
     render_alert_email,
@@ -360,6 +361,19 @@ async def test_refusals_are_classified(smtp_sink: SmtpSink, code: int, at: str, 
     smtp_sink.accept()
     await send_message(smtp_sink.config(), _msg())
     assert len(await smtp_sink.wait_for(1)) == 1
+
+
+async def test_a_sender_reuses_its_connections_and_drops_a_failed_one(smtp_sink: SmtpSink) -> None:  # noqa: F811
+    async with SmtpSender(smtp_sink.config(), connections=2) as sender:
+        await asyncio.gather(*(sender.send(_msg(f"immediate:7:{k}")) for k in range(10)))
+        assert len(await smtp_sink.wait_for(10)) == 10 and smtp_sink.sessions <= 2
+        smtp_sink.refuse(550, "no such user", at="rcpt")
+        with pytest.raises(SmtpPermanentError):
+            await sender.send(_msg("immediate:7:bad"))
+        smtp_sink.accept()
+        before = smtp_sink.sessions
+        await sender.send(_msg("immediate:7:after"))  # on a connection that did not fail
+        assert len(await smtp_sink.wait_for(11)) == 11 and smtp_sink.sessions <= before + 1
 
 
 async def test_sink_down_is_temporary_then_recovers(smtp_sink: SmtpSink) -> None:  # noqa: F811

@@ -53,6 +53,14 @@ class _Handler:
             self.sink.refused += 1
         return f"{refusal.code} {refusal.message}"
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.sink._cond:
+            self.sink.sessions += 1
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
@@ -100,7 +108,7 @@ class SmtpSink:
       require_auth(user, password)               AUTH with other credentials gets 535 (mail without AUTH is still
                                                  accepted); allow_any_auth() undoes it
       down() / up()                              stop listening (connection refused) / listen again on the same port
-    Inspection: `received` (ReceivedMail list), `messages` (the parsed EmailMessages), clear(),
+    Inspection: `received` (ReceivedMail list), `messages` (the parsed EmailMessages), `sessions` (EHLOs), clear(),
     `await wait_for(n, timeout)` or wait_for_sync(n, timeout) for blocking tests.
     """
 
@@ -109,6 +117,7 @@ class SmtpSink:
         self.port = port or _free_port()
         self.received: list[ReceivedMail] = []
         self.refused = 0
+        self.sessions = 0  # EHLOs: one per client connection (STARTTLS would add one)
         self._refusal: _Refusal | None = None
         self._credentials: tuple[str, str] | None = None
         self._cond = threading.Condition()
