@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -73,8 +74,10 @@ class Run:
         use_pool: bool = True,
         keep_results: bool = False,
         lease_seconds: int = LEASE_SECONDS,
+        on_new_items: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.rt = rt
+        self.on_new_items = on_new_items  # awaited after each write that stored new items (nudges embedding)
         self.lease_seconds = lease_seconds
         self.sem = asyncio.Semaphore(concurrency)
         self.queue: asyncio.Queue[Attempt | None] = asyncio.Queue()
@@ -220,6 +223,11 @@ class Run:
             await self._write_failure(batch[0], exc)
             return
         self._tally(results)
+        if self.on_new_items is not None and any(r.new for r in results):
+            try:
+                await self.on_new_items()
+            except Exception as exc:  # the embed sweep finds the items anyway
+                log.warning("could not nudge embedding: %s", exc, extra={"action": "ingest_nudge_failed"})
 
     async def _write(self, conn: asyncpg.Connection, batch: list[Attempt]) -> list[FetchResult]:
         now = datetime.now(UTC)
@@ -318,15 +326,19 @@ async def run_due(
     budget: float = RUN_BUDGET_SECONDS,
     lease_seconds: int = LEASE_SECONDS,
     use_pool: bool = True,
+    on_new_items: Callable[[], Awaitable[None]] | None = None,
 ) -> RunSummary:
     """Fetch every due source (bounded batches, bounded concurrency) until none is due or the time budget is
-    spent. Safe to run in several processes at once: claims never overlap."""
+    spent; `on_new_items` is awaited after each write that stored new items. Safe to run in several processes
+    at once: claims never overlap."""
     started = time.monotonic()
     deadline = started + budget
     tasks: set[asyncio.Task[None]] = set()
     claimed: list[int] = []
     await sources_store.park_unfollowed(rt.pool)
-    async with Run(rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds) as run:
+    async with Run(
+        rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds, on_new_items=on_new_items
+    ) as run:
         try:
             while time.monotonic() < deadline:
                 # keep about two batches in hand: enough to keep every slot busy, few leases waiting
