@@ -2,9 +2,10 @@
 [--items 100000] [--minutes 10] [--split]`.
 
 A simulated day, time compressed into `--minutes`: `--sources` local sources (RSS, Atom, JSON Feed and hot
-lists in turn, on 8 loopback addresses; 5 % failing in varied ways: HTTP 500, 404, malformed XML, a reset
+lists in turn, on 64 loopback addresses; 5 % failing in varied ways: HTTP 500, 404, malformed XML, a reset
 connection, an answer slower than the fetch timeout; the others answer 304 when nothing new was published)
-publish `--items` items between them, spread over the run. `--users` users follow three sources each
+publish `--items` items between them, spread over the run; one in ten (`--topical`) is on one of the goals'
+topics, the rest is general news no goal tracks, as in real feeds. `--users` users follow three sources each
 per hundred (every source has ~3 followers) and own `--goals-per-user` goals. Embeddings and the LLM judge
 come from the fake OpenAI-compatible server, emails go to an SMTP sink, IMMEDIATE_COALESCE_MINUTES=0.
 
@@ -47,7 +48,7 @@ from tests.fakes.openai import FakeOpenAI
 from tests.fakes.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
-HOSTS = [f"127.0.0.{i}" for i in range(1, 9)]
+HOSTS = [f"127.0.0.{i}" for i in range(1, 65)]  # many hosts, as real feeds are: the fetch caps each host
 KINDS = ("rss", "atom", "json", "hotlist")
 FAILURES = ("500", "404", "malformed", "reset", "slow")
 TOPICS = [
@@ -63,6 +64,18 @@ TOPICS = [
     ("games", "Video games, consoles and esports", ["game", "console", "esports"]),
 ]
 FILLER = "officials said on monday that the plan would be reviewed again after talks with several partners"
+# Most items are about nothing a given goal tracks (as in real feeds): general news from these words.
+PLACES = ["Lisbon", "Osaka", "Nairobi", "Quito", "Tromso", "Adelaide", "Porto", "Leeds", "Lyon", "Cusco"]
+EVENTS = [
+    "council approves a new library budget",
+    "bakery wins the regional bread award",
+    "museum reopens its renovated wing",
+    "bridge closes for weekend repairs",
+    "school choir tours the northern towns",
+    "zoo welcomes a pair of red pandas",
+    "farmers market moves to the old square",
+    "festival adds a second stage for jazz",
+]
 
 
 # --- the feed server (its own process) -----------------------------------------------------------------------
@@ -74,6 +87,7 @@ class Plan:
     items: int
     start: float  # wall time the day starts
     seconds: float  # the day, compressed
+    topical: float  # share of the items on one of the goals' topics
 
     def published(self, n: int, now: float) -> int:
         """How many items source n has published by `now` (its items spread evenly over the day)."""
@@ -95,19 +109,23 @@ def failure_of(n: int) -> str | None:
     return FAILURES[(n // 20) % len(FAILURES)] if n % 20 == 7 else None  # 5 % of the sources
 
 
-def item_text(n: int, j: int) -> tuple[str, str]:
+def item_text(n: int, j: int, topical: float) -> tuple[str, str]:
+    """Item j of source n: on one of the goals' topics (a `topical` share of the items), else general news."""
+    if (n * 7919 + j * 104729) % 1000 >= topical * 1000:
+        title = f"{PLACES[(n + j) % len(PLACES)]} {EVENTS[(n * 3 + j) % len(EVENTS)]} ({n}-{j})"
+        return title, f"{title}. {FILLER} ({n}/{j})."
     topic = TOPICS[(n * 31 + j * 17) % len(TOPICS)]
     title = f"{topic[2][j % len(topic[2])].title()} update {n}-{j}: {topic[1].split(',')[0]}"
     return title, f"{title}. {FILLER} ({n}/{j})."
 
 
-def render(n: int, count: int) -> tuple[bytes, str]:
+def render(n: int, count: int, topical: float) -> tuple[bytes, str]:
     """The newest (up to 20) items of source n, in its format."""
     kind = kind_of(n)
     first = max(0, count - 20)
     entries = []
     for j in range(count - 1, first - 1, -1):
-        title, text = item_text(n, j)
+        title, text = item_text(n, j, topical)
         url = f"https://s{n}.example/{j}"
         entries.append((j, title, text, url))
     when = format_datetime(datetime.now(UTC), usegmt=True)
@@ -170,7 +188,7 @@ def serve_feeds(plan: Plan, conn: Any) -> None:
             return web.Response(status=304, headers={"ETag": etag})
         if failure == "malformed":
             return web.Response(body=b"<rss><channel><item><title>broken", content_type="application/rss+xml")
-        body, ctype = render(n, count)
+        body, ctype = render(n, count, plan.topical)
         return web.Response(body=body, content_type=ctype.split(";")[0], headers={"ETag": etag})
 
     async def main() -> None:
@@ -262,7 +280,11 @@ async def seed(pool: asyncpg.Pool, args: argparse.Namespace, ports: list[int], r
 def start_processes(env: dict[str, str], split: bool) -> dict[str, subprocess.Popen[bytes]]:
     def spawn(*args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "infosentry", *args], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=None
+            [sys.executable, "-m", "infosentry", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=None,
         )
 
     if not split:
@@ -338,7 +360,7 @@ async def bench(args: argparse.Namespace) -> None:
         await migrate.upgrade(conn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     assert pool is not None
-    plan = Plan(args.sources, args.items, start=0.0, seconds=args.minutes * 60)
+    plan = Plan(args.sources, args.items, start=0.0, seconds=args.minutes * 60, topical=args.topical)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     fake = FakeOpenAI().__enter__()
@@ -527,6 +549,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=10.0, help="the simulated day, compressed")
     parser.add_argument("--drain", type=float, default=600.0, help="seconds allowed after the day to catch up")
+    parser.add_argument("--topical", type=float, default=0.1, help="share of items on a goal's topic")
     parser.add_argument("--split", action="store_true", help="api + a worker per queue group (scale-out)")
     parser.add_argument("--embed-model", default="bench-256", help="fake embedding model (size 256 unless known)")
     parser.add_argument("--sample", type=float, default=5.0)
