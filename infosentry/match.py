@@ -750,7 +750,7 @@ def lexical_prior(goal_text_: str) -> tuple[float, float]:
     """The goal's keyword overlap with the background corpus of its language: the keyword signal's prior."""
     corpus = calibrate.background("zh" if has_cjk(goal_text_) else "en")
     index = LexicalIndex([goal_text_])
-    return calibrate.location_spread(np.array([index.scores(t)[0] for t in corpus]))
+    return calibrate.background_prior(np.array([index.scores(t)[0] for t in corpus]))
 
 
 async def _goal_vectors(rt: Runtime, reader: Any, goals: list[Any]) -> list[np.ndarray | None]:

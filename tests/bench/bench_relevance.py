@@ -270,7 +270,7 @@ def goal_rows(
         assert world.background is not None
         nb = calibrate.neighbour_threshold(world.background)
         for j in range(m):
-            priors[j] = calibrate.location_spread(world.background @ vectors[j])
+            priors[j] = calibrate.background_prior(world.background @ vectors[j])
             if nb is not None:
                 neighbour[j] = nb
     return (
@@ -348,7 +348,7 @@ def stream(
                 seen[j] = 0
                 continue
             g.vectors[j] = vector
-            priors[j] = calibrate.location_spread(world.background @ vector)
+            priors[j] = calibrate.background_prior(world.background @ vector)
             windows[j] = (recent[: calibrate.WINDOW] @ vector)[::-1].astype(np.float32)
             seen[j] = len(windows[j])
     return out, est, g.vectors
