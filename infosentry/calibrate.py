@@ -15,13 +15,29 @@ so the hot thresholds mean a distance from the goal's background, the same for e
 DIGEST 0.60 <=> z 2.31, BATCH 0.75 <=> z 3.00, boundary 0.88 <=> z 3.89, IMMEDIATE 0.93 <=> z 4.49, and a typical
 item (z 0) scores 0.13.
 
+The lower half does not show how far UNRELATED items reach upward, and that reach differs by goal: for a narrow
+goal ("oil prices", 2 % of the items) a whole neighbouring cluster (market reports) sits 3-6 lower-half sigmas
+up, while its own items sit 8-15 up; z = 3 alone pushed 5-7 % of the items of a goal whose feeds carry none of
+its topic. So the spread is also measured from the top:
+
+    s >= (q99 - m) / Z_TOP           q99: the goal's best recent items (the TOP_QUANTILE of its window)
+
+A goal's best 1 % then score at most sigmoid(Z_TOP - Z0) = 0.92 from meaning alone (an instant alert has to beat
+them), and a push needs Z_BATCH / Z_TOP = 70 % of their distance above the typical item: the neighbouring
+cluster of a goal whose own items stand far out no longer passes, while a broad goal, whose best items stand
+less far out, keeps its reach, and the wordings of one topic push at more similar rates (README: measured).
+
 State per (goal, signal): a window of the last WINDOW raw values (forgets at the rate items arrive: drift), how
 many were ever seen, and a prior (m0, s0) measured when the goal was embedded: the goal's values against a
 fixed background corpus of assorted news (infosentry/calibration/background_*.txt), so a new goal is calibrated
-from its first item. The window's estimates are shrunk toward the prior with a pseudo-count of N0 items. A
-goal with neither prior nor N_MIN values seen is capped below BATCH (nothing to compare with).
+from its first item (`background_prior`: the same two rules, the corpus's best headline standing in for the
+goal's best items). The window's estimates are shrunk toward the prior with a pseudo-count of N0 items, and
+while the window is young (fewer than YOUNG values) its spread is at least the prior's: the best of a few
+dozen items, with perhaps none of the topic among them, is not yet the top of the scale. A goal with neither
+prior nor N_MIN values seen is capped below BATCH (nothing to compare with).
 
-Constants carry a meaning; none was fitted to a wording, a language or a model (measurements: README).
+Constants carry a meaning; none was fitted to one wording, language or model (Z_TOP was chosen on the tuning
+halves of both languages, category and narrow goals together; measurements: README).
 """
 
 from __future__ import annotations
@@ -45,6 +61,14 @@ MIN_SPREAD = 1e-4  # floor, in the signal's units, for a degenerate window
 # A sparse signal (keyword overlap: most items share no word with the goal) has more than 16 % of its values
 # tied at the median, so the lower-half sigma is 0; its standard deviation is used instead.
 DEGENERATE = 1e-3
+# The top of the scale: a goal's best recent items (the TOP_QUANTILE of its window, once it holds TOP_MIN values)
+# sit at most Z_TOP above its typical item. Z_BATCH / Z_TOP = 0.7: a push needs 70 % of the way from the typical
+# item to the best ones (the largest share that keeps category goals' push recall above 0.25 on the tuning
+# halves of the bench; 0.6-0.8 measured: README).
+TOP_QUANTILE = 0.99
+Z_TOP = Z_BATCH / 0.7  # 4.29: score 0.92, just below IMMEDIATE
+TOP_MIN = 20  # as many values as the prior weighs
+YOUNG = WINDOW // 2  # below this many values the window's spread is at least the prior's
 NEIGHBOUR_QUANTILE = 0.9  # feedback: a rated item counts as a neighbour when closer than 90 % of random pairs
 
 
@@ -77,6 +101,16 @@ def location_spread(values: np.ndarray) -> tuple[float, float]:
     return med, max(s, MIN_SPREAD)
 
 
+def background_prior(values: np.ndarray) -> tuple[float, float]:
+    """A goal's prior (m0, s0) from its values against the background corpus: `location_spread`, the spread
+    widened like a window's (the corpus's best headline at most Z_TOP above its typical one)."""
+    m, s = location_spread(values)
+    v = np.asarray(values, dtype=np.float64)
+    if v.size >= TOP_MIN:
+        s = max(s, (float(np.quantile(v, TOP_QUANTILE)) - m) / Z_TOP)
+    return m, s
+
+
 def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -> Estimate:
     """The window's (m, s) shrunk toward the prior with pseudo-count N0; capped when there is no prior and fewer
     than N_MIN values were seen."""
@@ -87,7 +121,8 @@ def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -
         assert prior is not None
         return Estimate(prior[0], max(prior[1], MIN_SPREAD))
     m, s = location_spread(window)
-    return _shrink(m, s, n, seen, prior)
+    top = float(np.quantile(np.asarray(window, dtype=np.float64), TOP_QUANTILE)) if n >= TOP_MIN else None
+    return _shrink(m, s, n, seen, prior, top)
 
 
 def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[float, float] | None]) -> list[Estimate]:
@@ -110,7 +145,7 @@ def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[flo
         a, b = grid[rows, lo], grid[rows, hi]
         return np.where(hi > lo, a + (pos - lo) * (b - a), a)
 
-    med, low = quantile(0.5), quantile(Q_SIGMA)
+    med, low, high = quantile(0.5), quantile(Q_SIGMA), quantile(TOP_QUANTILE)
     out = []
     for r, w in enumerate(windows):
         n = int(lengths[r])
@@ -120,17 +155,28 @@ def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[flo
         spread = float(med[r] - low[r])
         if spread < DEGENERATE:
             spread = float(np.asarray(w, dtype=np.float64).std())
-        out.append(_shrink(float(med[r]), max(spread, MIN_SPREAD), n, seen[r], priors[r]))
+        top = float(high[r]) if n >= TOP_MIN else None
+        out.append(_shrink(float(med[r]), max(spread, MIN_SPREAD), n, seen[r], priors[r], top))
     return out
 
 
-def _shrink(m: float, s: float, n: int, seen: int, prior: tuple[float, float] | None) -> Estimate:
+def _shrink(
+    m: float, s: float, n: int, seen: int, prior: tuple[float, float] | None, top: float | None = None
+) -> Estimate:
+    """The window's (m, s) shrunk toward the prior; s widened so that `top` (the window's TOP_QUANTILE, when it
+    holds TOP_MIN values) sits at most Z_TOP above m, and to the prior's while the window is young."""
+    capped = False
     if prior is None:
-        return Estimate(m, s, capped=seen < N_MIN)
-    m0, s0 = prior
-    m = (n * m + N0 * m0) / (n + N0)
-    s = math.sqrt((n * s * s + N0 * s0 * s0) / (n + N0))
-    return Estimate(m, max(s, MIN_SPREAD))
+        capped = seen < N_MIN
+    else:
+        m0, s0 = prior
+        m = (n * m + N0 * m0) / (n + N0)
+        s = math.sqrt((n * s * s + N0 * s0 * s0) / (n + N0))
+    if top is not None:
+        s = max(s, (top - m) / Z_TOP)
+    if prior is not None and n < YOUNG:
+        s = max(s, prior[1])
+    return Estimate(m, max(s, MIN_SPREAD), capped)
 
 
 def score_from_z(z: np.ndarray | float) -> np.ndarray:

@@ -256,7 +256,7 @@ async def _goal_priors(
     rt: Runtime, emb: Embedder, goals: list[Any], vectors: list[np.ndarray]
 ) -> tuple[list[tuple[float, float] | None], list[float | None]]:
     """Each goal's calibration prior (its similarity to the background corpus of its language: location and
-    spread, calibrate.location_spread) and the model's feedback neighbour threshold."""
+    spread, calibrate.background_prior) and the model's feedback neighbour threshold."""
     priors: list[tuple[float, float] | None] = []
     neighbours: list[float | None] = []
     for g, vec in zip(goals, vectors, strict=True):
@@ -266,7 +266,7 @@ async def _goal_priors(
             priors.append(None)
             neighbours.append(None)
             continue
-        priors.append(calibrate.location_spread(bg @ vec))
+        priors.append(calibrate.background_prior(bg @ vec))
         neighbours.append(calibrate.neighbour_threshold(bg))
     return priors, neighbours
 
@@ -334,7 +334,7 @@ async def _refresh_prf(rt: Runtime, emb: Embedder, goal_id: int, *, backfill: bo
     if vector is not None:
         text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
         bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
-        prior = calibrate.location_spread(bg @ vector) if bg is not None and bg.shape[1] == vector.size else None
+        prior = calibrate.background_prior(bg @ vector) if bg is not None and bg.shape[1] == vector.size else None
         if not backfill:  # newest first from the store; the window is oldest first
             window = (recent[: calibrate.WINDOW] @ vector)[::-1].tolist()
     await calibration_store.set_prf(rt.pool, emb.name, goal_id, g["version"], vector, prior, window)

@@ -89,6 +89,50 @@ def test_estimates_converge_stay_stable_and_follow_drift() -> None:
     assert abs(calibrate.estimate(window, seen, prior).m - 0.3) < 0.015
 
 
+def on_share(pushed: np.ndarray, on: np.ndarray) -> float:
+    return float(on[pushed].mean())
+
+
+def test_a_narrow_goal_does_not_push_its_neighbouring_cluster() -> None:
+    # "oil prices": 3 % of the items far out, a neighbouring cluster (market reports, 8 %) 4-5 sigmas up, which
+    # three lower-half sigmas alone would push whole
+    rng = np.random.default_rng(5)
+    kind = rng.choice(3, size=5000, p=[0.89, 0.08, 0.03])
+    values = np.choose(kind, [rng.normal(0, 1, 5000), rng.normal(4.5, 0.7, 5000), rng.normal(10, 1.5, 5000)])
+    scores = stream(values, calibrate.background_prior(rng.normal(0, 1, 84)))[1000:]  # after the first day
+    kind = kind[1000:]
+    pushed = scores >= BATCH
+    assert pushed[kind == 2].mean() > 0.9  # the goal's own items
+    assert pushed[kind == 1].mean() < 0.1  # not its neighbours (with the lower half alone: all of them)
+    assert (scores[kind == 1] >= IMMEDIATE).sum() == 0 and on_share(pushed, kind == 2) > 0.75
+    # no saturation: the goal's best 1 % score about 0.92 from meaning alone, the very best a little more
+    assert np.quantile(scores, 0.99) == pytest.approx(calibrate.score_from_z(calibrate.Z_TOP), abs=0.03)
+    assert scores.max() < 0.99
+
+
+def test_a_broad_goal_keeps_its_reach() -> None:
+    rng = np.random.default_rng(6)
+    values, on = mixture(rng, 5000, 0.25, loc=0.0, spread=1.0, gap=4.0)  # a category: a quarter of the items
+    scores = stream(values, calibrate.background_prior(rng.normal(0, 1, 84)))[1000:]
+    on = on[1000:]
+    pushed = scores >= BATCH
+    assert pushed[on].mean() > 0.3 and on_share(pushed, on) > 0.95  # push recall and precision
+
+
+def test_a_young_window_is_judged_on_the_prior_scale() -> None:
+    # the first 40 items carry nothing of the topic: their best is not the top of the scale yet
+    prior = (0.0, 0.1)
+    window = np.random.default_rng(7).normal(0.0, 0.05, 40)
+    young = calibrate.estimate(window, len(window), prior)
+    assert young.s >= 0.1
+    grown = calibrate.estimate(np.random.default_rng(7).normal(0.0, 0.05, 400), 400, prior)
+    assert grown.s < 0.07  # then the goal's own items take over
+    # the background corpus's best headline widens the prior like a window's best items
+    corpus = np.concatenate([np.random.default_rng(8).normal(0.1, 0.02, 83), [0.6]])
+    m0, s0 = calibrate.background_prior(corpus)
+    assert s0 == pytest.approx((np.quantile(corpus, calibrate.TOP_QUANTILE) - m0) / calibrate.Z_TOP)
+
+
 def test_nothing_is_pushed_before_a_goal_can_be_calibrated() -> None:
     assert calibrate.scores(np.array([0.9, 0.1]), calibrate.UNKNOWN).tolist() == [calibrate.EARLY_CAP] * 2
     few = np.array([0.1, 0.12, 0.09, 0.95])

@@ -287,6 +287,11 @@ def test_reasons_read_like_sentences_in_the_goal_language() -> None:
     assert zh[0] == "来自你为此目标屏蔽的来源" and "提到了你排除的“crypto”" in zh
     assert zh[-1] == "仅按关键词评分：语义向量尚未生成" and "发布于 2 天前" in zh
     assert not any("threshold" in r.lower() or "0." in r for r in lex + zh)  # no numbers for a reader
+    # "very close" is kept for the goal's best items (0.92 is its best 1 %); a push-level item is "close"
+    closeness = [
+        reasons.reasons_for(**{**args, "hits": [], "feedback": 0, "trust": 0, "semantic": x})[0] for x in (0.88, 0.6)
+    ]
+    assert closeness == ["close to your goal", "somewhat related to your goal"]
 
 
 # --- the matching step with the real local model ------------------------------------------------------------
