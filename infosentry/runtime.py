@@ -49,6 +49,12 @@ class Runtime:
     _queue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     extras: dict[str, Any] = field(default_factory=dict)  # per-process caches owned by steps
+    read_pool: asyncpg.Pool | None = None  # DATABASE_READ_URL: a replica for the list routes
+
+    @property
+    def reader(self) -> asyncpg.Pool:
+        """The pool for list routes that may lag the primary by a moment (a read replica when one is set)."""
+        return self.read_pool or self.pool
 
     @property
     def worker_id(self) -> str:
@@ -123,8 +129,11 @@ async def open_runtime(
         async with db.plain_connection(dsn) as conn:
             await migrate.check_current(conn)
     pool = await db.create_pool(dsn, max_size=pool_size)
+    read_pool = (
+        await db.create_pool(settings.database_read_url, max_size=pool_size) if settings.database_read_url else None
+    )
     hot = HotConfig(settings.hot_defaults)
-    rt = Runtime(settings=settings, dsn=dsn, pool=pool, hot=hot, role=role)
+    rt = Runtime(settings=settings, dsn=dsn, pool=pool, hot=hot, role=role, read_pool=read_pool)
     try:
         await hot.start(lambda: config_store.values(pool), dsn, live=live_config)
         yield rt
@@ -132,3 +141,5 @@ async def open_runtime(
         await hot.stop()
         await rt.aclose()
         await pool.close()
+        if read_pool is not None:
+            await read_pool.close()

@@ -22,6 +22,7 @@ LOCAL_MODELS = ("use-multilingual-v3", "all-MiniLM-L6-v2")
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(default="", repr=False)  # may embed the database password
+    database_read_url: str = field(default="", repr=False)  # a read replica for the list routes (empty: primary)
     data_dir: Path = Path(".infosentry")
     secret_key: str = field(default="", repr=False)
     public_url: str = "http://127.0.0.1:8000"
@@ -114,6 +115,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     return Settings(
         database_url=get("DATABASE_URL", "").strip(),
+        database_read_url=get("DATABASE_READ_URL", "").strip(),
         data_dir=Path(get("INFOSENTRY_DATA_DIR", str(defaults.data_dir))).expanduser().resolve(),
         secret_key=get("SECRET_KEY", ""),
         public_url=get("PUBLIC_URL", defaults.public_url).rstrip("/"),
@@ -154,6 +156,7 @@ def documented_names() -> list[str]:
 
     names = [
         "DATABASE_URL",
+        "DATABASE_READ_URL",
         "INFOSENTRY_DATA_DIR",
         "SECRET_KEY",
         "PUBLIC_URL",

@@ -135,3 +135,48 @@ async def test_pooled_connections_skip_the_reset_round_trip_yet_leave_no_lock_be
         assert held == 0
         assert await b.fetchval("SELECT pg_try_advisory_lock($1)", decisions_store.DECIDE_LOCK)
         await b.execute("SELECT pg_advisory_unlock_all()")
+
+
+async def test_list_routes_read_from_the_replica_when_one_is_set(settings, pg_base_uri, template_dsn) -> None:
+    """DATABASE_READ_URL: the matches listing and the inbox read from it, everything else from the primary. The
+    'replica' here is an empty database of the same schema, so a listing that went to the primary would show the
+    rows written there."""
+    from dataclasses import replace
+
+    from infosentry.domain import Actor
+    from infosentry.domain import goals as goals_domain
+    from infosentry.domain import inbox as inbox_domain
+    from infosentry.runtime import open_runtime
+    from tests import pushkit as kit
+    from tests.conftest import _admin
+
+    replica = f"replica_{urlsplit(settings.database_url).path.lstrip('/')}"
+    with _admin(pg_base_uri) as conn:
+        conn.execute(f'CREATE DATABASE "{replica}" TEMPLATE "{urlsplit(template_dsn).path.lstrip("/")}"')
+    try:
+        async with open_runtime(replace(settings, database_read_url=db.with_database(pg_base_uri, replica))) as rt:
+            user_id, _ = await make_user(rt, "reader@example.com")
+            source_id = await kit.source(rt, user_id)
+            goal_id = await kit.goal(rt, user_id)
+            item_id = await kit.item(rt, source_id, "Chip exports rise")
+            await kit.match(rt, goal_id, item_id, 0.9)
+            await rt.pool.execute(
+                """INSERT INTO notifications (user_id, goal_id, item_id, tier, score, reason)
+                   VALUES ($1, $2, $3, 'BATCH', 0.9, 'test')""",
+                user_id,
+                goal_id,
+                item_id,
+            )
+            actor = Actor(user_id=user_id, email="reader@example.com")
+            assert await goals_domain.get(rt, actor, goal_id)  # the goal itself: the primary
+            assert await goals_domain.matches(rt, actor, goal_id, min_score=0.5) == []
+            assert await inbox_domain.notifications(rt, actor) == []
+            assert rt.reader is not rt.pool
+            plain = replace(rt, read_pool=None)  # without a replica the same calls list the primary's rows
+            assert [m["item"]["id"] for m in await goals_domain.matches(plain, actor, goal_id, min_score=0.5)] == [
+                item_id
+            ]
+            assert [n["item"]["id"] for n in await inbox_domain.notifications(plain, actor)] == [item_id]
+    finally:
+        with _admin(pg_base_uri) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{replica}" WITH (FORCE)')

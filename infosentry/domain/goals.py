@@ -211,11 +211,11 @@ async def matches(
     the stored pairs, then (below match.STORE_FLOOR) every other item the goal sees, ranked at read time."""
     if await goals_store.get(rt.pool, actor.user_id, goal_id) is None:
         raise NotFound("no such goal")
-    rows = await matches_store.goal_matches(rt.pool, goal_id, min_score=min_score, limit=limit, after=after)
+    rows = await matches_store.goal_matches(rt.reader, goal_id, min_score=min_score, limit=limit, after=after)
     views = [match_view(r) for r in rows]
     if min_score < match.STORE_FLOOR and (rank := await match.tail_rank(rt, goal_id)) is not None:
         tail = await matches_store.unstored_matches(
-            rt.pool,
+            rt.reader,
             goal_id,
             signal=rank.signal,
             m=rank.m,

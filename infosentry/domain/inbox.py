@@ -84,7 +84,7 @@ async def notifications(
         raise BadRequest("status must be unread or read")
     tier = _tier(tier)
     rows = await notifications_store.list_notifications(
-        rt.pool, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit, tier=tier
+        rt.reader, user_id=actor.user_id, goal_id=goal_id, status=status, before_id=before_id, limit=limit, tier=tier
     )
     signer = await links.signer(rt)
     return [notification_view(signer, r) for r in rows]
