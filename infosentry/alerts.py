@@ -118,17 +118,19 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
         key = "alert:" + hashlib.sha256(",".join(str(e["id"]) for e in fresh).encode()).hexdigest()[:24]
         await emails_store.insert_email(
             conn,
-            dedupe_key=key,
-            kind="alert",
-            user_id=None,
-            goal_id=None,
-            to_addr=settings.admin_email,
-            subject=rendered.subject,
-            body_text=rendered.text,
-            body_html=rendered.html,
-            headers=dict(rendered.headers),
-            status="pending",
-            last_error=None,
+            emails_store.NewEmail(
+                dedupe_key=key,
+                kind="alert",
+                user_id=None,
+                goal_id=None,
+                to_addr=settings.admin_email,
+                subject=rendered.subject,
+                body_text=rendered.text,
+                body_html=rendered.html,
+                headers=dict(rendered.headers),
+                status="pending",
+                last_error=None,
+            ),
         )
         result.emailed = [e["id"] for e in fresh]
         metrics.ALERT_NOTIFICATIONS.labels("email", "queued").inc()

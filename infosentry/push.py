@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
@@ -41,8 +40,8 @@ LATE_AFTER = timedelta(minutes=10)  # ... and says so when it fires later than t
 SEND_BATCH = 20
 SEND_CONCURRENCY = 4
 MAX_SEND_ATTEMPTS = 10
+FLUSH_GOALS = 200  # goals per IMMEDIATE flush transaction
 LEASE_SECONDS = 60.0  # a `sending` row older than this belongs to a dead sender (SMTP times out at 20 s)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -133,26 +132,23 @@ def _initial_status(rt: Runtime) -> tuple[str, str | None]:
     return "pending", None
 
 
-async def _push_goal_email(
-    conn: asyncpg.Connection,
+def _goal_email(
     rt: Runtime,
+    signer: links.Signer,
     goal: asyncpg.Record,
-    goal_id: int,
-    rows: list[asyncpg.Record],
+    rows: Sequence[asyncpg.Record],
     tz: ZoneInfo,
     *,
     kind: str,
     dedupe_key: str,
-    report: FlushReport,
     window: str | None = None,
     day: str | None = None,
     late: str | None = None,
-) -> tuple[int | None, list[int]]:
-    """One email with one goal's items, and their rows in the push ledger; (email id, item ids pushed)."""
-    signer = await links.signer(rt)
+) -> emails_store.NewEmail:
+    """One goal's items as an email for the outbox."""
+    goal_id = goal["goal_id"]
     section = mail.Section(goal_id, goal["name"], [_email_item(r, tz, signer, goal_id) for r in rows])
-    email_id = await _create_email(
-        conn,
+    return _new_email(
         rt,
         kind=kind,
         dedupe_key=dedupe_key,
@@ -166,14 +162,47 @@ async def _push_goal_email(
         day=day,
         late=late,
     )
-    if email_id is None:
-        return None, []
-    pushed = await notifications_store.record_push(
-        conn, user_id=goal["user_id"], goal_id=goal_id, rows=rows, email_id=email_id
-    )
-    report.emails.append(email_id)
-    report.items += len(pushed)
-    return email_id, pushed
+
+
+async def _push_goal_email(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    goal: asyncpg.Record,
+    rows: list[asyncpg.Record],
+    tz: ZoneInfo,
+    *,
+    kind: str,
+    dedupe_key: str,
+    report: FlushReport,
+    window: str | None = None,
+    day: str | None = None,
+    late: str | None = None,
+) -> tuple[int | None, list[int]]:
+    """One email with one goal's items, and their rows in the push ledger; (email id, item ids pushed)."""
+    signer = await links.signer(rt)
+    email = _goal_email(rt, signer, goal, rows, tz, kind=kind, dedupe_key=dedupe_key, window=window, day=day, late=late)
+    email_id = (await _create_emails(conn, [email])).get(dedupe_key)
+    inserted = await _record(conn, [(email, email_id, rows)], report)
+    return email_id, [r["item_id"] for r in rows if (goal["goal_id"], r["item_id"]) in inserted]
+
+
+async def _record(
+    conn: asyncpg.Connection,
+    pushes: Sequence[tuple[emails_store.NewEmail, int | None, Sequence[asyncpg.Record]]],
+    report: FlushReport,
+) -> set[tuple[int, int]]:
+    """The push ledger for emails just created (an email that existed already is skipped with its items);
+    returns the (goal id, item id) pairs that reached the inbox."""
+    made = [(e, email_id, rows) for e, email_id, rows in pushes if email_id is not None]
+    ledger = []
+    for e, email_id, rows in made:
+        assert e.user_id is not None, "push emails have a user"
+        ledger.append(notifications_store.Push(e.user_id, email_id, rows))
+    inserted = await notifications_store.record_push(conn, ledger)
+    for _, email_id, rows in made:
+        report.emails.append(email_id)
+        report.items += sum((r["goal_id"], r["item_id"]) in inserted for r in rows)
+    return inserted
 
 
 def inbox_url(settings: Settings, goal_id: int | None) -> str:
@@ -207,8 +236,7 @@ def render(
     )
 
 
-async def _create_email(
-    conn: asyncpg.Connection,
+def _new_email(
     rt: Runtime,
     *,
     kind: str,
@@ -222,13 +250,12 @@ async def _create_email(
     window: str | None = None,
     day: str | None = None,
     late: str | None = None,
-) -> int | None:
+) -> emails_store.NewEmail:
     rendered = render(
         rt, kind, language, sections, goal_id=goal_id, unsubscribe=unsubscribe, window=window, day=day, late=late
     )
     status, note = _initial_status(rt)
-    email_id = await emails_store.insert_email(
-        conn,
+    return emails_store.NewEmail(
         dedupe_key=dedupe_key,
         kind=kind,
         user_id=user_id,
@@ -241,10 +268,15 @@ async def _create_email(
         status=status,
         last_error=note,
     )
-    if email_id is None:
-        # the key exists: this exact email was created before (a retried step); never a second one
-        log.warning("email %s already exists", dedupe_key, extra={"action": "push_email_exists"})
-    return email_id
+
+
+async def _create_emails(conn: asyncpg.Connection, emails: list[emails_store.NewEmail]) -> dict[str, int]:
+    """The outbox rows, by dedupe key; a key that exists was created before (a retried step): never a second."""
+    created = await emails_store.insert_emails(conn, emails)
+    for e in emails:
+        if e.dedupe_key not in created:
+            log.warning("email %s already exists", e.dedupe_key, extra={"action": "push_email_exists"})
+    return created
 
 
 # --- flush -------------------------------------------------------------------------------------------------
@@ -294,61 +326,86 @@ async def flush(rt: Runtime, now: datetime | None = None) -> FlushReport:
 
 async def flush_immediate(rt: Runtime, now: datetime, report: FlushReport | None = None) -> FlushReport:
     """Goals whose first pending IMMEDIATE item has waited IMMEDIATE_COALESCE_MINUTES: everything pending goes
-    out now, in emails of at most IMMEDIATE_MAX_ITEMS (the overflow in the next email, right after)."""
+    out now, in emails of at most IMMEDIATE_MAX_ITEMS (the overflow in the next email, right after). Up to
+    FLUSH_GOALS goals per transaction in a fixed handful of statements: a flush follows every decide round, so
+    its cost sits on every instant alert's path, and with a statement per goal it grew with the goals alerted."""
     report = report or FlushReport()
     coalesce = float(rt.hot["IMMEDIATE_COALESCE_MINUTES"]) * 60
-    for goal_id in await decisions_store.due_immediate_goals(rt.pool, now=now, coalesce_seconds=coalesce):
-        await _flush_goal_immediate(rt, goal_id, now, coalesce, report)
-    return report
+    done: list[int] = []
+    while True:
+        claimed = await _flush_immediate_round(rt, now, coalesce, done, report)
+        done += claimed
+        if len(claimed) < FLUSH_GOALS:
+            return report
 
 
-async def _flush_goal_immediate(rt: Runtime, goal_id: int, now: datetime, coalesce: float, report: FlushReport) -> None:
+async def _flush_immediate_round(
+    rt: Runtime, now: datetime, coalesce: float, done: list[int], report: FlushReport
+) -> list[int]:
     started = time.perf_counter()
     max_items = int(rt.hot["IMMEDIATE_MAX_ITEMS"])
     async with rt.pool.acquire() as conn, conn.transaction():
-        if not await slots_store.try_lock_goal(conn, goal_id):
-            return  # another process is pushing this goal right now
-        first = await decisions_store.oldest_pending_immediate(conn, goal_id)
-        if first is None or first + timedelta(seconds=coalesce) > now:
-            return
-        goal = await goals_store.delivery(conn, goal_id)
-        if goal is None or goal["status"] != "active":
-            return
-        rows = await decisions_store.pending_items(
-            conn, goal_id, tiers=["IMMEDIATE"], since=_EPOCH, min_score=0.0, limit=10_000
+        claimed = await decisions_store.claim_due_immediate(
+            conn, now=now, coalesce_seconds=coalesce, limit=FLUSH_GOALS, skip=done
         )
-        if not rows:
-            return
-        tz = zone(goal["timezone"], rt.settings.tz)
-        sent: list[dict[str, Any]] = []
-        for start in range(0, len(rows), max_items):
-            chunk = rows[start : start + max_items]
-            key = f"immediate:{goal_id}:{min(r['decision_id'] for r in chunk)}"
-            email_id, pushed = await _push_goal_email(
-                conn, rt, goal, goal_id, chunk, tz, kind="immediate", dedupe_key=key, report=report
-            )
-            if email_id is None:
+        if not claimed:
+            return claimed
+        goals = {g["goal_id"]: g for g in await goals_store.deliveries(conn, claimed)}
+        by_goal: dict[int, list[asyncpg.Record]] = {}
+        for r in await decisions_store.pending_immediate(conn, claimed):
+            by_goal.setdefault(r["goal_id"], []).append(r)
+        signer = await links.signer(rt)
+        pushes: list[tuple[emails_store.NewEmail, list[asyncpg.Record]]] = []
+        for goal_id, rows in by_goal.items():
+            goal = goals.get(goal_id)
+            first = min(r["decided_at"] for r in rows)
+            if goal is None or goal["status"] != "active" or first + timedelta(seconds=coalesce) > now:
+                continue  # pushed by another process between the claim's snapshot and its lock
+            tz = zone(goal["timezone"], rt.settings.tz)
+            for start in range(0, len(rows), max_items):
+                chunk = rows[start : start + max_items]
+                key = f"immediate:{goal_id}:{min(r['decision_id'] for r in chunk)}"
+                pushes.append((_goal_email(rt, signer, goal, chunk, tz, kind="immediate", dedupe_key=key), chunk))
+        created = await _create_emails(conn, [e for e, _ in pushes])
+        before = report.items
+        inserted = await _record(conn, [(e, created.get(e.dedupe_key), rows) for e, rows in pushes], report)
+        report.immediate += report.items - before
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        runs = []
+        for goal_id, rows in by_goal.items():
+            mine = [(e, rows_) for e, rows_ in pushes if e.goal_id == goal_id]
+            if not mine:
                 continue
-            report.immediate += len(pushed)
-            sent.append({"email_id": email_id, "dedupe_key": key, "item_ids": pushed})
-        await decisions_store.insert_run(
-            conn,
-            goal_id=goal_id,
-            item_id=None,
-            trigger="immediate_flush",
-            status="SUCCESS",
-            input={
-                "now": now.isoformat(),
-                "first_pending_at": first.isoformat(),
-                "coalesce_seconds": coalesce,
-                "max_items": max_items,
-                "candidates": [
-                    {"decision_id": r["decision_id"], "item_id": r["item_id"], "score": r["score"]} for r in rows
-                ],
-            },
-            output={"emails": sent},
-            latency_ms=int((time.perf_counter() - started) * 1000),
-        )
+            runs.append(
+                decisions_store.PushRun(
+                    goal_id,
+                    "immediate_flush",
+                    input={
+                        "now": now.isoformat(),
+                        "first_pending_at": min(r["decided_at"] for r in rows).isoformat(),
+                        "coalesce_seconds": coalesce,
+                        "max_items": max_items,
+                        "candidates": [
+                            {"decision_id": r["decision_id"], "item_id": r["item_id"], "score": r["score"]}
+                            for r in rows
+                        ],
+                    },
+                    output={
+                        "emails": [
+                            {
+                                "email_id": created[e.dedupe_key],
+                                "dedupe_key": e.dedupe_key,
+                                "item_ids": [r["item_id"] for r in rows_ if (goal_id, r["item_id"]) in inserted],
+                            }
+                            for e, rows_ in mine
+                            if e.dedupe_key in created
+                        ]
+                    },
+                    latency_ms=latency_ms,
+                )
+            )
+        await decisions_store.insert_push_runs(conn, runs)
+    return claimed
 
 
 async def flush_windows(
@@ -401,7 +458,6 @@ async def _fire_batch(
                 conn,
                 rt,
                 goal,
-                goal_id,
                 rows,
                 tz,
                 kind="batch",
@@ -414,23 +470,25 @@ async def _fire_batch(
         await slots_store.finish_slot(
             conn, "batch", goal_id, local_date, slot, email_id, len(pushed), late=late is not None
         )
-        await decisions_store.insert_run(
+        await decisions_store.insert_push_runs(
             conn,
-            goal_id=goal_id,
-            item_id=None,
-            trigger="batch_window",
-            status="SUCCESS",
-            input={
-                "now": now.isoformat(),
-                "local_date": local_date.isoformat(),
-                "slot": slot,
-                "closed_missed_slots": [f"{d.isoformat()} {s}" for d, s in slots[:-1]],
-                "late": late,
-                "max_items": max_items,
-                "timezone": str(tz),
-            },
-            output={"email_id": email_id, "item_ids": pushed},
-            latency_ms=int((time.perf_counter() - started) * 1000),
+            [
+                decisions_store.PushRun(
+                    goal_id=goal_id,
+                    trigger="batch_window",
+                    input={
+                        "now": now.isoformat(),
+                        "local_date": local_date.isoformat(),
+                        "slot": slot,
+                        "closed_missed_slots": [f"{d.isoformat()} {s}" for d, s in slots[:-1]],
+                        "late": late,
+                        "max_items": max_items,
+                        "timezone": str(tz),
+                    },
+                    output={"email_id": email_id, "item_ids": pushed},
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                )
+            ],
         )
 
 
@@ -497,7 +555,6 @@ async def _fire_goal_digest(
                 conn,
                 rt,
                 goal,
-                goal_id,
                 rows,
                 tz,
                 kind="digest",
@@ -510,23 +567,25 @@ async def _fire_goal_digest(
         await slots_store.finish_slot(
             conn, "digest", goal_id, local_date, at, email_id, len(pushed), late=late is not None
         )
-        await decisions_store.insert_run(
+        await decisions_store.insert_push_runs(
             conn,
-            goal_id=goal_id,
-            item_id=None,
-            trigger="digest",
-            status="SUCCESS",
-            input={
-                "now": now.isoformat(),
-                "local_date": local_date.isoformat(),
-                "digest_time": at,
-                "timezone": str(tz),
-                "late": late,
-                "min_score": float(rt.hot["DIGEST_MIN_SCORE"]),
-                "max_items": int(rt.hot["DIGEST_MAX_ITEMS"]),
-            },
-            output={"email_id": email_id, "item_ids": pushed},
-            latency_ms=int((time.perf_counter() - started) * 1000),
+            [
+                decisions_store.PushRun(
+                    goal_id=goal_id,
+                    trigger="digest",
+                    input={
+                        "now": now.isoformat(),
+                        "local_date": local_date.isoformat(),
+                        "digest_time": at,
+                        "timezone": str(tz),
+                        "late": late,
+                        "min_score": float(rt.hot["DIGEST_MIN_SCORE"]),
+                        "max_items": int(rt.hot["DIGEST_MAX_ITEMS"]),
+                    },
+                    output={"email_id": email_id, "item_ids": pushed},
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                )
+            ],
         )
 
 
@@ -572,8 +631,7 @@ async def _fire_combined_digest(
                 )
                 for g, rows in picked
             ]
-            email_id = await _create_email(
-                conn,
+            email = _new_email(
                 rt,
                 kind="digest",
                 dedupe_key=f"digest:user:{user_id}:{local_date.isoformat()}",
@@ -586,36 +644,36 @@ async def _fire_combined_digest(
                 day=local_date.isoformat(),
                 late=late,
             )
-            if email_id is not None:
-                report.emails.append(email_id)
-                for g, rows in picked:
-                    pushed = await notifications_store.record_push(
-                        conn, user_id=user_id, goal_id=g["goal_id"], rows=rows, email_id=email_id
-                    )
-                    items_by_goal[g["goal_id"]] = pushed
-                    pushed_total += len(pushed)
-                report.items += pushed_total
-                report.digest += pushed_total
+            email_id = (await _create_emails(conn, [email])).get(email.dedupe_key)
+            rows = [r for _, goal_rows in picked for r in goal_rows]
+            before = report.items
+            inserted = await _record(conn, [(email, email_id, rows)], report)
+            for goal_id, item_id in inserted:
+                items_by_goal.setdefault(goal_id, []).append(item_id)
+            pushed_total = report.items - before
+            report.digest += pushed_total
         await slots_store.finish_slot(
             conn, "combined_digest", user_id, local_date, at, email_id, pushed_total, late=late is not None
         )
-        for goal in goals:
-            await decisions_store.insert_run(
-                conn,
-                goal_id=goal["goal_id"],
-                item_id=None,
-                trigger="combined_digest",
-                status="SUCCESS",
-                input={
-                    "now": now.isoformat(),
-                    "user_id": user_id,
-                    "local_date": local_date.isoformat(),
-                    "digest_time": at,
-                    "timezone": str(tz),
-                },
-                output={"email_id": email_id, "item_ids": items_by_goal.get(goal["goal_id"], [])},
-                latency_ms=int((time.perf_counter() - started) * 1000),
-            )
+        await decisions_store.insert_push_runs(
+            conn,
+            [
+                decisions_store.PushRun(
+                    goal_id=goal["goal_id"],
+                    trigger="combined_digest",
+                    input={
+                        "now": now.isoformat(),
+                        "user_id": user_id,
+                        "local_date": local_date.isoformat(),
+                        "digest_time": at,
+                        "timezone": str(tz),
+                    },
+                    output={"email_id": email_id, "item_ids": items_by_goal.get(goal["goal_id"], [])},
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                )
+                for goal in goals
+            ],
+        )
 
 
 # --- on demand (the goal page: preview and send now) -----------------------------------------------------
@@ -677,17 +735,19 @@ async def next_email(rt: Runtime, goal_id: int, kind: str, *, send: bool, now: d
                 report = FlushReport()
                 key = f"{kind}:{goal_id}:now:{min(r['decision_id'] for r in rows)}:{int(now.timestamp())}"
                 email_id, pushed = await _push_goal_email(
-                    conn, rt, goal, goal_id, rows, tz, kind=kind, dedupe_key=key, report=report, window=window, day=day
+                    conn, rt, goal, rows, tz, kind=kind, dedupe_key=key, report=report, window=window, day=day
                 )
-                await decisions_store.insert_run(
+                await decisions_store.insert_push_runs(
                     conn,
-                    goal_id=goal_id,
-                    item_id=None,
-                    trigger=f"{kind}_send_now",
-                    status="SUCCESS",
-                    input={"now": now.isoformat(), "timezone": str(tz)},
-                    output={"email_id": email_id, "item_ids": pushed},
-                    latency_ms=0,
+                    [
+                        decisions_store.PushRun(
+                            goal_id=goal_id,
+                            trigger=f"{kind}_send_now",
+                            input={"now": now.isoformat(), "timezone": str(tz)},
+                            output={"email_id": email_id, "item_ids": pushed},
+                            latency_ms=0,
+                        )
+                    ],
                 )
                 result = NextEmail(kind, None, len(pushed), email_id)
         except BaseException:

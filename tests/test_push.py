@@ -5,6 +5,7 @@ The clock is driven by passing `now` to the push functions."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -96,6 +97,35 @@ async def test_immediate_coalesces_and_overflows_without_loss(srt: Runtime, smtp
     today = {r["kind"]: dict(r) for r in await rt.pool.fetch("SELECT * FROM infosentry_pushes_today")}
     assert (today["immediate"]["items_pushed"], today["immediate"]["emails"], today["immediate"]["sent"]) == (4, 2, 2)
     assert today["batch"]["items_pushed"] == today["digest"]["emails"] == 0
+
+
+async def test_many_goals_flush_in_rounds_and_racing_flushes_send_each_item_once(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The IMMEDIATE flush claims due goals set-wise, FLUSH_GOALS per transaction: seven goals in rounds of three
+    all go out, and two flushes running at once (two workers) split the goals without a second email."""
+    user_id, source_id, first_goal = await world(rt, batch_windows=[])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0, IMMEDIATE_MAX_ITEMS=2)
+    goals = [first_goal] + [await kit.goal(rt, user_id, f"Topic {n}", batch_windows=[]) for n in range(6)]
+    items = [await kit.item(rt, source_id, f"Story {n}") for n in range(3)]
+    for goal_id in goals:
+        for item_id in items:
+            await kit.match(rt, goal_id, item_id, 0.97)
+    await kit.decide_all(rt)
+    monkeypatch.setattr(push, "FLUSH_GOALS", 3)
+    one, two = await asyncio.gather(push.flush_immediate(rt, push.utcnow()), push.flush_immediate(rt, push.utcnow()))
+    assert one.immediate + two.immediate == 3 * len(goals)
+    mails = await kit.emails(rt, "immediate")
+    assert len(mails) == 2 * len(goals)  # 3 items per goal, at most 2 per email
+    assert sorted(m["goal_id"] for m in mails) == sorted(goals * 2)
+    ledger = await kit.notifications(rt)
+    assert sorted((n["goal_id"], n["item_id"]) for n in ledger) == sorted((g, i) for g in goals for i in items)
+    assert {d["status"] for d in await kit.decisions(rt)} == {"pushed"}
+    runs = await rt.pool.fetch("SELECT goal_id, output FROM agent_runs WHERE trigger = 'immediate_flush'")
+    assert sorted(r["goal_id"] for r in runs) == sorted(goals)
+    for r in runs:
+        assert sorted(i for e in r["output"]["emails"] for i in e["item_ids"]) == items
+    assert (await push.flush_immediate(rt, push.utcnow())).emails == []
 
 
 async def test_items_arriving_in_the_window_join_the_first_email(rt: Runtime) -> None:

@@ -312,17 +312,19 @@ async def request_link(rt: Runtime, body: dict[str, Any], *, ip: str | None) -> 
         )
         await emails_store.insert_email(
             conn,
-            dedupe_key=f"login:{link_id}",
-            kind="login",
-            user_id=None,
-            goal_id=None,
-            to_addr=email,
-            subject=rendered.subject,
-            body_text=rendered.text,
-            body_html=rendered.html,
-            headers=dict(rendered.headers),
-            status="pending",
-            last_error=None,
+            emails_store.NewEmail(
+                dedupe_key=f"login:{link_id}",
+                kind="login",
+                user_id=None,
+                goal_id=None,
+                to_addr=email,
+                subject=rendered.subject,
+                body_text=rendered.text,
+                body_html=rendered.html,
+                headers=dict(rendered.headers),
+                status="pending",
+                last_error=None,
+            ),
         )
     await rt.nudge("send_emails")
     log.info("login link issued", extra={"action": "login_link_issued", "link_id": link_id})

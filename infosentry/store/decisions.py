@@ -7,12 +7,17 @@ Scheduling comparisons take `now` as a parameter so tests can drive the clock.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from infosentry.store import Conn, delete_in_batches
+from infosentry.store.slots import GOAL_LOCK
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The decision sweep holds this session advisory lock: decisions are made by one job at a time (the set-based
 # batches are fast; serialising them means no two jobs judge or write the same pair or claim the same item).
@@ -281,28 +286,31 @@ RUN_SUMMARY = """r.id, r.goal_id, r.item_id, r.trigger, r.status, r.output ->> '
                  r.created_at"""
 
 
-async def insert_run(
-    conn: Conn,
-    *,
-    goal_id: int | None,
-    item_id: int | None,
-    trigger: str,
-    status: str,
-    input: dict[str, Any],
-    output: dict[str, Any],
-    latency_ms: int = 0,
-) -> int:
+@dataclass(frozen=True)
+class PushRun:
     """A run of a push step (an email flush, a batch window, a digest): what it considered and what it sent."""
-    return await conn.fetchval(
-        """INSERT INTO agent_runs (goal_id, item_id, trigger, status, input, output, latency_ms)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
-        goal_id,
-        item_id,
-        trigger,
-        status,
-        input,
-        output,
-        latency_ms,
+
+    goal_id: int
+    trigger: str
+    input: dict[str, Any]
+    output: dict[str, Any]
+    latency_ms: int = 0
+
+
+async def insert_push_runs(conn: Conn, runs: Sequence[PushRun]) -> None:
+    """The runs in one statement, whatever the number of goals."""
+    if not runs:
+        return
+    await conn.execute(
+        """INSERT INTO agent_runs (goal_id, trigger, status, input, output, latency_ms)
+           SELECT goal_id, trigger, 'SUCCESS', input, output, latency_ms
+           FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::jsonb[], $5::integer[])
+               AS v(goal_id, trigger, input, output, latency_ms)""",
+        [r.goal_id for r in runs],
+        [r.trigger for r in runs],
+        [r.input for r in runs],
+        [r.output for r in runs],
+        [r.latency_ms for r in runs],
     )
 
 
@@ -354,11 +362,11 @@ SELECT d.id AS decision_id, d.goal_id, d.item_id, d.tier, d.score, d.reason, d.d
 FROM decisions d
 JOIN items i ON i.id = d.item_id
 JOIN sources s ON s.id = i.source_id
-WHERE d.goal_id = $1 AND d.status = 'pending' AND d.tier = ANY($2::text[])
+WHERE d.goal_id = ANY($1::bigint[]) AND d.status = 'pending' AND d.tier = ANY($2::text[])
   AND d.decided_at >= $3 AND d.score >= $4
   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.goal_id = d.goal_id AND n.item_id = d.item_id)
   AND NOT EXISTS (SELECT 1 FROM blocked_sources b WHERE b.goal_id = d.goal_id AND b.source_id = i.source_id)
-ORDER BY d.score DESC, d.id
+ORDER BY d.goal_id, d.score DESC, d.id
 LIMIT $5
 FOR UPDATE OF d SKIP LOCKED
 """
@@ -368,28 +376,38 @@ async def pending_items(
     conn: asyncpg.Connection, goal_id: int, *, tiers: list[str], since: datetime, min_score: float, limit: int
 ) -> list[asyncpg.Record]:
     """Pending, not yet pushed, not blocked decisions of a goal, best first, locked for this transaction."""
-    return await conn.fetch(_PENDING, goal_id, tiers, since, min_score, limit)
+    return await conn.fetch(_PENDING, [goal_id], tiers, since, min_score, limit)
 
 
-async def due_immediate_goals(conn: Conn, *, now: datetime, coalesce_seconds: float) -> list[int]:
-    """Active goals whose oldest pending IMMEDIATE decision has waited out the coalescing window."""
+async def pending_immediate(conn: asyncpg.Connection, goal_ids: Sequence[int]) -> list[asyncpg.Record]:
+    """Every pending IMMEDIATE decision of these goals (pending_items' rules), by goal, best first, locked."""
+    return await conn.fetch(_PENDING, list(goal_ids), ["IMMEDIATE"], _EPOCH, 0.0, None)
+
+
+async def claim_due_immediate(
+    conn: asyncpg.Connection, *, now: datetime, coalesce_seconds: float, limit: int, skip: Sequence[int] = ()
+) -> list[int]:
+    """Active goals whose oldest pending IMMEDIATE decision has waited out the coalescing window, oldest first,
+    each locked for this transaction (the push step's goal lock; a goal another process holds is left to it)."""
     rows = await conn.fetch(
-        """SELECT d.goal_id FROM decisions d JOIN goals g ON g.id = d.goal_id AND g.status = 'active'
-           WHERE d.status = 'pending' AND d.tier = 'IMMEDIATE'
-           GROUP BY d.goal_id
-           HAVING min(d.decided_at) + make_interval(secs => $2::float8) <= $1
-           ORDER BY min(d.decided_at)""",
+        """SELECT goal_id FROM (
+               SELECT d.goal_id, min(d.decided_at) AS first
+               FROM decisions d JOIN goals g ON g.id = d.goal_id AND g.status = 'active'
+               WHERE d.status = 'pending' AND d.tier = 'IMMEDIATE' AND d.goal_id <> ALL($3::bigint[])
+               GROUP BY d.goal_id
+               HAVING min(d.decided_at) + make_interval(secs => $2::float8) <= $1
+               ORDER BY first
+               LIMIT $4
+           ) due
+           WHERE pg_try_advisory_xact_lock($5, (goal_id % 2147483648)::int)
+           ORDER BY first""",
         now,
         coalesce_seconds,
+        list(skip),
+        limit,
+        GOAL_LOCK,
     )
     return [r["goal_id"] for r in rows]
-
-
-async def oldest_pending_immediate(conn: asyncpg.Connection, goal_id: int) -> datetime | None:
-    return await conn.fetchval(
-        "SELECT min(decided_at) FROM decisions WHERE goal_id = $1 AND status = 'pending' AND tier = 'IMMEDIATE'",
-        goal_id,
-    )
 
 
 async def immediate_to_batch(conn: Conn) -> int:

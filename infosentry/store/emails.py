@@ -3,6 +3,8 @@ the SMTP delivery state behind the smtp_failures alert. Scheduling takes `now` s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,38 +13,41 @@ import asyncpg
 from infosentry.store import Conn, delete_in_batches
 
 
-async def insert_email(
-    conn: asyncpg.Connection,
-    *,
-    dedupe_key: str,
-    kind: str,
-    user_id: int,
-    goal_id: int | None,
-    to_addr: str,
-    subject: str,
-    body_text: str,
-    body_html: str,
-    headers: dict[str, str],
-    status: str,
-    last_error: str | None,
-) -> int | None:
-    return await conn.fetchval(
+@dataclass(frozen=True)
+class NewEmail:
+    """A rendered email for the outbox; `dedupe_key` makes a retried step create it at most once."""
+
+    dedupe_key: str
+    kind: str
+    user_id: int | None
+    goal_id: int | None
+    to_addr: str
+    subject: str
+    body_text: str
+    body_html: str
+    headers: dict[str, str]
+    status: str
+    last_error: str | None
+
+
+async def insert_emails(conn: asyncpg.Connection, emails: Sequence[NewEmail]) -> dict[str, int]:
+    """The emails in one statement; returns the ids of those created by dedupe key (an existing key is skipped)."""
+    if not emails:
+        return {}
+    rows = await conn.fetch(
         """INSERT INTO emails (dedupe_key, kind, user_id, goal_id, to_addr, subject, body_text, body_html, headers,
                                status, last_error)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
-        dedupe_key,
-        kind,
-        user_id,
-        goal_id,
-        to_addr,
-        subject,
-        body_text,
-        body_html,
-        headers,
-        status,
-        last_error,
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                                $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[])
+           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key""",
+        *(list(column) for column in zip(*(astuple(e) for e in emails), strict=True)),
     )
+    return {r["dedupe_key"]: r["id"] for r in rows}
+
+
+async def insert_email(conn: asyncpg.Connection, email: NewEmail) -> int | None:
+    """One email (a sign-in link, an alert); None when its dedupe key exists."""
+    return (await insert_emails(conn, [email])).get(email.dedupe_key)
 
 
 async def suppress_due(conn: Conn, *, now: datetime, kinds: list[str], reason: str) -> int:

@@ -3,6 +3,7 @@ delivery settings the push step reads, and the goal vectors and backfill state o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -126,6 +127,10 @@ FROM goals g JOIN users u ON u.id = g.user_id
 
 async def delivery(conn: Conn, goal_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(_DELIVERY + " WHERE g.id = $1", goal_id)
+
+
+async def deliveries(conn: Conn, goal_ids: Sequence[int]) -> list[asyncpg.Record]:
+    return await conn.fetch(_DELIVERY + " WHERE g.id = ANY($1::bigint[])", list(goal_ids))
 
 
 async def active_goals(conn: Conn) -> list[asyncpg.Record]:

@@ -3,6 +3,8 @@ at most once whatever the tier) and clicks on tracked links."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -10,31 +12,41 @@ import asyncpg
 from infosentry.store import Conn, delete_in_batches
 
 
-async def record_push(
-    conn: asyncpg.Connection, *, user_id: int, goal_id: int, rows: list[asyncpg.Record], email_id: int | None
-) -> list[int]:
-    """Inbox rows (the ledger) for the pushed decisions, and the decisions marked pushed. Returns item ids."""
+@dataclass(frozen=True)
+class Push:
+    """A user's decided items going out together (in email `email_id`, or to the inbox only when None)."""
+
+    user_id: int
+    email_id: int | None
+    rows: Sequence[asyncpg.Record]  # pending decisions: decision_id, goal_id, item_id, tier, score, reason
+
+
+async def record_push(conn: asyncpg.Connection, pushes: Sequence[Push]) -> set[tuple[int, int]]:
+    """Inbox rows (the ledger) for the pushed decisions and the decisions marked pushed, in two statements
+    whatever the number of goals. Returns the (goal id, item id) pairs that reached the inbox now."""
+    flat = [(p, r) for p in pushes for r in p.rows]
+    if not flat:
+        return set()
     inserted = await conn.fetch(
         """INSERT INTO notifications (user_id, goal_id, item_id, decision_id, tier, score, reason, email_id)
-           SELECT $1, $2, v.item_id, v.decision_id, v.tier, v.score, v.reason, $3
-           FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::real[], $8::text[])
-               AS v(item_id, decision_id, tier, score, reason)
+           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::real[],
+                                $7::text[], $8::bigint[])
            ON CONFLICT (goal_id, item_id) DO NOTHING
-           RETURNING item_id""",
-        user_id,
-        goal_id,
-        email_id,
-        [r["item_id"] for r in rows],
-        [r["decision_id"] for r in rows],
-        [r["tier"] for r in rows],
-        [r["score"] for r in rows],
-        [r["reason"] for r in rows],
+           RETURNING goal_id, item_id""",
+        [p.user_id for p, _ in flat],
+        [r["goal_id"] for _, r in flat],
+        [r["item_id"] for _, r in flat],
+        [r["decision_id"] for _, r in flat],
+        [r["tier"] for _, r in flat],
+        [r["score"] for _, r in flat],
+        [r["reason"] for _, r in flat],
+        [p.email_id for p, _ in flat],
     )
     await conn.execute(
         "UPDATE decisions SET status = 'pushed', pushed_at = now() WHERE id = ANY($1::bigint[])",
-        [r["decision_id"] for r in rows],
+        [r["decision_id"] for _, r in flat],
     )
-    return [r["item_id"] for r in inserted]
+    return {(r["goal_id"], r["item_id"]) for r in inserted}
 
 
 _NOTIFICATION = """
