@@ -48,6 +48,7 @@ from tests.fakes.openai import FakeOpenAI
 from tests.fakes.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
+FETCH_INTERVAL = 60  # seconds: every source is due again a minute after its fetch
 HOSTS = [f"127.0.0.{i}" for i in range(1, 65)]  # many hosts, as real feeds are: the fetch caps each host
 KINDS = ("rss", "atom", "json", "hotlist")
 FAILURES = ("500", "404", "malformed", "reset", "slow")
@@ -229,6 +230,29 @@ class Samples:
     rss: dict[str, float] = field(default_factory=dict)
 
 
+# A successful job is deleted with its events (delete_jobs="successful"), so the bench keeps its own copy of
+# every event, and of the deletion that stands for success, to time each task: queue wait (deferred -> started)
+# and run time (started -> deleted or failed).
+JOB_LOG = """
+CREATE TABLE bench_job_log (job_id bigint, task_name text, type text, at timestamptz);
+CREATE FUNCTION bench_log_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO bench_job_log
+  SELECT NEW.job_id, j.task_name, NEW.type::text, NEW.at FROM procrastinate_jobs j WHERE j.id = NEW.job_id;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER bench_log_job_event AFTER INSERT ON procrastinate_events
+FOR EACH ROW EXECUTE FUNCTION bench_log_job_event();
+CREATE FUNCTION bench_log_job_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO bench_job_log VALUES (OLD.id, OLD.task_name, 'deleted', clock_timestamp());
+  RETURN OLD;
+END $$;
+CREATE TRIGGER bench_log_job_deleted AFTER DELETE ON procrastinate_jobs
+FOR EACH ROW EXECUTE FUNCTION bench_log_job_deleted();
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -248,13 +272,14 @@ async def seed(pool: asyncpg.Pool, args: argparse.Namespace, ports: list[int], r
         r["id"]
         for r in await pool.fetch(
             """INSERT INTO sources (type, url, name, fetch_interval_sec, config)
-               SELECT t, u, 'Source ' || ord, 60,
+               SELECT t, u, 'Source ' || ord, $3,
                       CASE WHEN t = 'hotlist' THEN jsonb_build_object('base_url', split_part(u, '/api/s', 1),
                                                                      'source_id', split_part(u, 'id=', 2))
                            ELSE '{}'::jsonb END
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(t, u, ord) ORDER BY ord RETURNING id""",
             [t for t, _ in rows],
             [u for _, u in rows],
+            FETCH_INTERVAL,
         )
     ]
     subs = {(rng.choice(user_ids), s) for s in source_ids for _ in range(3)}
@@ -358,6 +383,7 @@ async def bench(args: argparse.Namespace) -> None:
     dsn = db.embedded_server_uri(data_dir)  # this process holds the server; the service reaches it by URL
     async with db.plain_connection(dsn) as conn:
         await migrate.upgrade(conn)
+        await conn.execute(JOB_LOG)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     assert pool is not None
     plan = Plan(args.sources, args.items, start=0.0, seconds=args.minutes * 60, topical=args.topical)
@@ -409,7 +435,8 @@ async def bench(args: argparse.Namespace) -> None:
                     f"t={snap['t']:6.0f}s items {snap['items']:>7} embedded {snap['embedded']:>7} decided "
                     f"{snap['decided_items']:>7} emails {snap['emails_sent']:>6} queued {snap['queued']:>5}"
                 )
-            day_over = time.time() > plan.start + plan.seconds + 2 * args.sample
+            # every source fetched once more after its last item was published
+            day_over = time.time() > plan.start + plan.seconds + FETCH_INTERVAL + 2 * args.sample
             idle = snap["matched"] >= snap["items"] and not (
                 snap["decide_backlog"] or snap["unflushed"] or snap["unsent"]
             )
@@ -442,6 +469,20 @@ async def bench(args: argparse.Namespace) -> None:
                JOIN decisions d ON d.goal_id = n.goal_id AND d.item_id = n.item_id
                JOIN matches m ON m.goal_id = n.goal_id AND m.item_id = n.item_id
                WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent'"""
+        )
+        job_times = await pool.fetch(
+            """SELECT j.task_name AS task, count(*) AS runs,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM s.at - d.at)) AS wait_p50,
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM s.at - d.at)) AS wait_p95,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM f.at - s.at)) AS run_p50,
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM f.at - s.at)) AS run_p95,
+                      max(extract(epoch FROM f.at - s.at)) AS run_max
+               FROM bench_job_log j
+               JOIN bench_job_log d ON d.job_id = j.job_id AND d.type = 'deferred'
+               JOIN bench_job_log s ON s.job_id = j.job_id AND s.type = 'started'
+               JOIN bench_job_log f ON f.job_id = j.job_id AND f.type IN ('deleted', 'failed')
+               WHERE j.type = 'deferred'
+               GROUP BY j.task_name ORDER BY sum(extract(epoch FROM f.at - s.at)) DESC"""
         )
         dup = await pool.fetchrow(
             """SELECT (SELECT count(*) - count(DISTINCT (goal_id, item_id)) FROM decisions) AS decisions,
@@ -482,6 +523,9 @@ async def bench(args: argparse.Namespace) -> None:
             "db_mib_per_10k_items": size / 2**20 / items * 10_000,
             "duplicates": dict(dup),
             "stages_p50": {k: round(v, 2) if v is not None else None for k, v in dict(stages).items()},
+            "job_times": [
+                {k: round(float(v), 3) if isinstance(v, float) else v for k, v in dict(r).items()} for r in job_times
+            ],
         }
         print_report(args, report, samples, cpu)
         for key, value in report.items():
@@ -492,6 +536,7 @@ async def bench(args: argparse.Namespace) -> None:
             results.record(f"peak_rss.{name}", mib, "MiB")
         results.detail("queue_depth", [(round(r["t"]), r["queued"]) for r in samples.rows])
         results.detail("duplicates", dict(dup))
+        results.detail("job_times", report["job_times"])
     finally:
         for proc in processes.values():
             proc.send_signal(signal.SIGTERM)
@@ -537,6 +582,12 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], samples: Samples, 
         f"database {r['db_mib_per_10k_items']:.0f} MiB per 10,000 items"
     )
     print(f"  IMMEDIATE stages, p50 s: {r['stages_p50']}")
+    print("  jobs (seconds): task, runs, queue wait p50/p95, run p50/p95/max")
+    for j in r["job_times"]:
+        print(
+            f"    {j['task']:<16} {j['runs']:>5}  wait {j['wait_p50']:.2f}/{j['wait_p95']:.2f}  "
+            f"run {j['run_p50']:.2f}/{j['run_p95']:.2f}/{j['run_max']:.2f}"
+        )
     print(f"  peak RSS MiB: {', '.join(f'{k} {v:.0f}' for k, v in samples.rss.items())}")
     print(f"  duplicates (decisions, notifications, emails): {r['duplicates']}")
 
