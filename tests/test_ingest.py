@@ -676,6 +676,21 @@ async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> Non
     assert len(await logs(rt, sid)) == 1
 
 
+async def test_fractional_retention_horizons_are_honoured(rt: Runtime, user: int, server: FakeFeedServer) -> None:
+    # half a day is twelve hours, not zero (a horizon bound as an integer would prune everything)
+    await pushkit.set_hot(rt, RETENTION_LOGS_DAYS=0.5)
+    server.add("/half.xml", rss([story(1)]))
+    sid = await add(rt, user, server.url("/half.xml"))
+    await ingest.run_due(rt)
+    await rt.pool.execute(
+        "INSERT INTO ingest_logs (source_id, started_at, duration_ms, status) "
+        "SELECT $1, now() - make_interval(hours => h), 1, 'ok' FROM unnest(ARRAY[11, 13]) AS h",
+        sid,
+    )
+    assert (await retention.prune(rt)).ingest_logs == 1
+    assert len(await logs(rt, sid)) == 2  # this fetch's and the one eleven hours old
+
+
 async def test_pruned_stories_and_entries_older_than_the_retention_never_come_back(
     rt: Runtime, user: int, server: FakeFeedServer
 ) -> None:

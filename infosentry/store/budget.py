@@ -124,5 +124,5 @@ async def record_call(
 
 async def prune_calls(conn: Conn, *, older_than_days: float) -> int:
     return await delete_in_batches(
-        conn, "external_calls", "created_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+        conn, "external_calls", "created_at < now() - make_interval(secs => $1::float8 * 86400)", older_than_days
     )

@@ -506,5 +506,5 @@ async def session_unlock(conn: asyncpg.Connection, key: int) -> None:
 async def prune_runs(conn: Conn, *, older_than_days: float) -> int:
     """Decision and push runs past the retention (a pushed item's decision keeps its own reason)."""
     return await delete_in_batches(
-        conn, "agent_runs", "created_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+        conn, "agent_runs", "created_at < now() - make_interval(secs => $1::float8 * 86400)", older_than_days
     )

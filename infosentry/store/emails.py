@@ -167,6 +167,6 @@ async def prune(conn: Conn, *, older_than_days: float) -> int:
     return await delete_in_batches(
         conn,
         "emails",
-        "status IN ('sent', 'failed', 'suppressed') AND created_at < now() - make_interval(secs => $1 * 86400)",
+        "status IN ('sent', 'failed', 'suppressed') AND created_at < now() - make_interval(secs => $1::float8 * 86400)",
         older_than_days,
     )

@@ -328,7 +328,7 @@ async def prune_unneeded(conn: Conn, *, older_than_days: float) -> int:
     matches, decisions, runs and source links (cascade); their hashes become tombstones."""
     return await _prune(
         conn,
-        """ingested_at < now() - make_interval(secs => $1 * 86400)
+        """ingested_at < now() - make_interval(secs => $1::float8 * 86400)
            AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.item_id = items.id)
            AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.item_id = items.id)""",
         older_than_days,
@@ -337,7 +337,7 @@ async def prune_unneeded(conn: Conn, *, older_than_days: float) -> int:
 
 async def prune_kept(conn: Conn, *, older_than_days: float) -> int:
     """Even items in an inbox or rated go, after the longer inbox retention."""
-    return await _prune(conn, "ingested_at < now() - make_interval(secs => $1 * 86400)", older_than_days)
+    return await _prune(conn, "ingested_at < now() - make_interval(secs => $1::float8 * 86400)", older_than_days)
 
 
 async def _prune(conn: Conn, where: str, older_than_days: float, batch: int = 2_000) -> int:
@@ -372,7 +372,7 @@ async def prune_tombstones(conn: Conn, *, older_than_days: float) -> int:
     return await delete_in_batches(
         conn,
         "item_tombstones",
-        "pruned_at < now() - make_interval(secs => $1 * 86400)",
+        "pruned_at < now() - make_interval(secs => $1::float8 * 86400)",
         older_than_days,
         key="url_hash",
     )

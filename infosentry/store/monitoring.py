@@ -121,7 +121,7 @@ async def sync_episodes(conn: asyncpg.Connection, *, flap_minutes: float) -> dic
                         ORDER BY e.alert, e.subject, e.id DESC)
                UPDATE alert_episodes e SET ended_at = NULL, severity = a.severity, detail = a.detail
                FROM latest l JOIN active a ON a.alert = l.alert AND a.subject = l.subject
-               WHERE e.id = l.id AND l.ended_at > now() - make_interval(secs => $1 * 60)
+               WHERE e.id = l.id AND l.ended_at > now() - make_interval(secs => $1::float8 * 60)
                RETURNING e.id, e.alert, e.subject, e.severity, e.started_at""",
             flap_minutes,
         )
@@ -257,6 +257,6 @@ async def prune_episodes(conn: Conn, *, older_than_days: float) -> int:
     return await delete_in_batches(
         conn,
         "alert_episodes",
-        "ended_at IS NOT NULL AND ended_at < now() - make_interval(secs => $1 * 86400)",
+        "ended_at IS NOT NULL AND ended_at < now() - make_interval(secs => $1::float8 * 86400)",
         older_than_days,
     )

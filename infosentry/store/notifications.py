@@ -185,5 +185,5 @@ async def pushed_to_user(conn: Conn, user_id: int) -> list[dict[str, Any]]:
 async def prune_clicks(conn: Conn, *, older_than_days: float) -> int:
     """Forget clicks older than the retention (source trust reads recent clicks only)."""
     return await delete_in_batches(
-        conn, "clicks", "clicked_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+        conn, "clicks", "clicked_at < now() - make_interval(secs => $1::float8 * 86400)", older_than_days
     )

@@ -90,7 +90,7 @@ async def slot_fired_on(conn: Conn, kind: str, owner_id: int, local_date: date) 
 async def prune(conn: Conn, *, older_than_days: float) -> int:
     """Fired slots older than any catch-up (push.CATCH_UP is a day; the fired-slot lookups read 3 days)."""
     status = await conn.execute(
-        "DELETE FROM push_slots WHERE local_date < (now() - make_interval(secs => $1 * 86400))::date",
+        "DELETE FROM push_slots WHERE local_date < (now() - make_interval(secs => $1::float8 * 86400))::date",
         max(older_than_days, 4.0),
     )
     return int(status.split()[-1])

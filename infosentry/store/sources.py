@@ -358,5 +358,5 @@ async def record_results(conn: Conn, results: Sequence[FetchResult]) -> None:
 async def prune_logs(conn: Conn, *, older_than_days: float) -> int:
     """Delete ingest logs older than the retention."""
     return await delete_in_batches(
-        conn, "ingest_logs", "started_at < now() - make_interval(secs => $1 * 86400)", older_than_days
+        conn, "ingest_logs", "started_at < now() - make_interval(secs => $1::float8 * 86400)", older_than_days
     )
