@@ -213,7 +213,7 @@ async def unstored_matches(
                SELECT DISTINCT x.item_id FROM g
                JOIN subscriptions sub ON sub.user_id = g.user_id AND sub.enabled
                JOIN item_sources x ON x.source_id = sub.source_id),
-           ranked AS (
+           ranked AS MATERIALIZED (  -- each cosine once (inlined, the planner computed it for the filter and the sort)
                SELECT i.id, 1 - (COALESCE(i.context_embedding, i.embedding) <=> g.v) AS cosine
                FROM seen JOIN items i ON i.id = seen.item_id CROSS JOIN g
                WHERE i.embedding_model = $2 AND i.embedding_status = 'done'
@@ -223,7 +223,14 @@ async def unstored_matches(
                SELECT id, cosine,
                       $6::float8 / (1 + exp(-greatest(-60, least(60, (cosine - $3::float8) / $4::float8 - $5::float8))))
                           AS score
-               FROM ranked)
+               FROM ranked),
+           -- the page first, then its details: joining items, sources and feedback for every candidate cost
+           -- more than the cosines themselves (tests/bench/bench_tail.py)
+           page AS MATERIALIZED (
+               SELECT id, cosine, score FROM scored
+               WHERE score >= $7 AND ($8::float8 IS NULL OR (score, id) < ($8::float8, $9::bigint))
+               ORDER BY score DESC, id DESC
+               LIMIT $10)
            SELECT r.id AS item_id, r.score,
                   jsonb_build_object('model', $2::text, 'cosine', round(r.cosine::numeric, 4), 'ranked_at_read', true)
                       AS components,
@@ -233,13 +240,11 @@ async def unstored_matches(
                   NULL::text AS tier, NULL::text AS decision_status, NULL::text AS decision_reason,
                   NULL::timestamptz AS decided_at, NULL::timestamptz AS pushed_at,
                   f.feedback, false AS source_blocked
-           FROM scored r
+           FROM page r
            JOIN items i ON i.id = r.id
            JOIN sources s ON s.id = i.source_id
            LEFT JOIN feedback f ON f.goal_id = $1 AND f.item_id = r.id
-           WHERE r.score >= $7 AND ($8::float8 IS NULL OR (r.score, r.id) < ($8::float8, $9::bigint))
-           ORDER BY r.score DESC, r.id DESC
-           LIMIT $10""",
+           ORDER BY r.score DESC, r.id DESC""",
         goal_id,
         signal,
         m,

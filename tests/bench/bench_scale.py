@@ -302,6 +302,28 @@ async def seed(pool: asyncpg.Pool, args: argparse.Namespace, ports: list[int], r
             )
 
 
+def service_env(dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SmtpSink, embed_model: str) -> dict[str, str]:
+    """The service's environment: this database, the fake OpenAI server and SMTP sink, budgets out of the way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_"))}
+    return (
+        env
+        | fake.env()
+        | sink.env()
+        | {
+            "DATABASE_URL": dsn,
+            "INFOSENTRY_DATA_DIR": str(data_dir),
+            "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "text",
+            "OPENAI_EMBED_MODEL": embed_model,
+            "IMMEDIATE_COALESCE_MINUTES": "0",
+            "EMBED_PER_MIN": "1000000",
+            "DAILY_USD_BUDGET": "10000",
+            "JUDGE_PER_DAY": "1000000",
+        }
+    )
+
+
 def start_processes(env: dict[str, str], split: bool) -> dict[str, subprocess.Popen[bytes]]:
     def spawn(*args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -400,22 +422,8 @@ async def bench(args: argparse.Namespace) -> None:
         await seed(pool, args, ports, rng)
         plan.start = time.time() + 5  # the day starts once the service is up
         parent.send(plan.start)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_"))}
-        env |= fake.env() | sink.env()
-        env |= {
-            "DATABASE_URL": dsn,
-            "INFOSENTRY_DATA_DIR": str(data_dir),
-            "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
-            "LOG_LEVEL": "WARNING",
-            "LOG_FORMAT": "text",
-            "OPENAI_EMBED_MODEL": args.embed_model,
-            "IMMEDIATE_COALESCE_MINUTES": "0",
-            "EMBED_PER_MIN": "1000000",
-            "DAILY_USD_BUDGET": "10000",
-            "JUDGE_PER_DAY": "1000000",
-        }
         started = time.time()
-        processes = start_processes(env, args.split)
+        processes = start_processes(service_env(dsn, data_dir, fake, sink, args.embed_model), args.split)
         samples = Samples()
         cpu0 = {name: tree_cpu(p) for name, p in processes.items()}
         pg_cpu0 = postgres_cpu(data_dir / "pg")
