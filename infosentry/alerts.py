@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from infosentry import budget, mail, metrics
+from infosentry import budget, mail, metrics, retry
 from infosentry.fetch import FetchError, GuardedResolver
 from infosentry.runtime import Runtime
 from infosentry.store import emails as emails_store
@@ -159,7 +160,14 @@ async def _notify(rt: Runtime, conn: Any, pending: list[dict[str, Any]], result:
         log.warning("alert webhook failed: %s", exc, extra={"action": "alert_webhook_failed", "kind": exc.kind})
         result.errors.append(str(exc))
         metrics.ALERT_NOTIFICATIONS.labels("webhook", "failed").inc()
-        await monitoring_store.mark_notify_failed(conn, ids, f"{exc.kind}: {exc}")
+        retry_in = None  # an answer that says "not this" (404, 401...): repeating it cannot help
+        if exc.kind != "http_status" or retry.retryable_status(exc.status):
+            waited = exc.retry_after.timestamp() - time.time() if exc.retry_after else None
+            failures = max(e["notify_attempts"] for e in pending) + 1
+            retry_in = retry.WEBHOOK.delay(failures, retry_after=max(0.0, waited) if waited is not None else None)
+        await monitoring_store.mark_notify_failed(
+            conn, ids, f"{exc.kind}: {exc}", retry_in=retry_in, max_attempts=MAX_NOTIFY_ATTEMPTS
+        )
         return
     result.webhooked = ids
     metrics.ALERT_NOTIFICATIONS.labels("webhook", "delivered").inc()
@@ -184,7 +192,13 @@ async def post_webhook(rt: Runtime, url: str, payload: dict[str, Any]) -> None:
             session.post(target, json=payload, allow_redirects=False) as resp,
         ):
             if not 200 <= resp.status < 300:
-                raise FetchError("http_status", f"webhook answered HTTP {resp.status}", status=resp.status, url=url)
+                raise FetchError(
+                    "http_status",
+                    f"webhook answered HTTP {resp.status}",
+                    status=resp.status,
+                    retry_after=retry.parse_retry_after(resp.headers.get("Retry-After")),
+                    url=url,
+                )
     except FetchError:
         raise
     except TimeoutError as exc:

@@ -51,6 +51,7 @@ EMBEDDINGS = Backoff(base=0.5, cap=20.0, max_retry_after=60.0)
 JUDGE = Backoff(base=0.5, cap=8.0, jitter=0.2)  # the caller gives up when asked to wait over JUDGE_MAX_WAIT
 JUDGE_MAX_WAIT = 20.0
 EMAIL = Backoff(base=30.0, cap=3600.0, jitter=0.1)  # outbox: 30 s, 1 min, 2 min ... 1 h
+WEBHOOK = Backoff(base=60.0, cap=1800.0, jitter=0.1, max_retry_after=3600.0)  # alert webhook: 1, 2, 4 ... 30 min
 
 
 def source_backoff(interval: float, streak: int, *, cap: float) -> float:

@@ -228,6 +228,11 @@ async def test_webhook_once_per_episode_retried_when_failing(settings: Settings,
         r1 = await alerts.tick(rt)
         assert r1.errors and "500" in r1.errors[0] and len(received) == 1
         fail["on"] = False
+        await alerts.tick(rt)
+        assert len(received) == 1  # not before the backoff (retry.WEBHOOK: a minute after the first failure)
+        wait = await rt.pool.fetchval("SELECT extract(epoch FROM notify_after - now()) FROM alert_episodes")
+        assert 45 < wait < 66
+        await rt.pool.execute("UPDATE alert_episodes SET notify_after = now()")  # the minute has passed
         r2 = await alerts.tick(rt)
         assert r2.webhooked and len(received) == 2
         await alerts.tick(rt)
@@ -239,6 +244,34 @@ async def test_webhook_once_per_episode_retried_when_failing(settings: Settings,
         ]
         row = await rt.pool.fetchrow("SELECT notify_attempts, notified_at, notify_error FROM alert_episodes")
         assert row["notify_attempts"] == 2 and row["notified_at"] and row["notify_error"] is None
+
+
+@pytest.mark.parametrize(("status", "headers", "wait"), [(429, {"Retry-After": "600"}, 600), (404, {}, None)])
+async def test_webhook_obeys_retry_after_and_gives_up_on_a_final_answer(
+    settings: Settings, aiohttp_server: Any, status: int, headers: dict[str, str], wait: float | None
+) -> None:
+    calls: list[int] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        calls.append(1)
+        return web.Response(status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    async with open_runtime(replace(settings, alert_webhook_url=f"http://127.0.0.1:{server.port}/hook")) as rt:
+        await live_workers(rt, queues=["ingest", "embed", "agent"])
+        await alerts.tick(rt)
+        row = await rt.pool.fetchrow(
+            "SELECT notify_attempts, extract(epoch FROM notify_after - now()) AS wait FROM alert_episodes"
+        )
+        if wait is None:  # a 404 says the request itself is wrong: no further attempt, even when due
+            assert row["notify_attempts"] == alerts.MAX_NOTIFY_ATTEMPTS
+        else:
+            assert row["notify_attempts"] == 1 and wait - 5 < row["wait"] <= wait
+        await rt.pool.execute("UPDATE alert_episodes SET notify_after = now()")
+        await alerts.tick(rt)
+        assert len(calls) == (1 if wait is None else 2)
 
 
 async def test_webhook_goes_through_the_address_guard(settings: Settings, aiohttp_server: Any) -> None:
@@ -258,6 +291,7 @@ async def test_webhook_goes_through_the_address_guard(settings: Settings, aiohtt
         "http://169.254.169.254/latest/meta-data",
     ):
         async with open_runtime(replace(settings, alert_webhook_url=url, fetch_allow_networks=())) as rt:
+            await rt.pool.execute("UPDATE alert_episodes SET notify_after = now()")  # past the previous backoff
             result = await alerts.tick(rt)
             assert result.errors and "not a public address" in result.errors[0], result.errors
             error = await rt.pool.fetchval("SELECT notify_error FROM alert_episodes LIMIT 1")

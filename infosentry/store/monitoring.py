@@ -148,11 +148,12 @@ async def sync_episodes(conn: asyncpg.Connection, *, flap_minutes: float) -> dic
 
 
 async def episodes_to_notify(conn: Conn, *, max_attempts: int) -> list[dict[str, Any]]:
-    """Open episodes not notified yet (and not given up on)."""
+    """Open episodes not notified yet, not given up on, and not waiting for their next attempt."""
     rows = await conn.fetch(
         """SELECT id, alert, subject, severity, detail, started_at, notify_attempts
            FROM alert_episodes
            WHERE ended_at IS NULL AND notified_at IS NULL AND notify_attempts < $1
+             AND (notify_after IS NULL OR notify_after <= now())
            ORDER BY id""",
         max_attempts,
     )
@@ -167,12 +168,20 @@ async def mark_notified(conn: Conn, ids: list[int]) -> None:
     )
 
 
-async def mark_notify_failed(conn: Conn, ids: list[int], error: str) -> None:
+async def mark_notify_failed(
+    conn: Conn, ids: list[int], error: str, *, retry_in: float | None, max_attempts: int
+) -> None:
+    """Count a failed attempt; the next one not before `retry_in` seconds (None: give up on these episodes)."""
     await conn.execute(
-        """UPDATE alert_episodes SET notify_attempts = notify_attempts + 1, notify_error = $2
+        """UPDATE alert_episodes
+           SET notify_attempts = CASE WHEN $3::float8 IS NULL THEN greatest(notify_attempts + 1, $4)
+                                      ELSE notify_attempts + 1 END,
+               notify_error = $2, notify_after = now() + make_interval(secs => coalesce($3::float8, 0))
            WHERE id = ANY($1::bigint[])""",
         ids,
         error[:500],
+        retry_in,
+        max_attempts,
     )
 
 
