@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 from infosentry import links, push, retention
 from infosentry.api.http import RT
+from infosentry.runtime import open_runtime
 from tests import pushkit as kit
 from tests.conftest import bearer, make_user
 
@@ -263,3 +265,19 @@ async def test_retention_forgets_what_nobody_needs_and_keeps_the_inbox(api) -> N
     await kit.set_hot(rt, RETENTION_INBOX_DAYS=35)
     await retention.prune(rt)
     assert await rt.pool.fetchval("SELECT count(*) FROM items") == 0
+
+
+async def test_secret_key_signs_the_links_and_links_signed_before_it_stay_valid(rt, settings) -> None:
+    before = await links.signer(rt)  # no SECRET_KEY: the database's key
+    old_link = before.click_url(1, 2, "email")
+    sig = lambda url: url.rsplit("sig=", 1)[1]  # noqa: E731
+    async with open_runtime(replace(settings, secret_key="k" * 32)) as keyed_rt:
+        keyed = await links.signer(keyed_rt)
+        new_link = keyed.click_url(1, 2, "email")
+        assert sig(new_link) != sig(old_link)  # signed with SECRET_KEY
+        assert keyed.check_click(1, 2, "email", sig(new_link)) and keyed.check_click(1, 2, "email", sig(old_link))
+    assert not before.check_click(1, 2, "email", sig(new_link))  # without that key, its links mean nothing
+    async with open_runtime(replace(settings, secret_key="another key entirely")) as other_rt:
+        other = await links.signer(other_rt)
+        assert not other.check_click(1, 2, "email", sig(new_link))
+        assert not other.check_unsubscribe("goal", 2, keyed.unsubscribe_url("goal", 2).rsplit("token=", 1)[1])
