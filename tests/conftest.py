@@ -11,6 +11,7 @@ import atexit
 import itertools
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -49,12 +50,18 @@ def pg_base_uri() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     atexit.register(stop)
+    # a SIGTERM (CI timeout, a supervisor) would end the run without atexit: make it an interrupt, which runs it
+    signal.signal(signal.SIGTERM, _interrupt)
     uri = db.embedded_server_uri(data_dir, database="postgres")
     try:
         yield uri
     finally:
         stop()
         atexit.unregister(stop)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _admin(uri: str) -> psycopg.Connection:

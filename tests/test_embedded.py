@@ -131,6 +131,66 @@ def test_a_helper_process_attached_to_the_server_is_killed(pg_base_uri):
 """
 
 
+INTERRUPTED_SESSION = """
+import os, time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+def test_a_long_test(pg_base_uri):
+    pgdata = Path(parse_qs(urlsplit(pg_base_uri).query)["host"][0])
+    Path(os.environ["LEAK_PGDATA_FILE"]).write_text(str(pgdata))
+    time.sleep(120)  # the run is stopped from outside meanwhile
+"""
+
+
+def test_an_interrupted_suite_stops_its_server(tmp_path: Path) -> None:
+    """A run ended by SIGTERM (a CI timeout, a supervisor) or Ctrl-C leaves no embedded Postgres behind."""
+    (tmp_path / "test_interrupted.py").write_text(INTERRUPTED_SESSION)
+    marker = tmp_path / "pgdata.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("INFOSENTRY_TEST_PG", "DATABASE_URL")}
+    env.update(LEAK_PGDATA_FILE=str(marker), TMPDIR=str(tmp_path))
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "--rootdir",
+            str(tmp_path),
+            "-o",
+            "addopts=",
+            str(tmp_path / "test_interrupted.py"),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), "the inner test never started"
+        pgdata = Path(marker.read_text())
+        assert _postmasters(pgdata.parent), "the server was not running during the test"
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _postmasters(pgdata.parent):
+        time.sleep(0.2)
+    leftovers = _postmasters(pgdata.parent)
+    for proc in leftovers:
+        proc.kill()
+    assert leftovers == []
+
+
 def test_the_suite_stops_every_server_it_started(tmp_path: Path) -> None:
     """After a test session ends (here one whose helper process was SIGKILLed while attached to the server),
     no embedded Postgres of that session is left running."""
@@ -140,10 +200,27 @@ def test_the_suite_stops_every_server_it_started(tmp_path: Path) -> None:
     env.update(LEAK_PGDATA_FILE=str(marker), TMPDIR=str(tmp_path))
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-         "--rootdir", str(tmp_path), "-o", "addopts=", str(tmp_path / "test_leaky.py")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "--rootdir",
+            str(tmp_path),
+            "-o",
+            "addopts=",
+            str(tmp_path / "test_leaky.py"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     pgdata = Path(marker.read_text())
     assert str(pgdata).startswith(str(tmp_path)) and pgdata.name == "pg"
