@@ -42,6 +42,10 @@ PLAN: list[tuple[str, list[str], list[str], int]] = [
     ("relevance", ["--provider", "fake"], ["--provider", "local"], 1200),
     ("memory", ["--feeds", "25", "--idle", "5", "--breakdown-texts", "500"], [], 1800),
     ("fuzz", ["--examples", "10", "--phases", "fuzzing"], [], 1800),
+    ("recovery", [], [], 600),
+    ("tail", ["--sizes", "10000,50000", "--rounds", "3"], [], 1200),
+    ("scale", ["--sources", "1000", "--items", "10000", "--minutes", "2", "--drain", "300"], [], 3600),
+    ("soak", ["--minutes", "6", "--sample", "30"], ["--minutes", "30"], 3600),
 ]
 BENCH_DIR = Path(__file__).resolve().parent
 
