@@ -1,12 +1,13 @@
 """The web pages served by the real app (no browser): every page renders in both languages with no missing
 string, sign-in is the only thing reachable without a session, every form needs the CSRF token, admins only
-on the admin pages, values are escaped, forms keep what was typed and show field errors, and pages stay fast
-with 1,000 items in the inbox. The browser tests (tests/test_web_browser.py) drive the same pages in Chromium."""
+on the admin pages, values are escaped, forms keep what was typed and show field errors, every control is
+labelled (screen readers, keyboard), and pages stay fast with 1,000 items in the inbox. The browser tests (tests/test_web_browser.py) drive the same pages in Chromium."""
 
 from __future__ import annotations
 
 import json
 import statistics
+from html.parser import HTMLParser
 from importlib import resources
 from typing import Any
 
@@ -305,3 +306,96 @@ async def test_the_session_cookie_is_secure_behind_tls(settings: Any, aiohttp_cl
     cookie = {"Cookie": f"infosentry_csrf={page.cookies['infosentry_csrf'].value}"}
     resp = await client.post("/api/v1/auth/consume", data=body, headers=cookie, allow_redirects=False)
     assert resp.status == 303 and resp.cookies["infosentry_session"]["secure"]
+
+
+class _A11y(HTMLParser):
+    """What a screen reader and a keyboard need from a page: a label for every control, text for every button
+    and image, one h1 and a main landmark, and no positive tabindex (which breaks the focus order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict[str, str | None]] = []  # form controls: attrs, + whether inside a <label>
+        self.label_for: set[str] = set()
+        self.in_label = 0
+        self.buttons: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+        self.h1 = 0
+        self.main = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "label":
+            self.in_label += 1
+            if a.get("for"):
+                self.label_for.add(str(a["for"]))
+        elif tag in ("input", "select", "textarea"):
+            if a.get("type") not in ("hidden", "submit", "button", "reset"):
+                self.controls.append(a | {"_wrapped": "1" if self.in_label else None})
+        elif tag == "button":
+            self.buttons.append({"attrs": a, "text": ""})
+        elif tag == "img" and a.get("alt") is None:
+            self.problems.append(f"img without alt: {a.get('src')}")
+        elif tag == "h1":
+            self.h1 += 1
+        elif tag == "main":
+            self.main += 1
+        if a.get("tabindex") not in (None, "0", "-1"):
+            self.problems.append(f"positive tabindex on <{tag}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label":
+            self.in_label = max(0, self.in_label - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self.buttons:
+            self.buttons[-1]["text"] += data
+
+    def check(self) -> list[str]:
+        problems = list(self.problems)
+        for c in self.controls:
+            named = c.get("_wrapped") or c.get("aria-label") or c.get("aria-labelledby") or c.get("title")
+            if not named and c.get("id") not in self.label_for:
+                problems.append(f"unlabelled control: name={c.get('name')} id={c.get('id')}")
+        for b in self.buttons:
+            if not (b["text"].strip() or b["attrs"].get("aria-label") or b["attrs"].get("title")):
+                problems.append(f"button without text: {b['attrs']}")
+        if self.h1 != 1:
+            problems.append(f"{self.h1} h1 elements")
+        if self.main != 1:
+            problems.append(f"{self.main} main landmarks")
+        return problems
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+async def test_every_page_is_usable_with_a_screen_reader_and_a_keyboard(api: Any, lang: str) -> None:
+    rt = api.app[RT]
+    seeded = await seed_user(rt, admin=True, language=lang, notifications=3)
+    signed_in(api, seeded.token)
+    found = {}
+    for template in [*PAGES, "/login"]:
+        path = template.format(goal=seeded.goal_ids[0], source=seeded.source_id)
+        if path == "/login":
+            api.session.cookie_jar.clear()  # signed in, the sign-in page sends you on
+            api.session.cookie_jar.update_cookies({"infosentry_lang": lang})
+        resp = await api.get(path, allow_redirects=False)
+        assert resp.status == 200, path
+        checker = _A11y()
+        checker.feed(await resp.text())
+        if problems := checker.check():
+            found[path] = problems
+    assert found == {}
+
+
+def test_the_accessibility_checker_sees_each_problem() -> None:
+    checker = _A11y()
+    checker.feed(
+        "<main><h1>x</h1><input name=q><label>N <input name=n></label><label for=a>A</label><input id=a name=a>"
+        "<button></button><button aria-label=Close></button><img src=x.png><div tabindex=3></div></main><main>"
+    )
+    assert checker.check() == [
+        "img without alt: x.png",
+        "positive tabindex on <div>",
+        "unlabelled control: name=q id=None",
+        "button without text: {}",
+        "2 main landmarks",
+    ]
