@@ -10,7 +10,8 @@ The production scorer runs as the matcher runs it: goal vectors from the goal's 
 then the items arrive in batches of 20 (shuffled) and each batch is appended to the goal's window before it is
 scored (match.signals -> calibrate -> match.finish); an item's score is the one it got on arrival. Then 20
 like/dislike answers per goal (rounds of 5, the top-scored unrated items, labelled by ground truth) and the
-held-out items are scored again, without the rated ones.
+held-out items are scored again, without the rated ones. The 20 rated items are a goal's best-scored, mostly on
+topic, so leaving them out lowers AUC by itself; "no answers, the same items left out" is the fair baseline.
 
 Printed per goal: ROC AUC (all items, and "listed": items below the storage floor tied at the bottom, as the
 API's matches listing ranks them), pushes (score >= BATCH_THRESHOLD: IMMEDIATE + BATCH) with precision and
@@ -368,19 +369,22 @@ def rescore(
     return out
 
 
-def with_feedback(world: World, goals: list[Goal], truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """20 answers per goal from the top-scored unrated items (rounds of 5); returns (scores, rated mask)."""
+def with_feedback(world: World, goals: list[Goal], truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """20 answers per goal from the top-scored unrated items (rounds of 5); returns (scores, rated mask, scores
+    before any answer). The rated items are the goal's best-scored ones, mostly on topic, so leaving them out
+    lowers AUC by itself: compare "rated items left out" with the scores before feedback on the same items."""
     _, est, vectors = stream(world, goals)
     rated = np.zeros(truth.shape, bool)
     answers: list[tuple[int, int, float]] = []
+    before = rescore(world, goals, est, None, vectors)
     while len(answers) < ANSWERS * len(goals):
-        scores = rescore(world, goals, est, _rated(answers, world.ctx), vectors)
+        scores = rescore(world, goals, est, _rated(answers, world.ctx), vectors) if answers else before
         for j in range(len(goals)):
             fresh = [i for i in np.argsort(-scores[:, j], kind="stable") if not rated[i, j]][:ROUND]
             for i in fresh:
                 rated[i, j] = True
                 answers.append((j, int(i), 1.0 if truth[i, j] else -1.0))
-    return rescore(world, goals, est, _rated(answers, world.ctx), vectors), rated
+    return rescore(world, goals, est, _rated(answers, world.ctx), vectors), rated, before
 
 
 def _rated(answers: list[tuple[int, int, float]], ctx: np.ndarray | None) -> match.Rated | None:
@@ -481,7 +485,8 @@ def run_language(lang: str, emb: Any, half: str = "held-out") -> dict[str, Any]:
         )
     )
     results["scorer"] = metrics(stream(world, goals)[0], truth, goals)
-    fb, rated = with_feedback(world, goals, truth)
+    fb, rated, before = with_feedback(world, goals, truth)
+    results["before_feedback"] = metrics(before, truth, goals, exclude=rated)
     results["after_feedback"] = metrics(fb, truth, goals, exclude=rated)
     results["after_feedback_incl_rated"] = metrics(fb, truth, goals)
     # a goal whose feeds never carry its topic: the false-push rate
@@ -546,6 +551,7 @@ def report(r: dict[str, Any], goals: list[Goal]) -> None:
     print(f"\n== {r['lang']}: model {r['model']}, {r['items']} items of the {r['half']} half ==")
     print(f"plain cosine (item vs goal vector: no context, terms, calibration) AUC {r['plain_cosine_auc']:.3f}")
     print(row("scorer (streamed, calibrated online)", r["scorer"]))
+    print(row("no answers, the same items left out", r["before_feedback"]))
     print(row("after 20 answers (rated items left out)", r["after_feedback"]))
     print(row("after 20 answers (rated items kept)", r["after_feedback_incl_rated"]))
     print(row("keywords only (no vectors)", r["keywords_only"]))
@@ -553,13 +559,16 @@ def report(r: dict[str, Any], goals: list[Goal]) -> None:
         f"goal whose feeds carry none of its topic: push rate {100 * r['no_relevant_items_push_rate']:.2f} % "
         "(background tail)"
     )
-    print("per goal: AUC (listed) | pushes: precision / recall, push rate, IMMEDIATE | after 20 answers")
+    print(
+        "per goal: AUC (listed) | pushes: precision / recall, push rate, IMMEDIATE | after 20 answers, rated items"
+        " left out (AUC without the answers on the same items)"
+    )
     for g in goals:
-        b, f = r["scorer"][g.key], r["after_feedback"][g.key]
+        b, f, nf = r["scorer"][g.key], r["after_feedback"][g.key], r["before_feedback"][g.key]
         print(
             f"  {g.key:<9} {g.name:<10} AUC {b['auc']:.3f} ({b['auc_listed']:.3f}) | P {b['push_precision']:.2f} "
             f"R {b['push_recall']:.2f} rate {100 * b['push_rate']:4.1f} % imm {b['immediate']:3d} | AUC "
-            f"{f['auc']:.3f} P {f['push_precision']:.2f} R {f['push_recall']:.2f}"
+            f"{f['auc']:.3f} ({nf['auc']:.3f}) P {f['push_precision']:.2f} R {f['push_recall']:.2f}"
         )
     print("each topic worded three ways: push rates (max/min ratio), AUC")
     for key, w in r["wordings"].items():
@@ -624,7 +633,7 @@ def run(args: argparse.Namespace) -> None:
 def record(r: dict[str, Any]) -> None:
     lang = r["lang"]
     bench_results.record(f"{lang}.plain_cosine.auc", r["plain_cosine_auc"], "AUC", better="higher")
-    for key in ("scorer", "after_feedback", "keywords_only"):
+    for key in ("scorer", "before_feedback", "after_feedback", "keywords_only"):
         m = r[key]["macro"]
         bench_results.record(f"{lang}.{key}.auc", m["auc"], "AUC", better="higher")
         bench_results.record(f"{lang}.{key}.auc_listed", m["auc_listed"], "AUC", better="higher")
