@@ -28,6 +28,7 @@ from infosentry.ingest import run as ingest
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.sources.rss import parse as rss_parse
+from infosentry.store import items as items_store
 from infosentry.store import sources as sources_store
 from tests import pushkit
 from tests.conftest import due_count, follow, make_user, source_row
@@ -674,6 +675,21 @@ async def test_prune_logs(rt: Runtime, user: int, server: FakeFeedServer) -> Non
     )
     assert (await retention.prune(rt)).ingest_logs == 5
     assert len(await logs(rt, sid)) == 1
+
+
+async def test_an_item_pruned_between_lookup_and_link_is_skipped_not_fatal(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    server.add("/race.xml", rss([story(1), story(2)]))
+    await add(rt, user, server.url("/race.xml"))
+    await ingest.run_due(rt)
+    kept, pruned = [r["id"] for r in await rt.pool.fetch("SELECT id FROM items ORDER BY id")]
+    other = await add(rt, user, server.url("/race.xml?mirror"))
+    await rt.pool.execute("DELETE FROM items WHERE id = $1", pruned)  # retention got there first
+    links = [(kept, other, "https://k.example/a", None), (pruned, other, "https://k.example/b", None)]
+    async with rt.pool.acquire() as conn:
+        assert await items_store.link_sources(conn, links) == 1
+    assert await rt.pool.fetchval("SELECT count(*) FROM item_sources WHERE source_id = $1", other) == 1
 
 
 async def test_fractional_retention_horizons_are_honoured(rt: Runtime, user: int, server: FakeFeedServer) -> None:

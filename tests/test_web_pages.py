@@ -1,7 +1,8 @@
 """The web pages served by the real app (no browser): every page renders in both languages with no missing
 string, sign-in is the only thing reachable without a session, every form needs the CSRF token, admins only
 on the admin pages, values are escaped, forms keep what was typed and show field errors, every control is
-labelled (screen readers, keyboard), and pages stay fast with 1,000 items in the inbox. The browser tests (tests/test_web_browser.py) drive the same pages in Chromium."""
+labelled (screen readers, keyboard), and pages stay fast with 1,000 items in the inbox. The browser tests
+(tests/test_web_browser.py) drive the same pages in Chromium."""
 
 from __future__ import annotations
 

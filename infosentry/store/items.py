@@ -101,12 +101,18 @@ async def insert_items(conn: Conn, rows: Sequence[NewItem]) -> dict[str, int]:
 
 async def link_sources(conn: Conn, links: Sequence[tuple[int, int, str, str | None]]) -> int:
     """Record that items were seen in sources: (item_id, source_id, url as that source links it, alias url_hash
-    or None when the link is the item's own URL). Returns how many links are new."""
+    or None when the link is the item's own URL). Returns how many links are new.
+
+    Retention may prune an item between the lookup that found it and this link (the soak caught it as a foreign
+    key error failing a whole fetch): the items are locked against deletion first, and one already gone is
+    simply not linked (its tombstone keeps it from coming back)."""
     if not links:
         return 0
     status = await conn.execute(
-        """INSERT INTO item_sources (item_id, source_id, url, url_hash)
-           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+        """WITH live AS (SELECT id FROM items WHERE id = ANY($1::bigint[]) FOR KEY SHARE)
+           INSERT INTO item_sources (item_id, source_id, url, url_hash)
+           SELECT v.* FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS v(item_id, source_id, url, h)
+           WHERE v.item_id IN (SELECT id FROM live)
            ON CONFLICT (item_id, source_id) DO NOTHING""",
         [link[0] for link in links],
         [link[1] for link in links],
