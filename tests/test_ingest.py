@@ -599,7 +599,7 @@ def _slow_parse(delay: float, *args: Any) -> Any:
 
 
 async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
-    pool = parsing.ParsePool(workers=1, timeout=2)
+    pool = parsing.ParsePool(workers=1, timeout=5)  # a death is noticed well within it, even on a loaded box
     body = rss([story(1)]).encode()
     try:
         feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
@@ -609,7 +609,7 @@ async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
         started = time.monotonic()
         with pytest.raises(FetchError, match="longer than"):
             await pool.run(_hang, body)
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 15
         feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
         assert len(feed.items) == 1
     finally:

@@ -1,4 +1,5 @@
-"""The soak (issue 14): `bin/bench soak [--minutes 30] [--sources 1000] [--rate 20] [--keep-minutes 5]`.
+"""The soak (issue 14): `bin/bench soak [--minutes 30] [--sources 1000] [--rate 20] [--keep-minutes 5]`;
+`bin/bench soak --report RESULTS.json [--warmup M]` judges an earlier run's series again.
 
 Steady load for `--minutes`: the scale scenario's sources (bench_scale: RSS, Atom, JSON Feed, hot lists, 5 %
 failing) publish `--rate` items a second between them, evenly, for the whole run; the service runs as real
@@ -10,7 +11,8 @@ soak runs (the retention job runs every five minutes; procrastinate's finished j
 Each `--sample` seconds (a minute by default) it records the RSS of each process tree, the open connections
 to the database, the size (table + indexes) and rows of each table, the database's size, the load average,
 fetches in the last interval and sources overdue by more than a fetch interval. At the end it prints, per
-series, the slope over the steady part of the run (after `--warmup`, default a third of the run) as growth
+series, the slope over the steady part of the run (after `--warmup`: by default a third of the run, and at least
+`--keep-minutes` + 10, when two retention passes have pruned what aged past the horizon) as growth
 per hour, and a verdict: a series is FLAT when it grew by less than 5 % of its mean over the steady part, or
 by less than a small absolute amount (2 MiB of RSS or of a table, one connection, 1,000 rows); else GROWS.
 Tables whose retention horizon is longer than any soak (clicks: 90 days, tombstones of pruned items: 90 days)
@@ -207,7 +209,8 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace, series: dict[str, Series], pruned_items: int) -> None:
-    warmup = args.warmup if args.warmup is not None else args.minutes / 3
+    # steady once items have aged past the horizon and two retention passes (every 5 minutes) have pruned them
+    warmup = args.warmup if args.warmup is not None else max(args.minutes / 3, args.keep_minutes + 10)
     print(f"slopes over minutes {warmup:g}-{args.minutes:g} (growth per hour; {pruned_items} items pruned):")
     verdicts: dict[str, str] = {}
     for name in sorted(series, key=lambda k: (unit_of(k) == "context", k)):
@@ -230,6 +233,7 @@ def report(args: argparse.Namespace, series: dict[str, Series], pruned_items: in
     results.record("growing_series", len(growing), "series")
     results.detail("series", {k: s.points for k, s in series.items()})
     results.detail("verdicts", verdicts)
+    results.detail("pruned_items", pruned_items)
 
 
 def main() -> None:
@@ -245,10 +249,19 @@ def main() -> None:
     parser.add_argument("--embed-model", default="bench-256")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=None, help="minutes left out of the slopes (a third)")
+    parser.add_argument("--report", metavar="JSON", help="judge the series of an earlier run again (e.g. --warmup)")
     results.add_argument(parser)
     args = parser.parse_args()
     with results.session("soak", args):
-        asyncio.run(bench(args))
+        if args.report:
+            earlier = results.load(args.report)
+            for key in ("minutes", "keep_minutes"):
+                setattr(args, key, earlier["params"][key])
+            saved = earlier["details"]["series"]
+            series = {k: Series(k, unit_of(k), [tuple(p) for p in v]) for k, v in saved.items()}
+            report(args, series, earlier["details"].get("pruned_items", 0))
+        else:
+            asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

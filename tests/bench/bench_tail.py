@@ -1,15 +1,16 @@
 """The matches listing's exact scan at growing sizes, and what an ANN index would change:
-`bin/bench tail [--sizes 10000,50000,200000] [--dims 384] [--rounds 5]`.
+`bin/bench tail [--sizes 10000,50000,200000] [--dims 512] [--rounds 5]`.
 
 A goal's matches listing (`GET /api/v1/goals/{id}/matches`, the goal page) ranks the goal's stored pairs (an
 index scan) and then, below the storage floor, every other item the goal's owner sees through a subscription,
 at read time (store.matches.unstored_matches: an exact cosine scan over those items, no ANN index). Its cost
 grows with the items one user sees within the retention, which is what decides when vectors would need an
-ANN index. A fresh embedded database gets one user following one source, one goal, and `--sizes` items (random
-unit vectors of `--dims` dimensions, the local models' 384 or OpenAI's 1536), grown step by step; at each size
-it times the very query infosentry sends (through its function), median of `--rounds`, with its EXPLAIN
-ANALYZE execution time; then the same top 50 through an HNSW index (pgvector, cosine, on the fixed-dimension
-cast that an index needs: `(embedding::vector(D))`) with its build time and recall against the exact scan.
+ANN index. A fresh embedded database gets one user following one source, one goal, and `--sizes` items
+(random vectors of `--dims` dimensions around 200 topic centres: the default model's 512, OpenAI's 1536), grown
+step by step; at each size it times the very query infosentry sends (through its function), median of
+`--rounds`, with its EXPLAIN ANALYZE execution time; then the same top 50 through an HNSW index (pgvector,
+cosine, on the fixed-dimension cast that an index needs: `(embedding::vector(D))`) with its build time and
+recall against the exact scan.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ from infosentry.store import matches as matches_store
 from tests.bench import results
 
 PARAMS = {"m": 0.3, "s": 0.1, "z0": 0.0, "ceiling": 0.6, "min_score": 0.0}
+CLUSTERS = 200  # topics: real embeddings cluster (uniform random vectors would be a worst case no index meets)
+
+
+def clustered(cluster: str, dims: int, noise: float) -> str:
+    """SQL for a vector near the centre of `cluster` (an SQL expression): the centre's coordinates come from a
+    hash of (cluster, dimension), uniform in [-0.5, 0.5); the noise is uniform, `noise` wide."""
+    h = f"sin(({cluster}) * 12.9898 + d * 78.233) * 43758.5453"
+    return (
+        f"(SELECT array_agg(({h}) - floor({h}) - 0.5 + (random() - 0.5) * {noise})::vector "
+        f"FROM generate_series(1, {dims}) d WHERE ({cluster}) IS NOT NULL)"  # correlated: one vector per row
+    )
 
 
 async def setup(conn: Any, dims: int) -> int:
@@ -41,8 +53,7 @@ async def setup(conn: Any, dims: int) -> int:
     return int(
         await conn.fetchval(
             f"""INSERT INTO goals (user_id, name, description, embedding, embedding_model)
-                VALUES ($1, 'tail', 'tail goal',
-                        (SELECT array_agg(random() - 0.5)::vector FROM generate_series(1, {dims})), 'bench')
+                VALUES ($1, 'tail', 'tail goal', {clustered("0", dims, 0.5)}, 'bench')
                 RETURNING id""",
             user,
         )
@@ -51,13 +62,12 @@ async def setup(conn: Any, dims: int) -> int:
 
 async def grow(conn: Any, start: int, stop: int, dims: int) -> None:
     await conn.execute(
-        f"""WITH v AS (SELECT g, (SELECT array_agg(random() - 0.5) FROM generate_series(1, {dims})
-                                 WHERE g IS NOT NULL) AS e  -- correlated: a new vector per row
+        f"""WITH v AS (SELECT g, {clustered(f"g % {CLUSTERS}", dims, 1.0)} AS e
                        FROM generate_series($1::int, $2::int - 1) g)
             INSERT INTO items (url, canonical_url, url_hash, title, title_key, source_id, embedding,
                                embedding_model, embedding_status, embedded_at, matched_at)
             SELECT 'https://tail.example/' || g, 'https://tail.example/' || g, md5('tail' || g), 'Item ' || g,
-                   'item ' || g, (SELECT id FROM sources LIMIT 1), e::vector, 'bench', 'done', now(), now()
+                   'item ' || g, (SELECT id FROM sources LIMIT 1), e, 'bench', 'done', now(), now()
             FROM v""",
         start,
         stop,
@@ -142,7 +152,7 @@ async def bench(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 50_000, 200_000])
-    parser.add_argument("--dims", type=int, default=384)
+    parser.add_argument("--dims", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
     results.add_argument(parser)
     args = parser.parse_args()
