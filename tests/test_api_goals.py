@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest.mock import patch
 
 from click.testing import CliRunner
 
@@ -12,6 +13,7 @@ from infosentry import embed, match
 from infosentry.api.http import RT
 from infosentry.cli import main
 from infosentry.runtime import Runtime
+from infosentry.store import matches as matches_store
 from tests.conftest import bearer, make_user
 from tests.test_match import AI_GOAL, AI_ITEM, OFF_ITEM, seed_item, seed_source, set_hot
 
@@ -226,6 +228,20 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
         if not cursor:
             break
     assert seen == [m["item"]["id"] for m in everything["items"]]
+    # a page filled by stored pairs at or above the floor is final: no scan of the goal's other items
+    scans: list[int] = []
+    scan = matches_store.unstored_matches
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        scans.append(1)
+        return await scan(*args, **kwargs)
+
+    with patch.object(matches_store, "unstored_matches", counted):
+        top = await (await api.get(url + "?limit=1", headers=bearer(token))).json()
+        assert top["items"][0]["item"]["id"] == everything["items"][0]["item"]["id"]
+        assert top["items"][0]["score"] >= match.STORE_FLOOR and scans == []
+        assert len((await (await api.get(url, headers=bearer(token))).json())["items"]) == len(listed)
+        assert scans == [1]
     high = await (await api.get(url + f"?min_score={scores[1]}", headers=bearer(token))).json()
     assert len(high["items"]) == 2 or all(m["score"] >= scores[1] for m in high["items"])
     assert (await api.get(url + "?min_score=2", headers=bearer(token))).status == 400
