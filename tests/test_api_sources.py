@@ -174,6 +174,9 @@ async def test_update_rules(api: Any) -> None:
     assert row["url"] == "https://d.example/feed2" and row["etag"] is None and row["error_streak"] == 0
     assert (await api.put(f"/api/v1/sources/{sid}", json={"type": "site"}, headers=alice)).status == 422
     assert (await api.put(f"/api/v1/sources/{sid}", json={"fetch_interval_sec": 5}, headers=alice)).status == 422
+    for config in ([["headers", {}]], "x", 3):  # not an object: a field error, never a server error (the fuzz)
+        resp = await api.put(f"/api/v1/sources/{sid}", json={"config": config}, headers=alice)
+        assert resp.status == 422 and "config" in await resp.text()
     # another source with that URL exists: 409
     await api.post("/api/v1/sources", json={"url": "https://d.example/other"}, headers=alice)
     resp = await api.put(f"/api/v1/sources/{sid}", json={"url": "https://d.example/other"}, headers=alice)

@@ -236,6 +236,8 @@ async def edit(rt: Runtime, actor: Actor, source_id: int, body: dict[str, Any]) 
     enabled = f.bool("enabled")
     if "type" in body:
         f.check(False, "type", "cannot be changed; add a new source instead")
+    if "config" in body:
+        f.check(isinstance(body["config"], dict), "config", "must be an object")
     f.done()
     row = await mine(rt, actor, source_id)
     shared_change = {k for k in ("url", "name", "fetch_interval_sec", "config") if k in body}

@@ -15,11 +15,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from infosentry import auth
 from infosentry.api.http import RT
 from infosentry.domain import accounts
-from infosentry.errors import Forbidden, InfosentryError, Invalid, NotFound
+from infosentry.errors import BadRequest, Forbidden, InfosentryError, Invalid, NotFound
 from infosentry.web.render import SECURITY_HEADERS, Ctx, pick_language, render
 
 log = logging.getLogger("infosentry.web")
@@ -86,9 +87,18 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
+async def posted(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted body, read once by aiohttp. A body that is not a form (a multipart type without its boundary,
+    a broken encoding) is a 400, not a server error."""
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the form could not be read: {exc}") from exc
+
+
 async def form(request: web.Request) -> dict[str, Any]:
     """The posted form: single values as str, repeated fields as lists."""
-    data = await request.post()
+    data = await posted(request)
     out: dict[str, Any] = {}
     for key in data:
         values = data.getall(key)
@@ -123,7 +133,7 @@ def page(*, public: bool = False, admin: bool = False) -> Callable[[PageHandler]
                 if admin and (ctx.actor is None or not ctx.actor.is_admin):
                     raise Forbidden("admins only")
                 if request.method == "POST" and ctx.actor is not None:
-                    given = request.headers.get("X-CSRF-Token") or (await request.post()).get("csrf", "")
+                    given = request.headers.get("X-CSRF-Token") or (await posted(request)).get("csrf", "")
                     if not auth.same(ctx.csrf, str(given)):
                         log.warning("csrf check failed", extra={"action": "web_csrf_refused", "path": request.path})
                         raise Forbidden("csrf")

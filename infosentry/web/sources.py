@@ -14,7 +14,7 @@ from infosentry.api.http import path_id
 from infosentry.domain import sources
 from infosentry.errors import BadRequest, Invalid
 from infosentry.web.render import Ctx, render
-from infosentry.web.session import form, page, redirect
+from infosentry.web.session import form, page, posted, redirect
 
 MESSAGES = {
     "added": "sources.msg_added",
@@ -132,7 +132,7 @@ async def import_page(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 @page()
 async def import_post(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     assert ctx.actor is not None
-    data = await request.post()
+    data = await posted(request)
     upload = data.get("opml")
     raw: bytes | str = ""
     if upload is not None and hasattr(upload, "file"):
