@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +25,19 @@ from infosentry.runtime import open_runtime
 from infosentry.settings import Settings
 
 T = TypeVar("T")
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _few_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own heap arena and keeps what they free: the embedding and
+    parse threads of a long-running process held ~20 MiB more under load than with two arenas, at no
+    measured cost in speed (`bin/bench memory`; MALLOC_ARENA_MAX in the environment still wins)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 @main.command()
@@ -33,6 +49,7 @@ T = TypeVar("T")
 def serve(ctx: click.Context, role: str, host: str, port: int, concurrency: int | None) -> None:
     """Run the service: api + every queue + periodic tasks (all), or one role."""
     settings = settings_of(ctx)
+    _few_malloc_arenas()
     if role == "worker":
         run(_worker(settings, list(QUEUES), concurrency or settings.worker_concurrency))
         return
@@ -52,6 +69,7 @@ def serve(ctx: click.Context, role: str, host: str, port: int, concurrency: int 
 def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None) -> None:
     """Work queues only (all queues when none is given)."""
     settings = settings_of(ctx)
+    _few_malloc_arenas()
     run(_worker(settings, list(queues) or list(QUEUES), concurrency or settings.worker_concurrency))
 
 
