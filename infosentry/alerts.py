@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SEVERITIES = ("critical", "warning", "notice")
 NAMES = ("queue_backlog", "smtp_failures", "llm_errors", "budget_breaker_open", "source_failing", "worker_heartbeat")
 FLAP_MINUTES = 10.0
-MAX_NOTIFY_ATTEMPTS = 5
+MAX_NOTIFY_ATTEMPTS = 7  # retry.WEBHOOK waits 1, 2, 4, 8, 16, 30 min between them: about an hour
 WEBHOOK_TIMEOUT = 10.0
 
 
@@ -93,7 +93,7 @@ async def tick(rt: Runtime) -> TickResult:
         finally:
             try:
                 await monitoring_store.release_alerts_lock(conn)
-            except Exception:
+            except BaseException:  # failed or cancelled: the lock may still be held
                 conn.terminate()  # never hand a connection that may still hold the lock back to the pool
                 raise
     return result

@@ -150,7 +150,7 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pooled connection released without asyncpg's reset query (pg_advisory_unlock_all, CLOSE ALL, UNLISTEN *,
     RESET ALL): one round trip per release was the largest single cost of a busy worker. Nothing here leaves
     such state on a pooled connection: settings are SET LOCAL, LISTEN has its own connection, cursors live in
-    transactions, and the two session advisory locks (decide, alerts) are released explicitly, their connection
+    transactions, and the session advisory locks (decide, judge, alerts) are released explicitly, their connection
     terminated when that fails. An open transaction is still rolled back on release."""
 
     def get_reset_query(self) -> str:

@@ -373,7 +373,11 @@ async def _decide_lock(rt: Runtime, wait: float, *, key: int = decisions_store.D
                 await decisions_store.session_unlock(conn, key)
         except Exception:
             conn.terminate()  # never hand a connection that may still hold the lock back to the pool
-        await rt.pool.release(conn)
+        except BaseException:  # cancelled while unlocking: the same, and the cancellation goes on
+            conn.terminate()
+            raise
+        finally:
+            await rt.pool.release(conn)
 
 
 async def decide_pending(

@@ -334,9 +334,9 @@ async def flush_immediate(rt: Runtime, now: datetime, report: FlushReport | None
     done: list[int] = []
     while True:
         claimed = await _flush_immediate_round(rt, now, coalesce, done, report)
-        done += claimed
-        if len(claimed) < FLUSH_GOALS:
+        if not claimed:  # not fewer than FLUSH_GOALS: goals locked elsewhere are left out of a full round too
             return report
+        done += claimed
 
 
 async def _flush_immediate_round(

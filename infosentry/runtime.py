@@ -129,17 +129,16 @@ async def open_runtime(
         async with db.plain_connection(dsn) as conn:
             await migrate.check_current(conn)
     pool = await db.create_pool(dsn, max_size=pool_size)
-    read_pool = (
-        await db.create_pool(settings.database_read_url, max_size=pool_size) if settings.database_read_url else None
-    )
     hot = HotConfig(settings.hot_defaults)
-    rt = Runtime(settings=settings, dsn=dsn, pool=pool, hot=hot, role=role, read_pool=read_pool)
+    rt = Runtime(settings=settings, dsn=dsn, pool=pool, hot=hot, role=role)
     try:
+        if settings.database_read_url:
+            rt.read_pool = await db.create_pool(settings.database_read_url, max_size=pool_size)
         await hot.start(lambda: config_store.values(pool), dsn, live=live_config)
         yield rt
     finally:
         await hot.stop()
         await rt.aclose()
         await pool.close()
-        if read_pool is not None:
-            await read_pool.close()
+        if rt.read_pool is not None:
+            await rt.read_pool.close()

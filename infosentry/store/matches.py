@@ -175,7 +175,7 @@ async def goal_matches(
            LEFT JOIN decisions d ON d.goal_id = m.goal_id AND d.item_id = m.item_id
            LEFT JOIN feedback f ON f.goal_id = m.goal_id AND f.item_id = m.item_id
            WHERE m.goal_id = $1 AND m.score >= $2
-             AND ($3::real IS NULL OR (m.score, m.item_id) < ($3::real, $4::bigint))
+             AND ($3::float8 IS NULL OR (m.score::float8, m.item_id) < ($3::float8, $4::bigint))
            ORDER BY m.score DESC, m.item_id DESC
            LIMIT $5""",
         goal_id,

@@ -92,7 +92,7 @@ async def posted(request: web.Request) -> MultiDictProxy[Any]:
     a broken encoding) is a 400, not a server error."""
     try:
         return await request.post()
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, LookupError, RuntimeError) as exc:  # bad boundary or bytes, unknown charset or encoding
         raise BadRequest(f"the form could not be read: {exc}") from exc
 
 
