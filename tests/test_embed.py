@@ -192,6 +192,29 @@ async def test_many_texts_go_in_batched_requests(fake_rt: Runtime, openai_server
     assert len(result.vectors) == 150 and openai_server.requests["embeddings"] == 3  # 64 + 64 + 22
 
 
+async def test_embedder_asks_for_base64_and_reads_a_server_that_answers_floats(
+    fake_rt: Runtime, openai_server: FakeOpenAI
+) -> None:
+    emb = tune(fake_rt)
+    texts = ["GPU prices fall", "bread"]
+    packed = await emb.embed(texts)
+    assert [b["encoding_format"] for b in openai_server.bodies["embeddings"]] == ["base64"]
+    openai_server.floats_only = True  # Ollama ignores encoding_format
+    floats = await emb.embed(texts)
+    for a, b, text in zip(packed.vectors, floats.vectors, texts, strict=True):
+        assert a.dtype == b.dtype == np.float32 and np.allclose(a, b) and np.allclose(a, fake_vector(text))
+
+
+def test_embedder_refuses_a_malformed_base64_vector(fake_rt: Runtime) -> None:
+    emb = tune(fake_rt)
+    good = base64.b64encode(np.ones(4, "<f4").tobytes()).decode()
+    vectors, _ = emb._parse({"data": [{"index": 0, "embedding": good}]}, ["x"])
+    assert np.allclose(vectors[0], 0.5)  # unit length
+    for bad in ("not base64!", base64.b64encode(b"12345").decode()):
+        with pytest.raises(ValueError, match="base64"):
+            emb._parse({"data": [{"index": 0, "embedding": bad}]}, ["x"])
+
+
 # --- the pipeline -------------------------------------------------------------------------------------------
 
 

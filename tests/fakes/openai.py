@@ -126,6 +126,7 @@ class FakeOpenAI:
         self._chat_queue: deque[Any] = deque()
         self._chat_fn: Callable[[dict[str, Any]], Any] | None = None
         self._refuse: str | None = None
+        self.floats_only = False  # like Ollama: encoding_format is ignored, vectors are always JSON floats
         self.requests: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
         self.bodies: dict[str, list[dict[str, Any]]] = {"embeddings": [], "chat": []}
@@ -255,6 +256,7 @@ class FakeOpenAI:
             self._chat_queue.clear()
             self._chat_fn = None
             self._refuse = None
+            self.floats_only = False
             self.requests.clear()
             self.served.clear()
             self.bodies = {"embeddings": [], "chat": []}
@@ -325,7 +327,7 @@ class FakeOpenAI:
         if self._refuse is not None and any(self._refuse in t for t in texts):
             return _error(400, "this input is refused (scripted)")
         dim = int(body.get("dimensions") or MODEL_DIMS.get(str(body.get("model")), DEFAULT_DIM))
-        fmt = body.get("encoding_format", "float")
+        fmt = "float" if self.floats_only else body.get("encoding_format", "float")
         data = []
         for i, text in enumerate(texts):
             vec = fake_vector(text, dim, high=str(body.get("model", "")).endswith(HIGH_SUFFIX))
