@@ -28,6 +28,8 @@ from infosentry.store import goals as goals_store
 from infosentry.store import items as items_store
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from infosentry.embedders.base import Embedder
     from infosentry.runtime import Runtime
 
@@ -147,10 +149,25 @@ class RunReport:
         return asdict(self)
 
 
-async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunReport:
+async def run(
+    rt: Runtime,
+    *,
+    max_batches: int = MAX_BATCHES_PER_RUN,
+    on_matched: Callable[[], Awaitable[None]] | None = None,
+) -> RunReport:
     """One bounded round: goal vectors, goal backfills, item batches, then lexical matching of whatever is
-    still unmatched (all of it, pending items included, when embedding is paused or failing)."""
+    still unmatched (all of it, pending items included, when embedding is paused or failing). `on_matched` is
+    awaited after each committed batch that stored matches (it nudges deciding: a batch's items are not held
+    back until the whole round ends)."""
     report = RunReport()
+
+    async def matched_since(stored: int) -> None:
+        if on_matched is not None and report.match.stored > stored:
+            try:
+                await on_matched()
+            except Exception as exc:  # the periodic decide sweep finds the items anyway
+                log.warning("could not nudge deciding: %s", exc, extra={"action": "embed_nudge_failed"})
+
     emb = embedder(rt)
     model = emb.name
     await embed_goals(rt, emb, report)
@@ -165,7 +182,9 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
         if not allowed:
             report.paused = why
             break
+        stored = report.match.stored
         done = await embed_batch(rt, emb, report)
+        await matched_since(stored)
         batches += 1
         if done == 0:
             break
@@ -173,7 +192,9 @@ async def run(rt: Runtime, *, max_batches: int = MAX_BATCHES_PER_RUN) -> RunRepo
         report.more = report.paused is None and batches >= max_batches
     remaining = max_batches
     while remaining > 0:
+        stored = report.match.stored
         n = await match_unmatched(rt, model, include_pending=report.paused is not None, report=report)
+        await matched_since(stored)
         remaining -= 1
         if n == 0:
             break
@@ -360,7 +381,7 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
         metrics.EMBEDDINGS.labels("item").inc(len(good))
         if good:
             vecs = np.stack([vectors[k] for k in good]).astype(np.float32)
-            contexts = pool.contexts([ids[k] for k in good], vecs)
+            contexts = await asyncio.to_thread(pool.contexts, [ids[k] for k in good], vecs)
             embedded = [ids[k] for k in good]
             await items_store.store_embeddings(conn, embedded, list(vecs), list(contexts), emb.name)
         if refused:

@@ -118,9 +118,7 @@ async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = 
 async def embed_pending(context: procrastinate.JobContext) -> None:
     """Embed pending items in batches and score them (lexically while embedding is paused); goal vectors and
     backfills first. Bounded per job: re-nudges itself while work remains; nudges the decide step."""
-    report = await embed.run(_rt(context))
-    if report.match.stored:
-        await queue.nudge(context.app, "decide_pending")
+    report = await embed.run(_rt(context), on_matched=lambda: queue.nudge(context.app, "decide_pending"))
     if report.more:
         await queue.nudge(context.app, "embed_pending")
 

@@ -241,6 +241,22 @@ async def test_pipeline_accounts_usage_in_the_budget_day(fake_rt: Runtime, opena
     assert (await statuses(rt)) == {"done": 3}
 
 
+async def test_each_matched_batch_nudges_deciding_as_soon_as_it_commits(fake_rt: Runtime) -> None:
+    """A round embeds batch after batch; deciding must not wait for the whole round (IMMEDIATE latency)."""
+    rt = fake_rt
+    w = await seed_world(rt)
+    await set_hot(rt, EMBED_BATCH_SIZE=1)
+    seen: list[set[int]] = []
+
+    async def on_matched() -> None:  # what a decide job would find, seen from another connection
+        seen.append({r["item_id"] for r in await rt.pool.fetch("SELECT item_id FROM decide_queue")})
+
+    report = await embed.run(rt, on_matched=on_matched)
+    assert report.embedded == 3
+    ai_items = {w["ai"], w["ai2"]}  # the off-topic item stores no match, so it is not queued
+    assert len(seen) == 2 and len(seen[0]) == 1 and seen[0] < seen[1] == ai_items
+
+
 async def test_outage_keeps_items_pending_and_scored_by_keywords(fake_rt: Runtime, openai_server: FakeOpenAI) -> None:
     rt = fake_rt
     w = await seed_world(rt)
