@@ -8,7 +8,8 @@ the goals). With the fake OpenAI server (text-embedding-3-small size: 1536 dims,
      100 and with 1,000 active goals;
   3. decide: infosentry.decide.decide_pending over the matches written in 2 (when decide.py exists).
 With the local model: embedding throughput and the pipeline on --local-items items.
-Prints items/s, stored matches, CPU seconds (this process, Postgres, fake server) and peak RSS.
+Prints items/s, stored matches, CPU seconds (this process, Postgres, fake server) and peak RSS. The process is
+tuned as `serve` and `worker` are (one BLAS thread: set OPENBLAS_NUM_THREADS to compare).
 Target: match + decide of 10,000 new items against 1,000 goals in under 20 s on 2 cores (fake OpenAI).
 """
 
@@ -291,6 +292,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database directory")
     results.add_argument(parser)
     args = parser.parse_args()
+    from infosentry.cli.service import tune_process
+
+    tune_process()
     with results.session("match", args):
         asyncio.run(bench(args))
 
