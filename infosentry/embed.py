@@ -381,7 +381,7 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
         metrics.EMBEDDINGS.labels("item").inc(len(good))
         if good:
             vecs = np.stack([vectors[k] for k in good]).astype(np.float32)
-            contexts = await asyncio.to_thread(pool.contexts, [ids[k] for k in good], vecs)
+            contexts = pool.contexts([ids[k] for k in good], vecs)
             embedded = [ids[k] for k in good]
             await items_store.store_embeddings(conn, embedded, list(vecs), list(contexts), emb.name)
         if refused:

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from importlib import resources
 from typing import Any
 
+import aiohttp
 import pytest
 
 from infosentry.api.http import RT
@@ -240,6 +241,39 @@ async def test_inbox_filters_and_mark_read(api: Any) -> None:
     resp = await api.post(f"/inbox/{nid}/read", data={"csrf": csrf}, headers={"Accept": "application/json"})
     assert resp.status == 200 and (await resp.json())["read"] is True
     assert await rt.pool.fetchval("SELECT count(*) FROM notifications WHERE read_at IS NULL") == 3
+
+
+async def test_sources_export_and_import_pages(api: Any) -> None:
+    rt = api.app[RT]
+    seeded = await seed_user(rt)
+    signed_in(api, seeded.token)
+    resp = await api.get("/sources/export", allow_redirects=False)
+    assert resp.status == 200 and resp.content_type == "text/x-opml" and resp.charset == "utf-8"
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="infosentry-sources.opml"'
+    exported = await resp.text()
+    followed = await rt.pool.fetchval("SELECT url FROM sources WHERE id = $1", seeded.source_id)
+    assert f'xmlUrl="{followed}"' in exported and "Example Wire" in exported
+
+    _, page = await get(api, "/sources/import")
+    mine = exported.replace(
+        "</body>",
+        '<outline text="New" type="rss" xmlUrl="https://a.example/rss"/>'
+        '<outline text="Bad" type="rss" xmlUrl="javascript:alert(1)"/></body>',
+    )
+    form = aiohttp.FormData()
+    form.add_field("csrf", csrf_of(page))
+    form.add_field("opml", mine.encode(), filename="mine.opml", content_type="text/x-opml")
+    resp = await api.post("/sources/import", data=form)
+    html = await resp.text()
+    assert resp.status == 200 and "https://a.example/rss" in html and "javascript:alert(1)" in html
+    urls = await rt.pool.fetch(
+        "SELECT s.url FROM subscriptions u JOIN sources s ON s.id = u.source_id WHERE u.user_id = $1", seeded.user_id
+    )
+    assert sorted(r["url"] for r in urls) == sorted([followed, "https://a.example/rss"])  # the old one kept once
+
+    resp = await api.post("/sources/import", data={"csrf": csrf_of(page), "opml_text": "<html>not opml</html>"})
+    assert resp.status == 422 and "OPML" in await resp.text()
+    assert await rt.pool.fetchval("SELECT count(*) FROM subscriptions WHERE user_id = $1", seeded.user_id) == 2
 
 
 async def test_api_tokens_made_on_the_settings_page_die_with_the_session(api: Any) -> None:
