@@ -10,7 +10,8 @@ per hundred (every source has ~3 followers) and own `--goals-per-user` goals. Em
 come from the fake OpenAI-compatible server, emails go to an SMTP sink, IMMEDIATE_COALESCE_MINUTES=0.
 
 The service runs as real processes against the embedded Postgres reached by DATABASE_URL: `serve --role all`,
-or with `--split` one `serve --role api` and two workers on different queues (ingest / embed + agent + email),
+or with `--split` one `serve --role api` and two workers on different queues (ingest / embed + agent + email;
+`--embed-apart`: three, ingest / embed / agent + email),
 which is the scale-out check (no duplicate decision or email).
 
 Reports: ingest throughput and CPU per fetch; embed, match and decide throughput (best 30 s window and overall);
@@ -302,7 +303,9 @@ async def seed(pool: asyncpg.Pool, args: argparse.Namespace, ports: list[int], r
             )
 
 
-def service_env(dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SmtpSink, embed_model: str) -> dict[str, str]:
+def service_env(
+    dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SmtpSink, embed_model: str, embed_batch: int | None = None
+) -> dict[str, str]:
     """The service's environment: this database, the fake OpenAI server and SMTP sink, budgets out of the way."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_"))}
     return (
@@ -321,10 +324,11 @@ def service_env(dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SmtpSink, embe
             "DAILY_USD_BUDGET": "10000",
             "JUDGE_PER_DAY": "1000000",
         }
+        | ({"EMBED_BATCH_SIZE": str(embed_batch)} if embed_batch else {})
     )
 
 
-def start_processes(env: dict[str, str], split: bool) -> dict[str, subprocess.Popen[bytes]]:
+def start_processes(env: dict[str, str], split: bool, embed_apart: bool = False) -> dict[str, subprocess.Popen[bytes]]:
     def spawn(*args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "infosentry", *args],
@@ -336,11 +340,16 @@ def start_processes(env: dict[str, str], split: bool) -> dict[str, subprocess.Po
 
     if not split:
         return {"serve": spawn("serve", "--role", "all", "--port", str(free_port()))}
-    return {
+    processes = {
         "api": spawn("serve", "--role", "api", "--port", str(free_port())),
         "worker-ingest": spawn("worker", "--queue", "ingest"),
-        "worker-pipeline": spawn("worker", "--queue", "embed", "--queue", "agent", "--queue", "email"),
     }
+    if embed_apart:  # matching is CPU-bound: deciding and sending no longer wait behind it in one event loop
+        processes["worker-embed"] = spawn("worker", "--queue", "embed")
+        processes["worker-push"] = spawn("worker", "--queue", "agent", "--queue", "email")
+    else:
+        processes["worker-pipeline"] = spawn("worker", "--queue", "embed", "--queue", "agent", "--queue", "email")
+    return processes
 
 
 def tree_rss_mib(proc: subprocess.Popen[bytes]) -> float:
@@ -423,7 +432,11 @@ async def bench(args: argparse.Namespace) -> None:
         plan.start = time.time() + 5  # the day starts once the service is up
         parent.send(plan.start)
         started = time.time()
-        processes = start_processes(service_env(dsn, data_dir, fake, sink, args.embed_model), args.split)
+        processes = start_processes(
+            service_env(dsn, data_dir, fake, sink, args.embed_model, args.embed_batch),
+            args.split or args.embed_apart,
+            args.embed_apart,
+        )
         samples = Samples()
         cpu0 = {name: tree_cpu(p) for name, p in processes.items()}
         pg_cpu0 = postgres_cpu(data_dir / "pg")
@@ -462,21 +475,37 @@ async def bench(args: argparse.Namespace) -> None:
                    WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent'"""
             )
         ]
-        stages = await pool.fetchrow(
-            """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.embedded_at - i.ingested_at))
-                          AS embed,
-                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM m.computed_at - i.embedded_at))
-                          AS match,
-                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM d.decided_at - m.computed_at))
-                          AS decide,
-                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM n.created_at - d.decided_at))
-                          AS push,
-                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.sent_at - n.created_at))
-                          AS send
+        stages = await pool.fetch(
+            """WITH t AS (
+                   SELECT r.llm_used AS judged,
+                          extract(epoch FROM i.embedded_at - i.ingested_at) AS embed,
+                          extract(epoch FROM m.computed_at - i.embedded_at) AS match,
+                          extract(epoch FROM d.decided_at - m.computed_at) AS decide,
+                          extract(epoch FROM n.created_at - d.decided_at) AS push,
+                          extract(epoch FROM e.sent_at - n.created_at) AS send,
+                          extract(epoch FROM e.sent_at - i.ingested_at) AS total
+                   FROM notifications n JOIN emails e ON e.id = n.email_id JOIN items i ON i.id = n.item_id
+                   JOIN decisions d ON d.goal_id = n.goal_id AND d.item_id = n.item_id
+                   JOIN matches m ON m.goal_id = n.goal_id AND m.item_id = n.item_id
+                   LEFT JOIN agent_runs r ON r.id = d.run_id
+                   WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent')
+               SELECT CASE WHEN judged THEN 'judged' ELSE 'rule' END AS path, count(*) AS n, q,
+                      percentile_cont(q) WITHIN GROUP (ORDER BY embed) AS embed,
+                      percentile_cont(q) WITHIN GROUP (ORDER BY match) AS match,
+                      percentile_cont(q) WITHIN GROUP (ORDER BY decide) AS decide,
+                      percentile_cont(q) WITHIN GROUP (ORDER BY push) AS push,
+                      percentile_cont(q) WITHIN GROUP (ORDER BY send) AS send,
+                      percentile_cont(q) WITHIN GROUP (ORDER BY total) AS total
+               FROM t, unnest(ARRAY[0.5, 0.95]) AS q
+               GROUP BY 1, q ORDER BY 1 DESC, q"""
+        )
+        by_minute = await pool.fetch(
+            """SELECT floor(extract(epoch FROM i.ingested_at - to_timestamp($1)) / 60)::int AS minute, count(*) AS n,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.sent_at - i.ingested_at)) AS p50,
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM e.sent_at - i.ingested_at)) AS p95
                FROM notifications n JOIN emails e ON e.id = n.email_id JOIN items i ON i.id = n.item_id
-               JOIN decisions d ON d.goal_id = n.goal_id AND d.item_id = n.item_id
-               JOIN matches m ON m.goal_id = n.goal_id AND m.item_id = n.item_id
-               WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent'"""
+               WHERE n.tier = 'IMMEDIATE' AND e.status = 'sent' GROUP BY 1 ORDER BY 1""",
+            plan.start,
         )
         job_times = await pool.fetch(
             """SELECT j.task_name AS task, count(*) AS runs,
@@ -530,7 +559,8 @@ async def bench(args: argparse.Namespace) -> None:
             "jobs_per_item": jobs / items,
             "db_mib_per_10k_items": size / 2**20 / items * 10_000,
             "duplicates": dict(dup),
-            "stages_p50": {k: round(v, 2) if v is not None else None for k, v in dict(stages).items()},
+            "stages": [{k: round(v, 2) if isinstance(v, float) else v for k, v in dict(r).items()} for r in stages],
+            "immediate_by_minute": [(r["minute"], r["n"], round(r["p50"], 1), round(r["p95"], 1)) for r in by_minute],
             "job_times": [
                 {k: round(float(v), 3) if isinstance(v, float) else v for k, v in dict(r).items()} for r in job_times
             ],
@@ -545,6 +575,8 @@ async def bench(args: argparse.Namespace) -> None:
         results.detail("queue_depth", [(round(r["t"]), r["queued"]) for r in samples.rows])
         results.detail("duplicates", dict(dup))
         results.detail("job_times", report["job_times"])
+        results.detail("stages", report["stages"])
+        results.detail("immediate_by_minute", report["immediate_by_minute"])
     finally:
         for proc in processes.values():
             proc.send_signal(signal.SIGTERM)
@@ -562,7 +594,11 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def print_report(args: argparse.Namespace, r: dict[str, Any], samples: Samples, cpu: dict[str, float]) -> None:
-    mode = "api + 2 workers (--split)" if args.split else "serve --role all"
+    mode = (
+        "api + 3 workers (--embed-apart)"
+        if args.embed_apart
+        else ("api + 2 workers (--split)" if args.split else "serve --role all")
+    )
     print(
         f"scale: {args.sources} sources, {args.users} users × {args.goals_per_user} goals, {args.items} items "
         f"over {args.minutes} min; {mode}; {r['wall']:.0f} s"
@@ -589,7 +625,14 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], samples: Samples, 
         f"  queue depth max {r['queue_max']}, at the end {r['queue_final']}; jobs per item {r['jobs_per_item']:.3f}; "
         f"database {r['db_mib_per_10k_items']:.0f} MiB per 10,000 items"
     )
-    print(f"  IMMEDIATE stages, p50 s: {r['stages_p50']}")
+    print(
+        "  IMMEDIATE by minute of the day (minute: items, p50 / p95 s): "
+        + ", ".join(f"{m}: {n}, {p50:.0f}/{p95:.0f}" for m, n, p50, p95 in r["immediate_by_minute"])
+    )
+    print("  IMMEDIATE stages (s): path, items, quantile, embed / match / decide / push / send, total")
+    for st in r["stages"]:
+        parts = " / ".join(f"{st[k]:.2f}" for k in ("embed", "match", "decide", "push", "send"))
+        print(f"    {st['path']:<7} {st['n']:>6}  p{round(st['q'] * 100):<3} {parts}   {st['total']:.2f}")
     print("  jobs (seconds): task, runs, queue wait p50/p95, run p50/p95/max")
     for j in r["job_times"]:
         print(
@@ -610,6 +653,10 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=600.0, help="seconds allowed after the day to catch up")
     parser.add_argument("--topical", type=float, default=0.1, help="share of items on a goal's topic")
     parser.add_argument("--split", action="store_true", help="api + a worker per queue group (scale-out)")
+    parser.add_argument(
+        "--embed-apart", action="store_true", help="--split with the embed queue in a worker of its own (3 workers)"
+    )
+    parser.add_argument("--embed-batch", type=int, default=None, help="EMBED_BATCH_SIZE (default: the service's)")
     parser.add_argument("--embed-model", default="bench-256", help="fake embedding model (size 256 unless known)")
     parser.add_argument("--sample", type=float, default=5.0)
     parser.add_argument("--verbose", action="store_true")
