@@ -391,7 +391,8 @@ async def serve(
     from infosentry.api.http import RT
 
     app = create_app(demo_settings(settings), role="api")
-    runner = web.AppRunner(app, access_log=None)
+    # Ctrl-C ends a demo: open keep-alive connections (a browser's) get 5 s, not aiohttp's default minute
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
