@@ -145,18 +145,18 @@ def test_config_unset_goes_back_to_the_default(cli) -> None:
 def test_serve_and_worker_run_numpy_on_one_blas_thread_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     from threadpoolctl import threadpool_info
 
-    from infosentry.cli import service
+    from infosentry import tuning
 
     def blas_threads() -> set[int]:
         return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
 
     assert blas_threads(), "numpy has no BLAS library threadpoolctl can see"
-    for name in service._BLAS_THREAD_VARS:
+    for name in tuning._BLAS_THREAD_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
-    assert service._one_blas_thread() is None  # the operator's setting is left alone
+    assert tuning._one_blas_thread() is None  # the operator's setting is left alone
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    limiter = service._one_blas_thread()
+    limiter = tuning._one_blas_thread()
     try:
         assert blas_threads() == {1}
     finally:

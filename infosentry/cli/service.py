@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -23,43 +20,9 @@ from infosentry.errors import Invalid
 from infosentry.queue import QUEUES
 from infosentry.runtime import open_runtime
 from infosentry.settings import Settings
+from infosentry.tuning import tune_process
 
 T = TypeVar("T")
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def _few_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own heap arena and keeps what they free: the embedding and
-    parse threads of a long-running process held ~20 MiB more under load than with two arenas, at no
-    measured cost in speed (`bin/bench memory`; MALLOC_ARENA_MAX in the environment still wins)."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
-# Thread-count variables a BLAS library reads; when the operator set one, it is theirs.
-_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _one_blas_thread() -> Any:
-    """numpy's OpenBLAS starts a thread per core and lets it spin between calls; matching multiplies small
-    matrices (a batch of items by the goals), so the extra thread only burned a core that Postgres and the
-    other processes needed: matching 2,000 items against 1,000 goals took the same time with 1.7 instead of
-    3.4 CPU seconds (`bin/bench match`). OPENBLAS_NUM_THREADS or OMP_NUM_THREADS in the environment still wins."""
-    if any(os.environ.get(name) for name in _BLAS_THREAD_VARS):
-        return None
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def tune_process() -> None:
-    """What serve, worker and demo set up before they work: two malloc arenas, one BLAS thread."""
-    _few_malloc_arenas()
-    _one_blas_thread()
 
 
 @main.command()

@@ -250,7 +250,7 @@ def _vector(embedding: Any) -> np.ndarray:
             raise ValueError("an embedding is not valid base64") from None
         if len(raw) % 4:
             raise ValueError("a base64 embedding is not a whole number of float32 values")
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        return np.frombuffer(raw, dtype="<f4")
     return np.asarray(embedding, dtype=np.float32)
 
 

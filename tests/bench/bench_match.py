@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database directory")
     results.add_argument(parser)
     args = parser.parse_args()
-    from infosentry.cli.service import tune_process
+    from infosentry.tuning import tune_process
 
     tune_process()
     with results.session("match", args):
