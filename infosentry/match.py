@@ -739,7 +739,7 @@ async def tail_rank(rt: Runtime, goal_id: int) -> TailRank | None:
     if row is None:
         return None
     prior = (float(row["prior_loc"]), float(row["prior_spread"])) if row["prior_loc"] is not None else None
-    est = calibrate.estimate(np.asarray(row["recent"], dtype=np.float64), int(row["seen"]), prior)
+    est = calibrate.estimate(calibration_store.window_of(row["recent"]), int(row["seen"]), prior)
     return TailRank(str(row["signal"]), est.m, est.s) if est.known else None
 
 
@@ -774,7 +774,7 @@ async def _observe(
     by_id = {int(r["goal_id"]): r for r in records}
     found = [(j, by_id[gid]) for j, gid in zip(rows_of, gids, strict=True) if gid in by_id]
     ests = calibrate.estimates(
-        [np.asarray(r["recent"], dtype=np.float64) for _, r in found],
+        [calibration_store.window_of(r["recent"]) for _, r in found],
         [int(r["seen"]) for _, r in found],
         [(float(r["prior_loc"]), float(r["prior_spread"])) if r["prior_loc"] is not None else None for _, r in found],
     )

@@ -14,6 +14,7 @@ import pytest
 from infosentry import calibrate, embed, match
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
+from infosentry.store import calibration as calibration_store
 from tests.conftest import make_user
 from tests.fakes.openai import FakeOpenAI, fake_vector
 from tests.test_match import run_until_idle, seed_goal, seed_item, seed_source
@@ -233,7 +234,7 @@ async def test_a_goal_gets_its_prf_vector_once_it_has_seen_enough_items(
         "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", early, embed.model_name(rt)
     )
     assert row["prf"] is not None and row["prf_at"] is not None
-    assert 40 <= row["seen"] == len(row["recent"]) <= 60  # the window rebuilt under the new vector
+    assert 40 <= row["seen"] == len(calibration_store.window_of(row["recent"])) <= 60  # rebuilt under the new vector
     # a goal created when the items are already there gets it before its backfill is scored
     late = await seed_goal(rt, uid, "Chip makers", "Companies that design processors")
     await run_until_idle(rt)
@@ -250,3 +251,34 @@ async def test_a_goal_gets_its_prf_vector_once_it_has_seen_enough_items(
         "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", late, embed.model_name(rt)
     )
     assert row["goal_version"] == 2 and row["prf"] is not None
+
+
+async def test_a_window_keeps_the_newest_values_and_reads_back_in_psql(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "window@example.com")
+    goal = await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs")
+    values = np.random.default_rng(3).normal(0.3, 0.2, calibrate.WINDOW + 37).astype(np.float32)
+    values[:3] = [0.0, -1.5, 1e-3]
+    async with rt.pool.acquire() as conn:
+        for start in range(0, len(values), 100):  # appended batch by batch, as matching does
+            rows = await calibration_store.observe(
+                conn, "test:model", [goal], [1], [values[start : start + 100]], [None], window=calibrate.WINDOW
+            )
+        assert rows[0]["seen"] == len(values)
+        window = calibration_store.window_of(rows[0]["recent"])
+        assert window.tolist() == values[-calibrate.WINDOW :].astype(np.float64).tolist()  # exact, oldest first
+        in_psql = await conn.fetchval(
+            "SELECT calibration_values(recent) FROM goal_calibration WHERE goal_id = $1 AND signal = 'test:model'", goal
+        )
+        assert in_psql == window.tolist()
+        assert await conn.fetchval(
+            "SELECT calibration_values($1::bytea)", calibration_store.window_bytes([0.0, -1.5])
+        ) == [
+            0.0,
+            -1.5,
+        ]
+        # another goal version starts the window over
+        rows = await calibration_store.observe(
+            conn, "test:model", [goal], [2], [values[:5]], [None], window=calibrate.WINDOW
+        )
+        assert calibration_store.window_of(rows[0]["recent"]).tolist() == values[:5].astype(np.float64).tolist()
+        assert rows[0]["seen"] == 5

@@ -1,6 +1,8 @@
 """SQL for goal_calibration: per goal and signal, the recent raw values and the background prior that
 infosentry/calibrate.py turns into scores. Appends are one atomic statement per batch, so concurrent matching
-batches never lose each other's values."""
+batches never lose each other's values. The window is stored as big-endian float4 bytes (`window_bytes` in,
+`window_of` out): every matching batch rewrites a thousand of them on a busy instance, and bytes are appended
+by a copy and read without a Python float per value (migration 0011)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,18 @@ import numpy as np
 from pgvector import Vector
 
 from infosentry.store import Conn
+
+_FLOAT4 = np.dtype(">f4")  # float4send's byte order
+
+
+def window_bytes(values: Sequence[float] | np.ndarray) -> bytes:
+    """A window (or a batch of values to append) as stored."""
+    return np.asarray(values, dtype=_FLOAT4).tobytes()
+
+
+def window_of(stored: bytes) -> np.ndarray:
+    """The values of a stored window, oldest first."""
+    return np.frombuffer(stored, dtype=_FLOAT4).astype(np.float64)
 
 
 async def reset(
@@ -27,12 +41,12 @@ async def reset(
     await conn.execute(
         """INSERT INTO goal_calibration AS c (goal_id, signal, goal_version, prior_loc, prior_spread, neighbour,
                                               recent, seen, updated_at)
-           SELECT v.g, $1, v.version, v.loc, v.spread, v.nb, '{}', 0, now()
+           SELECT v.g, $1, v.version, v.loc, v.spread, v.nb, ''::bytea, 0, now()
            FROM unnest($2::bigint[], $3::int[], $4::real[], $5::real[], $6::real[]) AS v(g, version, loc, spread, nb)
            WHERE EXISTS (SELECT 1 FROM goals WHERE id = v.g)
            ON CONFLICT (goal_id, signal) DO UPDATE SET
                goal_version = EXCLUDED.goal_version, prior_loc = EXCLUDED.prior_loc,
-               prior_spread = EXCLUDED.prior_spread, neighbour = EXCLUDED.neighbour, recent = '{}', seen = 0,
+               prior_spread = EXCLUDED.prior_spread, neighbour = EXCLUDED.neighbour, recent = ''::bytea, seen = 0,
                prf = NULL, prf_at = NULL, updated_at = now()""",
         signal,
         list(goal_ids),
@@ -61,19 +75,19 @@ async def observe(
     order = sorted(range(len(goal_ids)), key=lambda k: goal_ids[k])  # one lock order for concurrent batches
     return await conn.fetch(
         """WITH v AS (
-               SELECT u.g, u.version, u.vals::real[] AS vals, u.loc, u.spread, u.k
-               FROM unnest($2::bigint[], $3::int[], $4::text[], $5::real[], $6::real[])
+               SELECT u.g, u.version, u.vals, u.loc, u.spread, u.k
+               FROM unnest($2::bigint[], $3::int[], $4::bytea[], $5::real[], $6::real[])
                     WITH ORDINALITY AS u(g, version, vals, loc, spread, k))
            INSERT INTO goal_calibration AS c (goal_id, signal, goal_version, prior_loc, prior_spread, recent, seen,
                                               updated_at)
-           SELECT v.g, $1, v.version, v.loc, v.spread, v.vals[greatest(1, cardinality(v.vals) - $7 + 1):],
-                  cardinality(v.vals), now()
+           SELECT v.g, $1, v.version, v.loc, v.spread, substring(v.vals FROM greatest(1, length(v.vals) - 4 * $7 + 1)),
+                  length(v.vals) / 4, now()
            FROM v WHERE EXISTS (SELECT 1 FROM goals WHERE id = v.g)
            ORDER BY v.k
            ON CONFLICT (goal_id, signal) DO UPDATE SET
                recent = CASE WHEN c.goal_version = EXCLUDED.goal_version
-                             THEN (c.recent || EXCLUDED.recent)[
-                                      greatest(1, cardinality(c.recent) + cardinality(EXCLUDED.recent) - $7 + 1):]
+                             THEN substring(c.recent || EXCLUDED.recent
+                                            FROM greatest(1, length(c.recent) + length(EXCLUDED.recent) - 4 * $7 + 1))
                              ELSE EXCLUDED.recent END,
                seen = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.seen + EXCLUDED.seen
                            ELSE EXCLUDED.seen END,
@@ -87,7 +101,7 @@ async def observe(
         signal,
         [goal_ids[k] for k in order],
         [versions[k] for k in order],
-        ["{" + ",".join(f"{float(x):.6g}" for x in values[k]) + "}" for k in order],
+        [window_bytes(values[k]) for k in order],
         [priors[k][0] if priors[k] else None for k in order],
         [priors[k][1] if priors[k] else None for k in order],
         window,
@@ -131,8 +145,8 @@ async def set_prf(
     status = await conn.execute(
         """UPDATE goal_calibration SET prf = $4, prf_at = now(),
                prior_loc = COALESCE($5, prior_loc), prior_spread = COALESCE($6, prior_spread),
-               recent = CASE WHEN $4::vector IS NULL THEN recent ELSE $7::real[] END,
-               seen = CASE WHEN $4::vector IS NULL THEN 0 ELSE cardinality($7::real[]) END, updated_at = now()
+               recent = CASE WHEN $4::vector IS NULL THEN recent ELSE $7::bytea END,
+               seen = CASE WHEN $4::vector IS NULL THEN 0 ELSE length($7::bytea) / 4 END, updated_at = now()
            WHERE goal_id = $2 AND signal = $1 AND goal_version = $3""",
         signal,
         goal_id,
@@ -140,6 +154,6 @@ async def set_prf(
         None if vector is None else Vector(np.asarray(vector, dtype=np.float32)),
         prior[0] if prior else None,
         prior[1] if prior else None,
-        [float(x) for x in (window or [])],
+        window_bytes(window or []),
     )
     return status.endswith(" 1")
