@@ -832,8 +832,11 @@ async def _send_rounds(
         if not rows:
             break
         report.claimed += len(rows)
+        sent_before = report.sent
         # the sender's connections are the concurrency limit (SEND_CONCURRENCY)
-        await asyncio.gather(*(_send_one(rt, sender, r, now, report) for r in rows))
+        errors = [e for e in await asyncio.gather(*(_send_one(rt, sender, r, now, report) for r in rows)) if e]
+        if errors or report.sent > sent_before:
+            await emails_store.smtp_round(rt.pool, sent=report.sent - sent_before, errors=errors)
         if len(rows) < limit:
             break
     else:
@@ -842,12 +845,13 @@ async def _send_rounds(
 
 async def _send_one(
     rt: Runtime, sender: mail.SmtpSender, row: asyncpg.Record, now: datetime, report: SendReport
-) -> None:
+) -> str | None:
+    """Sends one claimed row and records its outcome; returns the error when SMTP failed."""
     if row["kind"] in PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
         await emails_store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
         report.suppressed += 1
         metrics.EMAILS.labels(row["kind"], "suppressed").inc()
-        return
+        return None
     settings = rt.settings
     try:
         message = mail.build_message(
@@ -862,14 +866,12 @@ async def _send_one(
         await sender.send(message)
     except (mail.SmtpPermanentError, ValueError) as exc:
         await emails_store.mark_failed(rt.pool, row["id"], error=f"permanent: {exc}")
-        await emails_store.smtp_result(rt.pool, ok=False, error=str(exc))
         report.failed += 1
         metrics.EMAILS.labels(row["kind"], "failed").inc()
         log.warning("email %s failed permanently: %s", row["id"], exc, extra={"action": "email_failed"})
-        return
+        return str(exc)
     except Exception as exc:  # SmtpTemporaryError, and anything else (a file sink's disk): retry later
         error = str(exc) or type(exc).__name__
-        await emails_store.smtp_result(rt.pool, ok=False, error=error)
         if row["attempts"] >= MAX_SEND_ATTEMPTS:
             await emails_store.mark_failed(
                 rt.pool, row["id"], error=f"gave up after {row['attempts']} attempts: {error}"
@@ -887,12 +889,12 @@ async def _send_one(
             log.info(
                 "email %s will be retried at %s: %s", row["id"], at.isoformat(), error, extra={"action": "email_retry"}
             )
-        return
+        return error
     # the login link in a login email is a credential: once delivered, the outbox keeps no copy of it
     await emails_store.mark_sent(rt.pool, row["id"], forget_body=row["kind"] == "login")
-    await emails_store.smtp_result(rt.pool, ok=True)
     report.sent += 1
     metrics.EMAILS.labels(row["kind"], "sent").inc()
+    return None
 
 
 # --- reconciliation ----------------------------------------------------------------------------------------

@@ -109,23 +109,22 @@ async def mark_suppressed(conn: Conn, email_id: int, *, reason: str) -> None:
     await conn.execute("UPDATE emails SET status = 'suppressed', last_error = $2 WHERE id = $1", email_id, reason)
 
 
-async def smtp_result(conn: Conn, *, ok: bool, error: str | None = None) -> None:
-    """delivery_state('smtp'): consecutive failures for the alert, reset by a success."""
-    if ok:
-        await conn.execute(
-            """INSERT INTO delivery_state (channel, consecutive_failures, last_success_at, updated_at)
-               VALUES ('smtp', 0, now(), now())
-               ON CONFLICT (channel) DO UPDATE SET consecutive_failures = 0, last_success_at = now(),
-                                                   updated_at = now()"""
-        )
-    else:
-        await conn.execute(
-            """INSERT INTO delivery_state (channel, consecutive_failures, last_error, updated_at)
-               VALUES ('smtp', 1, $1, now())
-               ON CONFLICT (channel) DO UPDATE SET consecutive_failures = delivery_state.consecutive_failures + 1,
-                                                   last_error = $1, updated_at = now()""",
-            (error or "")[:1000],
-        )
+async def smtp_round(conn: Conn, *, sent: int, errors: Sequence[str]) -> None:
+    """delivery_state('smtp') after a round of sends: consecutive failures for the alert, reset by a success.
+    A round's sends run concurrently, in no meaningful order, so its failures count as after its successes
+    (an outage is never hidden by one lucky send)."""
+    await conn.execute(
+        """INSERT INTO delivery_state (channel, consecutive_failures, last_error, last_success_at, updated_at)
+           VALUES ('smtp', $2, $3, CASE WHEN $1 > 0 THEN now() END, now())
+           ON CONFLICT (channel) DO UPDATE SET
+               consecutive_failures = CASE WHEN $1 > 0 THEN $2 ELSE delivery_state.consecutive_failures + $2 END,
+               last_error = COALESCE($3, delivery_state.last_error),
+               last_success_at = COALESCE(EXCLUDED.last_success_at, delivery_state.last_success_at),
+               updated_at = now()""",
+        sent,
+        len(errors),
+        errors[-1][:1000] if errors else None,
+    )
 
 
 async def release_stuck(conn: Conn, *, now: datetime) -> int:
