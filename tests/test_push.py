@@ -17,6 +17,7 @@ from infosentry import push
 from infosentry.domain import accounts
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
+from infosentry.store import emails as emails_store
 from tests import pushkit as kit
 from tests.conftest import make_user
 from tests.fakes.smtp import SmtpSink
@@ -430,6 +431,22 @@ async def test_permanent_failures_and_exhausted_retries_are_visible(srt: Runtime
     assert smtp_sink.received == []
     state = await rt.pool.fetchrow("SELECT * FROM delivery_state WHERE channel = 'smtp'")
     assert state["consecutive_failures"] == 2 and "451" in state["last_error"]
+
+
+async def test_smtp_state_counts_a_rounds_failures_after_its_successes(rt: Runtime) -> None:
+    async def state() -> tuple[int, str | None, bool]:
+        row = await rt.pool.fetchrow("SELECT * FROM delivery_state WHERE channel = 'smtp'")
+        return row["consecutive_failures"], row["last_error"], row["last_success_at"] is not None
+
+    await emails_store.smtp_round(rt.pool, sent=0, errors=["451 busy", "451 still busy"])
+    assert await state() == (2, "451 still busy", False)
+    await emails_store.smtp_round(rt.pool, sent=0, errors=["421 closing"])
+    assert await state() == (3, "421 closing", False)
+    # concurrent sends have no order: a success in the round does not hide the round's own failures
+    await emails_store.smtp_round(rt.pool, sent=3, errors=["550 no such user"])
+    assert await state() == (1, "550 no such user", True)
+    await emails_store.smtp_round(rt.pool, sent=1, errors=[])
+    assert await state() == (0, "550 no such user", True)
 
 
 async def test_no_smtp_host_means_inbox_only(rt: Runtime) -> None:
