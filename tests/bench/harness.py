@@ -38,6 +38,7 @@ PLAN: list[tuple[str, list[str], list[str], int]] = [
     ("parse", ["--feeds", "100"], [], 300),
     ("match", ["--items", "3000", "--local-items", "500"], [], 900),
     ("pipeline", ["--rate", "100", "--seconds", "15"], [], 600),
+    ("send", ["--emails", "1000", "--rounds", "2"], [], 600),
     ("api", ["--seconds", "8", "--log-level", "WARNING"], [], 600),
     ("relevance", ["--provider", "fake"], ["--provider", "local"], 1200),
     ("memory", ["--feeds", "25", "--idle", "5", "--breakdown-texts", "500"], [], 1800),
