@@ -834,7 +834,8 @@ async def _send_rounds(
         report.claimed += len(rows)
         sent_before = report.sent
         # the sender's connections are the concurrency limit (SEND_CONCURRENCY)
-        errors = [e for e in await asyncio.gather(*(_send_one(rt, sender, r, now, report) for r in rows)) if e]
+        outcomes = await asyncio.gather(*(_send_one(rt, sender, r, now, report) for r in rows))
+        errors = [e for e in outcomes if e is not None]  # an exception with no text is a failure all the same
         if errors or report.sent > sent_before:
             await emails_store.smtp_round(rt.pool, sent=report.sent - sent_before, errors=errors)
         if len(rows) < limit:
@@ -869,7 +870,7 @@ async def _send_one(
         report.failed += 1
         metrics.EMAILS.labels(row["kind"], "failed").inc()
         log.warning("email %s failed permanently: %s", row["id"], exc, extra={"action": "email_failed"})
-        return str(exc)
+        return str(exc) or type(exc).__name__
     except Exception as exc:  # SmtpTemporaryError, and anything else (a file sink's disk): retry later
         error = str(exc) or type(exc).__name__
         if row["attempts"] >= MAX_SEND_ATTEMPTS:
