@@ -109,6 +109,7 @@ def test_demo_serve_ends_by_printing_the_inbox_url_and_serves_it(dsn: str, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, so Ctrl-C can be sent as a terminal does: to all of it
     )
     try:
         lines: list[str] = []
@@ -136,6 +137,12 @@ def test_demo_serve_ends_by_printing_the_inbox_url_and_serves_it(dsn: str, tmp_p
         html = opener.open(f"http://127.0.0.1:{port}/inbox?tier=immediate").read().decode()
         assert "NASA launches rocket" in html and "Athens Olympic Games" in html
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    assert proc.returncode == 0
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)  # drains both pipes while it shuts down
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"demo --serve still running 30 s after SIGINT; its stderr:\n{err[-4000:]}") from None
+    assert proc.returncode == 0, err[-4000:]
+    assert "Traceback" not in err, err[-4000:]  # Ctrl-C ends the parse workers quietly too

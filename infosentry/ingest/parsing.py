@@ -12,6 +12,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,9 @@ class ParsePool:
     @staticmethod
     def _serve(conn: Connection) -> None:
         """The worker's loop: one (fn, args) in, one (ok, result or exception) out, until EOF or None."""
+        # Ctrl-C in a terminal reaches the whole process group; the parent decides when its parsers stop
+        # (None, EOF or a kill), so a worker neither dies mid-parse nor prints a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         while True:
             try:
                 data = conn.recv_bytes()
