@@ -40,6 +40,7 @@ MAX_BATCHES_PER_RUN = 20  # bounded job: the task re-nudges itself while work re
 GOALS_PER_REQUEST = 50  # goals embedded per call (each has ~10 parts)
 GOAL_ROUNDS = 20  # at most 1,000 goal vectors per run
 BACKFILL_GOALS_PER_RUN = 5
+PRF_GOALS_PER_RUN = 20  # PRF vectors per run: cheap once the user's recent vectors are read (once per user)
 BACKFILL_CHUNK = 1000
 POOL_MAX = 5000  # recent vectors kept per process for context vectors (5000 x 1536 floats = 30 MB)
 POOL_FULL_RELOAD_SECONDS = 600.0
@@ -298,9 +299,10 @@ async def backfill_goals(rt: Runtime, emb: Embedder, report: RunReport) -> None:
     model = emb.name
     due = await goals_store.goals_to_backfill(rt.pool, BACKFILL_GOALS_PER_RUN + 1)
     report.more = report.more or len(due) > BACKFILL_GOALS_PER_RUN
+    recent: dict[int, np.ndarray] = {}
     for g in due[:BACKFILL_GOALS_PER_RUN]:
         if report.paused is None:
-            await _refresh_prf(rt, emb, g["id"], backfill=True)
+            await _refresh_prf(rt, emb, g["id"], backfill=True, recent_by_user=recent)
         after = 0
         while True:
             ids = await items_store.recent_visible_items(
@@ -326,14 +328,22 @@ async def refresh_prf(rt: Runtime, emb: Embedder) -> int:
     """Goals due a (new) PRF vector: after their first match.PRF_MIN_ITEMS items, then every
     match.PRF_EVERY, so the vector follows what the goal's feeds carry. Returns how many were refreshed."""
     due = await goals_store.goals_to_refresh_prf(
-        rt.pool, emb.name, first=match.PRF_MIN_ITEMS, every=match.PRF_EVERY, limit=BACKFILL_GOALS_PER_RUN
+        rt.pool, emb.name, first=match.PRF_MIN_ITEMS, every=match.PRF_EVERY, limit=PRF_GOALS_PER_RUN
     )
+    recent: dict[int, np.ndarray] = {}  # by user: a user's goals all learn from the same recent items
     for goal_id in due:
-        await _refresh_prf(rt, emb, goal_id, backfill=False)
+        await _refresh_prf(rt, emb, goal_id, backfill=False, recent_by_user=recent)
     return len(due)
 
 
-async def _refresh_prf(rt: Runtime, emb: Embedder, goal_id: int, *, backfill: bool) -> None:
+async def _recent_vectors(rt: Runtime, model: str, user_id: int, dims: int) -> np.ndarray:
+    rows = await items_store.recent_visible_vectors(rt.pool, user_id, model, hours=match.RECENT_HOURS, limit=POOL_MAX)
+    return np.stack([match._vec(v) for v in rows]).astype(np.float32) if rows else np.zeros((0, dims), np.float32)
+
+
+async def _refresh_prf(
+    rt: Runtime, emb: Embedder, goal_id: int, *, backfill: bool, recent_by_user: dict[int, np.ndarray] | None = None
+) -> None:
     """Compute the goal's PRF vector (match.prf_vector) from its owner's recent items, the calibration prior
     under it, and its window: the newest calibrate.WINDOW recent items' cosines under it, or empty when a
     backfill follows (it scores those items and fills the window). Before a backfill with too few items,
@@ -344,10 +354,11 @@ async def _refresh_prf(rt: Runtime, emb: Embedder, goal_id: int, *, backfill: bo
         return
     base = match._vec(g["embedding"])
     assert base is not None
-    rows = await items_store.recent_visible_vectors(
-        rt.pool, g["user_id"], emb.name, hours=match.RECENT_HOURS, limit=POOL_MAX
-    )
-    recent = np.stack([match._vec(v) for v in rows]).astype(np.float32) if rows else np.zeros((0, base.size))
+    recent_by_user = {} if recent_by_user is None else recent_by_user
+    if g["user_id"] not in recent_by_user:
+        recent_by_user.clear()  # one user's at a time (up to POOL_MAX vectors): due goals come grouped by user
+        recent_by_user[g["user_id"]] = await _recent_vectors(rt, emb.name, g["user_id"], base.size)
+    recent = recent_by_user[g["user_id"]]
     vector = match.prf_vector(base, recent)
     if vector is None and backfill:
         return

@@ -15,6 +15,7 @@ from infosentry import calibrate, embed, match
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.store import calibration as calibration_store
+from infosentry.store import items as items_store
 from tests.conftest import make_user
 from tests.fakes.openai import FakeOpenAI, fake_vector
 from tests.test_match import run_until_idle, seed_goal, seed_item, seed_source
@@ -251,6 +252,40 @@ async def test_a_goal_gets_its_prf_vector_once_it_has_seen_enough_items(
         "SELECT * FROM goal_calibration WHERE goal_id = $1 AND signal = $2", late, embed.model_name(rt)
     )
     assert row["goal_version"] == 2 and row["prf"] is not None
+
+
+async def test_a_users_goals_due_together_read_the_users_recent_items_once(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(match, "PRF_MIN_ITEMS", 40)
+    reads: list[int] = []
+    read = items_store.recent_visible_vectors
+
+    async def counted(conn, user_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(user_id)
+        return await read(conn, user_id, *args, **kwargs)
+
+    monkeypatch.setattr(items_store, "recent_visible_vectors", counted)
+    uid, _ = await make_user(rt, "prf-once@example.com")
+    src = await seed_source(rt, uid)
+    goals = [
+        await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs"),
+        await seed_goal(rt, uid, "Phones", "Smartphones and their makers"),
+        await seed_goal(rt, uid, "Space", "Rocket launches and space probes"),
+    ]
+    await run_until_idle(rt)
+    assert reads == [uid]  # their backfills, together: one read (too few items for a PRF vector yet)
+    for title in feed_titles(60):
+        await seed_item(rt, src, title)
+    await run_until_idle(rt, rounds=20)
+    refreshed = await rt.pool.fetch(
+        "SELECT goal_id, prf FROM goal_calibration WHERE goal_id = ANY($1) AND signal = $2",
+        goals,
+        embed.model_name(rt),
+    )
+    assert len(refreshed) == 3 and all(r["prf"] is not None for r in refreshed)
+    assert reads == [uid, uid]  # three goals due together, one more read of their owner's recent vectors
+    assert len({match._vec(r["prf"]).tobytes() for r in refreshed}) == 3  # each goal its own vector
 
 
 async def test_a_window_keeps_the_newest_values_and_reads_back_in_psql(rt: Runtime) -> None:

@@ -184,14 +184,16 @@ async def goals_to_backfill(conn: Conn, limit: int) -> list[asyncpg.Record]:
 
 async def goals_to_refresh_prf(conn: Conn, model: str, *, first: int, every: int, limit: int) -> list[int]:
     """Backfilled goals of this model due a new pseudo-relevance-feedback vector: never computed and `first`
-    values seen, or `every` values seen since the last one (seen restarts at the window's size then)."""
+    values seen, or `every` values seen since the last one (seen restarts at the window's size then).
+    A user's due goals come together (the user who has waited longest first): they share the recent items
+    their vectors are computed from, which are read once per user."""
     rows = await conn.fetch(
         """SELECT g.id FROM goals g JOIN goal_calibration c
                ON c.goal_id = g.id AND c.signal = $1 AND c.goal_version = g.version
            WHERE g.status = 'active' AND g.embedding_model = $1 AND g.embedded_version = g.version
              AND g.matched_version = g.version
              AND c.seen >= CASE WHEN c.prf_at IS NULL THEN $2::int ELSE $3::int END
-           ORDER BY c.updated_at LIMIT $4""",
+           ORDER BY min(c.updated_at) OVER (PARTITION BY g.user_id), g.user_id, c.updated_at LIMIT $4""",
         model,
         first,
         every,

@@ -377,7 +377,10 @@ async def snapshot(pool: asyncpg.Pool) -> dict[str, Any]:
         """SELECT (SELECT count(*) FROM items) AS items,
                   (SELECT count(*) FROM items WHERE embedding_status = 'done') AS embedded,
                   (SELECT count(*) FROM items WHERE matched_at IS NOT NULL) AS matched,
-                  (SELECT count(DISTINCT item_id) FROM decisions) AS decided_items,
+                  -- an item is through decide once matched and out of the decide queue (most items get no
+                  -- decision at all: nothing scored above DIGEST_MIN_SCORE, so counting decided items undercounts)
+                  (SELECT count(*) FROM items WHERE matched_at IS NOT NULL)
+                      - (SELECT count(*) FROM decide_queue) AS decided_items,
                   (SELECT count(*) FROM decisions) AS decisions,
                   (SELECT count(*) FROM emails WHERE status = 'sent') AS emails_sent,
                   (SELECT count(*) FROM ingest_logs) AS fetches,
@@ -464,6 +467,10 @@ async def bench(args: argparse.Namespace) -> None:
             if day_over and idle and len(samples.rows) > 1 and samples.rows[-2]["items"] == snap["items"]:
                 break
         wall = time.time() - started
+        # overall throughput up to the moment the last item left decide (not the idle drain after it)
+        last_decide_t = next(
+            (r["t"] for r in samples.rows if r["decided_items"] >= samples.rows[-1]["decided_items"]), wall
+        )
         cpu = {name: tree_cpu(p) - cpu0[name] for name, p in processes.items()}
         pg_cpu = postgres_cpu(data_dir / "pg") - pg_cpu0
         last = await snapshot(pool)
@@ -498,6 +505,11 @@ async def bench(args: argparse.Namespace) -> None:
                       percentile_cont(q) WITHIN GROUP (ORDER BY total) AS total
                FROM t, unnest(ARRAY[0.5, 0.95]) AS q
                GROUP BY 1, q ORDER BY 1 DESC, q"""
+        )
+        arrivals = await pool.fetch(
+            """SELECT floor(extract(epoch FROM ingested_at - to_timestamp($1)) / 10)::int * 10 AS t, count(*) AS n
+               FROM items GROUP BY 1 ORDER BY 1""",
+            plan.start,
         )
         by_minute = await pool.fetch(
             """SELECT floor(extract(epoch FROM i.ingested_at - to_timestamp($1)) / 60)::int AS minute, count(*) AS n,
@@ -544,7 +556,7 @@ async def bench(args: argparse.Namespace) -> None:
             "embed_items_per_s_best": best_rate(samples.rows, "embedded"),
             "match_items_per_s_best": best_rate(samples.rows, "matched"),
             "decide_items_per_s_best": best_rate(samples.rows, "decided_items"),
-            "pipeline_items_per_s": last["decided_items"] / wall,
+            "pipeline_items_per_s": last["decided_items"] / max(last_decide_t, 1.0),
             "cpu_service_s": total_cpu,
             "cpu_postgres_s": pg_cpu,
             "cpu_ms_per_fetch": 1000 * (total_cpu + pg_cpu) / max(last["fetches"], 1),
@@ -561,6 +573,7 @@ async def bench(args: argparse.Namespace) -> None:
             "duplicates": dict(dup),
             "stages": [{k: round(v, 2) if isinstance(v, float) else v for k, v in dict(r).items()} for r in stages],
             "immediate_by_minute": [(r["minute"], r["n"], round(r["p50"], 1), round(r["p95"], 1)) for r in by_minute],
+            "arrivals_per_10s": [(r["t"], r["n"]) for r in arrivals],
             "job_times": [
                 {k: round(float(v), 3) if isinstance(v, float) else v for k, v in dict(r).items()} for r in job_times
             ],
@@ -577,6 +590,8 @@ async def bench(args: argparse.Namespace) -> None:
         results.detail("job_times", report["job_times"])
         results.detail("stages", report["stages"])
         results.detail("immediate_by_minute", report["immediate_by_minute"])
+        results.detail("arrivals_per_10s", report["arrivals_per_10s"])
+        results.detail("progress", [{k: v for k, v in r.items()} for r in samples.rows])
     finally:
         for proc in processes.values():
             proc.send_signal(signal.SIGTERM)
@@ -612,6 +627,8 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], samples: Samples, 
         f"match {r['match_items_per_s_best']:.0f}, decide {r['decide_items_per_s_best']:.0f}; "
         f"overall {r['pipeline_items_per_s']:.0f} items/s decided"
     )
+    busiest = sorted(r["arrivals_per_10s"], key=lambda a: -a[1])[:3]
+    print("  arrivals: busiest 10 s " + ", ".join(f"t={t}: {n / 10:.0f} items/s" for t, n in busiest))
     print(
         f"  CPU: service {r['cpu_service_s']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in cpu.items())}), "
         f"postgres {r['cpu_postgres_s']:.0f} s; {r['cpu_ms_per_fetch']:.1f} ms per fetch"
