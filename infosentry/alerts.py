@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 
 from infosentry import budget, mail, metrics, retry
-from infosentry.fetch import FetchError, GuardedResolver
+from infosentry.fetch import GuardedResolver
+from infosentry.fetch_errors import FetchError
 from infosentry.runtime import Runtime
 from infosentry.store import emails as emails_store
 from infosentry.store import monitoring as monitoring_store

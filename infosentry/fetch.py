@@ -1,5 +1,5 @@
 """The one safe HTTP fetcher for every outbound request: connect-time SSRF guard, manual redirects,
-decompressed-size cap, total timeout, per-host limit, conditional GET, classified errors (FetchError).
+decompressed-size cap, total timeout, per-host limit, conditional GET, classified errors (FetchError, in fetch_errors).
 May import: aiohttp, yarl, multidict and the standard library — never infosentry.db or infosentry.store.
 """
 
@@ -23,26 +23,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from infosentry import retry
+from infosentry.fetch_errors import FetchError
 
 DEFAULT_USER_AGENT = "infosentry/0.1 (self-hosted feed reader)"
 DEFAULT_MAX_BYTES = 15 * 1024 * 1024
 DEFAULT_TIMEOUT = 20.0
 MAX_REDIRECTS = 5
 
-ERROR_KINDS = frozenset(
-    {
-        "invalid_url",
-        "blocked_address",
-        "dns",
-        "tls",
-        "timeout",
-        "connection",
-        "http_status",
-        "too_large",
-        "too_many_redirects",
-        "parse",
-    }
-)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -69,48 +56,6 @@ _STATUS_HINTS = {
     503: "service unavailable",
     504: "gateway timeout",
 }
-
-
-class FetchError(Exception):
-    """A classified fetch or parse failure; ``kind`` drives the user-facing message and the backoff.
-
-    ``status`` is the HTTP status for ``http_status``; ``retry_after`` is the absolute (UTC) time the
-    server asked us to wait until (Retry-After), if any; ``url`` is the URL being fetched when known.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: datetime | None = None,
-        url: str | None = None,
-    ) -> None:
-        if kind not in ERROR_KINDS:
-            raise ValueError(f"unknown FetchError kind {kind!r}")
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.url = url
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return f"FetchError({self.kind!r}, {self.message!r}, status={self.status!r})"
-
-    # Parsers run in a process pool, so the error must survive pickling with its keyword fields.
-    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        return (_rebuild_fetch_error, (self.kind, self.message, self.status, self.retry_after, self.url))
-
-
-def _rebuild_fetch_error(
-    kind: str, message: str, status: int | None, retry_after: datetime | None, url: str | None
-) -> FetchError:
-    return FetchError(kind, message, status=status, retry_after=retry_after, url=url)
 
 
 # ---- address guard ------------------------------------------------------------------------------------

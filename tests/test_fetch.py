@@ -26,11 +26,11 @@ import pytest
 from infosentry.fetch import (
     AddressGuard,
     Fetcher,
-    FetchError,
     GuardedResolver,
     literal_ip,
     parse_max_age,
 )
+from infosentry.fetch_errors import FetchError
 from infosentry.retry import parse_retry_after
 from tests.fakes.feeds import FakeFeedServer, StubResolver, make_bomb
 

@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +24,7 @@ from click.testing import CliRunner
 from infosentry import jobs, queue, retention
 from infosentry.cli import main
 from infosentry.errors import Invalid, NotFound
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.ingest import dedupe, parsing, schedule
 from infosentry.ingest import run as ingest
 from infosentry.runtime import Runtime, open_runtime
@@ -596,6 +598,21 @@ def _hang(*_: object) -> None:
 def _slow_parse(delay: float, *args: Any) -> Any:
     time.sleep(delay)
     return rss_parse(*args)
+
+
+def test_parse_workers_load_no_http_stack_or_database_driver() -> None:
+    """What a parse process imports (the forkserver preloads this module, the workers are forked from it and
+    unpickle the parse functions of infosentry.sources): feedparser and our parsing, not aiohttp, asyncpg or
+    numpy, which would add ~15 MiB to each of them."""
+    probe = (
+        "import sys, infosentry.ingest.parsing, infosentry.sources.rss, infosentry.sources.hotlist, "
+        "infosentry.sources.site; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert "feedparser" in loaded
+    assert not loaded & {"aiohttp", "asyncpg", "numpy", "openai", "procrastinate", "psycopg", "prometheus_client"}
 
 
 async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:

@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from infosentry.fetch import Fetcher, FetchError
+from infosentry.fetch import Fetcher
+from infosentry.fetch_errors import FetchError
 from infosentry.sources import DEFAULT_INTERVALS, SOURCE_TYPES, ItemDraft, ParsedFeed, hotlist, rss, site, source_type
 from infosentry.sources.discover import discover_feed, feed_links, looks_like_feed
 from infosentry.sources.site import parse_time

@@ -20,7 +20,7 @@ from infosentry import opml
 from infosentry.domain import Actor
 from infosentry.domain.fields import Fields
 from infosentry.errors import BadRequest, Conflict, Invalid, NotFound
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.runtime import Runtime
 from infosentry.sources import DEFAULT_INTERVALS, SOURCE_TYPES
 from infosentry.sources import hotlist as hotlist_type

@@ -2,7 +2,8 @@
 and preparing the parsed items there (caps, NUL removal, URL and title fingerprints).
 
 A document that kills or hangs a parser costs its own source a parse error, never the other parses.
-Imports sources (the pure parse functions), fetch (FetchError), urls.
+Imports sources (the pure parse functions), fetch_errors, urls: no HTTP stack or database driver, so each
+parse process stays small.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, NamedTuple
 
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.sources import ParsedFeed
 from infosentry.urls import canonical_hash, canonical_url, title_key
 

@@ -21,7 +21,7 @@ import asyncpg
 
 from infosentry import db, metrics
 from infosentry.errors import Invalid, NotFound
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.ingest import schedule
 from infosentry.ingest.items import FeedItems, store_items
 from infosentry.ingest.parsing import PARSE_POOL, PreparedFeed, in_thread, nul_free, prepare

@@ -1,6 +1,6 @@
 """Shared by every source type: ItemDraft/ParsedFeed/FetchOutcome, the parse-runner hook, config checks
-and the conditional fetch-then-parse step. May import infosentry.fetch, infosentry.text and the standard
-library — never infosentry.db or infosentry.store.
+and the conditional fetch-then-parse step. May import infosentry.fetch_errors, infosentry.text and the standard
+library (infosentry.fetch for types only) — never infosentry.db or infosentry.store.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
-from infosentry.fetch import Fetcher, FetchError
+from infosentry.fetch_errors import FetchError
+
+if TYPE_CHECKING:  # the parse workers import this module: no HTTP stack at run time
+    from infosentry.fetch import Fetcher
 
 
 @dataclass(slots=True)

@@ -9,7 +9,8 @@ import re
 
 from selectolax.lexbor import LexborHTMLParser
 
-from infosentry.fetch import Fetcher, FetchError
+from infosentry.fetch import Fetcher
+from infosentry.fetch_errors import FetchError
 from infosentry.sources import rss
 from infosentry.sources.base import absolute_http_url, decode_body
 

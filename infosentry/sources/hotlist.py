@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.sources.base import (
     ItemDraft,
     ParsedFeed,

@@ -15,7 +15,7 @@ from typing import Any
 
 import feedparser
 
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.sources.base import (
     ItemDraft,
     ParsedFeed,

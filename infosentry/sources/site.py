@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
-from infosentry.fetch import FetchError
+from infosentry.fetch_errors import FetchError
 from infosentry.sources.base import (
     ItemDraft,
     ParsedFeed,
