@@ -29,6 +29,7 @@ from infosentry.store import decisions as decisions_store
 log = logging.getLogger(__name__)
 
 ITEMS_PER_CHUNK = 500  # queued items per chunk (each with its matches against every goal)
+DECISIONS_PER_WRITE = 1000  # decisions built and written per statement (bounds the snapshots held at once)
 JUDGE_CONCURRENCY = 4
 JUDGE_BATCH = 16  # boundary pairs read, judged and written per round of the judge job
 JUDGE_TIME_BUDGET = 120.0  # seconds a judge job works before handing over to a new job (bounded jobs)
@@ -408,19 +409,21 @@ async def decide_pending(
                 rt.pool, [q["item_id"] for q in queue], digest_min=policy.digest_min
             )
             report.candidates += len(rows)
-            fast: list[dict[str, Any]] = []
             boundary: list[tuple[int, int]] = []
-            for row in rows:
-                snapshot = snapshot_of(row, policy, budget_state, llm_configured)
-                prelim = classify(snapshot, policy)
-                if prelim.needs_llm:
-                    boundary.append((row["goal_id"], row["item_id"]))
-                    continue
-                outcome = conclude(prelim, None, snapshot["match"]["reasons"])
-                report.fallbacks += outcome.run_status == "FALLBACK"
-                fast.append(_row(snapshot, prelim, outcome, row["computed_at"], None, 0))
             async with rt.pool.acquire() as conn, conn.transaction():
-                report.count(await decisions_store.write(conn, fast))
+                # written slice by slice: a decision's snapshot is a few KB, and an item can have a hundred
+                for start in range(0, len(rows), DECISIONS_PER_WRITE):
+                    fast: list[dict[str, Any]] = []
+                    for row in rows[start : start + DECISIONS_PER_WRITE]:
+                        snapshot = snapshot_of(row, policy, budget_state, llm_configured)
+                        prelim = classify(snapshot, policy)
+                        if prelim.needs_llm:
+                            boundary.append((row["goal_id"], row["item_id"]))
+                            continue
+                        outcome = conclude(prelim, None, snapshot["match"]["reasons"])
+                        report.fallbacks += outcome.run_status == "FALLBACK"
+                        fast.append(_row(snapshot, prelim, outcome, row["computed_at"], None, 0))
+                    report.count(await decisions_store.write(conn, fast))
                 await decisions_store.enqueue_judge(conn, boundary)
                 await decisions_store.dequeue(conn, [(q["item_id"], q["version"]) for q in queue])
             report.to_judge += len(boundary)

@@ -141,6 +141,25 @@ async def test_every_match_gets_one_decision_with_a_full_run(rt) -> None:
     assert await rt.pool.fetchval("SELECT count(*) FROM agent_runs") == 4
 
 
+async def test_a_chunk_is_written_slice_by_slice_and_loses_nothing(rt, monkeypatch) -> None:
+    monkeypatch.setattr(decide, "DECISIONS_PER_WRITE", 2)
+    _, source_id, goals = await _world(rt, n_goals=3)
+    expected = {}
+    for k, score in enumerate((0.97, 0.90, 0.80, 0.65, 0.40)):
+        item = await kit.item(rt, source_id, f"Sliced story {k}")
+        for goal_id in goals:
+            await kit.match(rt, goal_id, item, score)
+            expected[(goal_id, item)] = score
+    report = await decide.decide_pending(rt)  # the sweep alone: boundary pairs wait in the judge queue
+    decided = {(r["goal_id"], r["item_id"]): r["tier"] for r in await rt.pool.fetch("SELECT * FROM decisions")}
+    # 15 candidates over slices of 2: every rule decision written once, every boundary pair queued for the judge
+    tiers = {0.97: "IMMEDIATE", 0.80: "BATCH", 0.65: "DIGEST"}
+    assert decided == {pair: tiers[s] for pair, s in expected.items() if s in tiers}
+    queued = {(r["goal_id"], r["item_id"]) for r in await rt.pool.fetch("SELECT goal_id, item_id FROM judge_queue")}
+    assert queued == {pair for pair, s in expected.items() if s == 0.90}
+    assert report.written == 9 and report.to_judge == 3 and await decide.queued_items(rt) == 0
+
+
 async def test_gated_pairs_are_ignored_with_their_reason(rt) -> None:
     _, source_id, (goal_id,) = await _world(rt)
     item_id = await kit.item(rt, source_id, "Crypto chips")
