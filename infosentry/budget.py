@@ -10,6 +10,7 @@ DAILY_USD_BUDGET=0 therefore stops all embedding and LLM calls at once. Imports 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -136,14 +137,20 @@ async def charge(
             llm_completion_tokens=completion_tokens,
             llm_usd=usd,
         )
-    if not row["breaker_open"]:
-        opened = await store.open_if_over(
-            rt.pool, day, usd_cap=float(rt.hot["DAILY_USD_BUDGET"]), judge_cap=int(rt.hot["JUDGE_PER_DAY"])
-        )
+    usd_cap, judge_cap = float(rt.hot["DAILY_USD_BUDGET"]), int(rt.hot["JUDGE_PER_DAY"])
+    if not row["breaker_open"] and _may_have_reached_a_cap(row, usd_cap, judge_cap):
+        opened = await store.open_if_over(rt.pool, day, usd_cap=usd_cap, judge_cap=judge_cap)
         if opened is not None:
             _log_open(opened)
             row = opened
     return _view(rt, day, row)
+
+
+def _may_have_reached_a_cap(row: Mapping[str, Any], usd_cap: float, judge_cap: int) -> bool:
+    """Whether the counters just returned may have reached a cap; only then is the breaker's atomic check run
+    (it decides, in SQL, against the row as it is then), so a call well under both caps costs one statement."""
+    spent = float(row["embed_usd"] + row["llm_usd"] - row["usd_at_reset"])
+    return spent >= round(usd_cap, 6) - 1e-9 or int(row["llm_calls"] - row["llm_calls_at_reset"]) >= judge_cap
 
 
 async def reset(rt: Runtime, who: str) -> dict[str, Any]:

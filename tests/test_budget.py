@@ -7,6 +7,7 @@ import asyncio
 import json
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -77,6 +78,24 @@ async def test_judge_call_cap_opens_the_breaker_for_everything(rt: Runtime) -> N
     st = await budget.charge(rt, "judge", prompt_tokens=10, completion_tokens=5)
     assert st["breaker_open"] and st["reason"] == "3 LLM judge calls reached the daily cap of 3"
     assert (await budget.allow(rt, "embed"))[0] is False  # CONTRACT §6: the breaker stops embeddings too
+
+
+def test_the_breakers_sql_check_runs_only_when_a_cap_may_be_reached() -> None:
+    def row(usd: str, calls: int, usd_at_reset: str = "0", calls_at_reset: int = 0) -> dict[str, object]:
+        return {
+            "embed_usd": Decimal(usd),
+            "llm_usd": Decimal("0"),
+            "usd_at_reset": Decimal(usd_at_reset),
+            "llm_calls": calls,
+            "llm_calls_at_reset": calls_at_reset,
+        }
+
+    check = budget._may_have_reached_a_cap
+    assert not check(row("0.000999", 2), 0.001, 3)
+    assert check(row("0.001000", 0), 0.001, 3)  # exactly at the cap counts, as in the SQL
+    assert check(row("0", 3), 0.001, 3)
+    assert not check(row("0.0015", 5, usd_at_reset="0.0010", calls_at_reset=3), 0.001, 3)  # counted since a reset
+    assert check(row("0", 0), 0.0, 0)  # a cap of zero: every call is over
 
 
 async def test_switches_and_a_lowered_cap_refuse_calls(rt: Runtime) -> None:
