@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1] / "infosentry"
 
 LEVELS: dict[str, set[str]] = {
     "leaf": {"", "settings", "errors", "paths", "logs", "metrics", "auth", "urls", "text", "hotconfig", "openapi"}
-    | {"models", "retry", "reasons", "tuning"},
+    | {"models", "retry", "reasons", "tuning", "fetch_errors"},
     "infrastructure": {"db", "migrate", "runtime", "queue", "fetch", "mail", "opml", "store.*", "sources.*"}
     | {"embedders.*", "links"},
     "step": {
