@@ -574,6 +574,29 @@ def test_backoff_and_jitter() -> None:
     assert schedule.next_after_failure(900, 1, now, late) == now + timedelta(days=1)  # Retry-After capped at 24 h
 
 
+def test_sources_fetched_together_spread_over_their_interval() -> None:
+    """A herd (every source fetched in the same second, as after an OPML import) spreads evenly over the
+    interval within a few rounds, each gap within 10 % of the interval; on its phase a source keeps the interval
+    exactly."""
+    interval, start = 600, datetime(2024, 5, 1, tzinfo=UTC)
+    fetched = {sid: start for sid in range(1, 1001)}
+    for _ in range(8):
+        for sid, at in fetched.items():
+            nxt = schedule.next_after_success(interval, at, None, schedule.phase_of(sid))
+            assert 0.9 * interval <= (nxt - at).total_seconds() <= 1.1 * interval
+            fetched[sid] = nxt
+    buckets = [0] * 10  # where in the interval each source is fetched now
+    for at in fetched.values():
+        buckets[int(at.timestamp() % interval / interval * 10)] += 1
+    assert min(buckets) >= 70 and max(buckets) <= 130, buckets  # 100 each when even; a herd would be one bucket
+    on_phase = fetched[7]
+    assert schedule.next_after_success(interval, on_phase, None, schedule.phase_of(7)) == on_phase + timedelta(
+        seconds=interval
+    )
+    hint = on_phase + timedelta(hours=2)  # a server's Retry-After / max-age still wins
+    assert schedule.next_after_success(interval, on_phase, hint, schedule.phase_of(7)) == hint
+
+
 def test_same_story_text() -> None:
     text = "The council approved the new bridge budget after a long debate on Tuesday evening."
     assert dedupe.same_story_text(text, text + " (AP)", "Bridge")

@@ -296,7 +296,7 @@ class Run:
             duplicate=items.duplicate if items else 0,
             interval=learned,
             title=title,
-            next_fetch_at=schedule.next_after_success(interval, now, a.hint, self.rng),
+            next_fetch_at=schedule.next_after_success(interval, now, a.hint, schedule.phase_of(source["id"])),
         )
 
     def _tally(self, results: list[FetchResult]) -> None:

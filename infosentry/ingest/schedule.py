@@ -1,5 +1,6 @@
 """When a source is fetched next (pure): the interval learned from how often a feed publishes, server hints
-(Retry-After, Cache-Control max-age, feed TTL), exponential backoff after failures, jitter.
+(Retry-After, Cache-Control max-age, feed TTL), exponential backoff after failures with jitter, and each
+source's phase within its interval (so sources spread evenly instead of fetching in waves).
 
 Imports retry (the one backoff policy) and sources (default intervals).
 """
@@ -16,7 +17,8 @@ from infosentry.sources import DEFAULT_INTERVALS
 
 MIN_INTERVAL = 300  # adaptive scheduling never polls faster than 5 min (unless the user's base is lower)
 MAX_INTERVAL = 86400  # ... nor slower than 24 h; backoff and server hints are capped at 24 h too
-JITTER = 0.10  # ±10 % on every delay, so sources drift apart instead of fetching in bursts
+JITTER = 0.10  # ±10 % on every delay after a failure, so failing sources drift apart
+PHASE_STEP = 0.10  # a successful fetch moves its source at most 10 % of the interval toward its phase
 
 
 def base_interval(row: Mapping[str, Any]) -> int:
@@ -64,10 +66,23 @@ def hint_at(
     return min(max(hints), now + timedelta(seconds=MAX_INTERVAL))
 
 
-def next_after_success(
-    interval: int, now: datetime, hint: datetime | None, rng: random.Random | None = None
-) -> datetime:
-    planned = now + timedelta(seconds=jittered(interval, rng))
+def phase_of(source_id: int) -> float:
+    """Where in its interval a source is fetched, in [0, 1): fixed per source and spread evenly over the ids
+    (Knuth's multiplicative hash), so sources on the same interval are fetched evenly across it."""
+    return ((source_id * 2654435761) % 2**32) / 2**32
+
+
+def next_after_success(interval: int, now: datetime, hint: datetime | None, phase: float) -> datetime:
+    """One interval on, moved at most PHASE_STEP of it toward the source's phase (its slot in each interval).
+
+    Sources added together (an OPML import, a restart after an outage) would otherwise be due together every
+    interval forever, and a wave of thousands of items at once is what makes instant alerts wait behind each
+    other; random jitter spreads such a herd only slowly. On its phase, a source is fetched exactly every
+    `interval`; the gap is never more than 10 % off it."""
+    after = now.timestamp() + interval
+    error = (phase * interval - after + interval / 2) % interval - interval / 2  # in [-interval/2, interval/2)
+    step = max(-PHASE_STEP * interval, min(PHASE_STEP * interval, error))
+    planned = now + timedelta(seconds=interval + step)
     return max(planned, hint) if hint else planned
 
 
