@@ -13,6 +13,7 @@ from infosentry import openapi
 from infosentry.api.http import ok, page, paged, path_id, principal, read_json, requires, rt
 from infosentry.domain import sources
 from infosentry.errors import BadRequest
+from infosentry.fetch_errors import ERROR_KINDS
 from infosentry.openapi import BOOL, INT, PAGE_PARAMS, STR, TIME, arr, enum, null, obj, page_of, qparam
 
 # --- schemas ---
@@ -37,22 +38,8 @@ SOURCE = obj(
         "last_success_at": null(TIME),
         "error_streak": INT,
         "last_error": null(STR),
-        "last_error_kind": null(
-            enum(
-                "dns",
-                "tls",
-                "timeout",
-                "connection",
-                "http_status",
-                "too_large",
-                "too_many_redirects",
-                "blocked_address",
-                "invalid_url",
-                "parse",
-                "config",
-                "internal",
-            )
-        ),
+        # a fetch error's kind, or a source's bad configuration, or our own failure
+        "last_error_kind": null(enum(*sorted(ERROR_KINDS | {"config", "internal"}))),
     }
 )
 FETCH_LOG = obj(
