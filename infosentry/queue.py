@@ -31,6 +31,10 @@ async def open_queue(dsn: str, *, max_size: int = 10) -> AsyncIterator[procrasti
 
 
 async def nudge(qapp: procrastinate.App, task: str, *, lock: str | None = None, **kwargs: Any) -> None:
-    """Defer `task` unless one is already queued (queueing lock): many nudges collapse into one job."""
+    """Defer `task` unless one is already queued (queueing lock): many nudges collapse into one job.
+
+    Raises procrastinate's TaskNotFound for a task this process has not registered (infosentry.jobs not
+    imported): deferred blind, it would land on the 'default' queue that no worker reads and hold the task's
+    queueing lock for ever, which also stops its periodic runs."""
     with contextlib.suppress(pexc.AlreadyEnqueued):
-        await qapp.configure_task(name=task, queueing_lock=lock or task).defer_async(**kwargs)
+        await qapp.configure_task(name=task, allow_unknown=False, queueing_lock=lock or task).defer_async(**kwargs)

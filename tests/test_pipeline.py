@@ -289,3 +289,16 @@ async def test_a_stalled_nudge_that_was_queued_again_is_closed_not_retried(rt: R
     assert by_id.pop(stalled["judge_pending"]) == ("judge_pending", "aborted")
     assert by_id.pop(stalled["decide_pending"]) == ("decide_pending", "todo")
     assert list(by_id.values()) == [("judge_pending", "todo")]
+
+
+async def test_a_nudge_for_a_task_this_process_never_registered_is_refused(rt: Runtime) -> None:
+    """Deferred blind, such a job would sit on the 'default' queue no worker reads and hold the task's queueing
+    lock, so even the task's periodic runs could no longer be queued."""
+    import procrastinate.exceptions
+
+    async with queue.open_queue(rt.dsn) as qapp:
+        with pytest.raises(procrastinate.exceptions.TaskNotFound):
+            await queue.nudge(qapp, "ingest_duee")
+        await queue.nudge(qapp, "ingest_due")
+    rows = await rt.pool.fetch("SELECT task_name, queue_name FROM procrastinate_jobs")
+    assert [tuple(r) for r in rows] == [("ingest_due", "ingest")]

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infosentry import db, embed, migrate, queue
+from infosentry import db, embed, jobs, migrate, queue
 from infosentry.domain import admin
 from infosentry.runtime import open_runtime
 from infosentry.settings import load_settings
@@ -220,7 +220,7 @@ async def main(args: argparse.Namespace) -> None:
                 async def drive_fetches() -> None:
                     while True:
                         await make_all_due(rt)
-                        await queue.nudge(qapp, "ingest_due")
+                        await queue.nudge(qapp, jobs.ingest_due.name)  # jobs registers the task: its queue
                         await asyncio.sleep(0.5)
 
                 watcher = asyncio.create_task(watch_sink())
