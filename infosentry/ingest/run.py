@@ -280,7 +280,7 @@ class Run:
                 error=nul_free(str(a.error), MAX_ERROR_CHARS),
                 next_fetch_at=schedule.next_after_failure(base, streak, now, a.error.retry_after, self.rng),
             )
-        interval = source["current_interval_sec"] or base
+        interval = previous = source["current_interval_sec"] or base
         learned, title = None, None
         if a.feed is not None:
             learned = schedule.learn_interval(base, [d.published_at for d in a.feed.items], now)
@@ -296,7 +296,9 @@ class Run:
             duplicate=items.duplicate if items else 0,
             interval=learned,
             title=title,
-            next_fetch_at=schedule.next_after_success(interval, now, a.hint, schedule.phase_of(source["id"])),
+            next_fetch_at=schedule.next_after_success(
+                interval, now, a.hint, schedule.phase_of(source["id"]), settled=interval == previous
+            ),
         )
 
     def _tally(self, results: list[FetchResult]) -> None:

@@ -18,7 +18,16 @@ from infosentry.sources import DEFAULT_INTERVALS
 MIN_INTERVAL = 300  # adaptive scheduling never polls faster than 5 min (unless the user's base is lower)
 MAX_INTERVAL = 86400  # ... nor slower than 24 h; backoff and server hints are capped at 24 h too
 JITTER = 0.10  # ±10 % on every delay after a failure, so failing sources drift apart
-PHASE_STEP = 0.10  # a successful fetch moves its source at most 10 % of the interval toward its phase
+# A successful fetch moves its source's next one toward the source's slot: back to it when it is at most
+# CATCH_UP of the interval earlier (a fetch that ran late), else at most SLOT_DELAY of the interval later (a longer
+# gap is polite), so a source reaches its slot within two fetches; right after its interval changed, at most
+# PHASE_STEP either way.
+CATCH_UP = 0.25
+SLOT_DELAY = 0.50
+PHASE_STEP = 0.10
+# Learned intervals are rounded down to one of these, so a feed's interval (and with it its slot, a position
+# within the interval) stays put while its publishing rate wobbles; they are also intervals people read easily.
+LADDER = (300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
 
 
 def base_interval(row: Mapping[str, Any]) -> int:
@@ -47,7 +56,12 @@ def learn_interval(base: int, published: Sequence[datetime | None], now: datetim
         return high
     span = week if len(recent) < 3 else max(now - recent[0], timedelta(minutes=1))
     gap = span.total_seconds() / len(recent)
-    return int(min(max(gap / 2, low), high))
+    return int(min(max(on_ladder(gap / 2), low), high))
+
+
+def on_ladder(seconds: float) -> float:
+    """The longest LADDER interval not above `seconds` (below the ladder: `seconds` itself)."""
+    return max((rung for rung in LADDER if rung <= seconds), default=seconds)
 
 
 def jittered(seconds: float, rng: random.Random | None = None) -> float:
@@ -72,16 +86,28 @@ def phase_of(source_id: int) -> float:
     return ((source_id * 2654435761) % 2**32) / 2**32
 
 
-def next_after_success(interval: int, now: datetime, hint: datetime | None, phase: float) -> datetime:
-    """One interval on, moved at most PHASE_STEP of it toward the source's phase (its slot in each interval).
+def next_after_success(
+    interval: int, now: datetime, hint: datetime | None, phase: float, *, settled: bool = True
+) -> datetime:
+    """One interval on, moved toward the source's phase (its slot in each interval): back to the slot when it is
+    at most CATCH_UP of the interval earlier (so a fetch that ran late is not pushed later still), else at most
+    SLOT_DELAY of it later, so any source is on its slot within two fetches.
 
     Sources added together (an OPML import, a restart after an outage) would otherwise be due together every
     interval forever, and a wave of thousands of items at once is what makes instant alerts wait behind each
-    other; random jitter spreads such a herd only slowly. On its phase, a source is fetched exactly every
-    `interval`; the gap is never more than 10 % off it."""
+    other; random jitter spreads such a herd only slowly. On its slot, a source is fetched exactly every
+    `interval`. A slot is a position within the interval, so when the interval has just changed (`settled`
+    false) the slot has moved arbitrarily: then the move is at most PHASE_STEP either way, like jitter, rather
+    than a long delay after every change."""
     after = now.timestamp() + interval
-    error = (phase * interval - after + interval / 2) % interval - interval / 2  # in [-interval/2, interval/2)
-    step = max(-PHASE_STEP * interval, min(PHASE_STEP * interval, error))
+    late = (phase * interval - after) % interval  # how much later than `after` the slot is, in [0, interval)
+    early = interval - late  # ... or how much earlier
+    if not settled:
+        step = -min(early, PHASE_STEP * interval) if early < late else min(late, PHASE_STEP * interval)
+    elif early <= CATCH_UP * interval:
+        step = -early  # e.g. this fetch ran late (a busy worker): the next is due on the slot, not later still
+    else:
+        step = min(late, SLOT_DELAY * interval)
     planned = now + timedelta(seconds=interval + step)
     return max(planned, hint) if hint else planned
 
