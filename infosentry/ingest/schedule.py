@@ -18,12 +18,10 @@ from infosentry.sources import DEFAULT_INTERVALS
 MIN_INTERVAL = 300  # adaptive scheduling never polls faster than 5 min (unless the user's base is lower)
 MAX_INTERVAL = 86400  # ... nor slower than 24 h; backoff and server hints are capped at 24 h too
 JITTER = 0.10  # ±10 % on every delay after a failure, so failing sources drift apart
-# A successful fetch moves its source's next one toward the source's slot: back to it when it is at most
-# CATCH_UP of the interval earlier (a fetch that ran late), else at most SLOT_DELAY of the interval later (a longer
-# gap is polite), so a source reaches its slot within two fetches; right after its interval changed, at most
-# PHASE_STEP either way.
+# A successful fetch puts its source's next one on the source's slot: back to it when it is at most CATCH_UP of
+# the interval earlier (a fetch that ran late), else forward to it (a longer gap is polite), so a herd is spread
+# by its next fetch; right after the interval changed, at most PHASE_STEP either way.
 CATCH_UP = 0.25
-SLOT_DELAY = 0.50
 PHASE_STEP = 0.10
 # Learned intervals are rounded down to one of these, so a feed's interval (and with it its slot, a position
 # within the interval) stays put while its publishing rate wobbles; they are also intervals people read easily.
@@ -89,9 +87,9 @@ def phase_of(source_id: int) -> float:
 def next_after_success(
     interval: int, now: datetime, hint: datetime | None, phase: float, *, settled: bool = True
 ) -> datetime:
-    """One interval on, moved toward the source's phase (its slot in each interval): back to the slot when it is
-    at most CATCH_UP of the interval earlier (so a fetch that ran late is not pushed later still), else at most
-    SLOT_DELAY of it later, so any source is on its slot within two fetches.
+    """One interval on, moved to the source's phase (its slot in each interval): back to the slot when it is at
+    most CATCH_UP of the interval earlier (so a fetch that ran late is not pushed later still), else forward to
+    it (at most 75 % of the interval later).
 
     Sources added together (an OPML import, a restart after an outage) would otherwise be due together every
     interval forever, and a wave of thousands of items at once is what makes instant alerts wait behind each
@@ -107,7 +105,7 @@ def next_after_success(
     elif early <= CATCH_UP * interval:
         step = -early  # e.g. this fetch ran late (a busy worker): the next is due on the slot, not later still
     else:
-        step = min(late, SLOT_DELAY * interval)
+        step = late
     planned = now + timedelta(seconds=interval + step)
     return max(planned, hint) if hint else planned
 
