@@ -693,6 +693,7 @@ async def match_items(
     first = np.array([backfill_before is not None or r["matched_at"] is None for r in data.items], dtype=bool)
 
     async def write(c: asyncpg.Connection) -> None:
+        await matches_store.lock_for_write(c)
         vector_est, neighbour = await _observe(c, sig.values(), sig.values(items=first), model, goals, versions)
         lexical_est, _ = await _observe(
             c, sig.values(lexical=True), sig.values(lexical=True, items=first), LEXICAL_SIGNAL, goals, versions

@@ -6,8 +6,10 @@ tests/test_embed.py and tests/test_api_goals.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -499,3 +501,33 @@ async def test_an_item_whose_embedding_is_pending_waits_for_it(rt: Runtime) -> N
     await run_until_idle(rt)
     row = await match_row(rt, goal, item)
     assert row is not None and not row["lexical_only"] and row["components"]["model"] == model
+
+
+async def test_goals_backfilled_at_once_do_not_deadlock(rt: Runtime) -> None:
+    """Two goals' backfills (or a backfill and a new batch) at once each rewrite calibration rows and put many of
+    the same items on the decide queue; unordered, two such transactions deadlocked and Postgres aborted one
+    (with a batch's paid embeddings). Match writes take turns instead."""
+    user_id, _ = await make_user(rt, "deadlock@example.com")
+    sid = await seed_source(rt, user_id)
+    items = [await seed_item(rt, sid, f"Story {k} about markets and football") for k in range(300)]
+    goals = [await seed_goal(rt, user_id, f"Goal {g}", "markets football", terms=["markets"]) for g in range(4)]
+    for round_ in range(10):
+        rng = random.Random(round_)
+        await asyncio.gather(
+            *(
+                match.match_items(
+                    rt,
+                    rng.sample(items, 200),  # overlapping sets in random orders
+                    model=None,
+                    goal_ids=[g],
+                    backfill_before=datetime.now(UTC),
+                    lexical_fallback=True,
+                )
+                for g in goals
+            )
+        )
+    stored = await rt.pool.fetchval(
+        "SELECT count(DISTINCT goal_id) FROM matches WHERE goal_id = ANY($1::bigint[])", goals
+    )
+    assert stored == len(goals)
+    assert await rt.pool.fetchval("SELECT count(*) FROM decide_queue") > 0

@@ -161,11 +161,12 @@ async def item_goals(conn: Conn, *, user_id: int, item_id: int) -> list[asyncpg.
 
 async def claim_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     """Lock up to `limit` items waiting for an embedding, newest first (fresh news matters most); other workers
-    skip them. Call inside a transaction held until the vectors are stored."""
+    skip them. Call inside a transaction held until the vectors are stored. (NO KEY UPDATE: rows that reference
+    these items, as another goal's backfill writes, are not held up by the claim.)"""
     return await conn.fetch(
         """SELECT id, title, snippet, embed_attempts FROM items
            WHERE embedding_status = 'pending'
-           ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
+           ORDER BY ingested_at DESC LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED""",
         limit,
     )
 
@@ -214,7 +215,7 @@ async def claim_unmatched(
         """SELECT id FROM items
            WHERE matched_at IS NULL
              AND ($2 OR embedding_status <> 'pending' OR ingested_at < now() - make_interval(secs => $3))
-           ORDER BY ingested_at DESC LIMIT $1 FOR UPDATE SKIP LOCKED""",
+           ORDER BY ingested_at DESC LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED""",
         limit,
         include_pending,
         pending_wait,

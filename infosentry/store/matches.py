@@ -118,6 +118,17 @@ async def feedback_stamps(conn: Conn, goal_ids: list[int]) -> list[asyncpg.Recor
     )
 
 
+MATCH_WRITE_LOCK = 0x1F03A7  # advisory: one matching transaction writes at a time
+
+
+async def lock_for_write(conn: asyncpg.Connection) -> None:
+    """Take this transaction's turn to write matches (released when it ends). A matching write rewrites the
+    calibration rows of every goal it scored and, through the trigger, puts its items on the decide queue; two
+    at once took those rows in different orders and deadlocked, and Postgres aborted one of them (with a batch's
+    paid embeddings). They mostly queued on the calibration rows anyway."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_WRITE_LOCK)
+
+
 async def upsert_matches(
     conn: asyncpg.Connection,
     goal_ids: list[int],
