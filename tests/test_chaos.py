@@ -330,6 +330,7 @@ def db_drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             "worker_alive": worker.poll() is None,
             "healthy_after": _healthy(port),
             "log": result.stderr,
+            "service_log": "\n".join(f.read_text(errors="replace")[-4000:] for f in sorted(tmp.glob("proc-*.log"))),
         }
     finally:
         system.stop()
@@ -357,7 +358,8 @@ def test_db_restart_the_api_and_its_process_come_back(db_drill: dict[str, Any]) 
     assert "api_back" in report["timings"] and db_drill["healthy_after"]
     assert db_drill["serve_alive"]  # nothing crashed
     assert any("(all) heartbeat resumed" in k for k in report["kept_working"]), report
-    assert not any("failed during the restart" in p for p in report["problems"])
+    failed = [p for p in report["problems"] if "failed during the restart" in p]
+    assert not failed, (failed, db_drill["service_log"])  # why the job failed
 
 
 @pytest.mark.slow

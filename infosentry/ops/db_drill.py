@@ -211,7 +211,8 @@ async def _await_reconnect(
             )
     failed = await jobs_store.failed_since(pool, since)
     if failed:
-        report.fail(f"{failed} jobs failed during the restart")
+        tasks = ", ".join(f"{task} {n}" for task, n in failed.items())
+        report.fail(f"{sum(failed.values())} jobs failed during the restart ({tasks}; the service log says why)")
     else:
         report.kept_working.append("no job failed or was lost (every canary, queued before and after, ran)")
     if report.data.get("mode") == "terminate":

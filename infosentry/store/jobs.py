@@ -26,7 +26,11 @@ async def counts_by_status(conn: Conn) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
-async def failed_since(conn: Conn, since: datetime) -> int:
-    return int(
-        await conn.fetchval("SELECT count(*) FROM procrastinate_events WHERE type = 'failed' AND at >= $1", since)
+async def failed_since(conn: Conn, since: datetime) -> dict[str, int]:
+    """Jobs that failed since `since`, counted by task."""
+    rows = await conn.fetch(
+        """SELECT j.task_name, count(*) AS n FROM procrastinate_events e JOIN procrastinate_jobs j ON j.id = e.job_id
+           WHERE e.type = 'failed' AND e.at >= $1 GROUP BY 1 ORDER BY 1""",
+        since,
     )
+    return {r["task_name"]: r["n"] for r in rows}
