@@ -509,6 +509,24 @@ async def test_lease_blocks_then_expires(rt: Runtime, user: int, server: FakeFee
     assert server.hits("/l.xml") == 1
 
 
+async def test_lease_renewal_skips_sources_whose_results_are_being_written(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    """The renewer never waits on the writer (both update the run's sources; waiting deadlocked under load)."""
+    ids = []
+    for i in range(2):
+        server.add(f"/w{i}.xml", rss([story(i)]))
+        ids.append(await add(rt, user, server.url(f"/w{i}.xml")))
+    await sources_store.claim_due(rt.pool, limit=10, lease_seconds=60)
+    async with rt.pool.acquire() as writer, writer.transaction():
+        await writer.execute("UPDATE sources SET lease_until = NULL WHERE id = $1", ids[0])  # a result, uncommitted
+        renewed = await asyncio.wait_for(sources_store.renew_leases(rt.pool, ids, lease_seconds=600), 5)
+    assert renewed == 1
+    rows = {r["id"]: r for r in [await source(rt, i) for i in ids]}
+    assert rows[ids[0]]["lease_until"] is None
+    assert rows[ids[1]]["lease_until"] > datetime.now(UTC) + timedelta(seconds=300)
+
+
 async def test_refresh_source_now(rt: Runtime, user: int, server: FakeFeedServer) -> None:
     server.add("/r.xml", rss([story(1), story(2)]))
     sid = await add(rt, user, server.url("/r.xml"))

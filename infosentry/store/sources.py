@@ -277,11 +277,16 @@ async def claim_one(conn: Conn, source_id: int, *, lease_seconds: int) -> tuple[
 
 async def renew_leases(conn: Conn, source_ids: Sequence[int], *, lease_seconds: int) -> int:
     """Extend the leases a live run still holds (results not written yet); a dead run renews nothing, so its
-    sources are due again one lease after its last renewal."""
+    sources are due again one lease after its last renewal.
+
+    Rows locked by the run's own writer are skipped: their results are being written, which ends the lease,
+    and waiting on them (the writer locking the same rows in another order) deadlocked under load.
+    """
     status = await conn.execute(
         """UPDATE sources SET lease_until = now() + make_interval(secs => $2),
                               next_fetch_at = GREATEST(next_fetch_at, now() + make_interval(secs => $2))
-           WHERE id = ANY($1::bigint[]) AND lease_until IS NOT NULL""",
+           WHERE id = ANY(ARRAY(SELECT id FROM sources WHERE id = ANY($1::bigint[]) AND lease_until IS NOT NULL
+                                FOR NO KEY UPDATE SKIP LOCKED))""",
         list(source_ids),
         lease_seconds,
     )
