@@ -98,14 +98,8 @@ async def retry_stalled(jm: procrastinate.manager.JobManager) -> None:
 async def ingest_due(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
     """Fetch every due source (claimed with SKIP LOCKED and a lease, so runs in several processes never
     overlap and a crashed run's sources come back after the lease); nudge embedding as new items are stored.
-    One run per process: a run keeps claiming what comes due, so a second one would only hold a worker slot
-    (and double the per-host fetch cap); the tick returns at once while one is in progress."""
-    rt = _rt(context)
-    running: asyncio.Lock = rt.extras.setdefault("ingest_run", asyncio.Lock())
-    if running.locked():
-        return
-    async with running:
-        await ingest.run_due(rt, on_new_items=lambda: queue.nudge(context.app, "embed_pending"))
+    One run per process claims (a tick returns at once while one does: it takes what comes due)."""
+    await ingest.run_due(_rt(context), on_new_items=lambda: queue.nudge(context.app, "embed_pending"))
 
 
 # --- end ingest ---

@@ -952,6 +952,42 @@ async def test_cancelled_run_releases_unstarted_leases(rt: Runtime, user: int, s
     assert await due_count(rt) == 4
 
 
+async def test_a_slow_fetch_does_not_hold_back_sources_coming_due(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    """While one fetch takes its time, the run claims what comes due meanwhile: waiting for the slow fetch
+    before looking again held every source due meanwhile back to be fetched together, as a wave."""
+    server.add("/slow.xml", rss([story(1)]), delay=3.0)
+    server.add("/soon.xml", rss([story(2)]))
+    await add(rt, user, server.url("/slow.xml"))
+    soon = await add(rt, user, server.url("/soon.xml"))
+    await rt.pool.execute("UPDATE sources SET next_fetch_at = now() + interval '1 s' WHERE id = $1", soon)
+    run = asyncio.create_task(ingest.run_due(rt, use_pool=False))
+    while server.in_flight < 1:
+        await asyncio.sleep(0.01)
+    assert (await ingest.run_due(rt)).sources == 0  # one run per process claims: this one returns at once
+    summary = await run
+    assert summary.sources == 2 and server.hits("/soon.xml") == 1
+    fetched = await rt.pool.fetchval("SELECT last_fetch_at FROM sources WHERE id = $1", soon)
+    assert fetched < datetime.now(UTC) - timedelta(seconds=1)  # during the slow fetch, not after it
+
+
+async def test_a_run_past_its_budget_lets_the_next_claim_while_it_finishes(
+    rt: Runtime, user: int, server: FakeFeedServer
+) -> None:
+    server.add("/slow.xml", rss([story(1)]), delay=3.0)
+    server.add("/next.xml", rss([story(2)]))
+    await add(rt, user, server.url("/slow.xml"))
+    nxt = await add(rt, user, server.url("/next.xml"))
+    await rt.pool.execute("UPDATE sources SET next_fetch_at = now() + interval '1 day' WHERE id = $1", nxt)
+    first = asyncio.create_task(ingest.run_due(rt, budget=0.5, use_pool=False))
+    await asyncio.sleep(1.0)  # past the budget, the slow fetch still in flight
+    await rt.pool.execute("UPDATE sources SET next_fetch_at = now() WHERE id = $1", nxt)
+    second = await ingest.run_due(rt, use_pool=False)
+    assert second.sources == 1 and not first.done()
+    assert (await first).sources == 1
+
+
 async def test_a_source_whose_items_cannot_be_stored_fails_alone(
     rt: Runtime, user: int, server: FakeFeedServer
 ) -> None:
@@ -1001,7 +1037,7 @@ async def test_a_crashed_workers_sources_are_due_again_within_a_minute(
 
 
 async def test_a_live_run_renews_its_leases_however_slow_the_fetch(
-    rt: Runtime, user: int, server: FakeFeedServer
+    rt: Runtime, settings: Settings, user: int, server: FakeFeedServer
 ) -> None:
     """A fetch slower than the lease keeps its source: nobody else fetches it meanwhile."""
     server.add("/slow.xml", rss([story(1)]), delay=6.0)
@@ -1009,6 +1045,7 @@ async def test_a_live_run_renews_its_leases_however_slow_the_fetch(
     first = asyncio.create_task(ingest.run_due(rt, lease_seconds=4, use_pool=False))
     await asyncio.sleep(5.0)  # past the first lease: only a renewal keeps it
     assert (await source(rt, sid))["lease_until"] > datetime.now(UTC)
-    assert (await ingest.run_due(rt, lease_seconds=4, use_pool=False)).sources == 0  # a second worker
+    async with open_runtime(settings) as rt2:  # a second worker process
+        assert (await ingest.run_due(rt2, lease_seconds=4, use_pool=False)).sources == 0
     assert (await first).new_items == 1
     assert server.hits("/slow.xml") == 1 and (await source(rt, sid))["lease_until"] is None

@@ -41,6 +41,7 @@ LEASE_SECONDS = 30
 LEASE_RENEW_SECONDS = 10.0
 FETCH_CONCURRENCY = 32  # fetches in flight per run (the Fetcher also caps each host at 2)
 RUN_BUDGET_SECONDS = 120.0  # one ingest_due job stops claiming after this; the next tick continues
+IDLE_CLAIM_SECONDS = 1.0  # while fetches are in flight and nothing is due, look again this often
 FLUSH_MAX = 64  # fetch results written per transaction
 FLUSH_LINGER = 0.2  # seconds the writer waits for more results before writing (bigger, fewer transactions)
 MAX_ERROR_CHARS = 1000
@@ -330,9 +331,18 @@ async def run_due(
     use_pool: bool = True,
     on_new_items: Callable[[], Awaitable[None]] | None = None,
 ) -> RunSummary:
-    """Fetch every due source (bounded batches, bounded concurrency) until none is due or the time budget is
-    spent; `on_new_items` is awaited after each write that stored new items. Safe to run in several processes
-    at once: claims never overlap."""
+    """Fetch every due source (bounded batches, bounded concurrency) until none is due and none is in flight, or
+    the time budget is spent; `on_new_items` is awaited after each write that stored new items. Safe to run in
+    several processes at once: claims never overlap.
+
+    One run per process claims at a time (a second call returns an empty summary at once: the claiming run takes
+    what comes due). While fetches are in flight it keeps claiming what comes due, so one slow fetch (up to the
+    fetch timeout) does not hold back every source due meanwhile, to be fetched together later as a wave. Past
+    the budget it stops claiming and lets the next run claim while its last fetches finish.
+    """
+    claiming: asyncio.Lock = rt.extras.setdefault("ingest_claiming", asyncio.Lock())
+    if claiming.locked():
+        return RunSummary()
     started = time.monotonic()
     deadline = started + budget
     tasks: set[asyncio.Task[None]] = set()
@@ -342,17 +352,21 @@ async def run_due(
         rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds, on_new_items=on_new_items
     ) as run:
         try:
-            while time.monotonic() < deadline:
-                # keep about two batches in hand: enough to keep every slot busy, few leases waiting
-                while len(tasks) > concurrency:
-                    _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                rows = await sources_store.claim_due(
-                    rt.pool, limit=2 * concurrency - len(tasks), lease_seconds=lease_seconds
-                )
-                if not rows:
-                    break
-                claimed.extend(row["id"] for row in rows)
-                tasks.update(asyncio.create_task(run.fetch(row)) for row in rows)
+            async with claiming:
+                while time.monotonic() < deadline:
+                    # keep about two batches in hand: enough to keep every slot busy, few leases waiting
+                    while len(tasks) > concurrency:
+                        _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    rows = await sources_store.claim_due(
+                        rt.pool, limit=2 * concurrency - len(tasks), lease_seconds=lease_seconds
+                    )
+                    if not rows:
+                        if not tasks:
+                            break
+                        _, tasks = await asyncio.wait(tasks, timeout=IDLE_CLAIM_SECONDS)
+                        continue
+                    claimed.extend(row["id"] for row in rows)
+                    tasks.update(asyncio.create_task(run.fetch(row)) for row in rows)
             if tasks:
                 await asyncio.gather(*tasks)
         except BaseException:
