@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -970,6 +971,28 @@ async def test_a_slow_fetch_does_not_hold_back_sources_coming_due(
     assert summary.sources == 2 and server.hits("/soon.xml") == 1
     fetched = await rt.pool.fetchval("SELECT last_fetch_at FROM sources WHERE id = $1", soon)
     assert fetched < datetime.now(UTC) - timedelta(seconds=1)  # during the slow fetch, not after it
+
+
+async def test_a_slow_host_does_not_hold_back_other_hosts(
+    rt: Runtime, settings: Settings, user: int, server: FakeFeedServer
+) -> None:
+    """Fetches queued behind a busy host wait without holding the run's slots: before, they held them, and the
+    other hosts' sources waited for the slow host's answers (up to the fetch timeout each)."""
+    for i in range(6):
+        server.add(f"/slow{i}.xml", rss([story(i)]), delay=2.0)
+        await add(rt, user, server.url(f"/slow{i}.xml"))
+    async with FakeFeedServer("127.0.0.2") as other:
+        fast = []
+        for i in range(4):
+            other.add(f"/fast{i}.xml", rss([story(10 + i)]))
+            fast.append(await add(rt, user, other.url(f"/fast{i}.xml")))
+        await rt.pool.execute("UPDATE sources SET next_fetch_at = now() - interval '1 h' WHERE id <> ALL($1)", fast)
+        started = datetime.now(UTC)
+        async with open_runtime(replace(settings, fetch_allow_networks=("127.0.0.1/32", "127.0.0.2/32"))) as rt2:
+            summary = await ingest.run_due(rt2, concurrency=4, use_pool=False)
+    assert summary.sources == 10 and summary.ok == 10
+    began = await rt.pool.fetch("SELECT started_at FROM ingest_logs WHERE source_id = ANY($1)", fast)
+    assert len(began) == 4 and all(r["started_at"] - started < timedelta(seconds=1) for r in began)
 
 
 async def test_a_run_past_its_budget_lets_the_next_claim_while_it_finishes(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from yarl import URL
 
 from infosentry import db, metrics
 from infosentry.errors import Invalid, NotFound
@@ -41,6 +42,9 @@ LEASE_SECONDS = 30
 LEASE_RENEW_SECONDS = 10.0
 FETCH_CONCURRENCY = 32  # fetches in flight per run (the Fetcher also caps each host at 2)
 RUN_BUDGET_SECONDS = 120.0  # one ingest_due job stops claiming after this; the next tick continues
+# A run holds at most this many claimed sources per slot, most of them waiting for a busy host (their leases
+# renewed); beyond that it claims again only as fetches finish.
+CLAIMED_PER_SLOT = 8
 IDLE_CLAIM_SECONDS = 1.0  # while fetches are in flight and nothing is due, look again this often
 FLUSH_MAX = 64  # fetch results written per transaction
 FLUSH_LINGER = 0.2  # seconds the writer waits for more results before writing (bigger, fewer transactions)
@@ -88,6 +92,8 @@ class Run:
         self.rng = random.Random()
         self.started: set[int] = set()  # sources whose fetch began (the others can be released on cancel)
         self.leased: set[int] = set()  # claimed by this run, result not written yet: their leases are renewed
+        self.hosts: dict[str, asyncio.Semaphore] = {}  # this run's fetches per host, as many as the Fetcher allows
+        self.waiting_for_host = 0  # claimed sources waiting while their host serves this run's other fetches
         self._writer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -118,10 +124,31 @@ class Run:
 
     async def fetch(self, source: asyncpg.Record) -> None:
         self.leased.add(source["id"])
-        async with self.sem:
-            self.started.add(source["id"])
-            attempt = await self._fetch(source)
+        # Wait for the host before taking a run slot: fetches queued behind a slow host (up to the fetch
+        # timeout each) held every slot, and the run fetched nothing else until they were through.
+        host = await self._host_slot(source["url"])
+        self.waiting_for_host += 1
+        try:
+            await host.acquire()
+        finally:
+            self.waiting_for_host -= 1
+        try:
+            async with self.sem:
+                self.started.add(source["id"])
+                attempt = await self._fetch(source)
+        finally:
+            host.release()
         self.queue.put_nowait(attempt)
+
+    async def _host_slot(self, url: str) -> asyncio.Semaphore:
+        try:
+            host = URL(url).host or ""
+        except (TypeError, ValueError):
+            host = ""  # the fetch itself reports the invalid URL
+        slot = self.hosts.get(host)
+        if slot is None:
+            slot = self.hosts[host] = asyncio.Semaphore((await self.rt.fetcher()).per_host_limit)
+        return slot
 
     async def _fetch(self, source: asyncpg.Record) -> Attempt:
         attempt = Attempt(source=source, started_at=datetime.now(UTC))
@@ -347,6 +374,7 @@ async def run_due(
     deadline = started + budget
     tasks: set[asyncio.Task[None]] = set()
     claimed: list[int] = []
+    max_claimed = CLAIMED_PER_SLOT * concurrency
     await sources_store.park_unfollowed(rt.pool)
     async with Run(
         rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds, on_new_items=on_new_items
@@ -354,16 +382,20 @@ async def run_due(
         try:
             async with claiming:
                 while time.monotonic() < deadline:
-                    # keep about two batches in hand: enough to keep every slot busy, few leases waiting
-                    while len(tasks) > concurrency:
+                    # keep about two batches in hand beyond those waiting for a busy host: enough to keep every
+                    # slot busy, few leases waiting, and other hosts fetched while one is slow
+                    while (ready := len(tasks) - run.waiting_for_host) > concurrency or len(tasks) >= max_claimed:
                         _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     rows = await sources_store.claim_due(
-                        rt.pool, limit=2 * concurrency - len(tasks), lease_seconds=lease_seconds
+                        rt.pool,
+                        limit=min(2 * concurrency - ready, max_claimed - len(tasks)),
+                        lease_seconds=lease_seconds,
                     )
                     if not rows:
                         if not tasks:
                             break
-                        _, tasks = await asyncio.wait(tasks, timeout=IDLE_CLAIM_SECONDS)
+                        idle = min(IDLE_CLAIM_SECONDS, deadline - time.monotonic())
+                        _, tasks = await asyncio.wait(tasks, timeout=max(idle, 0.0))
                         continue
                     claimed.extend(row["id"] for row in rows)
                     tasks.update(asyncio.create_task(run.fetch(row)) for row in rows)
