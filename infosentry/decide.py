@@ -401,8 +401,9 @@ async def decide_pending(
         policy = Policy.from_hot(rt.hot)
         budget_state = budget_snapshot(await budget.status(rt))
         llm_configured = bool(rt.settings.openai_api_key)
+        left: set[int] = set()
         while True:
-            queue = await decisions_store.queued(rt.pool, limit=items_per_chunk, exclude=[])
+            queue = await decisions_store.queued(rt.pool, limit=items_per_chunk, exclude=list(left))
             if not queue:
                 break
             rows = await decisions_store.candidates(
@@ -425,7 +426,8 @@ async def decide_pending(
                         fast.append(_row(snapshot, prelim, outcome, row["computed_at"], None, 0))
                     report.count(await decisions_store.write(conn, fast))
                 await decisions_store.enqueue_judge(conn, boundary)
-                await decisions_store.dequeue(conn, [(q["item_id"], q["version"]) for q in queue])
+                # one left in the queue is decided again by the next job, after the change that kept it there
+                left |= await decisions_store.dequeue(conn, [(q["item_id"], q["version"]) for q in queue])
             report.to_judge += len(boundary)
             report.items += len(queue)
             if len(queue) < items_per_chunk:

@@ -245,6 +245,23 @@ async def test_concurrent_sweeps_never_duplicate(rt) -> None:
     assert await rt.pool.fetchval("SELECT count(*) FROM agent_runs") == 200
 
 
+async def test_deciding_never_waits_on_an_item_a_matching_write_is_requeueing(rt) -> None:
+    """A matching write re-queues items (a trigger bumps their queue row) in its own order; deciding waited for
+    those rows while holding others, and Postgres aborted one of the two as a deadlock."""
+    _, source_id, (goal_id,) = await _world(rt)
+    busy, free = await kit.item(rt, source_id), await kit.item(rt, source_id)
+    await kit.match(rt, goal_id, busy, 0.8)
+    await kit.match(rt, goal_id, free, 0.8)
+    async with rt.pool.acquire() as writer, writer.transaction():
+        await writer.execute("UPDATE matches SET score = 0.81 WHERE item_id = $1", busy)  # re-queues, uncommitted
+        report = await asyncio.wait_for(decide.decide_pending(rt), 5)
+        assert report.items == 2  # both decided once in this job; the busy one stays queued
+    assert await rt.pool.fetchval("SELECT array_agg(item_id) FROM decide_queue") == [busy]
+    await kit.decide_all(rt)  # the next job decides it again, with its new score
+    assert await rt.pool.fetchval("SELECT count(*) FROM decide_queue") == 0
+    assert await rt.pool.fetchval("SELECT count(*) FROM decisions") == 2
+
+
 async def test_requeue_lost_finds_matches_without_decisions(rt) -> None:
     _, source_id, (goal_id,) = await _world(rt)
     item_id = await kit.item(rt, source_id)

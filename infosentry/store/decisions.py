@@ -84,16 +84,24 @@ async def queued(conn: Conn, *, limit: int, exclude: list[int]) -> list[asyncpg.
     )
 
 
-async def dequeue(conn: Conn, entries: list[tuple[int, int]]) -> None:
+async def dequeue(conn: Conn, entries: list[tuple[int, int]]) -> set[int]:
     """Remove items from the queue, but only at the version that was read: an item re-queued meanwhile (its
-    matches changed again) stays for the next round."""
-    if entries:
-        await conn.execute(
-            """DELETE FROM decide_queue q USING unnest($1::bigint[], $2::bigint[]) AS v(item_id, version)
-               WHERE q.item_id = v.item_id AND q.version = v.version""",
-            [e[0] for e in entries],
-            [e[1] for e in entries],
-        )
+    matches changed again) stays for the next round. So does one a matching write is re-queueing right now
+    (its row locked): waiting for it deadlocked, as that write locks queue rows in another order. Returns the
+    items left in the queue."""
+    if not entries:
+        return set()
+    removed = await conn.fetch(
+        """DELETE FROM decide_queue WHERE item_id = ANY(ARRAY(
+               SELECT q.item_id FROM decide_queue q
+               JOIN unnest($1::bigint[], $2::bigint[]) AS v(item_id, version)
+                 ON q.item_id = v.item_id AND q.version = v.version
+               FOR UPDATE OF q SKIP LOCKED))
+           RETURNING item_id""",
+        [e[0] for e in entries],
+        [e[1] for e in entries],
+    )
+    return {e[0] for e in entries} - {r["item_id"] for r in removed}
 
 
 async def enqueue(conn: Conn, item_ids: list[int]) -> None:
