@@ -7,9 +7,10 @@ connection, an answer slower than the fetch timeout; the others answer 304 when 
 publish `--items` items between them, spread over the run; one in ten (`--topical`) is on one of the goals'
 topics, the rest is general news no goal tracks, as in real feeds. `--users` users follow three sources each
 per hundred (every source has ~3 followers) and own `--goals-per-user` goals. Embeddings and the LLM judge
-come from the fake OpenAI-compatible server, emails go to an SMTP sink, IMMEDIATE_COALESCE_MINUTES=0. Before
-the day, each feed already shows BACKLOG items, and a warm-up waits until every source was fetched once and
-those items were handled (a running service's steady state); the day's numbers leave the warm-up out.
+come from the fake OpenAI-compatible server, emails go to an SMTP sink (in a process of its own, as a mail server
+would be), IMMEDIATE_COALESCE_MINUTES=0. Before the day, each feed already shows BACKLOG items, and a warm-up
+waits until every source was fetched once and those items were handled (a running service's steady state); the
+day's numbers leave the warm-up out.
 
 The service runs as real processes against the embedded Postgres reached by DATABASE_URL: `serve --role all`,
 or with `--split` one `serve --role api` and two workers on different queues (ingest / embed + agent + email;
@@ -46,9 +47,8 @@ from aiohttp import web
 
 from infosentry import db, migrate
 from tests.bench import results
-from tests.bench.common import postgres_cpu
+from tests.bench.common import SinkProcess, postgres_cpu
 from tests.fakes.openai import FakeOpenAI
-from tests.fakes.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
 FETCH_INTERVAL = 60  # seconds: every source is due again a minute after its fetch
@@ -311,7 +311,7 @@ async def seed(pool: asyncpg.Pool, args: argparse.Namespace, ports: list[int], r
 
 
 def service_env(
-    dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SmtpSink, embed_model: str, embed_batch: int | None = None
+    dsn: str, data_dir: Path, fake: FakeOpenAI, sink: SinkProcess, embed_model: str, embed_batch: int | None = None
 ) -> dict[str, str]:
     """The service's environment: this database, the fake OpenAI server and SMTP sink, budgets out of the way."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SMTP_", "INFOSENTRY_"))}
@@ -454,7 +454,7 @@ async def bench(args: argparse.Namespace) -> None:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     fake = FakeOpenAI().__enter__()
-    sink = SmtpSink().__enter__()
+    sink = SinkProcess().__enter__()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     feed_proc = None
     try:
@@ -646,7 +646,7 @@ async def bench(args: argparse.Namespace) -> None:
         if feed_proc is not None:
             feed_proc.join(5)
         await pool.close()
-        sink.__exit__(None, None, None)
+        sink.__exit__(None)
         fake.__exit__(None, None, None)
 
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import shutil
 import statistics
 import tempfile
 import time
 from dataclasses import replace
-from multiprocessing.queues import Queue
 from pathlib import Path
 
 from infosentry import db, mail, migrate, push
@@ -25,23 +23,13 @@ from infosentry.runtime import open_runtime
 from infosentry.settings import load_settings
 from infosentry.store import emails as emails_store
 from tests.bench import results
-from tests.bench.common import postgres_cpu, self_cpu
+from tests.bench.common import SinkProcess, postgres_cpu, self_cpu
 
 PUBLIC = "https://sentry.example.com"
 TITLES = {
     "zh": "国产芯片取得突破，多家厂商发布新一代AI芯片",
     "en": "Chip makers unveil a new generation of AI accelerators",
 }
-
-
-def run_sink(ports: Queue) -> None:
-    """The SMTP sink, in a process of its own (its CPU is not the sender's)."""
-    from tests.fakes.smtp import SmtpSink
-
-    sink = SmtpSink().__enter__()
-    ports.put(sink.port)
-    while True:
-        time.sleep(3600)
 
 
 def rendered(lang: str, n_items: int, k: int) -> mail.RenderedEmail:
@@ -71,10 +59,7 @@ def outbox_row(key: str, user_id: int, e: mail.RenderedEmail) -> emails_store.Ne
 
 async def bench(args: argparse.Namespace) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="infosentry-bench-send-"))
-    ctx = mp.get_context("spawn")
-    ports: Queue = ctx.Queue()
-    sink = ctx.Process(target=run_sink, args=(ports,), daemon=True)
-    sink.start()
+    sink = SinkProcess().__enter__()
     try:
         dsn = db.embedded_server_uri(data_dir)
         async with db.plain_connection(dsn) as conn:
@@ -84,7 +69,7 @@ async def bench(args: argparse.Namespace) -> None:
             database_url=dsn,
             data_dir=data_dir,
             smtp_host="127.0.0.1",
-            smtp_port=ports.get(timeout=30),
+            smtp_port=sink.port,
             smtp_tls=False,
             smtp_ssl=False,
             log_format="text",
@@ -120,7 +105,7 @@ async def bench(args: argparse.Namespace) -> None:
         results.record("cpu_ms_per_email", round(ours, 2), "ms")
         results.record("postgres_cpu_ms_per_email", round(pg, 2), "ms")
     finally:
-        sink.kill()
+        sink.__exit__(None)
         db.stop_embedded(data_dir / "pg")
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -121,3 +124,36 @@ def pss_mib(pids: list[int]) -> float:
         except OSError:
             continue
     return total
+
+
+def _run_sink(ports: Any) -> None:
+    from tests.fakes.smtp import SmtpSink
+
+    sink = SmtpSink().__enter__()
+    ports.put(sink.port)
+    while True:
+        time.sleep(3600)
+
+
+class SinkProcess:
+    """The SMTP sink in a process of its own, as a real mail server would be: its CPU (it parses every message)
+    is neither the sender's nor the harness's, and it answers whatever the harness's threads are doing."""
+
+    host = "127.0.0.1"
+
+    def __enter__(self) -> SinkProcess:
+        ctx = multiprocessing.get_context("spawn")
+        ports = ctx.Queue()
+        self.proc = ctx.Process(target=_run_sink, args=(ports,), daemon=True)
+        self.proc.start()
+        self.port: int = ports.get(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+
+    def env(self) -> dict[str, str]:
+        from tests.fakes.smtp import sink_env
+
+        return sink_env(self.host, self.port)

@@ -240,14 +240,7 @@ class SmtpSink:
 
     def env(self) -> dict[str, str]:
         """Environment variables that point an infosentry process at this sink."""
-        return {
-            "SMTP_HOST": self.host,
-            "SMTP_PORT": str(self.port),
-            "SMTP_USER": "",
-            "SMTP_PASSWORD": "",
-            "SMTP_TLS": "false",
-            "SMTP_SSL": "false",
-        }
+        return sink_env(self.host, self.port)
 
 
 @pytest.fixture
@@ -259,3 +252,15 @@ def smtp_sink() -> Iterator[SmtpSink]:
     """
     with SmtpSink() as sink:
         yield sink
+
+
+def sink_env(host: str, port: int) -> dict[str, str]:
+    """Environment variables that point an infosentry process at a sink on host:port (plain SMTP, no auth)."""
+    return {
+        "SMTP_HOST": host,
+        "SMTP_PORT": str(port),
+        "SMTP_USER": "",
+        "SMTP_PASSWORD": "",
+        "SMTP_TLS": "false",
+        "SMTP_SSL": "false",
+    }
