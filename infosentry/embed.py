@@ -26,6 +26,7 @@ from infosentry.errors import Unavailable
 from infosentry.store import calibration as calibration_store
 from infosentry.store import goals as goals_store
 from infosentry.store import items as items_store
+from infosentry.store import matches as matches_store
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -242,6 +243,7 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
         start += len(fs)
     priors, neighbours = await _goal_priors(rt, emb, goals, vectors)
     async with rt.pool.acquire() as conn, conn.transaction():
+        await matches_store.lock_for_write(conn)  # the calibration rows are matching's too: one writer at a time
         ids, versions = [g["id"] for g in goals], [g["version"] for g in goals]
         await goals_store.store_goal_vectors(conn, ids, versions, vectors, emb.name)
         await calibration_store.reset(conn, emb.name, ids, versions, priors, neighbours)

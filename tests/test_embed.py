@@ -22,6 +22,7 @@ from infosentry.embedders.openai import CallRecord, EmbedError, OpenAIEmbedder, 
 from infosentry.retry import Backoff, retry_after_seconds
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
+from infosentry.store import matches as matches_store
 from tests.conftest import make_user
 from tests.fakes.openai import FakeOpenAI, fake_tokens, fake_vector
 from tests.test_match import (
@@ -386,3 +387,19 @@ async def test_concurrent_runs_never_embed_an_item_twice(fake_rt: Runtime, opena
         match.goal_facets(*AI_GOAL)
     ) * sum(r.goals_embedded for r in reports)
     assert await statuses(rt) == {"done": 40}
+
+
+async def test_goal_vectors_are_written_in_turn_with_matching_writes(fake_rt: Runtime) -> None:
+    """A goal's new vector resets its calibration rows, which matching writes rewrite too: two runs embedding
+    goals created together (at a worker's start) wrote them in different orders and Postgres aborted one as a
+    deadlock. Goal writes take the matching writes' turn."""
+    rt = fake_rt
+    uid, _ = await make_user(rt, "goals@example.com")
+    await seed_goal(rt, uid, *AI_GOAL)
+    async with rt.pool.acquire() as writer, writer.transaction():
+        await matches_store.lock_for_write(writer)  # a matching write in progress
+        run = asyncio.create_task(embed.embed_goals(rt, rt.embedder(), embed.RunReport()))
+        await asyncio.sleep(1.0)
+        assert not run.done()
+    await asyncio.wait_for(run, 10)
+    assert await rt.pool.fetchval("SELECT count(*) FROM goals WHERE embedded_version = version") == 1

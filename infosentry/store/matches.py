@@ -125,7 +125,8 @@ async def lock_for_write(conn: asyncpg.Connection) -> None:
     """Take this transaction's turn to write matches (released when it ends). A matching write rewrites the
     calibration rows of every goal it scored and, through the trigger, puts its items on the decide queue; two
     at once took those rows in different orders and deadlocked, and Postgres aborted one of them (with a batch's
-    paid embeddings). They mostly queued on the calibration rows anyway."""
+    paid embeddings). They mostly queued on the calibration rows anyway. Writing goal vectors, which resets
+    those goals' calibration rows, takes the same turn."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_WRITE_LOCK)
 
 
