@@ -568,6 +568,9 @@ async def bench(args: argparse.Namespace) -> None:
                GROUP BY j.task_name ORDER BY sum(extract(epoch FROM f.at - s.at)) DESC""",
             plan.start,
         )
+        failed_jobs = await pool.fetch(
+            "SELECT task_name, count(*) AS n FROM bench_job_log WHERE type = 'failed' GROUP BY 1 ORDER BY 1"
+        )
         dup = await pool.fetchrow(
             """SELECT (SELECT count(*) - count(DISTINCT (goal_id, item_id)) FROM decisions) AS decisions,
                       (SELECT count(*) - count(DISTINCT (goal_id, item_id)) FROM notifications) AS notifications,
@@ -616,6 +619,7 @@ async def bench(args: argparse.Namespace) -> None:
             "stages": [{k: round(v, 2) if isinstance(v, float) else v for k, v in dict(r).items()} for r in stages],
             "immediate_by_minute": [(r["minute"], r["n"], round(r["p50"], 1), round(r["p95"], 1)) for r in by_minute],
             "arrivals_per_10s": [(r["t"], r["n"]) for r in arrivals],
+            "failed_jobs": {r["task_name"]: r["n"] for r in failed_jobs},
             "job_times": [
                 {k: round(float(v), 3) if isinstance(v, float) else v for k, v in dict(r).items()} for r in job_times
             ],
@@ -629,6 +633,7 @@ async def bench(args: argparse.Namespace) -> None:
             results.record(f"peak_rss.{name}", mib, "MiB")
         results.detail("queue_depth", [(round(r["t"]), r["queued"]) for r in samples.rows])
         results.detail("duplicates", dict(dup))
+        results.detail("failed_jobs", report["failed_jobs"])
         results.detail("job_times", report["job_times"])
         results.detail("stages", report["stages"])
         results.detail("immediate_by_minute", report["immediate_by_minute"])
@@ -699,6 +704,7 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], samples: Samples, 
             f"    {j['task']:<16} {j['runs']:>5}  wait {j['wait_p50']:.2f}/{j['wait_p95']:.2f}  "
             f"run {j['run_p50']:.2f}/{j['run_p95']:.2f}/{j['run_max']:.2f}"
         )
+    print(f"  jobs failed (warm-up included): {r['failed_jobs'] or 'none'}")
     print(f"  peak RSS MiB: {', '.join(f'{k} {v:.0f}' for k, v in samples.rss.items())}")
     print(f"  duplicates (decisions, notifications, emails): {r['duplicates']}")
 
