@@ -213,7 +213,11 @@ async def bench(
     queries: QueryCounter | None = None,
     cprofile: str = "",
 ) -> None:
-    from infosentry import db, migrate
+    from infosentry import (
+        db,
+        jobs,  # noqa: F401  registers the task that following a source nudges (ingest_due)
+        migrate,
+    )
     from infosentry.ingest import parsing
     from infosentry.ingest import run as ingest
     from infosentry.runtime import open_runtime
