@@ -105,7 +105,7 @@ def test_demo_serve_ends_by_printing_the_inbox_url_and_serves_it(dsn: str, tmp_p
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "infosentry", "demo", "--serve", "--port", str(port)],
-        env=demo_env(dsn, tmp_path),
+        env=demo_env(dsn, tmp_path) | {"PYTHONFAULTHANDLER": "1"},  # SIGABRT prints every thread's stack
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -141,8 +141,12 @@ def test_demo_serve_ends_by_printing_the_inbox_url_and_serves_it(dsn: str, tmp_p
         try:
             _, err = proc.communicate(timeout=30)  # drains both pipes while it shuts down
         except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            raise AssertionError(f"demo --serve still running 30 s after SIGINT; its stderr:\n{err[-4000:]}") from None
+            proc.send_signal(signal.SIGABRT)  # where it hangs, on stderr
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            raise AssertionError(f"demo --serve still running 30 s after SIGINT; its stderr:\n{err[-8000:]}") from None
     assert proc.returncode == 0, err[-4000:]
     assert "Traceback" not in err, err[-4000:]  # Ctrl-C ends the parse workers quietly too
