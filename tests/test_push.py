@@ -521,3 +521,18 @@ async def test_a_sent_login_email_keeps_no_copy_of_its_link(srt: Runtime, smtp_s
     assert "/api/v1/auth/consume?token=isl_" in received[0].message.get_body(("plain",)).get_content()
     row = await rt.pool.fetchrow("SELECT status, subject, body_text, body_html FROM emails WHERE kind = 'login'")
     assert (row["status"], row["body_text"], row["body_html"]) == ("sent", "", "") and row["subject"]
+
+
+async def test_instant_and_sign_in_mail_is_claimed_before_a_burst_of_batch_mail(rt: Runtime) -> None:
+    def email(key: str, kind: str) -> emails_store.NewEmail:
+        return emails_store.NewEmail(key, kind, None, None, "a@example.com", key, "body", "", {}, "pending", None)
+
+    await emails_store.insert_emails(rt.pool, [email(f"batch-{n}", "batch") for n in range(5)])
+    await emails_store.insert_emails(rt.pool, [email("digest-0", "digest")])
+    await emails_store.insert_emails(rt.pool, [email("immediate-0", "immediate"), email("login-0", "login")])
+    # the burst was due first; the instant alert and the sign-in link still go out in the first round
+    now = push.utcnow() + timedelta(seconds=1)
+    first = await emails_store.claim_due(rt.pool, now=now, limit=2, lease_seconds=60)
+    assert {r["dedupe_key"] for r in first} == {"immediate-0", "login-0"}
+    rest = await emails_store.claim_due(rt.pool, now=now, limit=10, lease_seconds=60)
+    assert {r["dedupe_key"] for r in rest} == {f"batch-{n}" for n in range(5)} | {"digest-0"}

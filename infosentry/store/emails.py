@@ -62,13 +62,16 @@ async def suppress_due(conn: Conn, *, now: datetime, kinds: list[str], reason: s
 
 
 async def claim_due(conn: Conn, *, now: datetime, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
-    """Due rows (pending, or `sending` whose lease ran out: a crashed sender) move to `sending` with a lease."""
+    """Due rows (pending, or `sending` whose lease ran out: a crashed sender) move to `sending` with a lease.
+
+    Instant alerts, sign-in links and operator alerts go first: a batch window or digest time fires hundreds of
+    emails at once, and in due order an instant alert decided a second later waited behind all of them."""
     return await conn.fetch(
         """UPDATE emails e SET status = 'sending', attempts = e.attempts + 1,
                   next_attempt_at = $1 + make_interval(secs => $3::float8)
            WHERE e.id IN (SELECT id FROM emails
                           WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1
-                          ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                          ORDER BY kind IN ('batch', 'digest'), next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
            RETURNING e.*""",
         now,
         limit,
