@@ -34,13 +34,16 @@ TEMPLATE = "infosentry_template"
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_base_uri() -> Iterator[str]:
-    """The session's embedded server (a URI without a database name)."""
+def pytest_configure(config: pytest.Config) -> None:
     # A suite started in the background (`bin/test &`) inherits SIGINT as ignored, and so would every process it
     # starts: the tests that press Ctrl-C on a child would wait for ever. Children inherit the default again.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope="session")
+def pg_base_uri() -> Iterator[str]:
+    """The session's embedded server (a URI without a database name)."""
     existing = os.environ.get("INFOSENTRY_TEST_PG")  # reuse an external server if given
     if existing:
         yield existing
