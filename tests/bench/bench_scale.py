@@ -396,7 +396,11 @@ async def snapshot(pool: asyncpg.Pool) -> dict[str, Any]:
                   (SELECT last_value FROM procrastinate_jobs_id_seq) AS job_seq,
                   (SELECT count(*) FROM decide_queue) AS decide_backlog,
                   (SELECT count(*) FROM decisions WHERE status = 'pending' AND tier = 'IMMEDIATE') AS unflushed,
-                  (SELECT count(*) FROM emails WHERE status IN ('pending', 'sending')) AS unsent"""
+                  (SELECT count(*) FROM emails WHERE status IN ('pending', 'sending')) AS unsent,
+                  (SELECT count(*) FROM judge_queue) AS judge_backlog,
+                  -- a new goal re-scores its owner's recent items once (its backfill): warm-up work, not the day's
+                  (SELECT count(*) FROM goals
+                   WHERE status = 'active' AND matched_version IS DISTINCT FROM version) AS goals_to_backfill"""
     )
     return dict(row)
 
@@ -421,8 +425,10 @@ def pct(values: list[float], q: float) -> float | None:
 async def warm_up(
     pool: asyncpg.Pool, args: argparse.Namespace, processes: dict[str, subprocess.Popen[bytes]], samples: Samples
 ) -> dict[str, float]:
-    """Wait until every source was fetched once and its BACKLOG stored, matched, decided and emailed: the day
-    then measures a running service's steady work, not a first fetch of every source at once."""
+    """Wait until every source was fetched once and its BACKLOG stored, matched, decided and emailed, and every
+    goal's backfill done: the day then measures a running service's steady work, not a first fetch of every
+    source at once (nor 1,000 new goals re-scoring their owners' items, which ran into the day when the rest of
+    the warm-up finished first, doubling Postgres' CPU and pushing re-scored items minutes late)."""
     t0 = time.time()
     while time.time() < t0 + args.drain:
         await asyncio.sleep(1.0)
@@ -435,7 +441,9 @@ async def warm_up(
         if (
             fetched >= args.sources
             and snap["matched"] >= snap["items"]
-            and not (snap["decide_backlog"] or snap["unflushed"] or snap["unsent"])
+            and not any(
+                snap[k] for k in ("decide_backlog", "judge_backlog", "unflushed", "unsent", "goals_to_backfill")
+            )
         ):
             return {"seconds": time.time() - t0, "items": snap["items"]}
     raise SystemExit(f"the warm-up did not finish within {args.drain:.0f} s")
