@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -381,14 +381,32 @@ async def _decide_lock(rt: Runtime, wait: float, *, key: int = decisions_store.D
             await rt.pool.release(conn)
 
 
+OnImmediate = Callable[[], Awaitable[None]]
+
+
+async def _immediate_written(report: DecideReport, before: int, on_immediate: OnImmediate | None) -> None:
+    """Hands a committed chunk's IMMEDIATE decisions on at once: a round can take seconds under load, and an
+    instant alert should not wait for the rest of it."""
+    if on_immediate is not None and report.tiers.get("IMMEDIATE", 0) > before:
+        try:
+            await on_immediate()
+        except Exception as exc:  # the periodic flush finds the decisions anyway
+            log.warning("could not flush instant alerts: %s", exc, extra={"action": "decide_flush_failed"})
+
+
 async def decide_pending(
-    rt: Runtime, *, items_per_chunk: int = ITEMS_PER_CHUNK, lock_wait: float = LOCK_WAIT_SECONDS
+    rt: Runtime,
+    *,
+    items_per_chunk: int = ITEMS_PER_CHUNK,
+    lock_wait: float = LOCK_WAIT_SECONDS,
+    on_immediate: OnImmediate | None = None,
 ) -> DecideReport:
     """Decide every queued item's matches that need it (new, or re-scored while not yet pushed), by the rules.
 
     Chunk by chunk: candidates are tiered and written in one statement, boundary-band pairs are handed to the
     judge queue, and the chunk's items leave the decide queue — all in one transaction, so a crash loses nothing
     and duplicates nothing. The LLM is never called here: IMMEDIATE items never wait for it (`judge_pending`).
+    `on_immediate` is awaited after each chunk that wrote IMMEDIATE decisions.
     """
     started = time.perf_counter()
     report = DecideReport()
@@ -411,6 +429,7 @@ async def decide_pending(
             )
             report.candidates += len(rows)
             boundary: list[tuple[int, int]] = []
+            immediate = report.tiers.get("IMMEDIATE", 0)
             async with rt.pool.acquire() as conn, conn.transaction():
                 # written slice by slice: a decision's snapshot is a few KB, and an item can have a hundred
                 for start in range(0, len(rows), DECISIONS_PER_WRITE):
@@ -428,6 +447,7 @@ async def decide_pending(
                 await decisions_store.enqueue_judge(conn, boundary)
                 # one left in the queue is decided again by the next job, after the change that kept it there
                 left |= await decisions_store.dequeue(conn, [(q["item_id"], q["version"]) for q in queue])
+            await _immediate_written(report, immediate, on_immediate)
             report.to_judge += len(boundary)
             report.items += len(queue)
             if len(queue) < items_per_chunk:
@@ -446,7 +466,12 @@ async def decide_pending(
 
 
 async def judge_pending(
-    rt: Runtime, *, batch: int = JUDGE_BATCH, time_budget: float = JUDGE_TIME_BUDGET, lock_wait: float = 0.0
+    rt: Runtime,
+    *,
+    batch: int = JUDGE_BATCH,
+    time_budget: float = JUDGE_TIME_BUDGET,
+    lock_wait: float = 0.0,
+    on_immediate: OnImmediate | None = None,
 ) -> DecideReport:
     """Judge the boundary pairs in the judge queue (JUDGE_CONCURRENCY calls at once) and write their decisions.
 
@@ -474,6 +499,7 @@ async def judge_pending(
                 rt.pool, [(e["goal_id"], e["item_id"]) for e in entries], digest_min=policy.digest_min
             )
             report.candidates += len(rows)
+            immediate = report.tiers.get("IMMEDIATE", 0)
             judged: list[tuple[dict[str, Any], Prelim, datetime]] = []
             plain: list[dict[str, Any]] = []
             for row in rows:
@@ -497,6 +523,7 @@ async def judge_pending(
                 await _judge_and_write(rt, judged, report)
             # written (or no longer a candidate: decided meanwhile, gone): out of the queue
             await decisions_store.dequeue_judge(rt.pool, [(e["goal_id"], e["item_id"], e["version"]) for e in entries])
+            await _immediate_written(report, immediate, on_immediate)
             report.items += len(entries)
         report.more = bool(await decisions_store.judge_batch(rt.pool, 1))
     report.seconds = time.perf_counter() - started

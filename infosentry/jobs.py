@@ -133,11 +133,11 @@ async def embed_sweep(context: procrastinate.JobContext, timestamp: int | None =
 
 
 async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
-    """Decide what is queued by the rules; nudge the push flush for new pushes and the judge for boundary pairs."""
-    report = await decide.decide_pending(rt)
+    """Decide what is queued by the rules; flush the instant alerts chunk by chunk, nudge the push flush for the
+    other pushes and the judge for boundary pairs."""
+    report = await decide.decide_pending(rt, on_immediate=_instant_flush(rt, qapp))
+    await _nudge_flush(rt, qapp, report)
     if qapp is not None:
-        if report.pushable:
-            await queue.nudge(qapp, "flush_push")
         if report.to_judge:
             await queue.nudge(qapp, "judge_pending")
         if report.busy:
@@ -146,13 +146,36 @@ async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
 
 
 async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
-    report = await decide.judge_pending(rt)
+    report = await decide.judge_pending(rt, on_immediate=_instant_flush(rt, qapp))
+    await _nudge_flush(rt, qapp, report)
     if qapp is not None:
-        if report.pushable:
-            await queue.nudge(qapp, "flush_push")
         if report.more:
             await queue.nudge(qapp, "judge_pending")
     return report
+
+
+def _instant_flush(rt: Runtime, qapp: procrastinate.App | None) -> decide.OnImmediate:
+    """IMMEDIATE decisions are flushed by the round that wrote them (only what is due: coalescing still applies):
+    handing them to a flush_push job put a queue wait on every instant alert's path, seconds under load."""
+
+    async def flush() -> None:
+        if rt.hot["IMMEDIATE_ENABLED"] and (await push.flush_immediate(rt, push.utcnow())).sendable:
+            await _nudge(qapp, "send_emails")
+
+    return flush
+
+
+async def _nudge_flush(rt: Runtime, qapp: procrastinate.App | None, report: decide.DecideReport) -> None:
+    """Batch windows and digests stay with flush_push (its periodic run is also the safety net for instant
+    alerts a round could not flush); with IMMEDIATE switched off, it moves those decisions to BATCH."""
+    flushed = report.tiers.get("IMMEDIATE", 0) if rt.hot["IMMEDIATE_ENABLED"] else 0
+    if report.pushable > flushed:
+        await _nudge(qapp, "flush_push")
+
+
+async def _nudge(qapp: procrastinate.App | None, task: str) -> None:
+    if qapp is not None:
+        await queue.nudge(qapp, task)
 
 
 async def flush_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
@@ -166,7 +189,7 @@ async def flush_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
 @app.task(name="decide_pending", queue="agent", pass_context=True, queueing_lock="decide_pending")
 @step
 async def decide_pending(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
-    """Tier the matches of queued items (new or re-scored), write decisions and runs; nudge the push flush."""
+    """Tier the matches of queued items (new or re-scored), write decisions and runs; flush the instant alerts."""
     await decide_step(_rt(context), context.app)
 
 
@@ -174,7 +197,7 @@ async def decide_pending(context: procrastinate.JobContext, timestamp: int | Non
 @app.task(name="judge_pending", queue="agent", pass_context=True, queueing_lock="judge_pending")
 @step
 async def judge_pending(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
-    """The LLM boundary judge over the judge queue (bounded per job); nudges the push flush."""
+    """The LLM boundary judge over the judge queue (bounded per job); flushes the instant alerts."""
     await judge_step(_rt(context), context.app)
 
 

@@ -245,6 +245,26 @@ async def test_concurrent_sweeps_never_duplicate(rt) -> None:
     assert await rt.pool.fetchval("SELECT count(*) FROM agent_runs") == 200
 
 
+async def test_instant_decisions_are_handed_on_chunk_by_chunk_as_each_commits(rt) -> None:
+    """`on_immediate` runs after each committed chunk that wrote IMMEDIATE decisions (the jobs flush them there):
+    the first item's alert does not wait for the rest of the round, and a chunk without one calls nothing."""
+    await kit.set_hot(rt, LLM_ENABLED=False)
+    _, source_id, (goal_id,) = await _world(rt)
+    items = []
+    for score in (0.97, 0.80, 0.97):
+        items.append(await kit.item(rt, source_id, f"Story scored {score}"))
+        await kit.match(rt, goal_id, items[-1], score)
+    seen: list[list[int]] = []
+
+    async def on_immediate() -> None:
+        seen.append([i for i, t in (await kit.tiers(rt, goal_id)).items() if t == "IMMEDIATE"])
+        raise RuntimeError("the flush failed")  # logged; deciding goes on
+
+    report = await decide.decide_pending(rt, items_per_chunk=1, on_immediate=on_immediate)
+    assert seen == [[items[0]], [items[0], items[2]]]
+    assert report.tiers == {"IMMEDIATE": 2, "BATCH": 1}
+
+
 async def test_deciding_never_waits_on_an_item_a_matching_write_is_requeueing(rt) -> None:
     """A matching write re-queues items (a trigger bumps their queue row) in its own order; deciding waited for
     those rows while holding others, and Postgres aborted one of the two as a deadlock."""

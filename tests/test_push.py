@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from infosentry import push
+from infosentry import jobs, push
 from infosentry.domain import accounts
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
@@ -127,6 +127,35 @@ async def test_many_goals_flush_in_rounds_and_racing_flushes_send_each_item_once
     for r in runs:
         assert sorted(i for e in r["output"]["emails"] for i in e["item_ids"]) == items
     assert (await push.flush_immediate(rt, push.utcnow())).emails == []
+
+
+async def test_the_decide_round_sends_its_instant_alerts_itself_and_leaves_coalescing_and_windows_to_the_flush(
+    rt: Runtime,
+) -> None:
+    """With coalescing 0 the IMMEDIATE email is in the outbox when the decide step returns: no flush job between
+    the decision and the sender. With coalescing on, the round writes no email before the window is over, and a
+    BATCH decision is left to its window."""
+    _, source_id, goal_id = await world(rt, batch_windows=["23:59"])
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
+    instant = await kit.item(rt, source_id, "Instant story")
+    await kit.match(rt, goal_id, instant, 0.97)
+    later = await kit.item(rt, source_id, "Window story")
+    await kit.match(rt, goal_id, later, 0.80)
+    report = await jobs.decide_step(rt, None)
+    assert report.tiers == {"IMMEDIATE": 1, "BATCH": 1}
+    assert [m["goal_id"] for m in await kit.emails(rt, "immediate")] == [goal_id]
+    assert await kit.emails(rt, "batch") == []
+    assert sorted((d["item_id"], d["status"]) for d in await kit.decisions(rt)) == [
+        (instant, "pushed"),
+        (later, "pending"),
+    ]
+
+    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=5)
+    coalesced = await kit.item(rt, source_id, "Coalesced story")
+    await kit.match(rt, goal_id, coalesced, 0.97)
+    assert (await jobs.decide_step(rt, None)).tiers == {"IMMEDIATE": 1}
+    assert len(await kit.emails(rt, "immediate")) == 1  # waits for its coalescing window, as flush_push would
+    assert len((await push.flush_immediate(rt, push.utcnow() + timedelta(minutes=5, seconds=1))).emails) == 1
 
 
 async def test_items_arriving_in_the_window_join_the_first_email(rt: Runtime) -> None:
