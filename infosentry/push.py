@@ -37,8 +37,9 @@ LOOKBACK = timedelta(hours=24)  # batch windows and digests choose among items d
 EXPIRE_AFTER = timedelta(hours=48)  # BATCH/DIGEST decisions never chosen are closed after this
 CATCH_UP = timedelta(hours=24)  # a window or digest missed while the service was down fires up to this late
 LATE_AFTER = timedelta(minutes=10)  # ... and says so when it fires later than this
-SEND_BATCH = 20
-SEND_CONCURRENCY = 4
+SEND_CONCURRENCY = 8  # SMTP connections, each with its own sending lane
+SEND_LANE_CLAIM = 4  # rows a lane claims at a time: a new instant alert waits for at most this many of its sends
+SEND_BUDGET = 1000  # emails claimed per send job (the job asks for another while mail is due)
 MAX_SEND_ATTEMPTS = 10
 FLUSH_GOALS = 200  # goals per IMMEDIATE flush transaction
 LEASE_SECONDS = 60.0  # a `sending` row older than this belongs to a dead sender (SMTP times out at 20 s)
@@ -789,12 +790,10 @@ class SendReport:
     retrying: int = 0
     failed: int = 0
     suppressed: int = 0
-    more: bool = False  # stopped at max_rounds with mail still due
+    more: bool = False  # stopped at the budget with mail still due
 
 
-async def send_due(
-    rt: Runtime, now: datetime | None = None, *, limit: int = SEND_BATCH, max_rounds: int = 50
-) -> SendReport:
+async def send_due(rt: Runtime, now: datetime | None = None, *, budget: int = SEND_BUDGET) -> SendReport:
     """Send what is due from the outbox. Each row: pending → sending (with a lease) → sent, or back to pending
     with exponential backoff on a temporary failure, or failed (permanent failure, or MAX_SEND_ATTEMPTS).
     A failure is never recorded as sent."""
@@ -809,50 +808,58 @@ async def send_due(
             reason="SMTP_HOST is not set",
         )
         return report
+    if not rt.hot["EMAIL_ENABLED"]:
+        report.suppressed += await emails_store.suppress_due(
+            rt.pool, now=fixed_now or utcnow(), kinds=list(PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
+        )
     async with mail.SmtpSender(cfg, SEND_CONCURRENCY) as sender:
-        await _send_rounds(rt, sender, fixed_now, limit, max_rounds, report)
+        left = budget
+
+        async def lane() -> None:
+            """Claims a few due rows, sends them in turn on its connection, claims again: no lane waits for
+            another's slowest send (rounds of 20 rows did, with every connection idle meanwhile)."""
+            nonlocal left
+            while left > 0:
+                take = min(SEND_LANE_CLAIM, left)
+                left -= take
+                now = fixed_now or utcnow()
+                rows = await emails_store.claim_due(rt.pool, now=now, limit=take, lease_seconds=LEASE_SECONDS)
+                left += take - len(rows)
+                if not rows:
+                    return
+                await _send_claimed(rt, sender, rows, now, report)
+                if len(rows) < take:
+                    return
+
+        await asyncio.gather(*(lane() for _ in range(SEND_CONCURRENCY)))
+        report.more = left <= 0
     return report
 
 
-async def _send_rounds(
-    rt: Runtime,
-    sender: mail.SmtpSender,
-    fixed_now: datetime | None,
-    limit: int,
-    max_rounds: int,
-    report: SendReport,
+async def _send_claimed(
+    rt: Runtime, sender: mail.SmtpSender, rows: list[asyncpg.Record], now: datetime, report: SendReport
 ) -> None:
-    for _ in range(max_rounds):
-        now = fixed_now or utcnow()
-        if not rt.hot["EMAIL_ENABLED"]:
-            report.suppressed += await emails_store.suppress_due(
-                rt.pool, now=now, kinds=list(PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
-            )
-        rows = await emails_store.claim_due(rt.pool, now=now, limit=limit, lease_seconds=LEASE_SECONDS)
-        if not rows:
-            break
-        report.claimed += len(rows)
-        sent_before = report.sent
-        # the sender's connections are the concurrency limit (SEND_CONCURRENCY)
-        outcomes = await asyncio.gather(*(_send_one(rt, sender, r, now, report) for r in rows))
-        errors = [e for e in outcomes if e is not None]  # an exception with no text is a failure all the same
-        if errors or report.sent > sent_before:
-            await emails_store.smtp_round(rt.pool, sent=report.sent - sent_before, errors=errors)
-        if len(rows) < limit:
-            break
-    else:
-        report.more = True
+    report.claimed += len(rows)
+    sent, errors = 0, []
+    for row in rows:
+        delivered, error = await _send_one(rt, sender, row, now, report)
+        sent += delivered
+        if error is not None:  # an exception with no text is a failure all the same
+            errors.append(error)
+    if errors or sent:
+        await emails_store.smtp_round(rt.pool, sent=sent, errors=errors)
 
 
 async def _send_one(
     rt: Runtime, sender: mail.SmtpSender, row: asyncpg.Record, now: datetime, report: SendReport
-) -> str | None:
-    """Sends one claimed row and records its outcome; returns the error when SMTP failed."""
+) -> tuple[bool, str | None]:
+    """Sends one claimed row and records its outcome; returns whether it was delivered, and the error when SMTP
+    failed."""
     if row["kind"] in PUSH_KINDS and not rt.hot["EMAIL_ENABLED"]:
         await emails_store.mark_suppressed(rt.pool, row["id"], reason="EMAIL_ENABLED was false when it was due")
         report.suppressed += 1
         metrics.EMAILS.labels(row["kind"], "suppressed").inc()
-        return None
+        return False, None
     settings = rt.settings
     try:
         message = mail.build_message(
@@ -870,7 +877,7 @@ async def _send_one(
         report.failed += 1
         metrics.EMAILS.labels(row["kind"], "failed").inc()
         log.warning("email %s failed permanently: %s", row["id"], exc, extra={"action": "email_failed"})
-        return str(exc) or type(exc).__name__
+        return False, str(exc) or type(exc).__name__
     except Exception as exc:  # SmtpTemporaryError, and anything else (a file sink's disk): retry later
         error = str(exc) or type(exc).__name__
         if row["attempts"] >= MAX_SEND_ATTEMPTS:
@@ -890,12 +897,12 @@ async def _send_one(
             log.info(
                 "email %s will be retried at %s: %s", row["id"], at.isoformat(), error, extra={"action": "email_retry"}
             )
-        return error
+        return False, error
     # the login link in a login email is a credential: once delivered, the outbox keeps no copy of it
     await emails_store.mark_sent(rt.pool, row["id"], forget_body=row["kind"] == "login")
     report.sent += 1
     metrics.EMAILS.labels(row["kind"], "sent").inc()
-    return None
+    return True, None
 
 
 # --- reconciliation ----------------------------------------------------------------------------------------

@@ -552,6 +552,30 @@ async def test_a_sent_login_email_keeps_no_copy_of_its_link(srt: Runtime, smtp_s
     assert (row["status"], row["body_text"], row["body_html"]) == ("sent", "", "") and row["subject"]
 
 
+async def test_sending_lanes_share_the_job_budget_and_deliver_each_email_once(
+    srt: Runtime, smtp_sink: SmtpSink
+) -> None:
+    """SEND_CONCURRENCY lanes claim SEND_LANE_CLAIM rows at a time: together they stop at the job's budget (and
+    ask for another job), and the next job sends the rest; no email twice, none left behind."""
+    rt = srt
+    rows = [
+        emails_store.NewEmail(
+            f"lane-{n}", "immediate", None, None, "a@example.com", f"Mail {n}", "body", "", {}, "pending", None
+        )
+        for n in range(3 * push.SEND_LANE_CLAIM + 1)
+    ]
+    await emails_store.insert_emails(rt.pool, rows)
+    first = await push.send_due(rt, push.utcnow() + timedelta(seconds=1), budget=5)
+    assert (first.claimed, first.sent, first.more) == (5, 5, True)
+    second = await push.send_due(rt, push.utcnow() + timedelta(seconds=1))
+    assert (second.claimed, second.sent, second.more) == (len(rows) - 5, len(rows) - 5, False)
+    subjects = sorted(m.message["Subject"] for m in smtp_sink.received)
+    assert subjects == sorted(r.subject for r in rows)
+    assert {m["status"] for m in await kit.emails(rt)} == {"sent"}
+    state = await rt.pool.fetchrow("SELECT * FROM delivery_state WHERE channel = 'smtp'")
+    assert state["consecutive_failures"] == 0 and state["last_success_at"] is not None
+
+
 async def test_instant_and_sign_in_mail_is_claimed_before_a_burst_of_batch_mail(rt: Runtime) -> None:
     def email(key: str, kind: str) -> emails_store.NewEmail:
         return emails_store.NewEmail(key, kind, None, None, "a@example.com", key, "body", "", {}, "pending", None)

@@ -113,8 +113,8 @@ async def mark_suppressed(conn: Conn, email_id: int, *, reason: str) -> None:
 
 
 async def smtp_round(conn: Conn, *, sent: int, errors: Sequence[str]) -> None:
-    """delivery_state('smtp') after a round of sends: consecutive failures for the alert, reset by a success.
-    A round's sends run concurrently, in no meaningful order, so its failures count as after its successes
+    """delivery_state('smtp') after a sending lane's batch: consecutive failures for the alert, reset by a
+    success. Lanes run concurrently, in no meaningful order, so a batch's failures count as after its successes
     (an outage is never hidden by one lucky send)."""
     await conn.execute(
         """INSERT INTO delivery_state (channel, consecutive_failures, last_error, last_success_at, updated_at)

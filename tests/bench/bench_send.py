@@ -84,7 +84,7 @@ async def bench(args: argparse.Namespace) -> None:
                         conn, [outbox_row(f"bench:{r}:{k}", user, e) for k, e in enumerate(emails)]
                     )
                 cpu, pg, t = self_cpu(), postgres_cpu(data_dir / "pg"), time.perf_counter()
-                report = await push.send_due(rt, max_rounds=10**6)
+                report = await push.send_due(rt, budget=10**9)
                 wall = time.perf_counter() - t
                 if report.sent != args.emails:
                     raise RuntimeError(f"sent {report.sent} of {args.emails}: {report}")
