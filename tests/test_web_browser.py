@@ -53,11 +53,20 @@ def browser(driver: Any, server: LiveServer) -> Any:
 
 def wait(d: Any, condition: Any, timeout: float = WAIT) -> Any:
     """Until `condition(driver)` is true; elements of the page being replaced by a navigation are retried."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def attempt(driver: Any) -> Any:
+        try:
+            return condition(driver)
+        except WebDriverException as exc:
+            # Chromium sometimes reports an element of the document being replaced this way instead of as stale
+            if "does not belong to the document" not in str(exc):
+                raise
+            return False
+
     ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(d, timeout, ignored_exceptions=ignored).until(condition)
+    return WebDriverWait(d, timeout, ignored_exceptions=ignored).until(attempt)
 
 
 def ready(d: Any) -> bool:
