@@ -63,6 +63,12 @@ def step(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     return wrapper
 
 
+async def _nudge(qapp: procrastinate.App | None, task: str) -> None:
+    """Nudge `task` from a step; a step run without a queue (the demo, tests) nudges nothing."""
+    if qapp is not None:
+        await queue.nudge(qapp, task)
+
+
 # --- maintenance -------------------------------------------------------------------------------------------
 
 
@@ -137,20 +143,18 @@ async def decide_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     other pushes and the judge for boundary pairs."""
     report = await decide.decide_pending(rt, on_immediate=_instant_flush(rt, qapp))
     await _nudge_flush(rt, qapp, report)
-    if qapp is not None:
-        if report.to_judge:
-            await queue.nudge(qapp, "judge_pending")
-        if report.busy:
-            await queue.nudge(qapp, "decide_pending")
+    if report.to_judge:
+        await _nudge(qapp, "judge_pending")
+    if report.busy:
+        await _nudge(qapp, "decide_pending")
     return report
 
 
 async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     report = await decide.judge_pending(rt, on_immediate=_instant_flush(rt, qapp))
     await _nudge_flush(rt, qapp, report)
-    if qapp is not None:
-        if report.more:
-            await queue.nudge(qapp, "judge_pending")
+    if report.more:
+        await _nudge(qapp, "judge_pending")
     return report
 
 
@@ -173,15 +177,10 @@ async def _nudge_flush(rt: Runtime, qapp: procrastinate.App | None, report: deci
         await _nudge(qapp, "flush_push")
 
 
-async def _nudge(qapp: procrastinate.App | None, task: str) -> None:
-    if qapp is not None:
-        await queue.nudge(qapp, task)
-
-
 async def flush_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
     report = await push.flush(rt)
-    if qapp is not None and report.sendable:
-        await queue.nudge(qapp, "send_emails")
+    if report.sendable:
+        await _nudge(qapp, "send_emails")
     return report
 
 
@@ -247,8 +246,8 @@ ALERTS_SECONDS = 30.0
 
 async def _alerts_tick(rt: Runtime, qapp: procrastinate.App | None) -> None:
     result = await alerts.tick(rt)
-    if result.emailed and qapp is not None:
-        await queue.nudge(qapp, "send_emails")
+    if result.emailed:
+        await _nudge(qapp, "send_emails")
 
 
 @app.periodic(cron="* * * * * */30", periodic_id="alerts_tick")
