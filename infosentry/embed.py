@@ -46,6 +46,9 @@ BACKFILL_CHUNK = 1000
 POOL_MAX = 5000  # recent vectors kept per process for context vectors (5000 x 1536 floats = 30 MB)
 POOL_FULL_RELOAD_SECONDS = 600.0
 REQUEUE_LIMIT = 5000
+# Item rounds running at once in one process. More only queue on the CPU, and each holds a queue-worker slot
+# that deciding and sending need: a run that finds them busy notes it and returns (see _ItemRounds).
+ITEM_ROUNDS_PER_PROCESS = 2
 
 _local_lock = threading.Lock()
 _local_embedders: dict[str, Any] = {}
@@ -151,6 +154,21 @@ class RunReport:
         return asdict(self)
 
 
+@dataclass
+class _ItemRounds:
+    """A process's running item rounds. A run that finds every round taken records that it missed and returns
+    at once rather than wait (a waiting job would hold its worker slot); the next round to finish reports
+    `more`, so the job runs again and the items that arrived meanwhile are not left to the sweep."""
+
+    free: int
+    missed: bool = False
+
+
+def _item_rounds(rt: Runtime) -> _ItemRounds:
+    rounds: _ItemRounds = rt.extras.setdefault("embed_item_rounds", _ItemRounds(ITEM_ROUNDS_PER_PROCESS))
+    return rounds
+
+
 async def run(
     rt: Runtime,
     *,
@@ -160,7 +178,7 @@ async def run(
     """One bounded round: goal vectors, goal backfills, item batches, then lexical matching of whatever is
     still unmatched (all of it, pending items included, when embedding is paused or failing). `on_matched` is
     awaited after each committed batch that stored matches (it nudges deciding: a batch's items are not held
-    back until the whole round ends)."""
+    back until the whole round ends). The item part runs in at most ITEM_ROUNDS_PER_PROCESS calls at once."""
     report = RunReport()
 
     async def matched_since(stored: int) -> None:
@@ -171,12 +189,38 @@ async def run(
                 log.warning("could not nudge deciding: %s", exc, extra={"action": "embed_nudge_failed"})
 
     emb = embedder(rt)
-    model = emb.name
     await embed_goals(rt, emb, report)
     if report.paused is None:
         allowed, why = await budget.allow(rt, "embed")
         report.paused = None if allowed else why
     await backfill_goals(rt, emb, report)
+    rounds = _item_rounds(rt)
+    if rounds.free == 0:
+        rounds.missed = True
+        return report
+    rounds.free -= 1
+    try:
+        await _item_round(rt, emb, report, max_batches=max_batches, matched_since=matched_since)
+    finally:
+        rounds.free += 1
+        if rounds.missed:
+            rounds.missed = False
+            report.more = True
+    if report.paused:
+        log.info("embedding paused: %s", report.paused, extra={"action": "embed_paused", "reason": report.paused})
+    return report
+
+
+async def _item_round(
+    rt: Runtime,
+    emb: Embedder,
+    report: RunReport,
+    *,
+    max_batches: int,
+    matched_since: Callable[[int], Awaitable[None]],
+) -> None:
+    """Item batches, lexical matching of what is still unmatched, then the PRF vectors now due."""
+    model = emb.name
     goals_left = report.more
     batches = 0
     while batches < max_batches and report.paused is None:
@@ -205,9 +249,6 @@ async def run(
     report.more = report.more or goals_left
     if report.paused is None:  # after the batches: a goal that just reached its count gets its vector now
         report.goals_refreshed = await refresh_prf(rt, emb)
-    if report.paused:
-        log.info("embedding paused: %s", report.paused, extra={"action": "embed_paused", "reason": report.paused})
-    return report
 
 
 async def embed_goals(rt: Runtime, emb: Embedder, report: RunReport, *, rounds: int = GOAL_ROUNDS) -> None:

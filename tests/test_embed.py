@@ -389,6 +389,34 @@ async def test_concurrent_runs_never_embed_an_item_twice(fake_rt: Runtime, opena
     assert await statuses(rt) == {"done": 40}
 
 
+async def test_a_process_runs_a_bounded_number_of_item_rounds_and_a_missed_run_is_taken_up(
+    fake_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ingest batch nudges embedding, and each job that ran a round of its own held a worker slot (up to 6
+    of 8 at once in the scale run, so deciding and sending waited for slots). A run that finds the process's
+    item rounds all busy returns at once; the round that finishes reports `more` so the job runs again."""
+    rt = fake_rt
+    monkeypatch.setattr(embed, "ITEM_ROUNDS_PER_PROCESS", 1)
+    w = await seed_world(rt)
+    await set_hot(rt, EMBED_BATCH_SIZE=1)
+    first_batch, go_on = asyncio.Event(), asyncio.Event()
+
+    async def on_matched() -> None:
+        first_batch.set()
+        await go_on.wait()
+
+    busy = asyncio.create_task(embed.run(rt, on_matched=on_matched))
+    await asyncio.wait_for(first_batch.wait(), 10)
+    missed = await asyncio.wait_for(embed.run(rt), 5)  # returns while the other round is held
+    assert (missed.embedded, missed.more) == (0, False)
+    go_on.set()
+    finished = await asyncio.wait_for(busy, 10)
+    assert finished.embedded == 3 and finished.more  # the missed run asks for another
+    assert (await embed.run(rt)).more is False  # taken up: nothing missed since, nothing left
+    assert await statuses(rt) == {"done": 3}
+    assert await match_row(rt, w["goal"], w["ai"]) is not None
+
+
 async def test_goal_vectors_are_written_in_turn_with_matching_writes(fake_rt: Runtime) -> None:
     """A goal's new vector resets its calibration rows, which matching writes rewrite too: two runs embedding
     goals created together (at a worker's start) wrote them in different orders and Postgres aborted one as a
