@@ -156,16 +156,18 @@ class RunReport:
 
 @dataclass
 class _ItemRounds:
-    """A process's running item rounds. A run that finds every round taken records that it missed and returns
-    at once rather than wait (a waiting job would hold its worker slot); the next round to finish reports
-    `more`, so the job runs again and the items that arrived meanwhile are not left to the sweep."""
+    """A process's item rounds. A run that finds every slot taken records that it missed and returns at once
+    rather than wait (a waiting job would hold its worker slot); the next round to finish reports `more`, so the
+    job runs again and the items that arrived meanwhile are not left to the sweep."""
 
-    free: int
+    slots: asyncio.Semaphore
     missed: bool = False
 
 
 def _item_rounds(rt: Runtime) -> _ItemRounds:
-    rounds: _ItemRounds = rt.extras.setdefault("embed_item_rounds", _ItemRounds(ITEM_ROUNDS_PER_PROCESS))
+    rounds: _ItemRounds = rt.extras.setdefault(
+        "embed_item_rounds", _ItemRounds(asyncio.Semaphore(ITEM_ROUNDS_PER_PROCESS))
+    )
     return rounds
 
 
@@ -195,14 +197,13 @@ async def run(
         report.paused = None if allowed else why
     await backfill_goals(rt, emb, report)
     rounds = _item_rounds(rt)
-    if rounds.free == 0:
+    if rounds.slots.locked():
         rounds.missed = True
         return report
-    rounds.free -= 1
     try:
-        await _item_round(rt, emb, report, max_batches=max_batches, matched_since=matched_since)
+        async with rounds.slots:  # free, so entered without waiting
+            await _item_round(rt, emb, report, max_batches=max_batches, matched_since=matched_since)
     finally:
-        rounds.free += 1
         if rounds.missed:
             rounds.missed = False
             report.more = True
