@@ -116,6 +116,25 @@ def test_atom() -> None:
     assert two.published_at == datetime(2024, 5, 2, 12, 0, tzinfo=UTC)  # updated, when no published
 
 
+def test_relative_links_resolve_against_the_feed_url_and_a_relative_xml_base() -> None:
+    plain = (
+        b'<rss version="2.0"><channel><title>x</title>'
+        b"<item><title>t</title><link>../p/1</link><guid>12345</guid></item>"
+        b"<item><title>u</title><guid>/p/2</guid></item></channel></rss>"
+    )
+    one, two = rss.parse(plain, None, BASE, {}).items
+    assert one.url == "https://base.example/p/1" and one.guid == "12345"  # the guid as written, not made a URL
+    assert two.url == "https://base.example/p/2" and two.guid == "/p/2"  # a permalink guid is the link
+    based = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom" xml:base="/blog/"><title>a</title>'
+        b'<entry xml:base="2024/"><id>urn:uuid:60a76c80-d399-11d9-b93c-0003939e0af6</id><title>t</title>'
+        b'<link href="one"/></entry></feed>'
+    )
+    (entry,) = rss.parse(based, None, BASE, {}).items
+    assert entry.url == "https://base.example/blog/2024/one"  # nested relative xml:base over the feed's URL
+    assert entry.guid == "urn:uuid:60a76c80-d399-11d9-b93c-0003939e0af6"
+
+
 def test_json_feed() -> None:
     feed = rss.parse(data("jsonfeed.json"), "application/feed+json", BASE, {})
     assert feed.title == "JSON Feed Example" and feed.link == "https://json.example.org/"

@@ -63,14 +63,18 @@ CREATE TABLE IF NOT EXISTS items (
 
 
 def parse_feed(body: bytes, url: str) -> list[tuple[str, str, str, str, datetime | None]]:
-    """feedparser with infosentry's flags; (link, url_hash, title, summary, published) per entry with a link."""
+    """feedparser with infosentry's flags; (link, url_hash, title, summary, published) per entry with a link.
+
+    Like infosentry, no base URI for feedparser (it would re-resolve the base at every element): each link is
+    resolved against the feed's URL instead."""
     import io
+    from urllib.parse import urljoin
 
     import feedparser
 
     doc = feedparser.parse(
         io.BytesIO(body),
-        response_headers={"content-location": url, "content-type": "application/rss+xml"},
+        response_headers={"content-type": "application/rss+xml"},
         sanitize_html=False,
         resolve_relative_uris=False,
     )
@@ -79,6 +83,7 @@ def parse_feed(body: bytes, url: str) -> list[tuple[str, str, str, str, datetime
         link = e.get("link")
         if not link:
             continue
+        link = urljoin(url, link)
         p = e.get("published_parsed")
         published = datetime(*p[:6], tzinfo=UTC) if p else None
         digest = hashlib.sha256(link.encode()).hexdigest()[:32]

@@ -56,7 +56,7 @@ def main() -> None:
         def fp(body: bytes) -> Any:
             return feedparser.parse(
                 io.BytesIO(body),
-                response_headers={"content-location": url, "content-type": ctype},
+                response_headers={"content-type": ctype},  # no xml:base: no base URI, as in rss.parse,
                 sanitize_html=False,
                 resolve_relative_uris=False,
             )
