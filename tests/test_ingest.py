@@ -995,6 +995,30 @@ async def test_a_slow_host_does_not_hold_back_other_hosts(
     assert len(began) == 4 and all(r["started_at"] - started < timedelta(seconds=1) for r in began)
 
 
+async def test_a_run_held_back_by_its_hosts_claims_in_batches(
+    rt: Runtime, user: int, server: FakeFeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a run holds all the sources it may, it claims again CLAIM_BATCH at a time: one claim per finished
+    fetch cost a statement per source when one busy host (2 fetches at a time) held the run back."""
+    for i in range(60):
+        server.add(f"/h{i}.xml", rss([story(i)]))
+        await add(rt, user, server.url(f"/h{i}.xml"))
+    claimed: list[int] = []
+    claim_due = sources_store.claim_due
+
+    async def counting(conn: Any, **kw: Any) -> Any:
+        rows = await claim_due(conn, **kw)
+        claimed.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(sources_store, "claim_due", counting)
+    summary = await ingest.run_due(rt, concurrency=4, use_pool=False)  # holds at most 32, claims 4 at a time
+    assert summary.sources == summary.ok == 60
+    assert sum(claimed) == 60 and claimed[0] == 8  # the first claim: two batches for the 4 slots
+    taken = [n for n in claimed if n]
+    assert all(n >= 4 for n in taken[:-1]), claimed  # the last may take fewer: all that was left
+
+
 async def test_a_run_past_its_budget_lets_the_next_claim_while_it_finishes(
     rt: Runtime, user: int, server: FakeFeedServer
 ) -> None:

@@ -43,8 +43,10 @@ LEASE_RENEW_SECONDS = 10.0
 FETCH_CONCURRENCY = 32  # fetches in flight per run (the Fetcher also caps each host at 2)
 RUN_BUDGET_SECONDS = 120.0  # one ingest_due job stops claiming after this; the next tick continues
 # A run holds at most this many claimed sources per slot, most of them waiting for a busy host (their leases
-# renewed); beyond that it claims again only as fetches finish.
+# renewed); beyond that it claims again only as fetches finish, CLAIM_BATCH at a time (one claim per finished fetch
+# cost a statement per source when the hosts, not the slots, held the run back).
 CLAIMED_PER_SLOT = 8
+CLAIM_BATCH = 16
 IDLE_CLAIM_SECONDS = 1.0  # while fetches are in flight and nothing is due, look again this often
 FLUSH_MAX = 64  # fetch results written per transaction
 FLUSH_LINGER = 0.2  # seconds the writer waits for more results before writing (bigger, fewer transactions)
@@ -375,6 +377,7 @@ async def run_due(
     tasks: set[asyncio.Task[None]] = set()
     claimed: list[int] = []
     max_claimed = CLAIMED_PER_SLOT * concurrency
+    batch = min(CLAIM_BATCH, concurrency)
     await sources_store.park_unfollowed(rt.pool)
     async with Run(
         rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds, on_new_items=on_new_items
@@ -384,7 +387,9 @@ async def run_due(
                 while time.monotonic() < deadline:
                     # keep about two batches in hand beyond those waiting for a busy host: enough to keep every
                     # slot busy, few leases waiting, and other hosts fetched while one is slow
-                    while (ready := len(tasks) - run.waiting_for_host) > concurrency or len(tasks) >= max_claimed:
+                    while (ready := len(tasks) - run.waiting_for_host) > concurrency or len(
+                        tasks
+                    ) > max_claimed - batch:
                         _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     rows = await sources_store.claim_due(
                         rt.pool,
