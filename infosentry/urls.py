@@ -63,12 +63,28 @@ def canonical_hash(canonical: str) -> str:
 _SPACES = re.compile(r"\s+")
 
 
+class _PunctuationTable(dict[int, int | None]):
+    """str.translate table dropping punctuation and symbols (categories P*, S*), filled in as characters are
+    met: a generator asking unicodedata about every character cost more than the rest of title_key. Bounded:
+    common text needs a few thousand characters, a hostile feed could bring a million."""
+
+    LIMIT = 16_384
+
+    def __missing__(self, code: int) -> int | None:
+        kept = None if unicodedata.category(chr(code))[0] in "PS" else code
+        if len(self) < self.LIMIT:
+            self[code] = kept
+        return kept
+
+
+_DROP_PUNCTUATION = _PunctuationTable()
+
+
 def title_key(title: str) -> str:
     """Fingerprint of a title for near-duplicate detection: equal for titles that differ only in case,
     punctuation, symbols, full/half width or spacing (16 hex of an MD5)."""
-    text = unicodedata.normalize("NFKC", title).casefold()
-    # Punctuation and symbols (categories P*, S*) are dropped so "U.S. jobs" and "US jobs" agree.
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PS")
+    # Punctuation and symbols are dropped so "U.S. jobs" and "US jobs" agree.
+    text = unicodedata.normalize("NFKC", title).casefold().translate(_DROP_PUNCTUATION)
     text = _SPACES.sub(" ", text).strip()
     return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from infosentry import text as text_module
+from infosentry import urls as urls_module
 from infosentry.text import clean_text, clean_title, truncate
 from infosentry.urls import canonical_url, title_key, url_hash
 
@@ -70,6 +71,9 @@ def test_title_key_ignores_case_punctuation_width_and_spacing() -> None:
     assert title_key("ＯｐｅｎＡＩ发布新模型！") == title_key("OpenAI发布新模型")
     assert title_key("《三体》第二季定档") == title_key("三体第二季定档")
     assert len(base) == 16 and int(base, 16) >= 0
+    many = "".join(map(chr, range(0x4E00, 0x4E00 + 20_000)))  # more distinct characters than the table keeps
+    assert title_key(f"《{many}》!") == title_key(many)
+    assert len(urls_module._DROP_PUNCTUATION) <= urls_module._PunctuationTable.LIMIT
 
 
 def test_clean_text_strips_markup_scripts_and_entities() -> None:
