@@ -118,10 +118,13 @@ async def item(
     n = next(_seq)
     title = title or f"Item {n}"
     url = url or f"https://news.example.com/story/{n}"
+    # as ingest stores one: the item and its link to the source it was seen in
     return await rt.pool.fetchval(
-        """INSERT INTO items (url, canonical_url, url_hash, title, snippet, published_at, source_id, title_key,
-                              is_backfill, embedding_status)
-           VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, 'done') RETURNING id""",
+        """WITH i AS (
+               INSERT INTO items (url, canonical_url, url_hash, title, snippet, published_at, source_id, title_key,
+                                  is_backfill, embedding_status)
+               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, 'done') RETURNING id)
+           INSERT INTO item_sources (item_id, source_id, url) SELECT id, $6, $1 FROM i RETURNING item_id""",
         url,
         hashlib.sha256(f"{url}#{n}".encode()).hexdigest()[:32],
         title,

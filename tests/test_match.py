@@ -20,6 +20,7 @@ from infosentry import calibrate, embed, match, reasons
 from infosentry.domain import admin
 from infosentry.embedders.lexical import lexical_similarity
 from infosentry.runtime import Runtime
+from infosentry.store import items as items_store
 from tests.conftest import make_user
 
 _seq = itertools.count(1)
@@ -501,6 +502,24 @@ async def test_an_item_whose_embedding_is_pending_waits_for_it(rt: Runtime) -> N
     await run_until_idle(rt)
     row = await match_row(rt, goal, item)
     assert row is not None and not row["lexical_only"] and row["components"]["model"] == model
+
+
+async def test_a_backfill_reads_the_recent_items_of_the_sources_the_user_follows(rt: Runtime) -> None:
+    uid, _ = await make_user(rt, "visible@example.com")
+    other, _ = await make_user(rt, "elsewhere@example.com")
+    mine, theirs = await seed_source(rt, uid), await seed_source(rt, other)
+    quiet = await seed_source(rt, uid)
+    await rt.pool.execute("UPDATE subscriptions SET enabled = false WHERE source_id = $1", quiet)
+    seen_here = await seed_item(rt, mine, *AI_ITEM, hours_ago=2)
+    seen_in_both = await seed_item(rt, theirs, *AI_ITEM_2, hours_ago=1, extra_sources=(mine,))
+    await seed_item(rt, theirs, "Nvidia GPU sales", "Not a source this user follows.")
+    await seed_item(rt, quiet, "AMD GPU sales", "A subscription switched off.")
+    await seed_item(rt, mine, "Old GPU story", "Older than the backfill horizon.", hours_ago=match.RECENT_HOURS + 1)
+    ids = await items_store.recent_visible_items(rt.pool, uid, hours=match.RECENT_HOURS, after_id=0, limit=100)
+    assert ids == [seen_here, seen_in_both]
+    assert await items_store.recent_visible_items(
+        rt.pool, uid, hours=match.RECENT_HOURS, after_id=ids[0], limit=100
+    ) == [seen_in_both]
 
 
 async def test_goals_backfilled_at_once_do_not_deadlock(rt: Runtime) -> None:

@@ -96,12 +96,6 @@ async def seed_user(
         goal_id = chips if n % 2 == 0 else space
         score = 0.95 - (n % 7) * 0.03
         rows.append((goal_id, item_id, score, tiers[n % 3], n < notifications, n % 3 == 0))
-    # every item is seen in the source (as ingest records it): the user can see it and give feedback on it
-    await rt.pool.execute(
-        """INSERT INTO item_sources (item_id, source_id, url)
-           SELECT id, source_id, url FROM items WHERE id = ANY($1::bigint[])""",
-        seeded.item_ids,
-    )
     await rt.pool.executemany(
         """INSERT INTO matches (goal_id, item_id, score, components, reasons)
            VALUES ($1, $2, $3, '{"semantic": 0.8}'::jsonb, '["very close to your goal", "mentions ''GPU''"]'::jsonb)""",

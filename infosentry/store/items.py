@@ -276,18 +276,22 @@ async def work_waiting(conn: Conn, model: str, *, prf_first: int, prf_every: int
     return dict(row)
 
 
+# The user's recent items, found from their subscriptions through item_sources (every source an item was seen
+# in, the first included: a link is written with the item, first_seen_at no earlier than its ingested_at).
+# Testing each recent item for visibility instead read every recent item's row: 160-210 ms per call with 90,000
+# items, against 35-47 ms (bin/bench scale), and PRF refreshes call it for every user many times a day.
+_VISIBLE_RECENT = """i.id IN (SELECT s.item_id FROM item_sources s JOIN subscriptions sub
+                                    ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
+                                 WHERE s.first_seen_at > now() - make_interval(hours => $2))
+                  AND i.ingested_at > now() - make_interval(hours => $2)"""
+
+
 async def recent_visible_vectors(conn: Conn, user_id: int, model: str, *, hours: int, limit: int) -> list[Any]:
     """Context vectors of the newest embedded items (of `model`) the user sees, up to `limit`."""
     rows = await conn.fetch(
-        """SELECT COALESCE(i.context_embedding, i.embedding) AS v FROM items i
-           WHERE i.ingested_at > now() - make_interval(hours => $2) AND i.embedding_status = 'done'
-             AND i.embedding_model = $3
-             AND (EXISTS (SELECT 1 FROM item_sources s JOIN subscriptions sub
-                              ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
-                          WHERE s.item_id = i.id)
-                  OR EXISTS (SELECT 1 FROM subscriptions sub
-                             WHERE sub.source_id = i.source_id AND sub.user_id = $1 AND sub.enabled))
-           ORDER BY i.id DESC LIMIT $4""",
+        f"""SELECT COALESCE(i.context_embedding, i.embedding) AS v FROM items i
+            WHERE {_VISIBLE_RECENT} AND i.embedding_status = 'done' AND i.embedding_model = $3
+            ORDER BY i.id DESC LIMIT $4""",
         user_id,
         hours,
         model,
@@ -299,14 +303,7 @@ async def recent_visible_vectors(conn: Conn, user_id: int, model: str, *, hours:
 async def recent_visible_items(conn: Conn, user_id: int, *, hours: int, after_id: int, limit: int) -> list[int]:
     """Ids of recent items from sources the user subscribes to (enabled), ascending from after_id."""
     rows = await conn.fetch(
-        """SELECT i.id FROM items i
-           WHERE i.ingested_at > now() - make_interval(hours => $2) AND i.id > $3
-             AND (EXISTS (SELECT 1 FROM item_sources s JOIN subscriptions sub
-                              ON sub.source_id = s.source_id AND sub.user_id = $1 AND sub.enabled
-                          WHERE s.item_id = i.id)
-                  OR EXISTS (SELECT 1 FROM subscriptions sub
-                             WHERE sub.source_id = i.source_id AND sub.user_id = $1 AND sub.enabled))
-           ORDER BY i.id LIMIT $4""",
+        f"""SELECT i.id FROM items i WHERE {_VISIBLE_RECENT} AND i.id > $3 ORDER BY i.id LIMIT $4""",
         user_id,
         hours,
         after_id,
