@@ -377,7 +377,7 @@ async def run_due(
     tasks: set[asyncio.Task[None]] = set()
     claimed: list[int] = []
     max_claimed = CLAIMED_PER_SLOT * concurrency
-    batch = min(CLAIM_BATCH, concurrency)
+    claim_at = max_claimed - min(CLAIM_BATCH, concurrency)  # holding at most this many, a whole batch fits
     await sources_store.park_unfollowed(rt.pool)
     async with Run(
         rt, concurrency=concurrency, use_pool=use_pool, lease_seconds=lease_seconds, on_new_items=on_new_items
@@ -387,9 +387,7 @@ async def run_due(
                 while time.monotonic() < deadline:
                     # keep about two batches in hand beyond those waiting for a busy host: enough to keep every
                     # slot busy, few leases waiting, and other hosts fetched while one is slow
-                    while (ready := len(tasks) - run.waiting_for_host) > concurrency or len(
-                        tasks
-                    ) > max_claimed - batch:
+                    while (ready := len(tasks) - run.waiting_for_host) > concurrency or len(tasks) > claim_at:
                         _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     rows = await sources_store.claim_due(
                         rt.pool,
