@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.policy
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from email.parser import BytesParser
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from infosentry import mail
 from infosentry.mail import (
+    BuiltMessage,
     EmailItem,
     FileSink,
     RenderedEmail,
@@ -74,7 +74,7 @@ def links_of(html: str) -> Links:
     return parser
 
 
-def build(rendered: RenderedEmail, key: str = "immediate:7:1") -> EmailMessage:
+def build(rendered: RenderedEmail, key: str = "immediate:7:1") -> BuiltMessage:
     return build_message(
         rendered,
         to_addr="user@example.com",
@@ -263,17 +263,18 @@ def test_login_and_alert_emails() -> None:
 # ------------------------------------------------------------------------------------------------ MIME
 
 
-def test_mime_structure_encoding_and_headers() -> None:
+@pytest.mark.parametrize(("lang", "cte"), [("zh", "base64"), ("en", "quoted-printable")])
+def test_mime_structure_encoding_and_headers(lang: str, cte: str) -> None:
     r = render_push_email(
         "digest",
-        "zh",
+        lang,
         [section(7, "半导体出口管制", 2)],
         public_url=PUBLIC,
         unsubscribe_url=UNSUB + "&" + "a" * 120,
         day="2026-11-27",
     )
     msg = build(r)
-    raw = mail.message_bytes(msg)
+    raw = msg.data
     assert b"\r\n" in raw and raw.isascii()  # 7-bit clean on the wire; non-ASCII is encoded
     # List-Unsubscribe stays one plain line (a long URL must not become an RFC 2047 encoded-word).
     assert f"\r\nList-Unsubscribe: <{UNSUB}&{'a' * 120}>\r\n".encode() in raw
@@ -284,6 +285,10 @@ def test_mime_structure_encoding_and_headers() -> None:
     parts = list(parsed.iter_parts())
     assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]  # HTML last = preferred
     assert all(p.get_content_charset() == "utf-8" for p in parts)
+    # each part in the shorter encoding: mostly-ASCII text stays readable (quoted-printable), Chinese text is
+    # shorter in base64 (the HTML part, mostly markup, is quoted-printable in both languages)
+    assert [p["Content-Transfer-Encoding"] for p in parts] == [cte, "quoted-printable"]
+    assert not parsed.defects and not any(p.defects for p in parts)
     # Quoted-printable parts come back with the canonical CRLF line ends.
     assert [p.get_content().replace("\r\n", "\n") for p in parts] == [r.text, r.html]
     assert parsed["Subject"] == r.subject
@@ -295,12 +300,46 @@ def test_mime_structure_encoding_and_headers() -> None:
     assert parsed[mail.DEDUPE_HEADER] == "immediate:7:1"
 
 
+@pytest.mark.parametrize(
+    ("subject", "from_name"),
+    [
+        ("[目标：半导体出口管制与国产替代的最新进展] " * 3, "信息哨兵 " * 30),
+        ("A plain subject that is long enough to be folded across lines by the header encoder " * 2, "Ops, Inc."),
+        ('Quotes " and =?utf-8?q?x?= and trailing space ', 'Eve "the" <admin@example.com>'),
+        ("x" * 200, ""),
+    ],
+)
+def test_headers_fold_encode_and_read_back(subject: str, from_name: str) -> None:
+    msg = build_message(
+        RenderedEmail(subject, "text\n", "<p>html</p>"),
+        to_addr="user@example.com",
+        from_addr="noreply@sentry.example.com",
+        from_name=from_name,
+        message_id_domain="sentry.example.com",
+        dedupe_key="immediate:7:1",
+    )
+    head = msg.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    long = [line for line in head.split("\r\n") if len(line) > 78]
+    # folded at spaces: only a single word longer than a line stays longer (a word is never split)
+    assert bool(long) == (" " not in subject.strip()) and all(len(line.split()) <= 2 for line in long)
+    parsed = BytesParser(policy=email.policy.default).parsebytes(msg.data)
+    assert parsed["Subject"] == subject
+    (sender,) = parsed["From"].addresses
+    assert sender.addr_spec == "noreply@sentry.example.com"
+    # (the stdlib's address parser puts a space between adjacent encoded words of a long name; RFC 2047 says to
+    # drop it, and the old EmailMessage build read back the same)
+    assert sender.display_name.replace(" ", "") == mail._one_line(from_name, 100).replace(" ", "")
+    assert (msg.sender, msg.recipients) == ("noreply@sentry.example.com", ("user@example.com",))
+
+
 def test_message_id_is_deterministic_per_dedupe_key() -> None:
     r = render_push_email("immediate", "en", [section(7, "Chips", 1)], public_url=PUBLIC, unsubscribe_url=None)
     a, b, c = build(r, "immediate:7:1"), build(r, "immediate:7:1"), build(r, "immediate:7:2")
-    assert a["Message-ID"] == b["Message-ID"] != c["Message-ID"]
-    assert str(a["Message-ID"]).startswith("<infosentry.") and str(a["Message-ID"]).endswith("@sentry.example.com>")
-    assert mail.make_message_id("immediate:7:1", "sentry.example.com") == a["Message-ID"]
+    assert a.message_id == b.message_id != c.message_id
+    assert a.message_id.startswith("<infosentry.") and a.message_id.endswith("@sentry.example.com>")
+    assert mail.make_message_id("immediate:7:1", "sentry.example.com") == a.message_id
+    parsed = BytesParser(policy=email.policy.default).parsebytes(a.data)
+    assert parsed["Message-ID"] == a.message_id
     with pytest.raises(ValueError):
         mail.make_message_id("k", "bad domain>")
 
@@ -325,7 +364,7 @@ def test_build_rejects_header_injection() -> None:
 # ------------------------------------------------------------------------------------------------ sending
 
 
-def _msg(key: str = "immediate:7:1") -> EmailMessage:
+def _msg(key: str = "immediate:7:1") -> BuiltMessage:
     r = render_push_email("immediate", "zh", [section(7, "半导体", 2)], public_url=PUBLIC, unsubscribe_url=UNSUB)
     return build(r, key)
 
