@@ -429,9 +429,7 @@ def build_message(
     name = _one_line(from_name, 100)
     fixed = {
         "Subject": _encoded("Subject", rendered.subject),
-        "From": formataddr((name, from_addr))
-        if name.isascii() and "=?" not in name
-        else _folded(_encoded("From", name), f"<{from_addr}>"),
+        "From": _from_header(name, from_addr),
         "To": to_addr,
         "Date": format_datetime(date or datetime.now(UTC)),
         "Message-ID": make_message_id(dedupe_key, message_id_domain),
@@ -482,10 +480,15 @@ def _encoded(name: str, value: str) -> str:
     return folded.removeprefix(_CRLF + " ")
 
 
-def _folded(value: str, word: str) -> str:
-    """`value` and one more word, on a new line when the last line would pass 78 columns."""
-    last = value.rsplit(_CRLF, 1)[-1]
-    return f"{value}{_CRLF} {word}" if len(last) + 1 + len(word) > 78 - len("From: ") else f"{value} {word}"
+def _from_header(name: str, addr: str) -> str:
+    """The From value: the display name (quoted, or RFC 2047-encoded and folded) and the address, on a line of its
+    own when the name's last line has no room for it within 78 columns."""
+    if name.isascii() and "=?" not in name:
+        return formataddr((name, addr))
+    encoded = _encoded("From", name)
+    lines = encoded.split(_CRLF)
+    width = len(lines[-1]) + (len("From: ") if len(lines) == 1 else 0)
+    return f"{encoded}{_CRLF if width + len(addr) + 3 > 78 else ''} <{addr}>"
 
 
 def _text_part(body: str, subtype: str) -> str:
