@@ -427,15 +427,16 @@ def build_message(
     for malformed addresses or headers (never builds a message with an injected header line)."""
     to_addr, from_addr = _addr_spec(to_addr), _addr_spec(from_addr)
     name = _one_line(from_name, 100)
+    message_id, one_line_key = make_message_id(dedupe_key, message_id_domain), _one_line(dedupe_key)
     fixed = {
         "Subject": _encoded("Subject", rendered.subject),
         "From": _from_header(name, from_addr),
         "To": to_addr,
         "Date": format_datetime(date or datetime.now(UTC)),
-        "Message-ID": make_message_id(dedupe_key, message_id_domain),
+        "Message-ID": message_id,
         # RFC 3834: tells auto-responders (vacation replies) not to answer a machine.
         "Auto-Submitted": "auto-generated",
-        DEDUPE_HEADER: _one_line(dedupe_key),
+        DEDUPE_HEADER: one_line_key,
     }
     headers = {k.lower(): (k, v) for k, v in fixed.items()}
     for key, value in rendered.headers.items():
@@ -454,8 +455,8 @@ def build_message(
     return BuiltMessage(
         sender=from_addr,
         recipients=(to_addr,),
-        message_id=headers["message-id"][1],
-        dedupe_key=fixed[DEDUPE_HEADER],
+        message_id=message_id,
+        dedupe_key=one_line_key,
         data=text.encode("utf-8" if smtputf8 else "ascii"),
         smtputf8=smtputf8,
     )
@@ -699,7 +700,7 @@ class FileSink:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def write(self, msg: BuiltMessage) -> Path:
-        key = msg.dedupe_key.strip() or msg.message_id
+        key = msg.dedupe_key or msg.message_id  # one line, already stripped
         self.directory.mkdir(parents=True, exist_ok=True)
         data = msg.data
         with self._locked():
