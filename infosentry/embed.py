@@ -49,6 +49,9 @@ REQUEUE_LIMIT = 5000
 # Item rounds running at once in one process. More only queue on the CPU, and each holds a queue-worker slot
 # that deciding and sending need: a run that finds them busy notes it and returns (see _ItemRounds).
 ITEM_ROUNDS_PER_PROCESS = 2
+# Items this recent are embedded oldest first (a burst is worked through in arrival order, so none of it waits
+# for all the rest); an older backlog, newest first. A minute: a burst lasts seconds, an outage's backlog longer.
+FIFO_SECONDS = 60.0
 
 _local_lock = threading.Lock()
 _local_embedders: dict[str, Any] = {}
@@ -424,7 +427,7 @@ async def embed_batch(rt: Runtime, emb: Embedder, report: RunReport) -> int:
     await pool.refresh(rt)
     embedded: list[int] = []
     async with rt.pool.acquire() as conn, conn.transaction():
-        rows = await items_store.claim_pending(conn, size)
+        rows = await items_store.claim_pending(conn, size, fifo_seconds=FIFO_SECONDS)
         if not rows:
             return 0
         ids = [r["id"] for r in rows]

@@ -22,6 +22,7 @@ from infosentry.embedders.openai import CallRecord, EmbedError, OpenAIEmbedder, 
 from infosentry.retry import Backoff, retry_after_seconds
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
+from infosentry.store import items as items_store
 from infosentry.store import matches as matches_store
 from tests.conftest import make_user
 from tests.fakes.openai import FakeOpenAI, fake_tokens, fake_vector
@@ -387,6 +388,28 @@ async def test_concurrent_runs_never_embed_an_item_twice(fake_rt: Runtime, opena
         match.goal_facets(*AI_GOAL)
     ) * sum(r.goals_embedded for r in reports)
     assert await statuses(rt) == {"done": 40}
+
+
+async def test_recent_items_are_claimed_oldest_first_and_an_older_backlog_newest_first(fake_rt: Runtime) -> None:
+    """A fetch wave brings hundreds of items in a second. Claimed newest first, the wave's first items waited
+    until all the rest were done: seconds on the scale day's instant alerts. Items older than FIFO_SECONDS (an
+    outage's backlog) come after the recent ones, newest first."""
+    rt = fake_rt
+    uid, _ = await make_user(rt, "order@example.com")
+    src = await seed_source(rt, uid)
+    hours = {"old_backlog": 2.0, "new_backlog": 0.2, "wave_first": 0.01, "wave_mid": 0.005, "wave_last": 0.0}
+    ids = {name: await seed_item(rt, src, f"The {name} story", hours_ago=h) for name, h in hours.items()}
+    assert 0.01 * 3600 < embed.FIFO_SECONDS < 0.2 * 3600
+
+    async def claim(conn: Any, limit: int) -> set[str]:
+        rows = await items_store.claim_pending(conn, limit, fifo_seconds=embed.FIFO_SECONDS)
+        return {name for name, i in ids.items() if i in {r["id"] for r in rows}}
+
+    async with rt.pool.acquire() as one, one.transaction(), rt.pool.acquire() as two, two.transaction():
+        assert await claim(one, 2) == {"wave_first", "wave_mid"}
+        assert await claim(two, 2) == {"wave_last", "new_backlog"}  # the claimed rows are skipped, not waited for
+        async with rt.pool.acquire() as three, three.transaction():
+            assert await claim(three, 5) == {"old_backlog"}
 
 
 async def test_a_process_runs_a_bounded_number_of_item_rounds_and_a_missed_run_is_taken_up(

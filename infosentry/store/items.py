@@ -159,15 +159,28 @@ async def item_goals(conn: Conn, *, user_id: int, item_id: int) -> list[asyncpg.
     )
 
 
-async def claim_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Lock up to `limit` items waiting for an embedding, newest first (fresh news matters most); other workers
-    skip them. Call inside a transaction held until the vectors are stored. (NO KEY UPDATE: rows that reference
-    these items, as another goal's backfill writes, are not held up by the claim.)"""
+async def claim_pending(conn: asyncpg.Connection, limit: int, *, fifo_seconds: float) -> list[asyncpg.Record]:
+    """Lock up to `limit` items waiting for an embedding; other workers skip them. Call inside a transaction held
+    until the vectors are stored. (NO KEY UPDATE: rows that reference these items, as another goal's backfill
+    writes, are not held up by the claim.)
+
+    Items of the last `fifo_seconds` go first, oldest first: a fetch wave brings hundreds of items in a second,
+    and newest first left the wave's first items waiting until its last were done (seconds, on instant alerts).
+    A backlog older than that (an outage) goes newest first after them: fresh news matters most."""
     return await conn.fetch(
-        """SELECT id, title, snippet, embed_attempts FROM items
-           WHERE embedding_status = 'pending'
-           ORDER BY ingested_at DESC LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED""",
+        """WITH recent AS (
+               SELECT id FROM items
+               WHERE embedding_status = 'pending' AND ingested_at >= now() - make_interval(secs => $2)
+               ORDER BY ingested_at, id LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED),
+           backlog AS (
+               SELECT id FROM items
+               WHERE embedding_status = 'pending' AND ingested_at < now() - make_interval(secs => $2)
+               ORDER BY ingested_at DESC, id DESC LIMIT $1 - (SELECT count(*) FROM recent)
+               FOR NO KEY UPDATE SKIP LOCKED)
+           SELECT i.id, i.title, i.snippet, i.embed_attempts
+           FROM items i JOIN (SELECT id FROM recent UNION ALL SELECT id FROM backlog) c ON c.id = i.id""",
         limit,
+        fifo_seconds,
     )
 
 
