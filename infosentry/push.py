@@ -38,7 +38,7 @@ EXPIRE_AFTER = timedelta(hours=48)  # BATCH/DIGEST decisions never chosen are cl
 CATCH_UP = timedelta(hours=24)  # a window or digest missed while the service was down fires up to this late
 LATE_AFTER = timedelta(minutes=10)  # ... and says so when it fires later than this
 SEND_CONCURRENCY = 8  # SMTP connections, each with its own sending lane
-SEND_LANE_CLAIM = 4  # rows a lane claims at a time: a new instant alert waits for at most this many of its sends
+SEND_LANE_CLAIM = 4  # rows a busy lane claims at a time: a new instant alert waits for at most this many sends
 SEND_BUDGET = 1000  # emails claimed per send job (the job asks for another while mail is due)
 MAX_SEND_ATTEMPTS = 10
 FLUSH_GOALS = 200  # goals per IMMEDIATE flush transaction
@@ -817,10 +817,14 @@ async def send_due(rt: Runtime, now: datetime | None = None, *, budget: int = SE
 
         async def lane() -> None:
             """Claims a few due rows, sends them in turn on its connection, claims again: no lane waits for
-            another's slowest send (rounds of 20 rows did, with every connection idle meanwhile)."""
+            another's slowest send (rounds of 20 rows did, with every connection idle meanwhile). A lane's first
+            claim is one row, doubled while claims come back full: five due instant alerts go out side by side
+            on five connections, not four in turn on one; a backlog is still claimed SEND_LANE_CLAIM at a time."""
             nonlocal left
+            size = 1
             while left > 0:
-                take = min(SEND_LANE_CLAIM, left)
+                take = min(size, left)
+                size = min(2 * size, SEND_LANE_CLAIM)
                 left -= take
                 now = fixed_now or utcnow()
                 rows = await emails_store.claim_due(rt.pool, now=now, limit=take, lease_seconds=LEASE_SECONDS)

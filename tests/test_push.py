@@ -576,6 +576,24 @@ async def test_sending_lanes_share_the_job_budget_and_deliver_each_email_once(
     assert state["consecutive_failures"] == 0 and state["last_success_at"] is not None
 
 
+async def test_a_few_due_emails_go_out_side_by_side_on_as_many_connections(srt: Runtime, smtp_sink: SmtpSink) -> None:
+    """Each lane's first claim is one row: five instant alerts due together went out four in turn on one
+    connection and one on another (the fourth waited for three sends) before."""
+    rt = srt
+    rows = [
+        emails_store.NewEmail(
+            f"few-{n}", "immediate", None, None, "a@example.com", f"Few {n}", "b", "", {}, "pending", None
+        )
+        for n in range(5)
+    ]
+    await emails_store.insert_emails(rt.pool, rows)
+    # a running service's pool has its connections open: the lanes' first claims then go out together
+    await asyncio.gather(*(rt.pool.fetchval("SELECT pg_sleep(0.05)") for _ in range(push.SEND_CONCURRENCY)))
+    report = await push.send_due(rt, push.utcnow() + timedelta(seconds=1))
+    assert (report.claimed, report.sent) == (5, 5)
+    assert smtp_sink.sessions == 5
+
+
 async def test_instant_and_sign_in_mail_is_claimed_before_a_burst_of_batch_mail(rt: Runtime) -> None:
     def email(key: str, kind: str) -> emails_store.NewEmail:
         return emails_store.NewEmail(key, kind, None, None, "a@example.com", key, "body", "", {}, "pending", None)
