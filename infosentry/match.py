@@ -694,10 +694,9 @@ async def match_items(
 
     async def write(c: asyncpg.Connection) -> None:
         await matches_store.lock_for_write(c)
-        held = rt.extras.setdefault("calibration_windows", {})
-        vector_est, neighbour = await _observe(c, held, sig.values(), sig.values(items=first), model, goals, versions)
+        vector_est, neighbour = await _observe(c, sig.values(), sig.values(items=first), model, goals, versions)
         lexical_est, _ = await _observe(
-            c, held, sig.values(lexical=True), sig.values(lexical=True, items=first), LEXICAL_SIGNAL, goals, versions
+            c, sig.values(lexical=True), sig.values(lexical=True, items=first), LEXICAL_SIGNAL, goals, versions
         )
         scored = finish(items, goals, sig, semantic_scores(sig, vector_est, lexical_est), rated, neighbour)
         stats.pairs = len(scored.score)
@@ -745,12 +744,8 @@ async def tail_rank(rt: Runtime, goal_id: int) -> TailRank | None:
     return TailRank(str(row["signal"]), est.m, est.s) if est.known else None
 
 
-WINDOWS_HELD = 50_000  # calibration windows a process keeps a copy of (2 KB each); past it, it starts over
-
-
 async def _observe(
     conn: asyncpg.Connection,
-    held: dict[tuple[int, str], tuple[int, bytes]],
     scored: dict[int, np.ndarray],
     new: dict[int, np.ndarray],
     signal: str | None,
@@ -760,29 +755,23 @@ async def _observe(
     """Add each goal's `new` values of one signal to its calibration window, then return the estimates (by goal
     row) and feedback neighbour thresholds of every goal with values to score. The batch is added first, so a
     goal's first batch (its backfill) calibrates itself; the keyword signal's prior is measured here, the
-    models' when the goal is embedded. `held`: this process's copies of the windows (by goal and signal, with
-    the goal version), so the append sends back only the windows that are not what the copy predicts."""
+    models' when the goal is embedded."""
     if not scored or signal is None:
         return {}, {}
     lexical = signal == LEXICAL_SIGNAL
     rows_of = sorted(scored)
     values = {j: new.get(j, np.zeros(0)) for j in rows_of}
     gids = [int(goals.ids[j]) for j in rows_of]
-    vers = [versions[j] for j in rows_of]
-    expect: list[bytes | None] = []
-    for gid, version, j in zip(gids, vers, rows_of, strict=True):
-        copy = held.get((gid, signal))
-        added = calibration_store.window_bytes(values[j])
-        expect.append((copy[1] + added)[-4 * calibrate.WINDOW :] if copy and copy[0] == version else None)
     priors = [lexical_prior(goals.texts[j]) if lexical else None for j in rows_of]
     records = await calibration_store.observe(
-        conn, signal, gids, vers, [values[j] for j in rows_of], priors, window=calibrate.WINDOW, expect=expect
+        conn,
+        signal,
+        gids,
+        [versions[j] for j in rows_of],
+        [values[j] for j in rows_of],
+        priors,
+        window=calibrate.WINDOW,
     )
-    if len(held) > WINDOWS_HELD:
-        held.clear()
-    version_of = dict(zip(gids, vers, strict=True))
-    for r in records:
-        held[(int(r["goal_id"]), signal)] = (version_of[int(r["goal_id"])], r["recent"])
     by_id = {int(r["goal_id"]): r for r in records}
     found = [(j, by_id[gid]) for j, gid in zip(rows_of, gids, strict=True) if gid in by_id]
     ests = calibrate.estimates(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -287,67 +286,6 @@ async def test_a_users_goals_due_together_read_the_users_recent_items_once(
     assert len(refreshed) == 3 and all(r["prf"] is not None for r in refreshed)
     assert reads == [uid, uid]  # three goals due together, one more read of their owner's recent vectors
     assert len({match._vec(r["prf"]).tobytes() for r in refreshed}) == 3  # each goal its own vector
-
-
-class _Recording:
-    """A connection whose fetch keeps the rows Postgres sent."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn, self.sent = conn, []
-
-    async def fetch(self, *args: Any) -> Any:
-        self.sent = await self.conn.fetch(*args)
-        return self.sent
-
-
-async def test_an_append_sends_back_only_the_windows_a_copy_does_not_predict(rt: Runtime) -> None:
-    """Every matching batch appends a value or two to each goal's window of 500; a process that holds a copy
-    gets back a window only when the copy is wrong (another process appended meanwhile, a rollback), and what
-    it returns is the stored window either way."""
-    uid, _ = await make_user(rt, "copies@example.com")
-    goals = [await seed_goal(rt, uid, f"Goal {k}", "Chips and accelerators") for k in range(3)]
-    rng = np.random.default_rng(5)
-    first = [rng.normal(0.3, 0.1, 40).astype(np.float32) for _ in goals]
-    more = [rng.normal(0.3, 0.1, 2).astype(np.float32) for _ in goals]
-
-    def stored(*parts: np.ndarray) -> bytes:
-        return calibration_store.window_bytes(np.concatenate(parts))
-
-    async with rt.pool.acquire() as conn:
-        args = ("test:model", goals, [1, 1, 1])
-        await calibration_store.observe(conn, *args, first, [None] * 3, window=calibrate.WINDOW)
-        other_process = [rng.normal(0.3, 0.1, 1).astype(np.float32)]
-        await calibration_store.observe(conn, "test:model", goals[2:], [1], other_process, [None], window=500)
-        recording = _Recording(conn)
-        copies = [stored(first[k], more[k]) for k in range(3)]  # the third misses the other process's value
-        rows = await calibration_store.observe(
-            recording, *args, more, [None] * 3, window=calibrate.WINDOW, expect=[copies[0], None, copies[2]]
-        )
-    assert [r["recent"] is None for r in recording.sent] == [True, False, False]
-    assert [r["recent"] for r in rows] == [
-        stored(first[0], more[0]),
-        stored(first[1], more[1]),
-        stored(first[2], other_process[0], more[2]),
-    ]
-    assert [r["seen"] for r in rows] == [42, 42, 43]
-
-
-async def test_processes_matching_in_turn_calibrate_on_the_stored_windows(rt: Runtime) -> None:
-    """Two processes matching in uneven turns, each with its own copies: after each batch, the process that
-    matched it holds (and so calibrated on) exactly the windows stored."""
-    uid, _ = await make_user(rt, "turns@example.com")
-    src = await seed_source(rt, uid)
-    await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs")
-    processes: list[dict[Any, Any]] = [{}, {}]
-    for k in range(12):
-        item = await seed_item(rt, src, f"GPU maker {k} ships an AI accelerator", "chips")
-        held = rt.extras["calibration_windows"] = processes[int(k % 3 == 0)]
-        await match.match_items(rt, [item], model=None, lexical_fallback=True)
-        stored = {
-            (r["goal_id"], r["signal"]): r["recent"] for r in await rt.pool.fetch("SELECT * FROM goal_calibration")
-        }
-        assert stored and {key: copy for key, (_, copy) in held.items()} == stored
-        assert len(next(iter(stored.values()))) == 4 * (k + 1)
 
 
 async def test_a_window_keeps_the_newest_values_and_reads_back_in_psql(rt: Runtime) -> None:

@@ -6,9 +6,7 @@ by a copy and read without a Python float per value (migration 0011)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 import numpy as np
@@ -68,49 +66,38 @@ async def observe(
     priors: Sequence[tuple[float, float] | None],
     *,
     window: int,
-    expect: Sequence[bytes | None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[asyncpg.Record]:
     """Append each goal's batch of values to its window (the newest `window` kept) and return the updated rows
     (goal_id, prior_loc, prior_spread, neighbour, recent, seen). A row of another goal version starts over;
-    `priors` are used only when a row is created or restarted (the embedding step sets the model priors).
-
-    `expect`: per goal, the stored window the caller expects after the append (its copy plus the values), or
-    None. Only the SHA-256 of a matching window crosses back, not the window: a batch appends a value or two to
-    each of a thousand windows of 500, and reading them all back cost 2 MB per batch and signal. A window that
-    differs (another process appended meanwhile, a rollback undid the caller's copy) comes back whole."""
+    `priors` are used only when a row is created or restarted (the embedding step sets the model priors)."""
     if not goal_ids:
         return []
     order = sorted(range(len(goal_ids)), key=lambda k: goal_ids[k])  # one lock order for concurrent batches
-    expected = [expect[k] if expect is not None else None for k in order]
-    rows = await conn.fetch(
+    return await conn.fetch(
         """WITH v AS (
-               SELECT u.g, u.version, u.vals, u.loc, u.spread, u.digest, u.k
-               FROM unnest($2::bigint[], $3::int[], $4::bytea[], $5::real[], $6::real[], $8::bytea[])
-                    WITH ORDINALITY AS u(g, version, vals, loc, spread, digest, k)),
-           up AS (
-               INSERT INTO goal_calibration AS c (goal_id, signal, goal_version, prior_loc, prior_spread, recent,
-                                                  seen, updated_at)
-               SELECT v.g, $1, v.version, v.loc, v.spread,
-                      substring(v.vals FROM greatest(1, length(v.vals) - 4 * $7 + 1)), length(v.vals) / 4, now()
-               FROM v WHERE EXISTS (SELECT 1 FROM goals WHERE id = v.g)
-               ORDER BY v.k
-               ON CONFLICT (goal_id, signal) DO UPDATE SET
-                   recent = CASE WHEN c.goal_version = EXCLUDED.goal_version
-                                 THEN substring(c.recent || EXCLUDED.recent FROM
-                                                greatest(1, length(c.recent) + length(EXCLUDED.recent) - 4 * $7 + 1))
-                                 ELSE EXCLUDED.recent END,
-                   seen = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.seen + EXCLUDED.seen
-                               ELSE EXCLUDED.seen END,
-                   prior_loc = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.prior_loc
-                                    ELSE EXCLUDED.prior_loc END,
-                   prior_spread = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.prior_spread
-                                       ELSE EXCLUDED.prior_spread END,
-                   neighbour = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.neighbour END,
-                   goal_version = EXCLUDED.goal_version, updated_at = now()
-               RETURNING goal_id, prior_loc, prior_spread, neighbour, recent, seen)
-           SELECT up.goal_id, up.prior_loc, up.prior_spread, up.neighbour, up.seen, v.k,
-                  CASE WHEN sha256(up.recent) = v.digest THEN NULL ELSE up.recent END AS recent
-           FROM up JOIN v ON v.g = up.goal_id""",
+               SELECT u.g, u.version, u.vals, u.loc, u.spread, u.k
+               FROM unnest($2::bigint[], $3::int[], $4::bytea[], $5::real[], $6::real[])
+                    WITH ORDINALITY AS u(g, version, vals, loc, spread, k))
+           INSERT INTO goal_calibration AS c (goal_id, signal, goal_version, prior_loc, prior_spread, recent, seen,
+                                              updated_at)
+           SELECT v.g, $1, v.version, v.loc, v.spread, substring(v.vals FROM greatest(1, length(v.vals) - 4 * $7 + 1)),
+                  length(v.vals) / 4, now()
+           FROM v WHERE EXISTS (SELECT 1 FROM goals WHERE id = v.g)
+           ORDER BY v.k
+           ON CONFLICT (goal_id, signal) DO UPDATE SET
+               recent = CASE WHEN c.goal_version = EXCLUDED.goal_version
+                             THEN substring(c.recent || EXCLUDED.recent
+                                            FROM greatest(1, length(c.recent) + length(EXCLUDED.recent) - 4 * $7 + 1))
+                             ELSE EXCLUDED.recent END,
+               seen = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.seen + EXCLUDED.seen
+                           ELSE EXCLUDED.seen END,
+               prior_loc = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.prior_loc
+                                ELSE EXCLUDED.prior_loc END,
+               prior_spread = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.prior_spread
+                                   ELSE EXCLUDED.prior_spread END,
+               neighbour = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.neighbour END,
+               goal_version = EXCLUDED.goal_version, updated_at = now()
+           RETURNING goal_id, prior_loc, prior_spread, neighbour, recent, seen""",
         signal,
         [goal_ids[k] for k in order],
         [versions[k] for k in order],
@@ -118,17 +105,7 @@ async def observe(
         [priors[k][0] if priors[k] else None for k in order],
         [priors[k][1] if priors[k] else None for k in order],
         window,
-        [hashlib.sha256(w).digest() if w is not None else None for w in expected],
     )
-    out = []
-    for r in rows:
-        row = dict(r)
-        if row["recent"] is None:  # the window the caller expected, byte for byte
-            row["recent"] = expected[row.pop("k") - 1]
-        else:
-            del row["k"]
-        out.append(row)
-    return out
 
 
 async def current(conn: Conn, goal_id: int) -> asyncpg.Record | None:
