@@ -44,6 +44,7 @@ class _Refusal:
 class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+        self._begun: dict[int, int] = {}  # session id -> expire_sessions() calls before its EHLO
 
     def _refusal(self, stage: str) -> str | None:
         refusal = self.sink._refusal
@@ -53,18 +54,38 @@ class _Handler:
             self.sink.refused += 1
         return f"{refusal.code} {refusal.message}"
 
+    def _expired(self, server: SMTP, session: Session) -> str | None:
+        """A relay's idle timeout: a session begun before expire_sessions() gets 421 and is closed."""
+        if self.sink._expired_before <= self._begun.get(id(session), self.sink._expired_before):
+            return None
+        asyncio.get_running_loop().call_soon(server.transport.close)
+        return "421 4.4.2 sink.infosentry.test Error: timeout exceeded"
+
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        self._begun[id(session)] = self.sink._expired_before
+        if self.sink.session_setup:
+            await asyncio.sleep(self.sink.session_setup)
         with self.sink._cond:
             self.sink.sessions += 1
         return responses
 
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.sink._cond:
+            self.sink.quits += 1
+        return "221 Bye"
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        with self.sink._cond:
+            self.sink.noops += 1
+        return self._expired(server, session) or "250 OK"
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        if answer := self._refusal("mail"):
+        if answer := self._expired(server, session) or self._refusal("mail"):
             return answer
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -108,16 +129,25 @@ class SmtpSink:
       require_auth(user, password)               AUTH with other credentials gets 535 (mail without AUTH is still
                                                  accepted); allow_any_auth() undoes it
       down() / up()                              stop listening (connection refused) / listen again on the same port
-    Inspection: `received` (ReceivedMail list), `messages` (the parsed EmailMessages), `sessions` (EHLOs), clear(),
+      session_setup = SECONDS                    EHLO answers that late, as a remote relay's TLS handshake, EHLO and
+                                                 login would (a constructor argument too)
+      expire_sessions()                          the sessions open now answer their next NOOP or MAIL with 421 and
+                                                 close, as a relay's idle timeout does
+    Inspection: `received` (ReceivedMail list), `messages` (the parsed EmailMessages), `sessions` (EHLOs), `noops`,
+    `quits`, clear(),
     `await wait_for(n, timeout)` or wait_for_sync(n, timeout) for blocking tests.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, session_setup: float = 0.0) -> None:
         self.host = HOST
         self.port = port or _free_port()
+        self.session_setup = session_setup  # seconds EHLO takes: a remote relay's TLS handshake and round trips
         self.received: list[ReceivedMail] = []
         self.refused = 0
         self.sessions = 0  # EHLOs: one per client connection (STARTTLS would add one)
+        self.noops = 0
+        self.quits = 0
+        self._expired_before = 0  # expire_sessions() calls so far
         self._refusal: _Refusal | None = None
         self._credentials: tuple[str, str] | None = None
         self._cond = threading.Condition()
@@ -196,6 +226,9 @@ class SmtpSink:
 
     def accept(self) -> None:
         self._refusal = None
+
+    def expire_sessions(self) -> None:
+        self._expired_before += 1
 
     def require_auth(self, user: str, password: str) -> None:
         self._credentials = (user, password)
