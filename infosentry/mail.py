@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import string
+import time
 import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -581,27 +582,44 @@ class SmtpConfig:
     helo_name: str | None = None
 
 
+QUICK_TIMEOUT = 5.0  # NOOP and QUIT on a kept connection: a relay answers them in one round trip
+
+
 class SmtpSender:
     """Delivers messages over at most `connections` SMTP connections at once, each kept open and reused for the
-    next message (one TCP and TLS handshake, EHLO and login per connection, not per message: the relay sees a
-    handful of sessions per outbox run). A connection that fails in any way is closed, never reused. ``file:``
-    hosts write to the FileSink. Use as an async context manager; `send` raises like send_message."""
+    next message (one TCP and TLS handshake, EHLO and login per connection, not per message). A process keeps
+    one sender across send jobs (`Runtime.smtp_sender`), so an instant alert does not pay a new session with a
+    remote relay each time either. A connection idle for over `idle_seconds` is closed, not reused (a relay
+    drops idle sessions after a while); one idle for over `check_after` is asked NOOP first, and a new one opened
+    if that fails, so a session the relay has dropped is never where a message fails. A connection that fails in
+    any way is closed, never reused. ``file:`` hosts write to the FileSink. Use as an async context manager (or
+    `aclose`); `send` raises like send_message."""
 
-    def __init__(self, cfg: SmtpConfig, connections: int = 1) -> None:
+    def __init__(
+        self, cfg: SmtpConfig, connections: int = 1, *, idle_seconds: float = 60.0, check_after: float = 5.0
+    ) -> None:
         self.cfg = cfg
+        self.idle_seconds = idle_seconds
+        self.check_after = check_after
         self._sink = file_sink_for(cfg)
         self._slots = asyncio.Semaphore(connections)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # with the monotonic time of its last use
 
     async def __aenter__(self) -> SmtpSender:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
         idle, self._idle = self._idle, []
-        for client in idle:
+
+        async def bye(client: aiosmtplib.SMTP) -> None:
             with contextlib.suppress(Exception):
-                await client.quit()
+                await client.quit(timeout=min(self.cfg.timeout, QUICK_TIMEOUT))
             client.close()
+
+        await asyncio.gather(*(bye(client) for client, _ in idle))
 
     def _client(self) -> aiosmtplib.SMTP:
         cfg = self.cfg
@@ -617,6 +635,27 @@ class SmtpSender:
             local_hostname=cfg.helo_name,
         )
 
+    async def _reusable(self) -> aiosmtplib.SMTP | None:
+        """The most recently used idle connection that is still good; the stale ones are closed."""
+        now = time.monotonic()
+        fresh = []
+        for client, used in self._idle:
+            if client.is_connected and now - used <= self.idle_seconds:
+                fresh.append((client, used))
+            else:
+                client.close()
+        self._idle = fresh
+        while self._idle:
+            client, used = self._idle.pop()
+            if now - used <= self.check_after:
+                return client
+            try:
+                await client.noop(timeout=min(self.cfg.timeout, QUICK_TIMEOUT))
+                return client
+            except Exception:
+                client.close()
+        return None
+
     async def send(self, msg: BuiltMessage) -> None:
         """Deliver `msg` to its recipients. Returns only when the server accepted it for every recipient;
         otherwise raises SmtpTemporaryError or SmtpPermanentError (never reports a failure as success)."""
@@ -624,9 +663,9 @@ class SmtpSender:
             await self._sink.send(msg)
             return
         async with self._slots:
-            client = self._idle.pop() if self._idle else None
+            client = await self._reusable()
             try:
-                if client is None or not client.is_connected:
+                if client is None:
                     client = self._client()
                     await client.connect()
                 refused, _ = await client.sendmail(
@@ -646,7 +685,7 @@ class SmtpSender:
                     },
                 )
                 raise err from exc
-            self._idle.append(client)
+            self._idle.append((client, time.monotonic()))
         if refused:
             # Some recipients refused while others accepted: still a failure for the caller to see.
             errors = [_by_code(r.code, f"{addr}: {r.message}") for addr, r in refused.items()]

@@ -812,31 +812,31 @@ async def send_due(rt: Runtime, now: datetime | None = None, *, budget: int = SE
         report.suppressed += await emails_store.suppress_due(
             rt.pool, now=fixed_now or utcnow(), kinds=list(PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
         )
-    async with mail.SmtpSender(cfg, SEND_CONCURRENCY) as sender:
-        left = budget
+    sender = await rt.smtp_sender(cfg, SEND_CONCURRENCY)
+    left = budget
 
-        async def lane() -> None:
-            """Claims a few due rows, sends them in turn on its connection, claims again: no lane waits for
-            another's slowest send (rounds of 20 rows did, with every connection idle meanwhile). A lane's first
-            claim is one row, doubled while claims come back full: five due instant alerts go out side by side
-            on five connections, not four in turn on one; a backlog is still claimed SEND_LANE_CLAIM at a time."""
-            nonlocal left
-            size = 1
-            while left > 0:
-                take = min(size, left)
-                size = min(2 * size, SEND_LANE_CLAIM)
-                left -= take
-                now = fixed_now or utcnow()
-                rows = await emails_store.claim_due(rt.pool, now=now, limit=take, lease_seconds=LEASE_SECONDS)
-                left += take - len(rows)
-                if not rows:
-                    return
-                await _send_claimed(rt, sender, rows, now, report)
-                if len(rows) < take:
-                    return
+    async def lane() -> None:
+        """Claims a few due rows, sends them in turn on its connection, claims again: no lane waits for
+        another's slowest send (rounds of 20 rows did, with every connection idle meanwhile). A lane's first
+        claim is one row, doubled while claims come back full: five due instant alerts go out side by side
+        on five connections, not four in turn on one; a backlog is still claimed SEND_LANE_CLAIM at a time."""
+        nonlocal left
+        size = 1
+        while left > 0:
+            take = min(size, left)
+            size = min(2 * size, SEND_LANE_CLAIM)
+            left -= take
+            now = fixed_now or utcnow()
+            rows = await emails_store.claim_due(rt.pool, now=now, limit=take, lease_seconds=LEASE_SECONDS)
+            left += take - len(rows)
+            if not rows:
+                return
+            await _send_claimed(rt, sender, rows, now, report)
+            if len(rows) < take:
+                return
 
-        await asyncio.gather(*(lane() for _ in range(SEND_CONCURRENCY)))
-        report.more = left <= 0
+    await asyncio.gather(*(lane() for _ in range(SEND_CONCURRENCY)))
+    report.more = left <= 0
     return report
 
 

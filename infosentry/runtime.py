@@ -28,6 +28,7 @@ from infosentry.store import config as config_store
 if TYPE_CHECKING:
     from infosentry.embedders.base import Embedder
     from infosentry.fetch import Fetcher
+    from infosentry.mail import SmtpConfig, SmtpSender
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Runtime:
     _fetcher: Fetcher | None = None
     _embedder: Embedder | None = None
     _llm: Any = None
+    _smtp: SmtpSender | None = None
     _queue: procrastinate.App | None = None
     _queue_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -92,6 +94,18 @@ class Runtime:
             )
         return self._llm
 
+    async def smtp_sender(self, cfg: SmtpConfig, connections: int) -> SmtpSender:
+        """This process's SMTP sender: its connections stay open from one send job to the next (a relay's TLS
+        handshake, EHLO and login once per connection, not once per job), and are closed with the runtime."""
+        if self._smtp is not None and self._smtp.cfg != cfg:
+            await self._smtp.aclose()
+            self._smtp = None
+        if self._smtp is None:
+            from infosentry.mail import SmtpSender
+
+            self._smtp = SmtpSender(cfg, connections)
+        return self._smtp
+
     async def queue(self, *, max_size: int = 2) -> procrastinate.App:
         """The task app bound to this process's database (bound on first use, unbound by aclose)."""
         async with self._queue_lock:
@@ -117,6 +131,9 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self._llm.close()
             self._llm = None
+        if self._smtp is not None:
+            await self._smtp.aclose()
+            self._smtp = None
 
 
 @contextlib.asynccontextmanager

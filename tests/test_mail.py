@@ -415,6 +415,23 @@ async def test_a_sender_reuses_its_connections_and_drops_a_failed_one(smtp_sink:
         assert len(await smtp_sink.wait_for(11)) == 11 and smtp_sink.sessions <= before + 1
 
 
+async def test_a_kept_sender_checks_an_idle_connection_and_replaces_one_the_relay_dropped(
+    smtp_sink: SmtpSink,  # noqa: F811
+) -> None:
+    async with SmtpSender(smtp_sink.config(), connections=1, check_after=0.0) as sender:
+        await sender.send(_msg("immediate:7:1"))
+        await sender.send(_msg("immediate:7:2"))  # idle past check_after: NOOP, then the same session
+        assert (smtp_sink.sessions, smtp_sink.noops) == (1, 1)
+        smtp_sink.expire_sessions()
+        await sender.send(_msg("immediate:7:3"))  # its NOOP gets 421: a new session, and the message goes
+        assert len(await smtp_sink.wait_for(3)) == 3 and (smtp_sink.sessions, smtp_sink.noops) == (2, 2)
+    async with SmtpSender(smtp_sink.config(), connections=1, idle_seconds=0.05, check_after=0.0) as sender:
+        await sender.send(_msg("immediate:7:4"))
+        await asyncio.sleep(0.1)
+        await sender.send(_msg("immediate:7:5"))  # idle past idle_seconds: closed, not asked
+        assert len(await smtp_sink.wait_for(5)) == 5 and (smtp_sink.sessions, smtp_sink.noops) == (4, 2)
+
+
 async def test_sink_down_is_temporary_then_recovers(smtp_sink: SmtpSink) -> None:  # noqa: F811
     port = smtp_sink.port
     smtp_sink.down()

@@ -594,6 +594,28 @@ async def test_a_few_due_emails_go_out_side_by_side_on_as_many_connections(srt: 
     assert smtp_sink.sessions == 5
 
 
+async def test_send_jobs_in_turn_reuse_the_process_connections_until_it_closes(
+    settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    """One SMTP session for instant alerts sent by jobs in turn: each job opened its own before (with a remote
+    relay, a TLS handshake, EHLO and login on every instant alert's path)."""
+    cfg = replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False, smtp_ssl=False)
+    async with open_runtime(cfg) as rt:
+        for n in range(3):
+            await emails_store.insert_emails(
+                rt.pool,
+                [
+                    emails_store.NewEmail(
+                        f"turn-{n}", "immediate", None, None, "a@example.com", "T", "b", "", {}, "pending", None
+                    )
+                ],
+            )
+            report = await push.send_due(rt, push.utcnow() + timedelta(seconds=1))
+            assert (report.claimed, report.sent) == (1, 1)
+        assert len(await smtp_sink.wait_for(3)) == 3 and smtp_sink.sessions == 1
+    assert smtp_sink.quits == 1  # the runtime's close ended the kept session
+
+
 async def test_instant_and_sign_in_mail_is_claimed_before_a_burst_of_batch_mail(rt: Runtime) -> None:
     def email(key: str, kind: str) -> emails_store.NewEmail:
         return emails_store.NewEmail(key, kind, None, None, "a@example.com", key, "body", "", {}, "pending", None)
