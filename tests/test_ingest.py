@@ -31,7 +31,6 @@ from infosentry.ingest import dedupe, parsing, schedule
 from infosentry.ingest import run as ingest
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
-from infosentry.sources import ParsedFeed
 from infosentry.sources.rss import parse as rss_parse
 from infosentry.store import items as items_store
 from infosentry.store import sources as sources_store
@@ -704,19 +703,6 @@ async def test_parse_pool_survives_crashing_and_hanging_parsers() -> None:
         assert time.monotonic() - started < 15
         feed = await pool.run(rss_parse, body, "application/rss+xml", "https://x.example/", {})
         assert len(feed.items) == 1
-    finally:
-        pool.shutdown()
-
-
-def _niceness(*_: Any) -> ParsedFeed:
-    return ParsedFeed(items=[], title=str(os.nice(0)))  # the parse worker's niceness, in a shape the pool returns
-
-
-async def test_parse_workers_run_nicer_than_their_process() -> None:
-    """Parsing is bulk work; on a shared box the embedding, deciding and sending of instant alerts go first."""
-    pool = parsing.ParsePool(workers=1, timeout=5)
-    try:
-        assert (await pool.run(_niceness)).title == str(min(os.nice(0) + parsing.PARSE_NICENESS, 19))
     finally:
         pool.shutdown()
 

@@ -30,9 +30,6 @@ from infosentry.urls import canonical_hash, canonical_url, title_key
 ITEMS_PER_FETCH = 200  # newest-first feeds: the rest of a huge archive is back catalogue anyway
 PARSE_WORKERS = 2
 PARSE_TIMEOUT = 30.0
-# Parse workers run this much nicer than their process: parsing is bulk work that can wait a few hundred
-# milliseconds, while embedding, deciding and sending instant alerts share the same cores and cannot.
-PARSE_NICENESS = 5
 
 
 class PreparedItem(NamedTuple):
@@ -130,8 +127,6 @@ class ParsePool:
         # Ctrl-C in a terminal reaches the whole process group; the parent decides when its parsers stop
         # (None, EOF or a kill), so a worker neither dies mid-parse nor prints a KeyboardInterrupt traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with contextlib.suppress(OSError):  # a sandbox may refuse it; parsing goes on at the same priority
-            os.nice(PARSE_NICENESS)
         while True:
             try:
                 data = conn.recv_bytes()
