@@ -63,9 +63,6 @@ def step(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     return wrapper
 
 
-KICKED_SEND_BUDGET = 200  # emails a decide round's own send goes through before it hands over to a job
-
-
 async def _nudge(qapp: procrastinate.App | None, task: str) -> None:
     """Nudge `task` from a step; a step run without a queue (the demo, tests) nudges nothing."""
     if qapp is not None:
@@ -163,30 +160,13 @@ async def judge_step(rt: Runtime, qapp: procrastinate.App | None) -> Any:
 
 def _instant_flush(rt: Runtime, qapp: procrastinate.App | None) -> decide.OnImmediate:
     """IMMEDIATE decisions are flushed by the round that wrote them (only what is due: coalescing still applies):
-    handing them to a flush_push job put a queue wait on every instant alert's path, seconds under load. In a
-    worker that works the email queue, the emails are then sent at once, in the background of this process: a
-    send_emails job started after a queue hop (0.3 s at the median on the scale day, 1.2 s at p95)."""
+    handing them to a flush_push job put a queue wait on every instant alert's path, seconds under load."""
 
     async def flush() -> None:
         if rt.hot["IMMEDIATE_ENABLED"] and (await push.flush_immediate(rt, push.utcnow())).sendable:
-            if qapp is not None and "email" in rt.queues:
-                rt.kick("send_emails", lambda: _send_kicked(rt, qapp))
-            else:
-                await _nudge(qapp, "send_emails")
+            await _nudge(qapp, "send_emails")
 
     return flush
-
-
-async def _send_kicked(rt: Runtime, qapp: procrastinate.App) -> None:
-    """What is due goes out (instant alerts are claimed first); a backlog past KICKED_SEND_BUDGET, or a failure,
-    is left to a send_emails job."""
-    try:
-        more = (await push.send_due(rt, budget=KICKED_SEND_BUDGET)).more
-    except Exception:
-        await _nudge(qapp, "send_emails")
-        raise
-    if more:
-        await _nudge(qapp, "send_emails")
 
 
 async def _nudge_flush(rt: Runtime, qapp: procrastinate.App | None, report: decide.DecideReport) -> None:
@@ -336,7 +316,6 @@ async def run_worker(
     goes on living without working its queues.
     """
     queues = list(queues)
-    rt.queues = frozenset(queues)
     stopping = asyncio.Event()
     if install_signal_handlers:
         loop = asyncio.get_running_loop()

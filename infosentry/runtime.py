@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from infosentry.mail import SmtpConfig, SmtpSender
 
 log = logging.getLogger(__name__)
-
-KICK_GRACE_SECONDS = 20.0  # kicked work (a few sends) a closing runtime waits for before it cancels it
 
 
 @dataclass
@@ -54,9 +52,6 @@ class Runtime:
     _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     extras: dict[str, Any] = field(default_factory=dict)  # per-process caches owned by steps
     read_pool: asyncpg.Pool | None = None  # DATABASE_READ_URL: a replica for the list routes
-    queues: frozenset[str] = frozenset()  # the queues this process's worker works (none outside a worker)
-    _kicks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    _kicked_again: set[str] = field(default_factory=set)
 
     @property
     def reader(self) -> asyncpg.Pool:
@@ -126,36 +121,7 @@ class Runtime:
         except Exception as exc:
             log.warning("could not nudge %s: %s", task, exc, extra={"action": "nudge_failed", "task": task})
 
-    def kick(self, name: str, work: Callable[[], Awaitable[object]]) -> None:
-        """Start `work` now, in the background of this process; one at a time per `name`: a kick while it runs
-        makes it run once more when it ends. For work a step wants begun at once rather than after a queue hop
-        (defer, notify, fetch). Its state lives in tables, so a kick lost with the process is done by the
-        periodic job instead; a failure is logged, never raised to the kicker."""
-        if name in self._kicks:
-            self._kicked_again.add(name)
-            return
-
-        async def run() -> None:
-            try:
-                while True:
-                    try:
-                        await work()
-                    except Exception:
-                        log.exception("%s (kicked) failed", name, extra={"action": "kick_failed", "task": name})
-                    if name not in self._kicked_again:
-                        return
-                    self._kicked_again.discard(name)
-            finally:
-                del self._kicks[name]
-
-        self._kicks[name] = asyncio.create_task(run(), name=f"kick:{name}")
-
     async def aclose(self) -> None:
-        if self._kicks:  # kicked work finishes while the pool and the SMTP connections are still open
-            _, late = await asyncio.wait(list(self._kicks.values()), timeout=KICK_GRACE_SECONDS)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
         await self._exits.aclose()
         self._queue = None
         if self._fetcher is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit
 
 import psycopg
@@ -181,30 +180,3 @@ async def test_list_routes_read_from_the_replica_when_one_is_set(settings, pg_ba
     finally:
         with _admin(pg_base_uri) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{replica}" WITH (FORCE)')
-
-
-async def test_kicked_work_runs_once_at_a_time_once_more_per_kick_and_is_awaited_at_close(rt) -> None:
-    runs: list[int] = []
-    gate = asyncio.Event()
-
-    async def work() -> None:
-        runs.append(len(runs))
-        await gate.wait()
-        if len(runs) == 2:
-            raise RuntimeError("a failure is logged, the next kick still runs")
-
-    rt.kick("w", work)
-    rt.kick("w", work)  # while it runs: once more after it, not alongside
-    rt.kick("w", work)  # ... and still only once more
-    await asyncio.sleep(0.05)
-    assert runs == [0]
-    gate.set()
-    await asyncio.sleep(0.05)
-    assert runs == [0, 1]
-    rt.kick("w", work)
-    gate.clear()
-    await asyncio.sleep(0.05)
-    assert runs == [0, 1, 2]
-    asyncio.get_running_loop().call_later(0.2, gate.set)
-    await rt.aclose()  # waits for the running work rather than cutting it off
-    assert runs == [0, 1, 2] and gate.is_set()

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from infosentry import jobs, push, queue
+from infosentry import jobs, push
 from infosentry.domain import accounts
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
@@ -156,34 +156,6 @@ async def test_the_decide_round_sends_its_instant_alerts_itself_and_leaves_coale
     assert (await jobs.decide_step(rt, None)).tiers == {"IMMEDIATE": 1}
     assert len(await kit.emails(rt, "immediate")) == 1  # waits for its coalescing window, as flush_push would
     assert len((await push.flush_immediate(rt, push.utcnow() + timedelta(minutes=5, seconds=1))).emails) == 1
-
-
-async def test_a_worker_on_the_email_queue_sends_a_decide_rounds_instant_alerts_itself(
-    srt: Runtime, smtp_sink: SmtpSink
-) -> None:
-    """No send_emails job between the decision and the relay when the deciding process works the email queue (its
-    queue hop was 0.3 s at the median on the scale day, 1.2 s at p95); a process that does not work it leaves the
-    sending to one that does."""
-    rt = srt
-    _, source_id, goal_id = await world(rt, batch_windows=[])
-    await kit.set_hot(rt, IMMEDIATE_COALESCE_MINUTES=0)
-
-    async def queued_sends() -> int:
-        return await rt.pool.fetchval(
-            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'send_emails' AND status = 'todo'"
-        )
-
-    async with queue.open_queue(rt.dsn) as qapp:
-        rt.queues = frozenset({"agent", "email"})
-        await kit.match(rt, goal_id, await kit.item(rt, source_id, "Instant story"), 0.97)
-        assert (await jobs.decide_step(rt, qapp)).tiers == {"IMMEDIATE": 1}
-        assert len(await smtp_sink.wait_for(1)) == 1 and await queued_sends() == 0
-
-        rt.queues = frozenset({"agent"})
-        await kit.match(rt, goal_id, await kit.item(rt, source_id, "Second story"), 0.97)
-        assert (await jobs.decide_step(rt, qapp)).tiers == {"IMMEDIATE": 1}
-        await asyncio.sleep(0.2)
-        assert len(smtp_sink.received) == 1 and await queued_sends() == 1
 
 
 async def test_items_arriving_in_the_window_join_the_first_email(rt: Runtime) -> None:
