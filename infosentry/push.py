@@ -812,7 +812,7 @@ async def send_due(rt: Runtime, now: datetime | None = None, *, budget: int = SE
         report.suppressed += await emails_store.suppress_due(
             rt.pool, now=fixed_now or utcnow(), kinds=list(PUSH_KINDS), reason="EMAIL_ENABLED was false when it was due"
         )
-    sender = await rt.smtp_sender(cfg, SEND_CONCURRENCY)
+    sender = rt.smtp_sender(cfg, SEND_CONCURRENCY)
     left = budget
 
     async def lane() -> None:

@@ -94,12 +94,10 @@ class Runtime:
             )
         return self._llm
 
-    async def smtp_sender(self, cfg: SmtpConfig, connections: int) -> SmtpSender:
+    def smtp_sender(self, cfg: SmtpConfig, connections: int) -> SmtpSender:
         """This process's SMTP sender: its connections stay open from one send job to the next (a relay's TLS
-        handshake, EHLO and login once per connection, not once per job), and are closed with the runtime."""
-        if self._smtp is not None and self._smtp.cfg != cfg:
-            await self._smtp.aclose()
-            self._smtp = None
+        handshake, EHLO and login once per connection, not once per job), and are closed with the runtime. The
+        settings are fixed for a process's life, so the first call's `cfg` is the one."""
         if self._smtp is None:
             from infosentry.mail import SmtpSender
 

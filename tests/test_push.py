@@ -28,11 +28,14 @@ def slot_at(now: datetime, tz: str, value: str) -> datetime:
     return push.slot_instant(now.astimezone(ZoneInfo(tz)).date(), value, ZoneInfo(tz))
 
 
+def sink_settings(settings: Settings, smtp_sink: SmtpSink) -> Settings:
+    return replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False, smtp_ssl=False)
+
+
 @pytest.fixture
 async def srt(settings: Settings, smtp_sink: SmtpSink) -> AsyncIterator[Runtime]:
     """A runtime that sends through the SMTP sink."""
-    cfg = replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False, smtp_ssl=False)
-    async with open_runtime(cfg) as runtime:
+    async with open_runtime(sink_settings(settings, smtp_sink)) as runtime:
         yield runtime
 
 
@@ -599,8 +602,7 @@ async def test_send_jobs_in_turn_reuse_the_process_connections_until_it_closes(
 ) -> None:
     """One SMTP session for instant alerts sent by jobs in turn: each job opened its own before (with a remote
     relay, a TLS handshake, EHLO and login on every instant alert's path)."""
-    cfg = replace(settings, smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_tls=False, smtp_ssl=False)
-    async with open_runtime(cfg) as rt:
+    async with open_runtime(sink_settings(settings, smtp_sink)) as rt:
         for n in range(3):
             await emails_store.insert_emails(
                 rt.pool,
