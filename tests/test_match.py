@@ -21,6 +21,7 @@ from infosentry.domain import admin
 from infosentry.embedders.lexical import lexical_similarity
 from infosentry.runtime import Runtime
 from infosentry.store import items as items_store
+from infosentry.store import matches as matches_store
 from tests.conftest import make_user
 
 _seq = itertools.count(1)
@@ -550,3 +551,60 @@ async def test_goals_backfilled_at_once_do_not_deadlock(rt: Runtime) -> None:
     )
     assert stored == len(goals)
     assert await rt.pool.fetchval("SELECT count(*) FROM decide_queue") > 0
+
+
+async def test_matches_never_outlive_their_goal_or_item(rt: Runtime) -> None:
+    """matches has no foreign keys (they cost a lookup and a row lock per inserted row): deleting goals, items
+    or a source's items removes their matches, a batch skips pairs whose goal or item is gone, and a deletion
+    racing a batch's transaction (either way round) leaves no orphan."""
+    user_id, _ = await make_user(rt, "orphans@example.com")
+    sid = await seed_source(rt, user_id)
+    other = await seed_source(rt, user_id, name="Other")
+    goals = [await seed_goal(rt, user_id, f"Goal {g}", "markets") for g in range(2)]
+    items = [await seed_item(rt, sid, f"Story {k}") for k in range(4)]
+    on_other = await seed_item(rt, other, "Story on the other source")
+
+    async def write(conn: Any, goal_ids: list[int], item_ids: list[int]) -> None:
+        pairs = [(g, i) for g in goal_ids for i in item_ids]
+        n = len(pairs)
+        await matches_store.upsert_matches(
+            conn,
+            [g for g, _ in pairs],
+            [i for _, i in pairs],
+            [0.5] * n,
+            [{"cosine": 0.5}] * n,
+            [["close to your goal"]] * n,
+            [None] * n,
+            [False] * n,
+            [False] * n,
+            matched_item_ids=[],
+        )
+
+    async def pairs() -> set[tuple[int, int]]:
+        return {(r["goal_id"], r["item_id"]) for r in await rt.pool.fetch("SELECT goal_id, item_id FROM matches")}
+
+    await write(rt.pool, [*goals, 10**9], [*items, on_other, 10**9])  # unknown ids are skipped, not an error
+    assert await pairs() == {(g, i) for g in goals for i in [*items, on_other]}
+    assert (await match_row(rt, goals[0], items[0]))["components"] == {"cosine": 0.5}
+
+    await rt.pool.execute("DELETE FROM goals WHERE id = $1", goals[0])
+    await rt.pool.execute("DELETE FROM items WHERE id = $1", items[0])
+    await rt.pool.execute("DELETE FROM sources WHERE id = $1", other)  # its items go by cascade, then their matches
+    assert await pairs() == {(goals[1], i) for i in items[1:]}
+
+    # a batch first: the item's deletion waits for the batch to commit, then takes its rows with it
+    async with rt.pool.acquire() as batch, rt.pool.acquire() as deleter:
+        async with batch.transaction():
+            await write(batch, [goals[1]], [items[1]])
+            deleting = asyncio.create_task(deleter.execute("DELETE FROM items WHERE id = $1", items[1]))
+            await asyncio.sleep(0.3)
+            assert not deleting.done()
+        await deleting
+        # a deletion first: the batch waits for it, then skips the vanished item
+        async with deleter.transaction():
+            await deleter.execute("DELETE FROM items WHERE id = $1", items[2])
+            writing = asyncio.create_task(write(batch, [goals[1]], [items[2], items[3]]))
+            await asyncio.sleep(0.3)
+            assert not writing.done()
+        await writing
+    assert await pairs() == {(goals[1], items[3])}

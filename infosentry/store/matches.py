@@ -144,15 +144,23 @@ async def upsert_matches(
     matched_item_ids: list[int],
 ) -> None:
     """Insert or re-score match rows in one statement (computed_at bumped; is_backfill sticky), then mark the
-    items matched. Pairs whose goal or item vanished meanwhile are skipped."""
+    items matched. Pairs whose goal or item vanished meanwhile are skipped.
+
+    matches has no foreign keys (migration 0013): the batch's goals and items are locked here once each, as a
+    key check would per row, so neither can be deleted before this transaction ends, and their deletion
+    removes their matches through statement triggers."""
     if goal_ids:
         await conn.execute(
-            """INSERT INTO matches AS m (goal_id, item_id, score, components, reasons, gate, lexical_only,
+            """WITH live_goals AS (SELECT id FROM goals WHERE id IN (SELECT DISTINCT unnest($1::bigint[]))
+                                   ORDER BY id FOR KEY SHARE),
+                    live_items AS (SELECT id FROM items WHERE id IN (SELECT DISTINCT unnest($2::bigint[]))
+                                   ORDER BY id FOR KEY SHARE)
+               INSERT INTO matches AS m (goal_id, item_id, score, components, reasons, gate, lexical_only,
                                          is_backfill, computed_at)
-               SELECT v.g, v.i, v.s, v.c::jsonb, v.r::jsonb, v.gate, v.lex, v.bf, now()
+               SELECT v.g, v.i, v.s, v.c::json, v.r::json, v.gate, v.lex, v.bf, now()
                FROM unnest($1::bigint[], $2::bigint[], $3::real[], $4::text[], $5::text[], $6::text[],
                            $7::bool[], $8::bool[]) AS v(g, i, s, c, r, gate, lex, bf)
-               WHERE EXISTS (SELECT 1 FROM goals WHERE id = v.g) AND EXISTS (SELECT 1 FROM items WHERE id = v.i)
+               WHERE v.g IN (SELECT id FROM live_goals) AND v.i IN (SELECT id FROM live_items)
                ON CONFLICT (goal_id, item_id) DO UPDATE SET
                    score = EXCLUDED.score, components = EXCLUDED.components, reasons = EXCLUDED.reasons,
                    gate = EXCLUDED.gate, lexical_only = EXCLUDED.lexical_only,
