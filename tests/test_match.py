@@ -20,6 +20,7 @@ from infosentry import calibrate, embed, match, reasons
 from infosentry.domain import admin
 from infosentry.embedders.lexical import lexical_similarity
 from infosentry.runtime import Runtime
+from infosentry.store import decisions as decisions_store
 from infosentry.store import items as items_store
 from infosentry.store import matches as matches_store
 from tests.conftest import make_user
@@ -553,15 +554,16 @@ async def test_goals_backfilled_at_once_do_not_deadlock(rt: Runtime) -> None:
     assert await rt.pool.fetchval("SELECT count(*) FROM decide_queue") > 0
 
 
-async def test_matches_never_outlive_their_goal_or_item(rt: Runtime) -> None:
-    """matches has no foreign keys (they cost a lookup and a row lock per inserted row): deleting goals, items
-    or a source's items removes their matches, a batch skips pairs whose goal or item is gone, and a deletion
-    racing a batch's transaction (either way round) leaves no orphan."""
+async def test_matches_decisions_and_runs_never_outlive_their_goal_or_item(rt: Runtime) -> None:
+    """matches, decisions and agent_runs have no foreign keys (they cost a lookup and a row lock per inserted
+    row): deleting goals, items or a source's items removes their rows, pruning a run unlinks its decision, a
+    batch skips pairs whose goal or item is gone, and a deletion racing a batch's transaction (either way round)
+    leaves no orphan."""
     user_id, _ = await make_user(rt, "orphans@example.com")
     sid = await seed_source(rt, user_id)
     other = await seed_source(rt, user_id, name="Other")
     goals = [await seed_goal(rt, user_id, f"Goal {g}", "markets") for g in range(2)]
-    items = [await seed_item(rt, sid, f"Story {k}") for k in range(4)]
+    items = [await seed_item(rt, sid, f"Story {k}") for k in range(6)]
     on_other = await seed_item(rt, other, "Story on the other source")
 
     async def write(conn: Any, goal_ids: list[int], item_ids: list[int]) -> None:
@@ -579,32 +581,78 @@ async def test_matches_never_outlive_their_goal_or_item(rt: Runtime) -> None:
             [False] * n,
             matched_item_ids=[],
         )
+        await decisions_store.write(conn, [decision_row(g, i) for g, i in pairs])
 
-    async def pairs() -> set[tuple[int, int]]:
-        return {(r["goal_id"], r["item_id"]) for r in await rt.pool.fetch("SELECT goal_id, item_id FROM matches")}
+    async def pairs(table: str) -> set[tuple[int, int]]:
+        rows = await rt.pool.fetch(f"SELECT goal_id, item_id FROM {table}")
+        return {(r["goal_id"], r["item_id"]) for r in rows}
+
+    async def everywhere() -> set[tuple[int, int]]:
+        found = [await pairs(t) for t in ("matches", "decisions", "agent_runs")]
+        assert found[0] == found[1] == found[2]
+        return found[0]
 
     await write(rt.pool, [*goals, 10**9], [*items, on_other, 10**9])  # unknown ids are skipped, not an error
-    assert await pairs() == {(g, i) for g in goals for i in [*items, on_other]}
+    assert await everywhere() == {(g, i) for g in goals for i in [*items, on_other]}
     assert (await match_row(rt, goals[0], items[0]))["components"] == {"cosine": 0.5}
 
     await rt.pool.execute("DELETE FROM goals WHERE id = $1", goals[0])
     await rt.pool.execute("DELETE FROM items WHERE id = $1", items[0])
-    await rt.pool.execute("DELETE FROM sources WHERE id = $1", other)  # its items go by cascade, then their matches
-    assert await pairs() == {(goals[1], i) for i in items[1:]}
+    await rt.pool.execute("DELETE FROM sources WHERE id = $1", other)  # its items go by cascade, then their rows
+    assert await everywhere() == {(goals[1], i) for i in items[1:]}
+    await rt.pool.execute("DELETE FROM agent_runs WHERE item_id = $1", items[3])
+    assert await rt.pool.fetchval("SELECT run_id FROM decisions WHERE item_id = $1", items[3]) is None
+    await rt.pool.execute("DELETE FROM decisions WHERE item_id = $1", items[3])
+    await write(rt.pool, [goals[1]], [items[3]])
 
-    # a batch first: the item's deletion waits for the batch to commit, then takes its rows with it
-    async with rt.pool.acquire() as batch, rt.pool.acquire() as deleter:
-        async with batch.transaction():
-            await write(batch, [goals[1]], [items[1]])
-            deleting = asyncio.create_task(deleter.execute("DELETE FROM items WHERE id = $1", items[1]))
-            await asyncio.sleep(0.3)
-            assert not deleting.done()
-        await deleting
-        # a deletion first: the batch waits for it, then skips the vanished item
-        async with deleter.transaction():
-            await deleter.execute("DELETE FROM items WHERE id = $1", items[2])
-            writing = asyncio.create_task(write(batch, [goals[1]], [items[2], items[3]]))
-            await asyncio.sleep(0.3)
-            assert not writing.done()
-        await writing
-    assert await pairs() == {(goals[1], items[3])}
+    # each writer on its own: a batch first, and the item's deletion waits for the batch to commit, then takes
+    # its rows with it; a deletion first, and the batch waits for it, then skips the vanished item
+    async def upsert_only(conn: Any, item_id: int) -> None:
+        await matches_store.upsert_matches(
+            conn, [goals[1]], [item_id], [0.5], [{}], [[]], [None], [False], [False], matched_item_ids=[]
+        )
+
+    async def decide_only(conn: Any, item_id: int) -> None:
+        await decisions_store.write(conn, [decision_row(goals[1], item_id)])
+
+    for writer, kept, gone in ((upsert_only, items[1], items[2]), (decide_only, items[4], items[5])):
+        async with rt.pool.acquire() as batch, rt.pool.acquire() as deleter:
+            async with batch.transaction():
+                await writer(batch, kept)
+                deleting = asyncio.create_task(deleter.execute("DELETE FROM items WHERE id = $1", kept))
+                await asyncio.sleep(0.3)
+                assert not deleting.done(), writer.__name__
+            await deleting
+            async with deleter.transaction():
+                await deleter.execute("DELETE FROM items WHERE id = $1", gone)
+                writing = asyncio.create_task(writer(batch, gone))
+                await asyncio.sleep(0.3)
+                assert not writing.done(), writer.__name__
+            await writing
+    assert await everywhere() == {(goals[1], items[3])}
+
+
+def decision_row(goal_id: int, item_id: int) -> dict[str, Any]:
+    """A rule-based BATCH decision as decide writes it, for tests that need one without the decide step."""
+    return {
+        "goal_id": goal_id,
+        "item_id": item_id,
+        "trigger": "match",
+        "run_status": "SUCCESS",
+        "input": {"score": 0.5},
+        "output": {"tier": "BATCH"},
+        "llm_used": False,
+        "llm_model": None,
+        "llm_request": None,
+        "llm_response": None,
+        "fallback_reason": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "usd": 0.0,
+        "latency_ms": 0,
+        "tier": "BATCH",
+        "status": "pending",
+        "score": 0.5,
+        "reason": "close to your goal",
+        "match_computed_at": datetime.now(UTC),
+    }

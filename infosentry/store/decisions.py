@@ -194,7 +194,11 @@ async def undecided_items(conn: Conn, *, since: datetime, settle: datetime, dige
 
 async def write(conn: Conn, rows: list[dict[str, Any]]) -> list[asyncpg.Record]:
     """Insert one run per row and upsert its decision (one per goal and item). A decision that was pushed or
-    cancelled meanwhile is left alone. Returns the decisions written (id, goal_id, item_id, tier, status)."""
+    cancelled meanwhile is left alone, and so is a pair whose goal or item is gone. Returns the decisions written
+    (id, goal_id, item_id, tier, status).
+
+    decisions and agent_runs have no foreign keys (migration 0013): the rows' goals and items are locked here
+    once each, as a key check would per row, and their deletion removes these rows through statement triggers."""
     if not rows:
         return []
     cols = {
@@ -225,13 +229,19 @@ async def write(conn: Conn, rows: list[dict[str, Any]]) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
         WITH v AS (
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-                                 $7::boolean[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[], $12::integer[],
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::json[], $6::json[],
+                                 $7::boolean[], $8::text[], $9::json[], $10::json[], $11::text[], $12::integer[],
                                  $13::integer[], $14::float8[], $15::integer[], $16::text[], $17::text[],
                                  $18::real[], $19::text[], $20::timestamptz[])
-                AS v(goal_id, item_id, trigger, run_status, input, output, llm_used, llm_model, llm_request,
+                AS u(goal_id, item_id, trigger, run_status, input, output, llm_used, llm_model, llm_request,
                      llm_response, fallback_reason, prompt_tokens, completion_tokens, usd, latency_ms, tier,
                      status, score, reason, match_computed_at)
+            WHERE u.goal_id IN (SELECT id FROM goals WHERE id IN (SELECT DISTINCT goal_id FROM unnest($1::bigint[])
+                                                                                AS g(goal_id))
+                                ORDER BY id FOR KEY SHARE)
+              AND u.item_id IN (SELECT id FROM items WHERE id IN (SELECT DISTINCT item_id FROM unnest($2::bigint[])
+                                                                                AS i(item_id))
+                                ORDER BY id FOR KEY SHARE)
         ), r AS (
             INSERT INTO agent_runs (goal_id, item_id, trigger, status, input, output, llm_used, llm_model,
                                     llm_request, llm_response, fallback_reason, prompt_tokens, completion_tokens,
@@ -312,8 +322,9 @@ async def insert_push_runs(conn: Conn, runs: Sequence[PushRun]) -> None:
     await conn.execute(
         """INSERT INTO agent_runs (goal_id, trigger, status, input, output, latency_ms)
            SELECT goal_id, trigger, 'SUCCESS', input, output, latency_ms
-           FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::jsonb[], $5::integer[])
-               AS v(goal_id, trigger, input, output, latency_ms)""",
+           FROM unnest($1::bigint[], $2::text[], $3::json[], $4::json[], $5::integer[])
+               AS v(goal_id, trigger, input, output, latency_ms)
+           WHERE v.goal_id IN (SELECT id FROM goals WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE)""",
         [r.goal_id for r in runs],
         [r.trigger for r in runs],
         [r.input for r in runs],
