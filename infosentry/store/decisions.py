@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from infosentry.store import Conn, delete_in_batches
+from infosentry.store import LIVE_GOALS_AND_ITEMS, Conn, delete_in_batches
 from infosentry.store.slots import GOAL_LOCK
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -197,8 +197,7 @@ async def write(conn: Conn, rows: list[dict[str, Any]]) -> list[asyncpg.Record]:
     cancelled meanwhile is left alone, and so is a pair whose goal or item is gone. Returns the decisions written
     (id, goal_id, item_id, tier, status).
 
-    decisions and agent_runs have no foreign keys (migration 0013): the rows' goals and items are locked here
-    once each, as a key check would per row, and their deletion removes these rows through statement triggers."""
+    decisions and agent_runs have no foreign keys: see LIVE_GOALS_AND_ITEMS."""
     if not rows:
         return []
     cols = {
@@ -227,8 +226,9 @@ async def write(conn: Conn, rows: list[dict[str, Any]]) -> list[asyncpg.Record]:
         )
     }
     return await conn.fetch(
-        """
-        WITH v AS (
+        f"""
+        WITH {LIVE_GOALS_AND_ITEMS},
+        v AS (
             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::json[], $6::json[],
                                  $7::boolean[], $8::text[], $9::json[], $10::json[], $11::text[], $12::integer[],
                                  $13::integer[], $14::float8[], $15::integer[], $16::text[], $17::text[],
@@ -236,12 +236,7 @@ async def write(conn: Conn, rows: list[dict[str, Any]]) -> list[asyncpg.Record]:
                 AS u(goal_id, item_id, trigger, run_status, input, output, llm_used, llm_model, llm_request,
                      llm_response, fallback_reason, prompt_tokens, completion_tokens, usd, latency_ms, tier,
                      status, score, reason, match_computed_at)
-            WHERE u.goal_id IN (SELECT id FROM goals WHERE id IN (SELECT DISTINCT goal_id FROM unnest($1::bigint[])
-                                                                                AS g(goal_id))
-                                ORDER BY id FOR KEY SHARE)
-              AND u.item_id IN (SELECT id FROM items WHERE id IN (SELECT DISTINCT item_id FROM unnest($2::bigint[])
-                                                                                AS i(item_id))
-                                ORDER BY id FOR KEY SHARE)
+            WHERE u.goal_id IN (SELECT id FROM live_goals) AND u.item_id IN (SELECT id FROM live_items)
         ), r AS (
             INSERT INTO agent_runs (goal_id, item_id, trigger, status, input, output, llm_used, llm_model,
                                     llm_request, llm_response, fallback_reason, prompt_tokens, completion_tokens,

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from infosentry.store import Conn, items
+from infosentry.store import LIVE_GOALS_AND_ITEMS, Conn, items
 
 
 @dataclass
@@ -146,15 +146,10 @@ async def upsert_matches(
     """Insert or re-score match rows in one statement (computed_at bumped; is_backfill sticky), then mark the
     items matched. Pairs whose goal or item vanished meanwhile are skipped.
 
-    matches has no foreign keys (migration 0013): the batch's goals and items are locked here once each, as a
-    key check would per row, so neither can be deleted before this transaction ends, and their deletion
-    removes their matches through statement triggers."""
+    matches has no foreign keys: see LIVE_GOALS_AND_ITEMS."""
     if goal_ids:
         await conn.execute(
-            """WITH live_goals AS (SELECT id FROM goals WHERE id IN (SELECT DISTINCT unnest($1::bigint[]))
-                                   ORDER BY id FOR KEY SHARE),
-                    live_items AS (SELECT id FROM items WHERE id IN (SELECT DISTINCT unnest($2::bigint[]))
-                                   ORDER BY id FOR KEY SHARE)
+            f"""WITH {LIVE_GOALS_AND_ITEMS}
                INSERT INTO matches AS m (goal_id, item_id, score, components, reasons, gate, lexical_only,
                                          is_backfill, computed_at)
                SELECT v.g, v.i, v.s, v.c::json, v.r::json, v.gate, v.lex, v.bf, now()
