@@ -33,6 +33,7 @@ def _one_blas_thread() -> Any:
     3.4 CPU seconds (`bin/bench match`). OPENBLAS_NUM_THREADS or OMP_NUM_THREADS in the environment still wins."""
     if any(os.environ.get(name) for name in _BLAS_THREAD_VARS):
         return None
+    import numpy  # noqa: F401  (the limit reaches only libraries already loaded: `bin/bench match` loaded it later)
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -161,3 +164,17 @@ def test_serve_and_worker_run_numpy_on_one_blas_thread_unless_told_otherwise(mon
         assert blas_threads() == {1}
     finally:
         limiter.restore_original_limits()
+
+
+def test_one_blas_thread_also_when_numpy_is_imported_after_tuning() -> None:
+    # threadpoolctl limits only the libraries loaded when it is called: a process that tunes before importing
+    # numpy (`bin/bench match` did) would otherwise keep a second BLAS thread spinning beside it
+    code = (
+        "from infosentry.tuning import tune_process; tune_process(); import numpy, threadpoolctl; "
+        "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}))"
+    )
+    from infosentry import tuning
+
+    env = {k: v for k, v in os.environ.items() if k not in tuning._BLAS_THREAD_VARS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[1]", out.stderr
