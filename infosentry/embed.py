@@ -296,11 +296,18 @@ async def _embed_goal_batch(rt: Runtime, emb: Embedder, report: RunReport) -> bo
     return len(goals) == GOALS_PER_REQUEST
 
 
-async def _background(rt: Runtime, emb: Embedder, language: str) -> np.ndarray | None:
+@dataclass(frozen=True)
+class _Background:
+    vectors: np.ndarray  # context vectors of the corpus
+    neighbour: float | None  # the model's feedback neighbour threshold, measured on them
+
+
+async def _background(rt: Runtime, emb: Embedder, language: str) -> _Background | None:
     """Context vectors of the calibration background corpus (calibrate.background) under this model, embedded
-    once per process and model (a few thousand tokens: a fraction of a cent for a paid model). None when the
-    model cannot embed it now; the goals then calibrate on their own windows."""
-    cache: dict[tuple[str, str], np.ndarray] = rt.extras.setdefault("calibration_background", {})
+    once per process and model (a few thousand tokens: a fraction of a cent for a paid model), and the neighbour
+    threshold they give. None when the model cannot embed it now; the goals then calibrate on their own
+    windows."""
+    cache: dict[tuple[str, str], _Background] = rt.extras.setdefault("calibration_background", {})
     lock: asyncio.Lock = rt.extras.setdefault("calibration_background_lock", asyncio.Lock())
     key = (emb.name, language)
     async with lock:  # concurrent runs of one process embed it once
@@ -317,7 +324,8 @@ async def _background(rt: Runtime, emb: Embedder, language: str) -> np.ndarray |
             await budget.charge(rt, "embed", tokens=result.tokens, calls=_requests(emb, len(texts)))
             raw = np.stack(result.vectors).astype(np.float32)
             # scored items are context vectors; the corpus plays "the recent items" for its own contexts
-            cache[key] = match.context_vectors(raw, raw, self_index=np.arange(len(raw)))
+            ctx = match.context_vectors(raw, raw, self_index=np.arange(len(raw)))
+            cache[key] = _Background(ctx, calibrate.neighbour_threshold(ctx))
     return cache[key]
 
 
@@ -331,12 +339,12 @@ async def _goal_priors(
     for g, vec in zip(goals, vectors, strict=True):
         text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
         bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
-        if bg is None or bg.shape[1] != vec.shape[0]:
+        if bg is None or bg.vectors.shape[1] != vec.shape[0]:
             priors.append(None)
             neighbours.append(None)
             continue
-        priors.append(calibrate.background_prior(bg @ vec))
-        neighbours.append(calibrate.neighbour_threshold(bg))
+        priors.append(calibrate.background_prior(bg.vectors @ vec))
+        neighbours.append(bg.neighbour)
     return priors, neighbours
 
 
@@ -413,7 +421,8 @@ async def _refresh_prf(
     if vector is not None:
         text = match.goal_text(g["name"], g["description"], list(g["priority_terms"]))
         bg = await _background(rt, emb, "zh" if has_cjk(text) else "en")
-        prior = calibrate.background_prior(bg @ vector) if bg is not None and bg.shape[1] == vector.size else None
+        if bg is not None and bg.vectors.shape[1] == vector.size:
+            prior = calibrate.background_prior(bg.vectors @ vector)
         if not backfill:  # newest first from the store; the window is oldest first
             window = (recent[: calibrate.WINDOW] @ vector)[::-1].tolist()
     await calibration_store.set_prf(rt.pool, emb.name, goal_id, g["version"], vector, prior, window)
