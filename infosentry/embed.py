@@ -95,43 +95,75 @@ def _requests(emb: Embedder, n: int) -> int:
 
 class ContextPool:
     """Recent raw vectors of one model (newest POOL_MAX within RECENT_HOURS), refreshed incrementally from
-    the table; the neighbours `match.context_vectors` blends into a new item's context vector."""
+    the table; the neighbours `match.context_vectors` blends into a new item's context vector.
+
+    The vectors sit in one array: room for a batch, then a ring of POOL_MAX slots filled from the front. A batch
+    is copied in just before the ring, so it is scored against the pool and itself in place, and expired or
+    duplicate rows are masked instead of dropped: copying the 30 MB pool (to append, expire and join a batch)
+    was a third of the context step's time."""
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.ts = np.zeros(0)
-        self.vectors: np.ndarray | None = None
         self.loaded_at = 0.0
+        self._reset(0, 0)
+
+    def _reset(self, dims: int, room: int) -> None:
+        self.room = room  # rows before the ring, for a batch
+        self.vectors = np.zeros((room + POOL_MAX, dims), dtype=np.float32)
+        self.ids = np.full(POOL_MAX, -1, dtype=np.int64)
+        self.ts = np.full(POOL_MAX, -np.inf)
+        self.size = 0  # ring slots filled
+        self.next = 0  # the slot the next vector goes to
 
     async def refresh(self, rt: Runtime) -> None:
         full = time.monotonic() - self.loaded_at > POOL_FULL_RELOAD_SECONDS
-        after = 0 if full or not len(self.ids) else int(self.ids.max())
+        after = 0 if full else max(0, int(self.ids.max()))
         rows = await items_store.pool_vectors(
             rt.pool, self.model, after_id=after, hours=match.RECENT_HOURS, limit=POOL_MAX
         )
         if full:
-            self.ids, self.ts, self.vectors = np.zeros(0, dtype=np.int64), np.zeros(0), None
+            self._reset(self.vectors.shape[1], self.room)
             self.loaded_at = time.monotonic()
+        newest = int(self.ids.max())
+        rows = [r for r in rows if r["id"] > newest]  # another round of this process may have added them
         if rows:
-            new = np.stack([match._vec(r["embedding"]) for r in rows]).astype(np.float32)
-            if self.vectors is not None and self.vectors.shape[1] != new.shape[1]:
-                self.vectors, self.ids, self.ts = None, np.zeros(0, dtype=np.int64), np.zeros(0)
-            self.vectors = new if self.vectors is None else np.concatenate([new, self.vectors])
-            self.ids = np.concatenate([np.array([r["id"] for r in rows], dtype=np.int64), self.ids])
-            self.ts = np.concatenate([np.array([float(r["ts"]) for r in rows]), self.ts])
-        if self.vectors is not None:
-            keep = self.ts > time.time() - match.RECENT_HOURS * 3600
-            keep &= np.arange(len(self.ids)) < POOL_MAX
-            self.vectors, self.ids, self.ts = self.vectors[keep], self.ids[keep], self.ts[keep]
+            rows.reverse()  # oldest first: the newest overwrite the oldest last
+            self.add(
+                np.array([r["id"] for r in rows], dtype=np.int64),
+                np.array([float(r["ts"]) for r in rows]),
+                np.stack([match._vec(r["embedding"]) for r in rows]).astype(np.float32),
+            )
+
+    def add(self, ids: np.ndarray, ts: np.ndarray, vectors: np.ndarray) -> None:
+        """Put vectors (oldest first) into the ring, replacing the oldest; a new model's dimensions empty it."""
+        if vectors.shape[1] != self.vectors.shape[1]:
+            self._reset(vectors.shape[1], self.room)
+        ids, ts, vectors = ids[-POOL_MAX:], ts[-POOL_MAX:], vectors[-POOL_MAX:]
+        slots = (self.next + np.arange(len(ids))) % POOL_MAX
+        self.vectors[self.room + slots] = vectors
+        self.ids[slots], self.ts[slots] = ids, ts
+        self.next = int(slots[-1] + 1) % POOL_MAX
+        self.size = min(POOL_MAX, self.size + len(ids))
 
     def contexts(self, ids: list[int], vectors: np.ndarray) -> np.ndarray:
         """Context vectors for a new batch: neighbours from the pool and from the batch itself."""
-        known = self.vectors if self.vectors is not None and self.vectors.shape[1] == vectors.shape[1] else None
-        skip = ~np.isin(self.ids, ids) if known is not None else None
-        pool = vectors if known is None else np.concatenate([known[skip], vectors])
-        offset = pool.shape[0] - vectors.shape[0]
-        return match.context_vectors(vectors, pool, self_index=np.arange(len(ids)) + offset)
+        n = len(ids)
+        if vectors.shape[1] != self.vectors.shape[1] or self.size == 0:
+            return match.context_vectors(vectors, vectors, self_index=np.arange(n))
+        if n > self.room:  # a larger batch than before: make room once
+            grown = np.zeros((n + POOL_MAX, self.vectors.shape[1]), dtype=np.float32)
+            grown[n:] = self.vectors[self.room :]
+            self.vectors, self.room = grown, n
+        start = self.room - n
+        self.vectors[start : self.room] = vectors
+        ring = slice(0, self.size)
+        usable = (self.ts[ring] > time.time() - match.RECENT_HOURS * 3600) & ~np.isin(self.ids[ring], ids)
+        return match.context_vectors(
+            vectors,
+            self.vectors[start : self.room + self.size],
+            self_index=np.arange(n),
+            valid=np.concatenate([np.ones(n, dtype=bool), usable]),
+        )
 
 
 def _pool(rt: Runtime, model: str) -> ContextPool:

@@ -187,15 +187,21 @@ def item_text(title: str, snippet: str) -> str:
     return text[:MAX_ITEM_CHARS]
 
 
-def context_vectors(x: np.ndarray, pool: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
+def context_vectors(
+    x: np.ndarray, pool: np.ndarray, self_index: np.ndarray | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Each row of x blended with the similarity-weighted mean of its CONTEXT_K nearest pool rows:
     normalise(x + w * mean), w = CONTEXT_WEIGHT scaled down while the pool is small. `self_index[i]` is the
-    pool row of x[i] itself (excluded), or -1. All vectors unit length, one model."""
+    pool row of x[i] itself (excluded), or -1; `valid` (bool per pool row), when given, the rows that may be
+    neighbours at all. All vectors unit length, one model."""
     x = np.asarray(x, dtype=np.float32)
-    n_pool = pool.shape[0] - (int((self_index >= 0).any()) if self_index is not None else 0)
+    n_valid = pool.shape[0] if valid is None else int(valid.sum())
+    n_pool = n_valid - (int((self_index >= 0).any()) if self_index is not None else 0)
     if x.shape[0] == 0 or n_pool <= 0:
         return x.copy()
     sims = x @ pool.T
+    if valid is not None:
+        sims[:, ~valid] = -np.inf
     if self_index is not None:
         rows = np.nonzero(self_index >= 0)[0]
         sims[rows, self_index[rows]] = -np.inf

@@ -83,6 +83,41 @@ async def statuses(rt: Runtime) -> dict[str, int]:
 # --- the fake server ----------------------------------------------------------------------------------------
 
 
+def test_context_pool_keeps_the_newest_recent_vectors_and_blends_them_like_a_plain_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embed, "POOL_MAX", 40)
+    rng = np.random.default_rng(3)
+
+    def unit(n: int) -> np.ndarray:
+        v = rng.normal(size=(n, 16)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    now = time.time()
+    ids, vecs = np.arange(1, 101, dtype=np.int64), unit(100)
+    ts = np.full(100, now)
+    ts[70:75] = now - (match.RECENT_HOURS + 1) * 3600  # five expired among the newest 40
+    pool = embed.ContextPool("m")
+    for lo in range(0, 100, 30):  # in chunks: the ring wraps around
+        pool.add(ids[lo : lo + 30], ts[lo : lo + 30], vecs[lo : lo + 30])
+    assert sorted(pool.ids.tolist()) == list(range(61, 101))
+    batch_ids, batch = [99, 100, 1001, 1002], np.concatenate([vecs[98:], unit(2)])  # two already in the pool
+    plain = [k for k in range(60, 100) if not 70 <= k < 75 and ids[k] not in batch_ids]
+    want = match.context_vectors(batch, np.concatenate([vecs[plain], batch]), self_index=np.arange(4) + len(plain))
+    assert np.allclose(pool.contexts(batch_ids, batch), want, atol=1e-5)
+    bigger_ids = [2001 + k for k in range(8)]  # a larger batch than before grows the room once
+    bigger = unit(8)
+    want = match.context_vectors(
+        bigger,
+        np.concatenate([vecs[[k for k in range(60, 100) if not 70 <= k < 75]], bigger]),
+        self_index=np.arange(8) + 35,
+    )
+    assert np.allclose(pool.contexts(bigger_ids, bigger), want, atol=1e-5)
+    assert sorted(pool.ids.tolist()) == list(range(61, 101))  # scoring a batch leaves the ring as it was
+    pool.add(np.array([500]), np.array([now]), unit(1)[:, :8])  # another model's dimensions: a new pool
+    assert pool.size == 1 and pool.vectors.shape[1] == 8
+
+
 async def test_fake_server_embeddings_chat_and_scripts(openai_server: FakeOpenAI) -> None:
     client = AsyncOpenAI(base_url=openai_server.base_url, api_key="sk-fake", max_retries=0, timeout=2)
     try:
