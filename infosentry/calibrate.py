@@ -26,11 +26,17 @@ A goal's best 1 % then score at most sigmoid(Z_TOP - Z0) = 0.92 from meaning alo
 them), and a push needs Z_BATCH / Z_TOP = 70 % of their distance above the typical item: the neighbouring
 cluster of a goal whose own items stand far out no longer passes, while a broad goal, whose best items stand
 less far out, keeps its reach, and the wordings of one topic push at more similar rates (README: measured).
+A broad goal whose topic is a large, tight cluster far above the rest (a quarter of the items, "sports") would
+still push that whole cluster, at a rate that depends on how the goal is worded; so the spread is also at least
+
+    s >= (q90 - m) / Z_BATCH         q90: the BROAD_QUANTILE of the window
+
+and at most about a tenth of a goal's items reach BATCH (the rest of its topic is DIGEST material).
 
 State per (goal, signal): a window of the last WINDOW raw values (forgets at the rate items arrive: drift), how
 many were ever seen, and a prior (m0, s0) measured when the goal was embedded: the goal's values against a
 fixed background corpus of assorted news (infosentry/calibration/background_*.txt), so a new goal is calibrated
-from its first item (`background_prior`: the same two rules, the corpus's best headline standing in for the
+from its first item (`background_prior`: the same rules, the corpus's best headlines standing in for the
 goal's best items). The window's estimates are shrunk toward the prior with a pseudo-count of N0 items, and
 while the window is young (fewer than YOUNG values) its spread is at least the prior's: the best of a few
 dozen items, with perhaps none of the topic among them, is not yet the top of the scale. A goal with neither
@@ -68,6 +74,9 @@ DEGENERATE = 1e-3
 TOP_QUANTILE = 0.99
 Z_TOP = Z_BATCH / 0.7  # 4.29: score 0.92, just below IMMEDIATE
 TOP_MIN = 20  # as many values as the prior weighs
+# A push tier is for the few items that stand out: the goal's 90th-percentile item sits at most at Z_BATCH, so at
+# most about a tenth of a goal's items reach BATCH however broad the goal or tight its topic's cluster.
+BROAD_QUANTILE = 0.9
 YOUNG = WINDOW // 2  # below this many values the window's spread is at least the prior's
 NEIGHBOUR_QUANTILE = 0.9  # feedback: a rated item counts as a neighbour when closer than 90 % of random pairs
 
@@ -107,7 +116,8 @@ def background_prior(values: np.ndarray) -> tuple[float, float]:
     m, s = location_spread(values)
     v = np.asarray(values, dtype=np.float64)
     if v.size >= TOP_MIN:
-        s = max(s, (float(np.quantile(v, TOP_QUANTILE)) - m) / Z_TOP)
+        top, broad = np.quantile(v, [TOP_QUANTILE, BROAD_QUANTILE])
+        s = max(s, (float(top) - m) / Z_TOP, (float(broad) - m) / Z_BATCH)
     return m, s
 
 
@@ -121,8 +131,8 @@ def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -
         assert prior is not None
         return Estimate(prior[0], max(prior[1], MIN_SPREAD))
     m, s = location_spread(window)
-    top = float(np.quantile(np.asarray(window, dtype=np.float64), TOP_QUANTILE)) if n >= TOP_MIN else None
-    return _shrink(m, s, n, seen, prior, top)
+    tops = np.quantile(np.asarray(window, dtype=np.float64), [TOP_QUANTILE, BROAD_QUANTILE]) if n >= TOP_MIN else None
+    return _shrink(m, s, n, seen, prior, None if tops is None else (float(tops[0]), float(tops[1])))
 
 
 def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[float, float] | None]) -> list[Estimate]:
@@ -145,7 +155,7 @@ def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[flo
         a, b = grid[rows, lo], grid[rows, hi]
         return np.where(hi > lo, a + (pos - lo) * (b - a), a)
 
-    med, low, high = quantile(0.5), quantile(Q_SIGMA), quantile(TOP_QUANTILE)
+    med, low, high, broad = quantile(0.5), quantile(Q_SIGMA), quantile(TOP_QUANTILE), quantile(BROAD_QUANTILE)
     out = []
     for r, w in enumerate(windows):
         n = int(lengths[r])
@@ -155,16 +165,17 @@ def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[flo
         spread = float(med[r] - low[r])
         if spread < DEGENERATE:
             spread = float(np.asarray(w, dtype=np.float64).std())
-        top = float(high[r]) if n >= TOP_MIN else None
-        out.append(_shrink(float(med[r]), max(spread, MIN_SPREAD), n, seen[r], priors[r], top))
+        tops = (float(high[r]), float(broad[r])) if n >= TOP_MIN else None
+        out.append(_shrink(float(med[r]), max(spread, MIN_SPREAD), n, seen[r], priors[r], tops))
     return out
 
 
 def _shrink(
-    m: float, s: float, n: int, seen: int, prior: tuple[float, float] | None, top: float | None = None
+    m: float, s: float, n: int, seen: int, prior: tuple[float, float] | None, tops: tuple[float, float] | None = None
 ) -> Estimate:
-    """The window's (m, s) shrunk toward the prior; s widened so that `top` (the window's TOP_QUANTILE, when it
-    holds TOP_MIN values) sits at most Z_TOP above m, and to the prior's while the window is young."""
+    """The window's (m, s) shrunk toward the prior; s widened so that the window's TOP_QUANTILE and
+    BROAD_QUANTILE (`tops`, when it holds TOP_MIN values) sit at most Z_TOP and Z_BATCH above m, and to the
+    prior's while the window is young."""
     capped = False
     if prior is None:
         capped = seen < N_MIN
@@ -172,8 +183,8 @@ def _shrink(
         m0, s0 = prior
         m = (n * m + N0 * m0) / (n + N0)
         s = math.sqrt((n * s * s + N0 * s0 * s0) / (n + N0))
-    if top is not None:
-        s = max(s, (top - m) / Z_TOP)
+    if tops is not None:
+        s = max(s, (tops[0] - m) / Z_TOP, (tops[1] - m) / Z_BATCH)
     if prior is not None and n < YOUNG:
         s = max(s, prior[1])
     return Estimate(m, max(s, MIN_SPREAD), capped)

@@ -121,6 +121,22 @@ def test_a_broad_goal_keeps_its_reach() -> None:
     assert pushed[on].mean() > 0.3 and on_share(pushed, on) > 0.95  # push recall and precision
 
 
+def test_a_broad_goal_whose_topic_stands_far_out_pushes_about_a_tenth_of_its_items() -> None:
+    # a quarter of the items, all far above the rest: the goal's best 1 % alone would let 0.17-0.21 of all
+    # items reach BATCH (gap 6 and 8); a push tier is for what stands out, so its 90th percentile caps it
+    for gap in (6.0, 8.0):
+        rng = np.random.default_rng(9)
+        values, on = mixture(rng, 5000, 0.25, loc=0.0, spread=1.0, gap=gap)
+        scores = stream(values, calibrate.background_prior(rng.normal(0, 1, 84)))[1000:]
+        pushed = scores >= BATCH
+        assert 0.08 < pushed.mean() <= 0.11
+        assert on_share(pushed, on[1000:]) > 0.99
+    # the background corpus's 90th percentile widens the prior the same way
+    corpus = np.concatenate([np.random.default_rng(8).normal(0.1, 0.02, 60), np.full(24, 0.3)])
+    m0, s0 = calibrate.background_prior(corpus)
+    assert s0 == pytest.approx((np.quantile(corpus, calibrate.BROAD_QUANTILE) - m0) / calibrate.Z_BATCH)
+
+
 def test_a_young_window_is_judged_on_the_prior_scale() -> None:
     # the first 40 items carry nothing of the topic: their best is not the top of the scale yet
     prior = (0.0, 0.1)
