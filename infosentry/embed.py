@@ -136,6 +136,8 @@ class ContextPool:
 
     def add(self, ids: np.ndarray, ts: np.ndarray, vectors: np.ndarray) -> None:
         """Put vectors (oldest first) into the ring, replacing the oldest; a new model's dimensions empty it."""
+        if not len(ids):
+            return
         if vectors.shape[1] != self.vectors.shape[1]:
             self._reset(vectors.shape[1], self.room)
         ids, ts, vectors = ids[-POOL_MAX:], ts[-POOL_MAX:], vectors[-POOL_MAX:]
