@@ -12,8 +12,8 @@ The score (in [0, 1], monotonic and continuous in every component, no cliffs)::
          measured against a background corpus); sd: their lower-half sigma, or 1/4.29 of the distance from m
          to the goal's best recent items (its 99th percentile), or 1/3 of the distance to its 90th percentile,
          whichever is largest. BATCH 0.75 <=> z = 3: three sigmas up, at least 70 % of the way to the best
-         items, which score 0.92 from meaning alone, and in the goal's best tenth (an instant alert, 0.93,
-         needs an item beyond the goal's best 1 %, or a term hit or a like on top)
+         items (which score 0.92 from meaning alone), reached by at most about a tenth of the goal's items (an
+         instant alert, 0.93, needs an item beyond the goal's best 1 %, or a term hit or a like on top)
     t  = priority-term evidence = 0.5 * (1 - 0.5**hits)         (0.25, 0.375, 0.44 ... for 1, 2, 3 hits)
     R  = 1 - (1 - s) * (1 - t)                                   (either strong meaning or term hits count)
     R' = R + 0.6*F*(1 - R) if F >= 0 else R * (1 + 0.6*F)       (feedback moves R part of the way to 1 or 0)
