@@ -116,9 +116,14 @@ def background_prior(values: np.ndarray) -> tuple[float, float]:
     m, s = location_spread(values)
     v = np.asarray(values, dtype=np.float64)
     if v.size >= TOP_MIN:
-        top, broad = np.quantile(v, [TOP_QUANTILE, BROAD_QUANTILE])
-        s = max(s, (float(top) - m) / Z_TOP, (float(broad) - m) / Z_BATCH)
+        s = _widened(s, m, *np.quantile(v, [TOP_QUANTILE, BROAD_QUANTILE]))
     return m, s
+
+
+def _widened(s: float, m: float, top: float, broad: float) -> float:
+    """The spread widened so that the TOP_QUANTILE value sits at most Z_TOP above m and the BROAD_QUANTILE value
+    at most Z_BATCH above it."""
+    return max(s, (float(top) - m) / Z_TOP, (float(broad) - m) / Z_BATCH)
 
 
 def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -> Estimate:
@@ -132,7 +137,7 @@ def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -
         return Estimate(prior[0], max(prior[1], MIN_SPREAD))
     m, s = location_spread(window)
     tops = np.quantile(np.asarray(window, dtype=np.float64), [TOP_QUANTILE, BROAD_QUANTILE]) if n >= TOP_MIN else None
-    return _shrink(m, s, n, seen, prior, None if tops is None else (float(tops[0]), float(tops[1])))
+    return _shrink(m, s, n, seen, prior, None if tops is None else (tops[0], tops[1]))
 
 
 def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[float, float] | None]) -> list[Estimate]:
@@ -184,7 +189,7 @@ def _shrink(
         m = (n * m + N0 * m0) / (n + N0)
         s = math.sqrt((n * s * s + N0 * s0 * s0) / (n + N0))
     if tops is not None:
-        s = max(s, (tops[0] - m) / Z_TOP, (tops[1] - m) / Z_BATCH)
+        s = _widened(s, m, *tops)
     if prior is not None and n < YOUNG:
         s = max(s, prior[1])
     return Estimate(m, max(s, MIN_SPREAD), capped)
