@@ -41,8 +41,9 @@ What the decide step reads from a match row (matches table):
   most BATCH). Sticky once set for a pair.
 - `lexical_only = true`: scored by keywords only (no embedding); never IMMEDIATE (decide caps it at BATCH);
   re-scored when the item or goal is embedded, so an IGNORE may need re-deciding.
-Pairs scoring below STORE_FLOOR (and not stored before) are not written: the matches listing ranks them at read
-time by their semantic score alone, scaled under the floor (`TailRank`, store.matches.unstored_matches).
+Pairs below DIGEST_MIN_SCORE whose score is their semantic score alone, and every other pair below STORE_FLOOR
+(unless stored before), are not written: the matches listing ranks them at read time by their semantic score
+(`TailRank`, store.matches.unstored_matches), capped at DIGEST_MIN_SCORE.
 """
 
 from __future__ import annotations
@@ -87,10 +88,13 @@ FEEDBACK_MAX_RATED = 200  # newest rated items per goal used as neighbours
 TRUST_PRIOR = 3.0  # pseudo-count that keeps source trust neutral until there is evidence
 STRICT_CAP = 0.87  # a STRICT miss stays below the default boundary band (decide also caps it at BATCH)
 LEXICAL_CAP = 0.87  # a score from keywords alone never reaches the boundary band (decide caps it at BATCH too)
-# Pairs scoring at least this (about 1.3 sigmas above the goal's typical item: a tenth of its items) are stored
-# with their reasons. The matches listing ranks the rest at read time from the stored vectors (`TailRank`), so
-# every item stays listed while the table and the matching step's writes stay a few rows per item.
+# Which pairs get a row (`stored_pairs`): every pair a decision can use (DIGEST_MIN_SCORE, hot, 0.60 by
+# default), and from STORE_FLOOR (about 1.3 sigmas above the goal's typical item) every pair whose score is not
+# its semantic score alone (term hits, a gate, feedback, source trust, age, keywords only). The matches listing
+# ranks the rest at read time by that semantic score, from the stored vectors (`TailRank`), so every item stays
+# listed, in the order its score would give, while the matching step writes a few rows per item.
 STORE_FLOOR = 0.35
+PLAIN_FRESH = 0.999  # recency at or above this (an item up to ~6 h old) leaves a score as it was
 RECENT_HOURS = 72  # backfill window and "still needed for matching" horizon
 # An item whose embedding is merely pending is not scored by keywords meanwhile: keyword scores rank far worse
 # and a lexical 1.000 must never beat its embedding to an instant push. After this long (the embedding job
@@ -563,22 +567,19 @@ def finish(
     )
 
 
-def score_batch(
-    items: Items,
-    goals: Goals,
-    rated: Rated | None,
-    estimates: dict[int, calibrate.Estimate] | None = None,
-    lexical_estimates: dict[int, calibrate.Estimate] | None = None,
-    neighbour: dict[int, float] | None = None,
-) -> Scored:
-    """Score a batch under given calibration estimates per goal row. Without estimates, each goal calibrates on
-    the batch itself (its values are its window): what a goal's first batch, its backfill, does."""
-    sig = signals(items, goals)
-    if estimates is None:
-        estimates = {g: calibrate.estimate(v, len(v), None) for g, v in sig.values().items()}
-    if lexical_estimates is None:
-        lexical_estimates = {g: calibrate.estimate(v, len(v), None) for g, v in sig.values(lexical=True).items()}
-    return finish(items, goals, sig, semantic_scores(sig, estimates, lexical_estimates), rated, neighbour)
+def stored_pairs(scored: Scored, decide_floor: float) -> np.ndarray:
+    """Which pairs get a row (see STORE_FLOOR): `decide_floor` is DIGEST_MIN_SCORE, the lowest score a decision
+    uses. A plain pair (its score is its semantic score) below it is listed at read time by that same score."""
+    plain = (
+        (scored.hits == 0)
+        & ~scored.negative
+        & ~scored.blocked
+        & ~scored.lexical_only
+        & (scored.feedback == 0)
+        & (scored.trust == 0)
+        & (scored.fresh >= PLAIN_FRESH)
+    )
+    return (scored.ungated >= decide_floor) | ((scored.ungated >= STORE_FLOOR) & ~plain)
 
 
 def _feedback(
@@ -708,7 +709,7 @@ async def match_items(
         scored = finish(items, goals, sig, semantic_scores(sig, vector_est, lexical_est), rated, neighbour)
         stats.pairs = len(scored.score)
         stats.lexical_pairs = int(scored.lexical_only.sum())
-        keep = scored.ungated >= STORE_FLOOR
+        keep = stored_pairs(scored, decide_floor(rt))
         if data.existing:  # pairs stored before are always re-scored (a lexical score may now be lower)
             pair_keys = (goals.ids[scored.pair_goal] << 32) | items.ids[scored.pair_item]
             old_keys = np.array([(int(r["goal_id"]) << 32) | int(r["item_id"]) for r in data.existing], dtype=np.int64)
@@ -728,17 +729,23 @@ async def match_items(
     return stats
 
 
+def decide_floor(rt: Runtime) -> float:
+    """DIGEST_MIN_SCORE: the lowest score a decision uses, so every pair at or above it is stored."""
+    return float(rt.hot["DIGEST_MIN_SCORE"])
+
+
 @dataclass(frozen=True)
 class TailRank:
-    """How the matches listing ranks a goal's items that were not stored (below STORE_FLOOR) at read time:
-    the calibrated semantic score of the item's context vector against the goal's matching vector, times
-    STORE_FLOOR (so they list below every stored pair), computed in SQL from the stored vectors."""
+    """How the matches listing ranks a goal's items that have no row (`stored_pairs`) at read time: the
+    calibrated semantic score of the item's context vector against the goal's matching vector (what a plain
+    pair's score is), capped at `ceiling` (the decide floor: a plain pair at or above it has a row), computed in
+    SQL from the stored vectors."""
 
     signal: str  # the embedding model
     m: float
     s: float
+    ceiling: float
     z0: float = calibrate.Z0
-    ceiling: float = STORE_FLOOR
 
 
 async def tail_rank(rt: Runtime, goal_id: int) -> TailRank | None:
@@ -748,7 +755,7 @@ async def tail_rank(rt: Runtime, goal_id: int) -> TailRank | None:
         return None
     prior = (float(row["prior_loc"]), float(row["prior_spread"])) if row["prior_loc"] is not None else None
     est = calibrate.estimate(calibration_store.window_of(row["recent"]), int(row["seen"]), prior)
-    return TailRank(str(row["signal"]), est.m, est.s) if est.known else None
+    return TailRank(str(row["signal"]), est.m, est.s, decide_floor(rt)) if est.known else None
 
 
 async def _observe(
@@ -961,9 +968,8 @@ def _rows(
     scored: Scored, items: Items, goals: Goals, keep: np.ndarray, model: str | None, languages: list[str]
 ) -> tuple[list[Any], ...]:
     """Columns for matches_store.upsert_matches: goal ids, item ids, scores, components, reasons, gates, lexical_only,
-    is_backfill (only the kept pairs; strings are built here and nowhere on the hot path). About half of all pairs
-    are kept (the matches listing ranks the upper half of a goal's items), so the numbers are computed as columns
-    and the loop only assembles them."""
+    is_backfill (only the kept pairs; strings are built here and nowhere on the hot path). The numbers are
+    computed as columns and the loop only assembles them."""
     goal_ids, item_ids, scores, comps, reason_texts, gates, lex, bf = [], [], [], [], [], [], [], []
     tpos = {t: k for k, t in enumerate(scored.terms)}
     npos = {t: k for k, t in enumerate(scored.negs)}

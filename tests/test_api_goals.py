@@ -7,6 +7,7 @@ import json
 from typing import Any
 from unittest.mock import patch
 
+import pytest
 from click.testing import CliRunner
 
 from infosentry import embed, match
@@ -182,6 +183,46 @@ async def test_pause_resume_delete(api: Any) -> None:
     assert (await api.delete(f"/api/v1/goals/{gid}", headers=bearer(token))).status == 404
 
 
+async def test_an_item_ranked_at_read_time_gets_the_score_its_row_would_have(api: Any, monkeypatch: Any) -> None:
+    """Pairs that only their meaning scores are stored from DIGEST_MIN_SCORE on; the listing ranks the rest at read
+    time, and must give each the score (so the place) a stored row would have given it."""
+    rt: Runtime = api.app[RT]
+    uid, token = await make_user(rt, "tail@example.com")
+    src = await seed_source(rt, uid)
+    gid = (await (await post_goal(api, token, name=AI_GOAL[0], description=AI_GOAL[1], priority_terms=[])).json())["id"]
+    titles = [
+        AI_ITEM,
+        ("Chip makers race to build data-centre processors", "Demand for servers lifts semiconductor sales."),
+        ("Startup raises funds for machine learning software", "Its tools train models faster."),
+        ("Smartphone sales slow in Europe", "Consumers keep their phones longer."),
+        ("Electric car maker opens a new factory", "Battery output will double."),
+        OFF_ITEM,
+        ("Football club signs a new striker", "The striker joins on a three-year deal."),
+        ("Rain expected over the weekend", "Forecasters warn of floods in the north."),
+    ]
+    ids = [await seed_item(rt, src, *t) for t in titles]
+    await embed.run(rt)
+    listed = (await (await api.get(f"/api/v1/goals/{gid}/matches", headers=bearer(token))).json())["items"]
+    assert {m["item"]["id"] for m in listed} == set(ids)
+    read_time = {m["item"]["id"]: m["score"] for m in listed if m["components"].get("ranked_at_read")}
+    assert read_time and len(read_time) < len(ids)
+    stored = await rt.pool.fetchval("SELECT count(*) FROM matches WHERE goal_id = $1", gid)
+    assert stored == len(ids) - len(read_time)
+
+    # the same items with every pair stored (as if every pair were decidable): the scores the rows get
+    monkeypatch.setattr(match, "STORE_FLOOR", 0.0)
+    monkeypatch.setattr(match, "decide_floor", lambda rt: 0.0)
+    await match.match_items(rt, ids, model=embed.model_name(rt))
+    rows = {
+        r["item_id"]: r["score"]
+        for r in await rt.pool.fetch("SELECT item_id, score FROM matches WHERE goal_id = $1", gid)
+    }
+    assert set(rows) == set(ids)
+    for item, score in read_time.items():
+        assert score == pytest.approx(rows[item], abs=1e-3), (item, score, rows[item])
+    assert [m["item"]["id"] for m in listed] == sorted(ids, key=lambda i: (rows[i], i), reverse=True)
+
+
 async def test_matches_best_first_with_components_reasons_and_decision(api: Any) -> None:
     rt: Runtime = api.app[RT]
     uid, token = await make_user(rt, "m@example.com")
@@ -208,7 +249,7 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
     listed = {m["item"]["id"]: m for m in everything["items"]}
     assert set(listed) == {ai, off, off2, *others} and hidden not in listed
     assert await rt.pool.fetchval("SELECT count(*) FROM matches WHERE goal_id = $1 AND item_id = $2", gid, off) == 0
-    assert listed[off]["components"]["ranked_at_read"] and listed[off]["score"] < match.STORE_FLOOR
+    assert listed[off]["components"]["ranked_at_read"] and listed[off]["score"] <= match.decide_floor(rt)
     assert listed[off]["reasons"] == [] and listed[off]["decision"] is None
     first = next(m for m in everything["items"] if m["item"]["id"] == ai)
     assert first["item"]["title"] == AI_ITEM[0] and first["item"]["source"]["name"] == "Tech feed"
@@ -239,7 +280,7 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
     with patch.object(matches_store, "unstored_matches", counted):
         top = await (await api.get(url + "?limit=1", headers=bearer(token))).json()
         assert top["items"][0]["item"]["id"] == everything["items"][0]["item"]["id"]
-        assert top["items"][0]["score"] >= match.STORE_FLOOR and scans == []
+        assert top["items"][0]["score"] > match.decide_floor(rt) and scans == []
         assert len((await (await api.get(url, headers=bearer(token))).json())["items"]) == len(listed)
         assert scans == [1]
     high = await (await api.get(url + f"?min_score={scores[1]}", headers=bearer(token))).json()

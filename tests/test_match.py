@@ -223,6 +223,42 @@ def test_semantic_scores_apply_each_goals_estimate_to_its_pairs() -> None:
         assert got[k] == pytest.approx(float(calibrate.scores(np.array([raw]), est)[0])), k
 
 
+def test_a_row_is_stored_for_every_decidable_pair_and_every_pair_the_read_time_rank_would_misplace() -> None:
+    """Plain pairs (score = semantic score) get a row from the decide floor on; pairs whose score owes something
+    to another component get one from STORE_FLOOR on, as the listing ranks unstored pairs by semantic alone."""
+    n = 10
+    z, no = np.zeros(n), np.zeros(n, bool)
+    ungated = np.array([0.95, 0.6, 0.59, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.3])
+    hits, feedback, trust, fresh = z.copy(), z.copy(), z.copy(), np.ones(n)
+    negative, lexical_only = no.copy(), no.copy()
+    hits[4], feedback[5], trust[6], fresh[7], negative[8], lexical_only[3] = 1, 0.2, -0.1, 0.9, True, True
+    hits[9] = 2  # below STORE_FLOOR: no row whatever its components
+    scored = match.Scored(
+        pair_item=np.arange(n),
+        pair_goal=np.zeros(n, int),
+        score=ungated,
+        ungated=ungated,
+        cosine=z,
+        semantic=ungated,
+        lexical=z,
+        hits=hits,
+        negative=negative,
+        blocked=no,
+        strict_miss=no,
+        feedback=feedback,
+        trust=trust,
+        fresh=fresh,
+        lexical_only=lexical_only,
+        hit_matrix=np.zeros((n, 0), bool),
+        neg_matrix=np.zeros((n, 0), bool),
+    )
+    kept = match.stored_pairs(scored, 0.6)
+    assert kept.tolist() == [True, True, False, True, True, True, True, True, True, False]
+    # an operator's lower DIGEST_MIN_SCORE stores every pair a decision can now use, plain or not
+    assert match.stored_pairs(scored, 0.25).all()
+    assert match.stored_pairs(scored, 0.96)[[3, 4, 5, 6, 7, 8]].all() and not match.stored_pairs(scored, 0.96)[0]
+
+
 def test_vectorised_lexical_similarity_equals_the_reference() -> None:
     goals = ["Electric cars and batteries. EV makers, battery factories", "人工智能 芯片 新闻", "Football results"]
     docs = ["Tesla opens a battery factory for electric cars", "国产人工智能芯片发布", "Weather is fine", ""]
@@ -342,6 +378,7 @@ async def _score_of(rt: Runtime, goal: int, item: int) -> float:
 
 async def test_feedback_moves_similar_items_and_is_bounded(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(match, "STORE_FLOOR", 0.0)  # every score is read back, however low
+    monkeypatch.setattr(match, "decide_floor", lambda rt: 0.0)
     uid, _ = await make_user(rt, "fb@example.com")
     src = await seed_source(rt, uid)
     goal = await seed_goal(rt, uid, "Electric cars", "News about electric vehicles and their makers")

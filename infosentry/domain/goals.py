@@ -208,15 +208,16 @@ async def matches(
     after: tuple[float, int] | None = None,
 ) -> list[dict[str, Any]]:
     """The goal's scored items, best first (keyset `after` = (score, item id) of the previous page's last):
-    the stored pairs, then (below match.STORE_FLOOR) every other item the goal sees, ranked at read time."""
+    the stored pairs, and every other item the goal sees ranked at read time (match.TailRank)."""
     if await goals_store.get(rt.pool, actor.user_id, goal_id) is None:
         raise NotFound("no such goal")
     rows = await matches_store.goal_matches(rt.reader, goal_id, min_score=min_score, limit=limit, after=after)
     views = [match_view(r) for r in rows]
-    # Read-time scores stay under their ceiling (STORE_FLOOR): a page of stored pairs that ends at or above it is
-    # final, and the exact scan over every item the user sees (tests/bench/bench_tail.py) is spared.
-    page_full = len(rows) == limit and float(rows[-1]["score"]) >= match.STORE_FLOOR
-    if min_score < match.STORE_FLOOR and not page_full and (rank := await match.tail_rank(rt, goal_id)) is not None:
+    # Read-time scores stay at or under their ceiling (the decide floor): a page of stored pairs that ends above
+    # it is final, and the exact scan over every item the user sees (tests/bench/bench_tail.py) is spared.
+    ceiling = match.decide_floor(rt)
+    page_full = len(rows) == limit and float(rows[-1]["score"]) > ceiling
+    if min_score <= ceiling and not page_full and (rank := await match.tail_rank(rt, goal_id)) is not None:
         tail = await matches_store.unstored_matches(
             rt.reader,
             goal_id,

@@ -214,10 +214,10 @@ async def unstored_matches(
     limit: int,
     after: tuple[float, int] | None,
 ) -> list[asyncpg.Record]:
-    """The goal's items without a stored pair (they scored below the storage floor), ranked at read time: the
-    calibrated semantic score of the item's context vector against the goal's matching vector, times `ceiling`
-    (match.TailRank). Items the goal's owner sees through an enabled subscription, embedded with the goal's
-    model, from a source not blocked for the goal; same columns as goal_matches."""
+    """The goal's items without a stored pair (match.stored_pairs), ranked at read time: the calibrated semantic
+    score of the item's context vector against the goal's matching vector, capped at `ceiling` (match.TailRank).
+    Items the goal's owner sees through an enabled subscription, embedded with the goal's model, from a source not
+    blocked for the goal; same columns as goal_matches."""
     return await conn.fetch(
         """WITH g AS (
                SELECT g.id, g.user_id, COALESCE(c.prf, g.embedding) AS v FROM goals g
@@ -236,7 +236,8 @@ async def unstored_matches(
                  AND NOT EXISTS (SELECT 1 FROM blocked_sources b WHERE b.goal_id = $1 AND b.source_id = i.source_id)),
            scored AS (
                SELECT id, cosine,
-                      $6::float8 / (1 + exp(-greatest(-60, least(60, (cosine - $3::float8) / $4::float8 - $5::float8))))
+                      least($6::float8,
+                            1 / (1 + exp(-greatest(-60, least(60, (cosine - $3::float8) / $4::float8 - $5::float8)))))
                           AS score
                FROM ranked),
            -- the page first, then its details: joining items, sources and feedback for every candidate cost

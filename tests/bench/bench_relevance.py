@@ -13,11 +13,11 @@ like/dislike answers per goal (rounds of 5, the top-scored unrated items, labell
 held-out items are scored again, without the rated ones. The 20 rated items are a goal's best-scored, mostly on
 topic, so leaving them out lowers AUC by itself; "no answers, the same items left out" is the fair baseline.
 
-Printed per goal: ROC AUC (all items, and "listed": items below the storage floor tied at the bottom, as the
-API's matches listing ranks them), pushes (score >= BATCH_THRESHOLD: IMMEDIATE + BATCH) with precision and
-recall, the push rate (share of items pushed: a flood shows at a glance), IMMEDIATE count. Also: each topic
-worded three ways (push rates and their max/min ratio), the push rate of a goal whose feed carries none of its
-topic (on-topic items removed), and the keyword-only fallback (no vectors).
+Printed per goal: ROC AUC (all items by score, and "listed": as the API's matches listing ranks them, stored
+pairs by score, every other item by its read-time semantic score), pushes (score >= BATCH_THRESHOLD: IMMEDIATE +
+BATCH) with precision and recall, the push rate (share of items pushed: a flood shows at a glance), IMMEDIATE
+count. Also: each topic worded three ways (push rates and their max/min ratio), the push rate of a goal whose
+feed carries none of its topic (on-topic items removed), and the keyword-only fallback (no vectors).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from tests.bench.common import shared_data
 DATA = shared_data("ag_news_tuning.csv").parent
 BATCH_THRESHOLD = hotconfig.KEYS["BATCH_THRESHOLD"].default
 IMMEDIATE_THRESHOLD = hotconfig.KEYS["IMMEDIATE_THRESHOLD"].default
+DIGEST_MIN_SCORE = hotconfig.KEYS["DIGEST_MIN_SCORE"].default
 ANSWERS, ROUND, ARRIVAL_BATCH = 20, 5, 20
 NARROW_WORDINGS = ("label", "sentence", "terms")  # the three ways each narrow topic is worded, in narrow.py's order
 SEED = 0
@@ -307,9 +308,31 @@ def items_of(world: World, idx: np.ndarray) -> match.Items:
     )
 
 
+@dataclass
+class Scores:
+    """(n, m) scores of every item for every goal, and the rank the matches API lists them by: stored pairs
+    (match.stored_pairs) by score, every other item by its read-time semantic score (match.TailRank: capped at
+    DIGEST_MIN_SCORE)."""
+
+    score: np.ndarray
+    listed: np.ndarray
+    stored: np.ndarray  # bool: the pair has a row
+
+    @classmethod
+    def empty(cls, n: int, m: int, fill: float) -> Scores:
+        return cls(np.full((n, m), fill), np.full((n, m), fill), np.zeros((n, m), bool))
+
+    def put(self, items: np.ndarray, scored: match.Scored) -> None:
+        at = (items[scored.pair_item], scored.pair_goal)
+        self.score[at] = scored.score
+        stored = match.stored_pairs(scored, DIGEST_MIN_SCORE)
+        self.stored[at] = stored
+        self.listed[at] = np.where(stored, scored.score, np.minimum(scored.semantic, DIGEST_MIN_SCORE))
+
+
 def stream(
     world: World, goals: list[Goal], exclude: dict[int, np.ndarray] | None = None
-) -> tuple[np.ndarray, dict[int, calibrate.Estimate], np.ndarray | None]:
+) -> tuple[Scores, dict[int, calibrate.Estimate], np.ndarray | None]:
     """(n, m) scores at arrival, the goals' final estimates and final goal vectors; `exclude[j]`: items goal j
     never sees (its feed lacks them; they are still scored, as they would be if they came). As in production, a
     goal gets its PRF vector after match.PRF_MIN_ITEMS items and again every match.PRF_EVERY values seen, its
@@ -321,7 +344,7 @@ def stream(
     seen = [0] * m
     prf_done = [False] * m
     arrived: list[list[int]] = [[] for _ in range(m)]
-    out = np.full((len(world.texts), m), np.nan)
+    out = Scores.empty(len(world.texts), m, np.nan)
     est: dict[int, calibrate.Estimate] = {}
     for start in range(0, len(world.order), ARRIVAL_BATCH):
         idx = world.order[start : start + ARRIVAL_BATCH]
@@ -336,7 +359,7 @@ def stream(
         lexical = world.ctx is None
         sem = match.semantic_scores(sig, {} if lexical else est, est if lexical else {})
         scored = match.finish(items, g, sig, sem, None, neighbour)
-        out[idx[scored.pair_item], scored.pair_goal] = scored.score
+        out.put(idx, scored)
         if base is None or g.vectors is None or world.ctx is None or world.background is None:
             continue
         for j in range(m):  # refresh_prf, as the embed step runs it between batches
@@ -364,12 +387,12 @@ def rescore(
     sig = match.signals(items, g)
     sem = match.semantic_scores(sig, est, {})
     scored = match.finish(items, g, sig, sem, rated, neighbour)
-    out = np.zeros((len(world.texts), len(goals)))
-    out[scored.pair_item, scored.pair_goal] = scored.score
+    out = Scores.empty(len(world.texts), len(goals), 0.0)
+    out.put(np.arange(len(world.texts)), scored)
     return out
 
 
-def with_feedback(world: World, goals: list[Goal], truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def with_feedback(world: World, goals: list[Goal], truth: np.ndarray) -> tuple[Scores, np.ndarray, Scores]:
     """20 answers per goal from the top-scored unrated items (rounds of 5); returns (scores, rated mask, scores
     before any answer). The rated items are the goal's best-scored ones, mostly on topic, so leaving them out
     lowers AUC by itself: compare "rated items left out" with the scores before feedback on the same items."""
@@ -380,7 +403,7 @@ def with_feedback(world: World, goals: list[Goal], truth: np.ndarray) -> tuple[n
     while len(answers) < ANSWERS * len(goals):
         scores = rescore(world, goals, est, _rated(answers, world.ctx), vectors) if answers else before
         for j in range(len(goals)):
-            fresh = [i for i in np.argsort(-scores[:, j], kind="stable") if not rated[i, j]][:ROUND]
+            fresh = [i for i in np.argsort(-scores.listed[:, j], kind="stable") if not rated[i, j]][:ROUND]
             for i in fresh:
                 rated[i, j] = True
                 answers.append((j, int(i), 1.0 if truth[i, j] else -1.0))
@@ -413,16 +436,13 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def metrics(scores: np.ndarray, truth: np.ndarray, goals: list[Goal], exclude: np.ndarray | None = None) -> dict:
+def metrics(ranked: Scores, truth: np.ndarray, goals: list[Goal], exclude: np.ndarray | None = None) -> dict:
     per: dict[str, Any] = {}
     for j, goal in enumerate(goals):
-        keep = ~exclude[:, j] if exclude is not None else np.ones(len(scores), bool)
-        s, y = scores[keep, j], truth[keep, j]
+        keep = ~exclude[:, j] if exclude is not None else np.ones(len(ranked.score), bool)
+        s, y, listed = ranked.score[keep, j], truth[keep, j], ranked.listed[keep, j]
         pushed = s >= BATCH_THRESHOLD
         immediate = s >= IMMEDIATE_THRESHOLD
-        # the matches API: stored pairs by score, every other item after them by its read-time semantic score
-        # (approximated here by its score, scaled under the floor as the read-time rank is)
-        listed = np.where(s >= match.STORE_FLOOR, s, match.STORE_FLOOR * s)
         per[f"{goal.key}"] = {
             "auc": auc(s, y),
             "auc_listed": auc(listed, y),
@@ -434,9 +454,9 @@ def metrics(scores: np.ndarray, truth: np.ndarray, goals: list[Goal], exclude: n
             "immediate_on_topic": int((immediate & y).sum()),
             "off_topic_pushed": int((pushed & ~y).sum()),
             "off_topic_push_rate": float((pushed & ~y).sum() / max(1, (~y).sum())),
-            "listed_share": float((s >= match.STORE_FLOOR).mean()),
+            "stored_share": float(ranked.stored[keep, j].mean()),
         }
-    keys = ["auc", "auc_listed", "push_precision", "push_recall", "push_rate", "listed_share", "off_topic_push_rate"]
+    keys = ["auc", "auc_listed", "push_precision", "push_recall", "push_rate", "stored_share", "off_topic_push_rate"]
     macro = {k: float(np.nanmean([per[g.key][k] for g in goals])) for k in keys}
     immediate = sum(per[g.key]["immediate"] for g in goals)
     macro["immediate"] = immediate
@@ -498,11 +518,11 @@ def run_language(lang: str, emb: Any, half: str = "held-out") -> dict[str, Any]:
     for key, variants in wordings.items():
         t = truth_of(labels, variants)
         scores, _, _ = stream(world, variants)
-        rates = [float((scores[:, j] >= BATCH_THRESHOLD).mean()) for j in range(len(variants))]
+        rates = [float((scores.score[:, j] >= BATCH_THRESHOLD).mean()) for j in range(len(variants))]
         words[key] = {
             "rates": rates,
             "ratio": max(rates) / max(min(rates), 1e-9),
-            "auc": [auc(scores[:, j], t[:, j]) for j in range(len(variants))],
+            "auc": [auc(scores.score[:, j], t[:, j]) for j in range(len(variants))],
         }
     results["wordings"] = words
     kw_world = World(texts, labels, None, None, emb, order)

@@ -2,7 +2,7 @@
 `bin/bench tail [--sizes 10000,50000,200000] [--dims 512] [--rounds 5]`.
 
 A goal's matches listing (`GET /api/v1/goals/{id}/matches`, the goal page) ranks the goal's stored pairs (an
-index scan) and then, below the storage floor, every other item the goal's owner sees through a subscription,
+index scan) and then every other item the goal's owner sees through a subscription (no stored pair), ranked
 at read time (store.matches.unstored_matches: an exact cosine scan over those items, no ANN index). Its cost
 grows with the items one user sees within the retention, which is what decides when vectors would need an
 ANN index. A fresh embedded database gets one user following one source, one goal, and `--sizes` items
