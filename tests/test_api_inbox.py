@@ -103,7 +103,7 @@ async def test_items_are_visible_only_to_their_goals_or_followers(api) -> None:
 async def test_feedback_like_dislike_undo(api) -> None:
     rt = api.app[RT]
     w = await pushed_world(rt)
-    token, (g1, _, gb) = w["alice"][1], w["goals"]
+    token, (g1, g2, gb) = w["alice"][1], w["goals"]
     a1 = w["items"]["a1"]
     url = f"/api/v1/items/{a1}/feedback"
     resp = await api.post(url, json={"goal_id": g1, "feedback": "like"}, headers=bearer(token))
@@ -123,11 +123,14 @@ async def test_feedback_like_dislike_undo(api) -> None:
     assert (await api.post(url, json={"goal_id": g1}, headers=bearer(token))).status == 422
     assert (await api.post(url, json={"feedback": "like"}, headers=bearer(token))).status == 422
     assert (await api.post(url, json={"goal_id": gb, "feedback": "like"}, headers=bearer(token))).status == 404
-    other_item = w["items"]["a3"]  # Alice's item, but it never reached goal g1
-    resp = await api.post(
-        f"/api/v1/items/{other_item}/feedback", json={"goal_id": g1, "feedback": "like"}, headers=bearer(token)
-    )
-    assert resp.status == 404
+    # an item the goal lists without a stored pair (its owner follows the source) can be rated; once she no
+    # longer follows it, an item that only reached her other goal cannot be rated for this one
+    other = f"/api/v1/items/{w['items']['a3']}/feedback"
+    assert (await api.post(other, json={"goal_id": g1, "feedback": "like"}, headers=bearer(token))).status == 200
+    assert (await api.delete(f"{other}?goal_id={g1}", headers=bearer(token))).status == 204
+    await rt.pool.execute("UPDATE subscriptions SET enabled = false WHERE source_id = $1", w["sources"][0])
+    assert (await api.post(other, json={"goal_id": g1, "feedback": "like"}, headers=bearer(token))).status == 404
+    assert (await api.post(other, json={"goal_id": g2, "feedback": "like"}, headers=bearer(token))).status == 200
 
 
 async def test_block_source_cancels_pending_at_once_and_can_be_undone(api) -> None:

@@ -122,10 +122,17 @@ async def mark_read(conn: Conn, *, user_id: int, notification_id: int) -> asyncp
 
 
 async def item_reached_goal(conn: Conn, *, goal_id: int, item_id: int) -> bool:
+    """The item was scored or pushed for the goal, or the goal lists it (its owner follows one of the item's
+    sources: the matches listing ranks such items at read time without a stored pair)."""
     return bool(
         await conn.fetchval(
             """SELECT EXISTS (SELECT 1 FROM matches WHERE goal_id = $1 AND item_id = $2)
-                   OR EXISTS (SELECT 1 FROM notifications WHERE goal_id = $1 AND item_id = $2)""",
+                   OR EXISTS (SELECT 1 FROM notifications WHERE goal_id = $1 AND item_id = $2)
+                   OR EXISTS (SELECT 1 FROM goals g
+                              JOIN subscriptions sub ON sub.user_id = g.user_id AND sub.enabled
+                              WHERE g.id = $1
+                                AND sub.source_id IN (SELECT source_id FROM item_sources WHERE item_id = $2
+                                                      UNION SELECT source_id FROM items WHERE id = $2))""",
             goal_id,
             item_id,
         )
