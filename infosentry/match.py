@@ -2,8 +2,9 @@
 
 Every item is scored against every ACTIVE goal whose owner has an enabled subscription to one of the item's
 sources, one batch at a time: one matrix product for the semantic part, term hits per distinct term (not per
-pair), one atomic update of the goals' calibration windows, one bulk upsert of the match rows. Imports
-calibrate, reasons, store.matches, store.calibration, embedders.lexical, numpy.
+pair), the goals' calibration windows (written behind: one atomic update of the goals that are due, see
+windows.py), one bulk upsert of the match rows. Imports calibrate, windows, reasons, store.matches,
+store.calibration, embedders.lexical, numpy.
 
 The score (in [0, 1], monotonic and continuous in every component, no cliffs)::
 
@@ -60,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infosentry import calibrate, reasons
+from infosentry import calibrate, reasons, windows
 from infosentry.embedders.lexical import CJK_CLASS, has_cjk
 from infosentry.embedders.lexical import _terms as lexical_terms  # the tokenizer behind lexical_similarity
 from infosentry.store import calibration as calibration_store
@@ -693,6 +694,9 @@ async def match_items(
     items, goals = _build(data, vectors, model, now, backfill_before)
     goal_index = {int(g): j for j, g in enumerate(goals.ids)}
     versions = [int(g["version"]) for g in data.goals]
+    # a goal's calibration is read afresh when its version or matching vector (PRF) changes
+    stamps = [(int(g["version"]), g["prf_at"]) for g in data.goals]
+    windows_ = _windows(rt)
     rated = await _rated(rt, reader, goals, goal_index, model)
     sig = signals(items, goals)
 
@@ -702,9 +706,18 @@ async def match_items(
 
     async def write(c: asyncpg.Connection) -> None:
         await matches_store.lock_for_write(c)
-        vector_est, neighbour = await _observe(c, sig.values(), sig.values(items=first), model, goals, versions)
+        vector_est, neighbour = await _observe(
+            c, windows_, sig.values(), sig.values(items=first), model, goals, versions, stamps
+        )
         lexical_est, _ = await _observe(
-            c, sig.values(lexical=True), sig.values(lexical=True, items=first), LEXICAL_SIGNAL, goals, versions
+            c,
+            windows_,
+            sig.values(lexical=True),
+            sig.values(lexical=True, items=first),
+            LEXICAL_SIGNAL,
+            goals,
+            versions,
+            [(v, None) for v in versions],
         )
         scored = finish(items, goals, sig, semantic_scores(sig, vector_est, lexical_est), rated, neighbour)
         stats.pairs = len(scored.score)
@@ -758,43 +771,48 @@ async def tail_rank(rt: Runtime, goal_id: int) -> TailRank | None:
     return TailRank(str(row["signal"]), est.m, est.s, decide_floor(rt)) if est.known else None
 
 
+def _windows(rt: Runtime) -> windows.Windows:
+    """The process's calibration windows; their waiting values are written when the runtime closes."""
+    found: windows.Windows | None = rt.extras.get("calibration_windows")
+    if found is not None:
+        return found
+    made = rt.extras["calibration_windows"] = windows.Windows()
+    rt.on_close(lambda: made.flush(rt.pool))
+    return made
+
+
 async def _observe(
     conn: asyncpg.Connection,
+    windows_: windows.Windows,
     scored: dict[int, np.ndarray],
     new: dict[int, np.ndarray],
     signal: str | None,
     goals: Goals,
     versions: list[int],
+    stamps: list[tuple[int, Any]],
 ) -> tuple[dict[int, calibrate.Estimate], dict[int, float]]:
-    """Add each goal's `new` values of one signal to its calibration window, then return the estimates (by goal
-    row) and feedback neighbour thresholds of every goal with values to score. The batch is added first, so a
-    goal's first batch (its backfill) calibrates itself; the keyword signal's prior is measured here, the
-    models' when the goal is embedded."""
+    """Add each goal's `new` values of one signal to its calibration window (written behind: windows.py), then
+    return the estimates (by goal row) and feedback neighbour thresholds of every goal with values to score. The
+    batch is added first, so a goal's first batch (its backfill) calibrates itself; the keyword signal's prior is
+    measured here, the models' when the goal is embedded."""
     if not scored or signal is None:
         return {}, {}
     lexical = signal == LEXICAL_SIGNAL
     rows_of = sorted(scored)
-    values = {j: new.get(j, np.zeros(0)) for j in rows_of}
-    gids = [int(goals.ids[j]) for j in rows_of]
-    priors = [lexical_prior(goals.texts[j]) if lexical else None for j in rows_of]
-    records = await calibration_store.observe(
+    found = await windows_.observe(
         conn,
         signal,
-        gids,
+        [int(goals.ids[j]) for j in rows_of],
         [versions[j] for j in rows_of],
-        [values[j] for j in rows_of],
-        priors,
-        window=calibrate.WINDOW,
+        [stamps[j] for j in rows_of],
+        [new.get(j, np.zeros(0)) for j in rows_of],
+        [lexical_prior(goals.texts[j]) if lexical else None for j in rows_of],
+        through_until=0 if lexical else PRF_MIN_ITEMS,  # the first PRF vector waits for nothing
     )
-    by_id = {int(r["goal_id"]): r for r in records}
-    found = [(j, by_id[gid]) for j, gid in zip(rows_of, gids, strict=True) if gid in by_id]
-    ests = calibrate.estimates(
-        [calibration_store.window_of(r["recent"]) for _, r in found],
-        [int(r["seen"]) for _, r in found],
-        [(float(r["prior_loc"]), float(r["prior_spread"])) if r["prior_loc"] is not None else None for _, r in found],
-    )
-    estimates = {j: e for (j, _), e in zip(found, ests, strict=True)}
-    neighbour = {j: float(r["neighbour"]) for j, r in found if r["neighbour"] is not None}
+    known = [(j, w) for j, w in zip(rows_of, found, strict=True) if w is not None]
+    ests = calibrate.estimates([w.values for _, w in known], [w.seen for _, w in known], [w.prior for _, w in known])
+    estimates = {j: e for (j, _), e in zip(known, ests, strict=True)}
+    neighbour = {j: w.neighbour for j, w in known if w.neighbour is not None}
     return estimates, neighbour
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -118,6 +118,10 @@ class Runtime:
             await queue.nudge(await self.queue(), task)
         except Exception as exc:
             log.warning("could not nudge %s: %s", task, exc, extra={"action": "nudge_failed", "task": task})
+
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` when the runtime closes, before its pools do (later registrations run first)."""
+        self._exits.push_async_callback(callback)
 
     async def aclose(self) -> None:
         await self._exits.aclose()

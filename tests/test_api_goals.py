@@ -209,9 +209,10 @@ async def test_an_item_ranked_at_read_time_gets_the_score_its_row_would_have(api
     stored = await rt.pool.fetchval("SELECT count(*) FROM matches WHERE goal_id = $1", gid)
     assert stored == len(ids) - len(read_time)
 
-    # the same items with every pair stored (as if every pair were decidable): the scores the rows get
+    # the same items with every pair stored (an operator's DIGEST_MIN_SCORE of 0 makes every pair decidable):
+    # the scores the rows get
     monkeypatch.setattr(match, "STORE_FLOOR", 0.0)
-    monkeypatch.setattr(match, "decide_floor", lambda rt: 0.0)
+    await set_hot(rt, DIGEST_MIN_SCORE=0.0)
     await match.match_items(rt, ids, model=embed.model_name(rt))
     rows = {
         r["item_id"]: r["score"]

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 
-from infosentry import calibrate, embed, match
+from infosentry import calibrate, embed, match, windows
 from infosentry.runtime import Runtime, open_runtime
 from infosentry.settings import Settings
 from infosentry.store import calibration as calibration_store
@@ -333,3 +334,88 @@ async def test_a_window_keeps_the_newest_values_and_reads_back_in_psql(rt: Runti
         )
         assert calibration_store.window_of(rows[0]["recent"]).tolist() == values[:5].astype(np.float64).tolist()
         assert rows[0]["seen"] == 5
+
+
+async def test_windows_written_behind_score_as_written_through_and_lose_nobodys_values(rt: Runtime) -> None:
+    """windows.py: a process writes a goal's values when FLUSH_VALUES wait or the oldest has waited FLUSH_SECONDS;
+    its estimates see every waiting value, a new version or vector reads the row afresh, and two processes'
+    values all reach the row."""
+    uid, _ = await make_user(rt, "behind@example.com")
+    goal = await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs")
+    values = np.random.default_rng(5).normal(0.3, 0.1, 400).astype(np.float32)
+    stored = "SELECT recent, seen FROM goal_calibration WHERE goal_id = $1 AND signal = 'test:model'"
+    here, there = windows.Windows(), windows.Windows()  # two processes
+    async with rt.pool.acquire() as conn:
+
+        async def observe(w: windows.Windows, chunk: np.ndarray, stamp: object = (1, None), t: float = 0.0) -> Any:
+            (got,) = await w.observe(conn, "test:model", [goal], [1], [stamp], [chunk], [(0.3, 0.1)], now=t)
+            return got
+
+        through, seen = np.zeros(0, np.float32), 0
+        for start in range(0, 200, 10):  # batches of 10: written at the first and then every 64 values or so
+            chunk = values[start : start + 10]
+            got = await observe(here, chunk)
+            through, seen = calibrate.append(through, chunk), seen + len(chunk)
+            assert got.values.tolist() == through.tolist() and got.seen == seen  # as if written at once
+        row = await conn.fetchrow(stored, goal)
+        assert 200 - windows.FLUSH_VALUES < row["seen"] < 200  # the rest waits in this process
+        assert calibration_store.window_of(row["recent"]).tolist() == through[: row["seen"]].tolist()
+
+        # another process appends meanwhile; both processes' values end in the row, none twice
+        await observe(there, values[200:230])
+        assert (await observe(here, values[230:231], t=windows.FLUSH_SECONDS + 1)).seen == 231  # waited too long
+        row = await conn.fetchrow(stored, goal)
+        assert row["seen"] == 231 and sorted(calibration_store.window_of(row["recent"])) == sorted(values[:231])
+
+        # a new matching vector (PRF) or version: the row is read afresh, values waiting under the old one dropped
+        await observe(here, values[231:241], t=windows.FLUSH_SECONDS + 2)
+        await calibration_store.set_prf(conn, "test:model", goal, 1, None, None, None)  # tried: seen starts over
+        got = await observe(here, values[241:251], stamp=(1, "prf tried"), t=windows.FLUSH_SECONDS + 3)
+        assert got.seen == 10 and (await conn.fetchrow(stored, goal))["seen"] == 10
+        assert got.values[-10:].tolist() == values[241:251].tolist()  # after the row's window; 231:241 dropped
+        assert sorted(got.values[:-10].tolist()) == sorted(values[:231].tolist())
+
+        await conn.execute("DELETE FROM goals WHERE id = $1", goal)
+        assert await observe(here, values[251:252], stamp=(2, None)) is None  # gone: no row, no window
+
+        # a young row is written through until it has seen `through_until` values (the first PRF vector's due)
+        young = await seed_goal(rt, uid, "Phones", "Smartphones and their makers")
+        for start in range(0, 80, 10):
+            await here.observe(
+                conn,
+                "test:model",
+                [young],
+                [1],
+                [(1, None)],
+                [values[start : start + 10]],
+                [None],
+                through_until=50,
+                now=0.0,
+            )
+            seen = (await conn.fetchrow(stored, young))["seen"]
+            assert seen == start + 10 if start < 50 else seen == 50
+    await here.flush(rt.pool)  # as the runtime closes: nothing waiting is lost
+    async with rt.pool.acquire() as conn:
+        row = await conn.fetchrow(stored, young)
+        assert row["seen"] == 80 and calibration_store.window_of(row["recent"]).tolist() == values[:80].tolist()
+
+
+async def test_a_runtime_writes_its_waiting_calibration_values_when_it_closes(
+    rt: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(match, "PRF_MIN_ITEMS", 5)  # rows are written through only until then
+    uid, _ = await make_user(rt, "closes@example.com")
+    src = await seed_source(rt, uid)
+    goal = await seed_goal(rt, uid, "AI chips", "New AI accelerator chips and GPUs")
+    titles = feed_titles(40)
+    async with open_runtime(settings) as worker:
+        await run_until_idle(worker)
+        for start in range(0, 40, 10):
+            for title in titles[start : start + 10]:
+                await seed_item(rt, src, f"{title} [{start}]")
+            await run_until_idle(worker)
+        model = embed.model_name(worker)
+        in_memory = worker.extras["calibration_windows"].observed(model, goal)
+        query = "SELECT seen FROM goal_calibration WHERE goal_id = $1 AND signal = $2"
+        assert await rt.pool.fetchval(query, goal, model) < in_memory.seen  # values wait in the worker
+    assert await rt.pool.fetchval(query, goal, model) == in_memory.seen  # written as it closed

@@ -33,6 +33,7 @@ LEVELS: dict[str, set[str]] = {
         "embed",
         "match",
         "calibrate",
+        "windows",
         "decide",
         "judge",
         "push",
@@ -52,6 +53,8 @@ STEP_EDGES = {
     ("embed", "match"),  # the embedding step scores what it just embedded, in the same batch
     ("embed", "calibrate"),  # a goal's calibration prior is measured when it is embedded
     ("match", "calibrate"),  # matching turns raw similarities into calibrated scores
+    ("match", "windows"),  # matching keeps the goals' calibration windows, written behind
+    ("windows", "calibrate"),
     ("decide", "budget"),
     ("decide", "judge"),
     ("judge", "budget"),
