@@ -6,10 +6,10 @@ Every matching batch scores most goals of a busy instance, a few new values each
 rewrote and read back a thousand 2 KB windows per batch. A goal's estimate is still computed from its window with
 every waiting value appended, so a batch is scored with its own values included, exactly as before. What waits
 is written when the runtime closes; a process that dies loses it, and a window is a sample of a goal's recent
-values that stays one. Another process's
-appends reach this one's windows when it next writes that goal (the statement appends, so no process loses
-another's values). A goal edited, re-embedded or given a new matching vector (its version or PRF stamp changes)
-is read afresh, and values waiting under the old one are dropped. Imports calibrate, store.calibration."""
+values that stays one. Another process's appends reach this one's windows when it next writes that goal (the
+statement appends, so no process loses another's values). A goal edited, re-embedded or given a new matching
+vector (its version or PRF stamp changes) is read afresh, and values waiting under the old one are dropped.
+Imports calibrate, store.calibration, store.matches (the matching write's turn)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_VALUES = 64  # waiting values that make a goal's write due (an eighth of its window)
 FLUSH_SECONDS = 30.0  # the oldest waiting value's age that makes it due
-MAX_WINDOWS = 50_000  # windows kept per process before the cache starts over (deleted goals' linger until then)
+# windows kept per process before the cache starts over, waiting values and all (deleted goals' linger until then)
+MAX_WINDOWS = 50_000
 
 
 @dataclass

@@ -334,6 +334,11 @@ async def test_a_window_keeps_the_newest_values_and_reads_back_in_psql(rt: Runti
         )
         assert calibration_store.window_of(rows[0]["recent"]).tolist() == values[:5].astype(np.float64).tolist()
         assert rows[0]["seen"] == 5
+        # values of the older version (a batch or a worker's waiting values an edit overtook) leave it alone
+        rows = await calibration_store.observe(
+            conn, "test:model", [goal], [1], [values[5:9]], [None], window=calibrate.WINDOW
+        )
+        assert rows == [] and (await conn.fetchval("SELECT seen FROM goal_calibration WHERE goal_id = $1", goal)) == 5
 
 
 async def test_windows_written_behind_score_as_written_through_and_lose_nobodys_values(rt: Runtime) -> None:

@@ -68,8 +68,9 @@ async def observe(
     window: int,
 ) -> list[asyncpg.Record]:
     """Append each goal's batch of values to its window (the newest `window` kept) and return the updated rows
-    (goal_id, prior_loc, prior_spread, neighbour, recent, seen). A row of another goal version starts over;
-    `priors` are used only when a row is created or restarted (the embedding step sets the model priors)."""
+    (goal_id, prior_loc, prior_spread, neighbour, recent, seen). A row of an older goal version starts over, one
+    of a newer version is left alone (and not returned); `priors` are used only when a row is created or
+    restarted (the embedding step sets the model priors)."""
     if not goal_ids:
         return []
     order = sorted(range(len(goal_ids)), key=lambda k: goal_ids[k])  # one lock order for concurrent batches
@@ -97,6 +98,9 @@ async def observe(
                                    ELSE EXCLUDED.prior_spread END,
                neighbour = CASE WHEN c.goal_version = EXCLUDED.goal_version THEN c.neighbour END,
                goal_version = EXCLUDED.goal_version, updated_at = now()
+           -- values of an older goal version (a batch or a worker's waiting values that an edit overtook) never
+           -- replace the newer calibration
+           WHERE c.goal_version <= EXCLUDED.goal_version
            RETURNING goal_id, prior_loc, prior_spread, neighbour, recent, seen""",
         signal,
         [goal_ids[k] for k in order],
