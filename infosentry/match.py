@@ -695,7 +695,7 @@ async def match_items(
     goal_index = {int(g): j for j, g in enumerate(goals.ids)}
     versions = [int(g["version"]) for g in data.goals]
     # a goal's calibration is read afresh when its version or matching vector (PRF) changes
-    stamps = [(int(g["version"]), g["prf_at"]) for g in data.goals]
+    stamps = [g["prf_at"] for g in data.goals]
     windows_ = _windows(rt)
     rated = await _rated(rt, reader, goals, goal_index, model)
     sig = signals(items, goals)
@@ -717,7 +717,7 @@ async def match_items(
             LEXICAL_SIGNAL,
             goals,
             versions,
-            [(v, None) for v in versions],
+            [None] * len(versions),
         )
         scored = finish(items, goals, sig, semantic_scores(sig, vector_est, lexical_est), rated, neighbour)
         stats.pairs = len(scored.score)
@@ -789,7 +789,7 @@ async def _observe(
     signal: str | None,
     goals: Goals,
     versions: list[int],
-    stamps: list[tuple[int, Any]],
+    stamps: list[Any],
 ) -> tuple[dict[int, calibrate.Estimate], dict[int, float]]:
     """Add each goal's `new` values of one signal to its calibration window (written behind: windows.py), then
     return the estimates (by goal row) and feedback neighbour thresholds of every goal with values to score. The

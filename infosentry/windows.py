@@ -38,7 +38,7 @@ class Window:
     """One goal's calibration under one signal, as this process sees it."""
 
     version: int  # the goal's version it was read under
-    stamp: Hashable  # ... and its matching vector's stamp
+    stamp: Hashable  # ... and its matching vector's (PRF) stamp
     stored: np.ndarray  # the window as the row held it after this process's last write (float32, oldest first)
     stored_seen: int
     prior: tuple[float, float] | None
@@ -54,6 +54,9 @@ class Window:
     @property
     def seen(self) -> int:
         return self.stored_seen + self.n_waiting
+
+    def read_under(self, version: int, stamp: Hashable) -> bool:
+        return self.version == version and self.stamp == stamp
 
 
 class Windows:
@@ -76,10 +79,11 @@ class Windows:
         now: float | None = None,
     ) -> list[Window | None]:
         """Add each goal's new values (possibly none) to its window and return the windows, in order (None for a
-        goal whose row could not be written: the goal is gone). `stamps` identify the goal's version and matching
-        vector; `priors` are used only when a row is created or restarted; a row that has seen fewer than
-        `through_until` values is written at once (the first PRF vector is due when the row has seen that many).
-        Due goals are written in one statement (calibration_store.observe); the others only wait."""
+        goal whose row could not be written: the goal is gone). `stamps` identify each goal's matching vector
+        (None for a signal without one); `priors` are used only when a row is created or restarted; a row that has
+        seen fewer than `through_until` values is written at once (the first PRF vector is due when the row has
+        seen that many). Due goals are written in one statement (calibration_store.observe); the others only
+        wait."""
         now = time.monotonic() if now is None else now
         due = []
         for k, gid in enumerate(goal_ids):
@@ -87,7 +91,7 @@ class Windows:
             n = len(values[k])
             if (
                 w is not None
-                and w.stamp == stamps[k]
+                and w.read_under(versions[k], stamps[k])
                 and w.stored_seen >= through_until
                 and w.n_waiting + n < FLUSH_VALUES
                 and (w.n_waiting == 0 or now - w.since < FLUSH_SECONDS)
@@ -144,7 +148,8 @@ class Windows:
         batches = []
         for k in due:
             w = self._rows.get((signal, int(goal_ids[k])))
-            kept = w.waiting if w is not None and w.stamp == stamps[k] else []  # scored under another vector: dropped
+            # values waiting under another version or matching vector are dropped
+            kept = w.waiting if w is not None and w.read_under(versions[k], stamps[k]) else []
             batches.append(np.concatenate([*kept, np.asarray(values[k], dtype=np.float32)]))
         records = await calibration_store.observe(
             conn,

@@ -352,8 +352,10 @@ async def test_windows_written_behind_score_as_written_through_and_lose_nobodys_
     here, there = windows.Windows(), windows.Windows()  # two processes
     async with rt.pool.acquire() as conn:
 
-        async def observe(w: windows.Windows, chunk: np.ndarray, stamp: object = (1, None), t: float = 0.0) -> Any:
-            (got,) = await w.observe(conn, "test:model", [goal], [1], [stamp], [chunk], [(0.3, 0.1)], now=t)
+        async def observe(
+            w: windows.Windows, chunk: np.ndarray, stamp: object = None, t: float = 0.0, version: int = 1
+        ) -> Any:
+            (got,) = await w.observe(conn, "test:model", [goal], [version], [stamp], [chunk], [(0.3, 0.1)], now=t)
             return got
 
         through, seen = np.zeros(0, np.float32), 0
@@ -375,13 +377,13 @@ async def test_windows_written_behind_score_as_written_through_and_lose_nobodys_
         # a new matching vector (PRF) or version: the row is read afresh, values waiting under the old one dropped
         await observe(here, values[231:241], t=windows.FLUSH_SECONDS + 2)
         await calibration_store.set_prf(conn, "test:model", goal, 1, None, None, None)  # tried: seen starts over
-        got = await observe(here, values[241:251], stamp=(1, "prf tried"), t=windows.FLUSH_SECONDS + 3)
+        got = await observe(here, values[241:251], stamp="prf tried", t=windows.FLUSH_SECONDS + 3)
         assert got.seen == 10 and (await conn.fetchrow(stored, goal))["seen"] == 10
         assert got.values[-10:].tolist() == values[241:251].tolist()  # after the row's window; 231:241 dropped
         assert sorted(got.values[:-10].tolist()) == sorted(values[:231].tolist())
 
         await conn.execute("DELETE FROM goals WHERE id = $1", goal)
-        assert await observe(here, values[251:252], stamp=(2, None)) is None  # gone: no row, no window
+        assert await observe(here, values[251:252], stamp="prf tried", version=2) is None  # gone: no row, no window
 
         # a young row is written through until it has seen `through_until` values (the first PRF vector's due)
         young = await seed_goal(rt, uid, "Phones", "Smartphones and their makers")
@@ -391,7 +393,7 @@ async def test_windows_written_behind_score_as_written_through_and_lose_nobodys_
                 "test:model",
                 [young],
                 [1],
-                [(1, None)],
+                [None],
                 [values[start : start + 10]],
                 [None],
                 through_until=50,
