@@ -49,6 +49,7 @@ halves of both languages, category and narrow goals together; measurements: READ
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -140,38 +141,47 @@ def estimate(window: np.ndarray, seen: int, prior: tuple[float, float] | None) -
     return _shrink(m, s, n, seen, prior, None if tops is None else (tops[0], tops[1]))
 
 
-def estimates(windows: list[np.ndarray], seen: list[int], priors: list[tuple[float, float] | None]) -> list[Estimate]:
-    """`estimate` for many goals at once: one sort of a (goals, WINDOW) array instead of numpy calls per goal
-    (a batch scores every candidate goal, a thousand of them on a busy instance)."""
-    if not windows:
-        return []
-    lengths = np.array([len(w) for w in windows])
-    width = max(1, int(lengths.max()))
-    grid = np.full((len(windows), width), np.inf)
-    for r, w in enumerate(windows):
-        grid[r, : len(w)] = w
-    grid.sort(axis=1)  # the padding (+inf) sorts last
+def estimates(grid: np.ndarray, seen: Sequence[int], priors: Sequence[tuple[float, float] | None]) -> list[Estimate]:
+    """`estimate` for many goals at once, as arrays (a batch scores every candidate goal, a thousand of them on a
+    busy instance): `grid` holds one goal's window per row in any order, +inf where the window is not full."""
+    grid = np.sort(grid, axis=1)  # the padding sorts last
+    n = np.isfinite(grid).sum(axis=1)
+    with np.errstate(invalid="ignore"):  # a row without values (inf - inf) is answered by `estimate` below
+        m, low, top, broad = _quantiles(grid, n, (0.5, Q_SIGMA, TOP_QUANTILE, BROAD_QUANTILE))
+        s = m - low
+        flat = np.nonzero((s < DEGENERATE) & (n > 0))[0]
+        if flat.size:  # a sparse signal: its standard deviation instead
+            v = grid[flat].astype(np.float64)
+            finite = np.isfinite(v)
+            mean = np.where(finite, v, 0.0).sum(axis=1) / n[flat]
+            s[flat] = np.sqrt(np.where(finite, (v - mean[:, None]) ** 2, 0.0).sum(axis=1) / n[flat])
+        s = np.maximum(s, MIN_SPREAD)
+        # _shrink, every row at once
+        has_prior = np.array([p is not None for p in priors], dtype=bool)
+        m0 = np.array([p[0] if p is not None else 0.0 for p in priors])
+        s0 = np.array([p[1] if p is not None else 0.0 for p in priors])
+        capped = ~has_prior & (np.asarray(seen) < N_MIN)
+        m = np.where(has_prior, (n * m + N0 * m0) / (n + N0), m)
+        s = np.where(has_prior, np.sqrt((n * s * s + N0 * s0 * s0) / (n + N0)), s)
+        s = np.where(n >= TOP_MIN, np.maximum(s, np.maximum((top - m) / Z_TOP, (broad - m) / Z_BATCH)), s)
+        s = np.maximum(np.where(has_prior & (n < YOUNG), np.maximum(s, s0), s), MIN_SPREAD)
+    return [
+        Estimate(a, b, c) if k else estimate(grid[r, :0], seen[r], priors[r])
+        for r, (a, b, c, k) in enumerate(zip(m.tolist(), s.tolist(), capped.tolist(), n.tolist(), strict=True))
+    ]
 
-    def quantile(q: float) -> np.ndarray:  # numpy's default (linear) definition, per row
-        pos = np.maximum(lengths - 1, 0) * q
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, np.maximum(lengths - 1, 0))
-        rows = np.arange(len(windows))
-        a, b = grid[rows, lo], grid[rows, hi]
-        return np.where(hi > lo, a + (pos - lo) * (b - a), a)
 
-    med, low, high, broad = quantile(0.5), quantile(Q_SIGMA), quantile(TOP_QUANTILE), quantile(BROAD_QUANTILE)
+def _quantiles(grid: np.ndarray, n: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """Quantiles of each row's first n values (sorted), numpy's default (linear) definition."""
+    at = np.arange(len(n))
+    last = np.maximum(n - 1, 0)
     out = []
-    for r, w in enumerate(windows):
-        n = int(lengths[r])
-        if n == 0:
-            out.append(estimate(w, seen[r], priors[r]))
-            continue
-        spread = float(med[r] - low[r])
-        if spread < DEGENERATE:
-            spread = float(np.asarray(w, dtype=np.float64).std())
-        tops = (float(high[r]), float(broad[r])) if n >= TOP_MIN else None
-        out.append(_shrink(float(med[r]), max(spread, MIN_SPREAD), n, seen[r], priors[r], tops))
+    for q in qs:
+        pos = last * q
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, last)
+        a, b = grid[at, lo].astype(np.float64), grid[at, hi].astype(np.float64)
+        out.append(np.where(hi > lo, a + (pos - lo) * (b - a), a))
     return out
 
 

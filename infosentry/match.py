@@ -810,7 +810,8 @@ async def _observe(
         through_until=0 if lexical else PRF_MIN_ITEMS,  # the first PRF vector waits for nothing
     )
     known = [(j, w) for j, w in zip(rows_of, found, strict=True) if w is not None]
-    ests = calibrate.estimates([w.values for _, w in known], [w.seen for _, w in known], [w.prior for _, w in known])
+    grid = np.stack([w.ring for _, w in known]) if known else np.zeros((0, calibrate.WINDOW), np.float32)
+    ests = calibrate.estimates(grid, [w.seen for _, w in known], [w.prior for _, w in known])
     estimates = {j: e for (j, _), e in zip(known, ests, strict=True)}
     neighbour = {j: w.neighbour for j, w in known if w.neighbour is not None}
     return estimates, neighbour

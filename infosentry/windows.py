@@ -39,17 +39,37 @@ class Window:
 
     version: int  # the goal's version it was read under
     stamp: Hashable  # ... and its matching vector's (PRF) stamp
-    stored: np.ndarray  # the window as the row held it after this process's last write (float32, oldest first)
     stored_seen: int
     prior: tuple[float, float] | None
     neighbour: float | None
+    # the newest WINDOW values this process knows (the row's after its last write, then the waiting ones), in a
+    # ring: a batch stacks the rings of its goals as they are, since estimates do not depend on the order
+    ring: np.ndarray = field(default_factory=lambda: np.full(calibrate.WINDOW, np.inf, dtype=np.float32))
+    head: int = 0  # where the next value goes
+    filled: int = 0
     waiting: list[np.ndarray] = field(default_factory=list)
     n_waiting: int = 0
     since: float = 0.0  # monotonic time of the oldest waiting value
 
+    def add(self, values: np.ndarray) -> None:
+        """Put values into the ring, over the oldest ones."""
+        size = len(self.ring)
+        v = np.asarray(values, dtype=np.float32)[-size:]
+        end = self.head + len(v)
+        if end <= size:
+            self.ring[self.head : end] = v
+        else:
+            self.ring[self.head :] = v[: size - self.head]
+            self.ring[: end - size] = v[size - self.head :]
+        self.head = end % size
+        self.filled = min(size, self.filled + len(v))
+
     @property
     def values(self) -> np.ndarray:
-        return calibrate.append(self.stored, np.concatenate(self.waiting)) if self.waiting else self.stored
+        """The window, oldest value first."""
+        if self.filled < len(self.ring):
+            return self.ring[: self.filled].copy()
+        return np.concatenate([self.ring[self.head :], self.ring[: self.head]])
 
     @property
     def seen(self) -> int:
@@ -100,6 +120,7 @@ class Windows:
                     w.since = w.since if w.n_waiting else now
                     w.waiting.append(np.asarray(values[k], dtype=np.float32))
                     w.n_waiting += n
+                    w.add(w.waiting[-1])
             else:
                 due.append(k)
         if due:
@@ -169,11 +190,11 @@ class Windows:
             if r is None:
                 self._rows.pop(key, None)
                 continue
-            self._rows[key] = Window(
+            w = self._rows[key] = Window(
                 version=versions[k],
                 stamp=stamps[k],
-                stored=calibration_store.window_of(r["recent"]).astype(np.float32),
                 stored_seen=int(r["seen"]),
                 prior=(float(r["prior_loc"]), float(r["prior_spread"])) if r["prior_loc"] is not None else None,
                 neighbour=float(r["neighbour"]) if r["neighbour"] is not None else None,
             )
+            w.add(calibration_store.window_of(r["recent"]))

@@ -172,6 +172,37 @@ def test_a_sparse_signal_gets_a_usable_spread() -> None:
     assert all(not t.startswith("#") for t in calibrate.background("en"))
 
 
+def test_many_goals_at_once_estimate_as_each_goal_alone() -> None:
+    """calibrate.estimates (a batch's goals as one padded array, each row in ring order) equals estimate per goal:
+    empty, young, full and sparse windows, with and without a prior."""
+    rng = np.random.default_rng(8)
+    sparse = np.concatenate([np.zeros(120), rng.uniform(0, 0.4, 12)])
+    cases = [
+        (np.zeros(0), 0, None),
+        (np.zeros(0), 0, (0.2, 0.05)),
+        (rng.normal(0.3, 0.05, 7), 7, None),
+        (rng.normal(0.3, 0.05, 25), 25, (0.25, 0.04)),
+        (rng.normal(0.4, 0.1, 320), 900, (0.3, 0.05)),
+        (rng.normal(0.1, 0.02, calibrate.WINDOW), 5000, None),
+        (sparse, 132, (0.01, 0.03)),
+    ]
+    rings = []
+    for values, seen, prior in cases:
+        w = windows.Window(version=1, stamp=None, stored_seen=seen, prior=prior, neighbour=None)
+        for start in range(0, len(values), 97):  # several appends; a full window's ring has wrapped
+            w.add(values[start : start + 97])
+        assert w.values.tolist() == values[-calibrate.WINDOW :].astype(np.float32).tolist()
+        rings.append(w.ring)
+    got = calibrate.estimates(np.stack(rings), [c[1] for c in cases], [c[2] for c in cases])
+    for (values, seen, prior), est in zip(cases, got, strict=True):
+        alone = calibrate.estimate(values.astype(np.float32), seen, prior)
+        if not alone.known:
+            assert not est.known
+            continue
+        assert est.capped == alone.capped
+        assert est.m == pytest.approx(alone.m, rel=1e-12) and est.s == pytest.approx(alone.s, rel=1e-12)
+
+
 # --- end to end: the fake model with high cosines and the local model --------------------------------------
 
 TOPIC = [
