@@ -151,10 +151,6 @@ async def csrf_token(rt: Runtime, actor: Actor) -> str:
     return auth.sign(await _signing_key(rt), f"csrf:{actor.token_id}")
 
 
-async def check_csrf(rt: Runtime, actor: Actor, value: str) -> bool:
-    return auth.same(await csrf_token(rt, actor), value)
-
-
 async def _signing_key(rt: Runtime) -> str:
     key = rt.settings.secret_key or rt.extras.get("signing_key")
     if not key:

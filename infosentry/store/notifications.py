@@ -108,10 +108,6 @@ async def mark_all_read(conn: Conn, *, user_id: int, goal_id: int | None, tier: 
     return int(status.split()[-1])
 
 
-async def notification_for_match(conn: Conn, *, goal_id: int, item_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow(_NOTIFICATION + " WHERE n.goal_id = $1 AND n.item_id = $2", goal_id, item_id)
-
-
 async def mark_read(conn: Conn, *, user_id: int, notification_id: int) -> asyncpg.Record | None:
     await conn.execute(
         "UPDATE notifications SET read_at = now() WHERE id = $1 AND user_id = $2 AND read_at IS NULL",

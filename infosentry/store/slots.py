@@ -16,12 +16,8 @@ GOAL_LOCK = 0x50_55  # "PU"
 USER_LOCK = 0x50_56
 
 
-async def try_lock_goal(conn: asyncpg.Connection, goal_id: int) -> bool:
-    """Transaction-scoped: at most one push step works on a goal at a time (others skip it this round)."""
-    return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2::int)", GOAL_LOCK, goal_id % 2**31)
-
-
 async def lock_goal(conn: asyncpg.Connection, goal_id: int) -> None:
+    """Transaction-scoped: one push step works on a goal at a time (a window, a digest, a preview sent now)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1, $2::int)", GOAL_LOCK, goal_id % 2**31)
 
 
