@@ -16,7 +16,7 @@ import logging
 import re
 import string
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -74,9 +74,6 @@ class Judgment:
             "model": self.model,
             "attempts": len(self.attempts),
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --- the prompt --------------------------------------------------------------------------------------------
@@ -307,9 +304,12 @@ async def _call(
             error = f"HTTP {status}: {_clip(exc.message, 200)}"
             if retry.retryable_status(status):
                 wait = _retry_after(exc)
-        except openai.APITimeoutError:
-            error = f"timeout after {attempt_timeout:g} s"
-            wait = None
+        except openai.APITimeoutError as exc:
+            error = (
+                f"timeout after {attempt_timeout:g} s"
+                if retry.timed_out(exc)
+                else f"connection failed: {_clip(exc, 200)}"
+            )
         except openai.APIConnectionError as exc:
             error = f"connection failed: {_clip(exc, 200)}"
         except (openai.APIResponseValidationError, ValueError) as exc:

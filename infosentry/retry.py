@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+import aiohttp
+
 # HTTP answers that say "not now" rather than "not this": timeouts, conflicts, too early, rate limits and the
 # server errors that pass. 400/401/403/404/413/422 describe the request itself; repeating it cannot help.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -21,6 +23,20 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 def retryable_status(status: int | None) -> bool:
     """Whether an HTTP call is worth repeating; None = no answer at all (timeout, refused, reset): yes."""
     return status is None or status in RETRYABLE_STATUS
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether an HTTP client's timeout error was a timeout. The openai client's aiohttp transport reports a
+    refused or dropped connection as a connect timeout (it maps every aiohttp ClientConnectionError so): the
+    aiohttp error behind it tells which it was."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # the chain is openai -> httpx2 -> aiohttp
+        if cause is None:
+            break
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
 
 
 def retryable_smtp(code: int | None) -> bool:

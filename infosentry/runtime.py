@@ -84,14 +84,9 @@ class Runtime:
     def llm(self) -> Any:
         """The AsyncOpenAI client for the judge (and the openai embedder)."""
         if self._llm is None:
-            from openai import AsyncOpenAI
+            from infosentry.embedders.openai import make_client
 
-            self._llm = AsyncOpenAI(
-                api_key=self.settings.openai_api_key or "unset",
-                base_url=self.settings.openai_base_url or None,
-                max_retries=0,  # our own retry loop honours Retry-After and records every attempt
-                timeout=30,
-            )
+            self._llm = make_client(self.settings, timeout=30)
         return self._llm
 
     def smtp_sender(self, cfg: SmtpConfig, connections: int) -> SmtpSender:

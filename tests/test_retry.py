@@ -51,3 +51,26 @@ def test_retry_after_headers() -> None:
     assert retry.retry_after_seconds({"retry-after": "3"}) == 3.0
     assert retry.retry_after_seconds({"retry-after": "soon"}) is None
     assert retry.retry_after_seconds(None) is None
+
+
+def _raised(*chain: BaseException) -> BaseException:
+    """The last exception of `chain`, each raised from the one before (as openai wraps httpx2 wraps aiohttp)."""
+    caught: BaseException | None = None
+    for exc in chain:
+        try:
+            raise exc from caught
+        except BaseException as e:
+            caught = e
+    assert caught is not None
+    return caught
+
+
+def test_a_refused_connection_behind_a_timeout_error_is_not_a_timeout() -> None:
+    """The openai client's aiohttp transport maps every aiohttp connection error to a connect timeout; the error
+    behind it decides (aiohttp's own timeouts are connection errors too, and stay timeouts)."""
+    import aiohttp
+
+    assert not retry.timed_out(_raised(aiohttp.ServerDisconnectedError(), TimeoutError("connect timeout")))
+    assert not retry.timed_out(_raised(ConnectionRefusedError(), aiohttp.ClientConnectionError(), TimeoutError()))
+    assert retry.timed_out(_raised(aiohttp.ServerTimeoutError("read"), TimeoutError("read timeout")))
+    assert retry.timed_out(_raised(TimeoutError("plain")))

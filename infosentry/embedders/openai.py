@@ -36,6 +36,22 @@ MAX_INPUT_CHARS = 8000
 INPUT_FAULT = frozenset({400, 413, 422})
 
 
+def make_client(settings: Settings, timeout: float) -> Any:
+    """The AsyncOpenAI client for the configured server (embeddings and the judge), on the aiohttp transport
+    rather than the default httpx2 one: a judge call against the fake server, both in one process, costs 3.7-4.0
+    instead of 6.1-6.2 ms of CPU. No retries of its own: ours honour Retry-After and record every attempt. This
+    transport reports a refused connection as a timeout; `retry.timed_out` tells them apart."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        api_key=settings.openai_api_key or "unset",
+        base_url=settings.openai_base_url or None,
+        max_retries=0,
+        timeout=timeout,
+        http_client=openai.DefaultAioHttpClient(),
+    )
+
+
 class EmbedError(Exception):
     """An embedding request failed for good (after retries, or at once for a refused input).
 
@@ -117,14 +133,7 @@ class OpenAIEmbedder:
 
     def client(self) -> Any:
         if self._client is None:
-            from openai import AsyncOpenAI
-
-            self._client = AsyncOpenAI(
-                api_key=self._settings.openai_api_key or "unset",
-                base_url=self._settings.openai_base_url or None,
-                max_retries=0,  # our loop retries, honouring Retry-After, and records every attempt
-                timeout=self.timeout,
-            )
+            self._client = make_client(self._settings, self.timeout)
         return self._client
 
     async def aclose(self) -> None:
@@ -186,8 +195,11 @@ class OpenAIEmbedder:
                 if not retry.retryable_status(status):
                     raise EmbedError(last, status=status) from None
                 wait_hint = retry.retry_after_seconds(exc.response.headers if exc.response is not None else None)
-            except openai.APITimeoutError:
-                status, last = None, f"timeout after {self.timeout:g}s"
+            except openai.APITimeoutError as exc:
+                why = (
+                    f"timeout after {self.timeout:g}s" if retry.timed_out(exc) else f"connection failed: {_short(exc)}"
+                )
+                status, last = None, why
                 await self._record(CallRecord(False, None, last, _ms(started)))
             except openai.APIConnectionError as exc:
                 status, last = None, f"connection failed: {_short(exc)}"
