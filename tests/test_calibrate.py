@@ -183,19 +183,19 @@ def test_many_goals_at_once_estimate_as_each_goal_alone() -> None:
         (rng.normal(0.3, 0.05, 7), 7, None),
         (rng.normal(0.3, 0.05, 25), 25, (0.25, 0.04)),
         (rng.normal(0.4, 0.1, 320), 900, (0.3, 0.05)),
-        (rng.normal(0.1, 0.02, calibrate.WINDOW), 5000, None),
+        (rng.normal(0.1, 0.02, calibrate.WINDOW + 230), 5000, None),  # more than a window: the ring wraps
         (sparse, 132, (0.01, 0.03)),
     ]
     rings = []
     for values, seen, prior in cases:
         w = windows.Window(version=1, stamp=None, stored_seen=seen, prior=prior, neighbour=None)
-        for start in range(0, len(values), 97):  # several appends; a full window's ring has wrapped
+        for start in range(0, len(values), 97):  # several appends, one of them across the ring's end
             w.add(values[start : start + 97])
         assert w.values.tolist() == values[-calibrate.WINDOW :].astype(np.float32).tolist()
         rings.append(w.ring)
     got = calibrate.estimates(np.stack(rings), [c[1] for c in cases], [c[2] for c in cases])
     for (values, seen, prior), est in zip(cases, got, strict=True):
-        alone = calibrate.estimate(values.astype(np.float32), seen, prior)
+        alone = calibrate.estimate(values[-calibrate.WINDOW :].astype(np.float32), seen, prior)
         if not alone.known:
             assert not est.known
             continue
