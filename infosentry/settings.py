@@ -14,9 +14,9 @@ from pathlib import Path
 
 from infosentry.errors import Invalid
 
-# The offline models: USE-multilingual v3 (default: Chinese and English in one space) and all-MiniLM-L6-v2
-# (English only; kept for English-only installs and as a reference).
-LOCAL_MODELS = ("use-multilingual-v3", "all-MiniLM-L6-v2")
+# The offline models: USE-multilingual v3 with WordLlama's token table mixed in (default: Chinese and English in
+# one space), USE alone, and all-MiniLM-L6-v2 (English only; kept for English-only installs and as a reference).
+LOCAL_MODELS = ("use-multilingual-v3+wordllama", "use-multilingual-v3", "all-MiniLM-L6-v2")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Settings:
     openai_embed_model: str = "text-embedding-3-small"
     openai_judge_model: str = "gpt-4o-mini"
     embed_provider: str = "local"
-    local_embed_model: str = "use-multilingual-v3"
+    local_embed_model: str = LOCAL_MODELS[0]
     embed_usd_per_mtok: float = 0.02
     judge_usd_per_mtok_in: float = 0.15
     judge_usd_per_mtok_out: float = 0.60

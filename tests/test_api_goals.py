@@ -254,7 +254,7 @@ async def test_matches_best_first_with_components_reasons_and_decision(api: Any)
     assert listed[off]["reasons"] == [] and listed[off]["decision"] is None
     first = next(m for m in everything["items"] if m["item"]["id"] == ai)
     assert first["item"]["title"] == AI_ITEM[0] and first["item"]["source"]["name"] == "Tech feed"
-    assert first["components"]["model"] == "local:use-multilingual-v3" and first["reasons"]
+    assert first["components"]["model"] == "local:use-multilingual-v3+wordllama" and first["reasons"]
     assert first["decision"]["tier"] == "BATCH" and first["decision"]["status"] == "pending"
     assert all(m["decision"] is None for m in everything["items"] if m["item"]["id"] in others)
     assert first["is_backfill"] is False  # the items arrived after the goal: news to it, not backfill

