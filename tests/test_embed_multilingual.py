@@ -204,8 +204,9 @@ def test_the_token_table_matches_the_upstream_reference_vectors() -> None:
     assert any("芯片" in t for t in TABLE_TEXTS) and any(t.isascii() for t in TABLE_TEXTS)
     cos = _cos(vecs, TABLE_VECTORS)
     worst = int(np.argmin(cos))
+    # the table is held as int8 codes with a scale per row: each element within ~1/254 of its row's largest
     assert cos.min() >= 0.9999, f"{TABLE_TEXTS[worst][:60]!r}: cosine {cos[worst]:.6f}"
-    assert np.abs(vecs - TABLE_VECTORS).max() < 1e-4  # the reference is rounded to 6 decimals
+    assert np.abs(vecs - TABLE_VECTORS).max() < 3e-3
 
 
 def test_the_mix_is_the_documented_blend_of_the_two_cosines(mixed: MultilingualEmbedder) -> None:
