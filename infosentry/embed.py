@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infosentry import budget, calibrate, match, metrics
+from infosentry import budget, calibrate, match, metrics, tuning
 from infosentry.embedders.base import EmbedResult
 from infosentry.embedders.lexical import has_cjk
 from infosentry.embedders.openai import EmbedError, OpenAIEmbedder
@@ -240,6 +240,7 @@ async def run(
     try:
         async with rounds.slots:  # free, so entered without waiting
             await _item_round(rt, emb, report, max_batches=max_batches, matched_since=matched_since)
+        tuning.release_free_heap()
     finally:
         if rounds.missed:
             rounds.missed = False

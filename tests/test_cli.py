@@ -178,3 +178,31 @@ def test_one_blas_thread_also_when_numpy_is_imported_after_tuning() -> None:
     env = {k: v for k, v in os.environ.items() if k not in tuning._BLAS_THREAD_VARS}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[1]", out.stderr
+
+
+def test_an_embedding_round_hands_freed_heap_back_at_most_every_few_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infosentry import tuning
+
+    class FakeLibc:  # glibc's malloc_trim, counted
+        trims = 0
+
+        def malloc_trim(self, pad: int) -> int:
+            FakeLibc.trims += 1
+            return 1
+
+    clock = [1000.0]
+    monkeypatch.setattr(tuning, "_LIBC", FakeLibc())
+    monkeypatch.setattr(tuning, "_last_trim", 0.0)
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+    tuning.release_free_heap()
+    tuning.release_free_heap()  # the same instant: skipped
+    clock[0] += tuning.TRIM_EVERY_SECONDS - 0.1
+    tuning.release_free_heap()
+    assert FakeLibc.trims == 1
+    clock[0] += 0.2
+    tuning.release_free_heap()
+    assert FakeLibc.trims == 2
+    monkeypatch.setattr(tuning, "_LIBC", None)  # not glibc: nothing to call
+    clock[0] += 60
+    tuning.release_free_heap()
+    assert FakeLibc.trims == 2
