@@ -48,8 +48,8 @@ class ModelMissing(Unavailable):
 
 
 class _CountingTokenizer:
-    """Wraps the package's tokenizer so the tokens the model really reads are counted without tokenising
-    twice (the pure-Python tokenizer is a large share of the embedding time)."""
+    """Wraps the tokenizer the forward pass calls, so the tokens the model really reads are counted without
+    tokenising twice (tokenising is a large share of the embedding time)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner

@@ -4,7 +4,8 @@ A text's vector is the mean of its tokens' rows in a 32,000 × 256 table distill
 embeddings (no network, no attention: one lookup per token). The table and its tokenizer ship inside the
 `wordllama` wheel (MIT); this module reads the two files itself, because the package's own loader asks Hugging
 Face for a tokenizer it already carries. It reads English well and Chinese barely (most CJK characters are
-byte tokens), so it is never used alone: multilingual.py mixes it into USE's cosine for Latin-script wording.
+byte tokens), so it is never used alone: multilingual.py mixes it into USE's cosine, where it sharpens how
+English wording is read.
 Never imports db or store.
 """
 
