@@ -22,7 +22,7 @@ SPACE = "\u2581"
 # A piece's key is its str hash mixed with its length: CPython hashes a string's raw buffer, so "La" and "慌"
 # (U+614C, the same two bytes) share a hash but not a length. No string is kept to confirm a match: a substring
 # that is no piece shares a piece's key with probability ~1e-14 per lookup (64-bit SipHash), and the load
-# checks that no two pieces share one.
+# refuses two pieces that share one (~1e-9 per process: str hashes are salted per process).
 LENGTH_MIX = np.int64(0x9E3779B97F4A7C15 - (1 << 64))
 
 
@@ -61,7 +61,7 @@ class UnigramTokenizer:
         self._order = np.argsort(keys, kind="stable")
         self._keys = keys[self._order]
         if (np.diff(self._keys) == 0).any():
-            raise RuntimeError("two pieces share a lookup key; restart the process (str hashes are per process)")
+            raise ValueError("two pieces share a lookup key")  # the caller falls back to the package's tokenizer
 
     def encode(self, text: str, out_type: type = int, add_bos: bool = True, add_eos: bool = True) -> list[int]:
         if out_type is not int:

@@ -12,7 +12,6 @@ Never imports db or store.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,10 @@ def package_dir() -> Path:
 
 
 class TokenTable:
-    """Mean-pooled token rows, normalised: (n, 256) float32 unit rows. Loads lazily, once per instance,
-    whichever thread is first. The float16 rows are kept as int8 codes with a scale per row (8 MiB instead of 16;
-    every pooled vector of the upstream reference within cosine 0.99997 of the float16 table's)."""
+    """Mean-pooled token rows, normalised: (n, 256) float32 unit rows. Loads lazily, once per instance; not
+    thread-safe on its own: MultilingualEmbedder loads it under its own load lock before any embedding. The
+    float16 rows are kept as int8 codes with a scale per row (8 MiB instead of 16; every pooled vector of the
+    upstream reference within cosine 0.99997 of the float16 table's)."""
 
     dim: int = DIM
 
@@ -61,31 +61,27 @@ class TokenTable:
         self._codes: np.ndarray | None = None
         self._scale: np.ndarray | None = None
         self._tokenizer: Any = None
-        self._lock = threading.Lock()
 
     def load(self) -> None:
         if self._codes is not None:
             return
-        with self._lock:
-            if self._codes is not None:
-                return
-            from safetensors import safe_open
-            from tokenizers import Tokenizer
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
 
-            base = package_dir()
-            tokenizer = Tokenizer.from_file(str(base / TOKENIZER))
-            # with no pre-tokenizer the whole text is one BPE "word", so the model's word cache (10,000 entries)
-            # would keep every recent text's tokens: +10 MiB after 7,000 headlines, and never a hit
-            if hasattr(tokenizer.model, "_resize_cache"):
-                tokenizer.model._resize_cache(0)
-            self._tokenizer = tokenizer
-            with safe_open(str(base / WEIGHTS), framework="np") as fh:
-                table = fh.get_tensor(TENSOR)
-            if table.shape[1] != DIM:
-                raise ValueError(f"{base / WEIGHTS}: {table.shape[1]} columns, expected {DIM}")
-            peak = np.abs(table).max(axis=1).astype(np.float32)
-            self._scale = np.where(peak > 0, peak / 127, 1).astype(np.float32)
-            self._codes = np.round(table / self._scale[:, None]).astype(np.int8)  # published last (see above)
+        base = package_dir()
+        tokenizer = Tokenizer.from_file(str(base / TOKENIZER))
+        # with no pre-tokenizer the whole text is one BPE "word", so the model's word cache (10,000 entries)
+        # would keep every recent text's tokens: +10 MiB after 7,000 headlines, and never a hit
+        if hasattr(tokenizer.model, "_resize_cache"):
+            tokenizer.model._resize_cache(0)
+        self._tokenizer = tokenizer
+        with safe_open(str(base / WEIGHTS), framework="np") as fh:
+            table = fh.get_tensor(TENSOR)
+        if table.shape[1] != DIM:
+            raise ValueError(f"{base / WEIGHTS}: {table.shape[1]} columns, expected {DIM}")
+        peak = np.abs(table).max(axis=1).astype(np.float32)
+        self._scale = np.where(peak > 0, peak / 127, 1).astype(np.float32)
+        self._codes = np.round(table / self._scale[:, None]).astype(np.int8)  # set last: it marks the load done
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Rows in input order; a text without tokens gets a zero row (it then adds nothing to a mixed cosine)."""
